@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Ferry's tests use, when any is missing:
+# rsync and OpenSSH (the data plane and its interop peers), acl and attr
+# (fidelity checks), e2fsprogs and util-linux (loop-device filesystems for the
+# CSI driver), iproute2 and nftables (node network namespaces, kube-proxy).
+set -euo pipefail
+pkgs=(rsync openssh-client openssh-server acl attr e2fsprogs util-linux iproute2 nftables iptables kmod)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing packages: ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo ">> installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

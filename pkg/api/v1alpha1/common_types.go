@@ -1,0 +1,131 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+)
+
+// CopyMethodType says how the point-in-time copy of a volume is made. The
+// allowed values differ per kind (a destination cannot Clone), so each field
+// that uses this type carries its own enum.
+type CopyMethodType string
+
+const (
+	// CopyMethodDirect uses the live volume itself, without a copy.
+	CopyMethodDirect CopyMethodType = "Direct"
+	// CopyMethodNone is VolSync's older name for Direct; Ferry treats the two
+	// alike.
+	CopyMethodNone CopyMethodType = "None"
+	// CopyMethodClone copies the source volume with a CSI clone (a PVC whose
+	// dataSource is the source PVC).
+	CopyMethodClone CopyMethodType = "Clone"
+	// CopyMethodSnapshot copies through a VolumeSnapshot: on a source, a PVC
+	// restored from it; on a destination, the snapshot is the kept image.
+	CopyMethodSnapshot CopyMethodType = "Snapshot"
+)
+
+// IsDirect reports whether the method works on the live volume (Direct, or
+// its alias None).
+func (m CopyMethodType) IsDirect() bool {
+	return m == CopyMethodDirect || m == CopyMethodNone
+}
+
+// PrivilegedMoversAnnotation is the namespace annotation that allows
+// transfers which preserve ownership, setuid bits and device nodes, as
+// VolSync's rsync mover requires it.
+const PrivilegedMoversAnnotation = "volsync.backube/privileged-movers"
+
+// Condition types and reasons, as VolSync sets them, so that tooling which
+// waits on them works against Ferry.
+const (
+	// ConditionReconciled is True when the controller has brought the CR's
+	// objects in line with its spec.
+	ConditionReconciled = "Reconciled"
+	// ReconciledReasonComplete is the reason of a True Reconciled condition.
+	ReconciledReasonComplete = "ReconcileComplete"
+	// ReconciledReasonError is the reason of a False Reconciled condition; its
+	// message says what went wrong and what to change.
+	ReconciledReasonError = "Error"
+
+	// ConditionSynchronizing tells whether a sync is running now or what the
+	// CR is waiting for.
+	ConditionSynchronizing = "Synchronizing"
+	// SynchronizingReasonSync means a sync is in progress.
+	SynchronizingReasonSync = "SyncInProgress"
+	// SynchronizingReasonSched means the CR waits for its next scheduled time.
+	SynchronizingReasonSched = "WaitingForSchedule"
+	// SynchronizingReasonManual means the CR waits for a new manual trigger.
+	SynchronizingReasonManual = "WaitingForManual"
+	// SynchronizingReasonCleanup means a sync finished and its temporary
+	// objects are being removed.
+	SynchronizingReasonCleanup = "CleaningUp"
+	// SynchronizingReasonError means the last attempt failed; the message says
+	// why.
+	SynchronizingReasonError = "Error"
+)
+
+// TriggerSpec says when a sync runs. With neither field set, syncs run back
+// to back.
+type TriggerSpec struct {
+	// schedule is a cronspec (https://en.wikipedia.org/wiki/Cron#Overview)
+	// that starts a sync at regular times: five fields (minute hour
+	// day-of-month month day-of-week) such as "*/5 * * * *", or one of
+	// @hourly, @daily, @weekly, @monthly, @yearly, @annually.
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(@(annually|yearly|monthly|weekly|daily|hourly)|([*]|[0-9]+(-[0-9]+)?|[A-Za-z]{3}(-[A-Za-z]{3})?)(/[0-9]+)?(,([*]|[0-9]+(-[0-9]+)?|[A-Za-z]{3}(-[A-Za-z]{3})?)(/[0-9]+)?)*([ \t]+([*]|[0-9]+(-[0-9]+)?|[A-Za-z]{3}(-[A-Za-z]{3})?)(/[0-9]+)?(,([*]|[0-9]+(-[0-9]+)?|[A-Za-z]{3}(-[A-Za-z]{3})?)(/[0-9]+)?)*){4})$')",message="must be a cron schedule of five fields (minute hour day-of-month month day-of-week), such as \"*/5 * * * *\", or one of @hourly, @daily, @weekly, @monthly, @yearly"
+	// +optional
+	Schedule *string `json:"schedule,omitempty"`
+	// manual starts one sync each time it is set to a new value; when that
+	// sync completes, status.lastManualSync is set to the same value. Set it
+	// to a fresh value and wait for lastManualSync to match.
+	// +optional
+	Manual string `json:"manual,omitempty"`
+}
+
+// MoverConfig holds VolSync's mover pod settings. Ferry runs no mover pod:
+// moverResources become cgroup limits on the transfer's processes on the
+// node; the other fields are accepted so VolSync manifests apply, and have no
+// effect.
+type MoverConfig struct {
+	// moverSecurityContext is VolSync's PodSecurityContext for its mover pod.
+	// Ferry runs no mover pod; ownership is preserved according to the
+	// namespace's volsync.backube/privileged-movers annotation instead.
+	// +optional
+	MoverSecurityContext *corev1.PodSecurityContext `json:"moverSecurityContext,omitempty"`
+	// moverServiceAccount is VolSync's service account for its mover pod.
+	// Ferry runs no mover pod: accepted, no effect.
+	// +optional
+	MoverServiceAccount *string `json:"moverServiceAccount,omitempty"`
+	// moverPodLabels are VolSync's extra labels for its mover pod. Ferry runs
+	// no mover pod: accepted, no effect.
+	// +optional
+	MoverPodLabels map[string]string `json:"moverPodLabels,omitempty"`
+	// moverResources limits the compute resources of a transfer. Ferry applies
+	// the limits to the cgroup of the transfer's processes on the node.
+	// +optional
+	MoverResources *corev1.ResourceRequirements `json:"moverResources,omitempty"`
+	// moverAffinity is VolSync's affinity for its mover pod. Ferry places a
+	// transfer on the node that has the volume: accepted, no effect.
+	// +optional
+	MoverAffinity *corev1.Affinity `json:"moverAffinity,omitempty"`
+}
+
+// MoverResult is the outcome of the latest transfer.
+// +kubebuilder:validation:Enum=Successful;Failed
+type MoverResult string
+
+const (
+	// MoverResultSuccessful means the latest transfer completed.
+	MoverResultSuccessful MoverResult = "Successful"
+	// MoverResultFailed means the latest transfer failed; logs say why.
+	MoverResultFailed MoverResult = "Failed"
+)
+
+// MoverStatus reports the latest transfer, as VolSync does for its mover job.
+type MoverStatus struct {
+	// result is Successful or Failed.
+	// +optional
+	Result MoverResult `json:"result,omitempty"`
+	// logs are rsync's summary lines of the latest transfer (or its error).
+	// +optional
+	Logs string `json:"logs,omitempty"`
+}
