@@ -52,7 +52,7 @@ func main() {
 
 func run(cfg config) error {
 	if cfg.dir == "" || cfg.module == "" || cfg.version == "" || len(cfg.packages) == 0 {
-		return errors.New("usage: wrapmod -dir DIR -module MOD -version VER [-local-version V] PKG...")
+		return errors.New("usage: wrapmod -dir DIR -module MOD -version VER [-local-version V] PKG")
 	}
 	if cfg.localVersion == "" {
 		cfg.localVersion = cfg.version

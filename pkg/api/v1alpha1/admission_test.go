@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -197,8 +198,19 @@ func TestExplainDescribesEveryRsyncField(t *testing.T) {
 			"serviceAnnotations", "address", "port", "path", "sshUser", "moverResources"}},
 	} {
 		t.Run(tc.resource, func(t *testing.T) {
-			out, err := exec.Command(filepath.Join(env.BinDir, "kubectl"), "--kubeconfig", env.Kubeconfig,
-				"explain", tc.resource).CombinedOutput()
+			// The apiserver publishes a new CRD's OpenAPI a moment after the
+			// CRD is established: poll, with a deadline.
+			var out []byte
+			var err error
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				out, err = exec.Command(filepath.Join(env.BinDir, "kubectl"), "--kubeconfig", env.Kubeconfig,
+					"explain", tc.resource).CombinedOutput()
+				if err == nil || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
 			require.NoError(t, err, string(out))
 			described := explainedFields(string(out))
 			for _, f := range tc.fields {

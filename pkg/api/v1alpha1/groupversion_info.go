@@ -13,8 +13,9 @@
 package v1alpha1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/scheme"
 )
 
 var (
@@ -23,9 +24,20 @@ var (
 	GroupVersion = schema.GroupVersion{Group: "volsync.backube", Version: "v1alpha1"}
 
 	// SchemeBuilder registers the kinds of this package with a runtime.Scheme.
-	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 
 	// AddToScheme adds the kinds of this package to a runtime.Scheme; clients
 	// and managers call it before they read or write these objects.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+func addKnownTypes(s *runtime.Scheme) error {
+	s.AddKnownTypes(GroupVersion,
+		&ReplicationSource{},
+		&ReplicationSourceList{},
+		&ReplicationDestination{},
+		&ReplicationDestinationList{},
+	)
+	metav1.AddToGroupVersion(s, GroupVersion)
+	return nil
+}

@@ -90,7 +90,7 @@ type ReplicationDestinationRsyncSpec struct {
 	// to "root".
 	// +kubebuilder:validation:MaxLength=256
 	// +optional
-	SSHUser *string `json:"sshUser,omitempty"`
+	SSHUser     *string `json:"sshUser,omitempty"`
 	MoverConfig `json:",inline"`
 }
 
@@ -223,8 +223,4 @@ type ReplicationDestinationList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ReplicationDestination `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&ReplicationDestination{}, &ReplicationDestinationList{})
 }

@@ -72,7 +72,7 @@ type ReplicationSourceRsyncSpec struct {
 	// sshUser is the user name for the ssh connection. Defaults to "root".
 	// +kubebuilder:validation:MaxLength=256
 	// +optional
-	SSHUser *string `json:"sshUser,omitempty"`
+	SSHUser     *string `json:"sshUser,omitempty"`
 	MoverConfig `json:",inline"`
 }
 
@@ -200,8 +200,4 @@ type ReplicationSourceList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ReplicationSource `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&ReplicationSource{}, &ReplicationSourceList{})
 }

@@ -12,8 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	agentv1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/internal/testenv"
+	agentv1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 )
 
 var env *testenv.Env

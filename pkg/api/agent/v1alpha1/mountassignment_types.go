@@ -291,7 +291,3 @@ type MountAssignmentList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []MountAssignment `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&MountAssignment{}, &MountAssignmentList{})
-}
