@@ -1,0 +1,239 @@
+package confine
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// keepPrivileged are the capabilities rsync -aAHS needs as root to preserve
+// ownership, modes (setuid included), ACLs and device nodes.
+var keepPrivileged = []uintptr{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH,
+	unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_MKNOD}
+
+// keepUnprivileged lets rsync read and write every file of the volume, but
+// not give files away, keep setuid bits of others' files, or make devices.
+var keepUnprivileged = []uintptr{unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH, unix.CAP_FOWNER}
+
+// systemDirs are shown read-only (or as the same symlink) in the new root so
+// that rsync and its libraries load.
+var systemDirs = []string{"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"}
+
+// helperMain runs in the re-executed child, already in its new namespaces.
+func helperMain() {
+	runtime.LockOSThread() // capabilities are per thread: drop and exec on this one
+	var spec Spec
+	if err := json.Unmarshal([]byte(os.Getenv(specEnv)), &spec); err != nil {
+		fail(fmt.Errorf("read spec: %w", err))
+	}
+	if err := enter(&spec); err != nil {
+		fail(err)
+	}
+	argv := append([]string{"rsync"}, spec.Args...)
+	env := []string{"PATH=/usr/bin:/bin", "LC_ALL=C"}
+	fail(unix.Exec(spec.Rsync, argv, env))
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "ferry: confine: %v\n", err)
+	os.Exit(126)
+}
+
+// enter builds the new root, moves into it and drops privileges.
+func enter(spec *Spec) error {
+	last, err := lastCap() // before /proc is out of sight
+	if err != nil {
+		return err
+	}
+	// Hold the volume before anything is mounted over paths, so it is found
+	// even if it lies under the scratch directory's parent.
+	vol, err := unix.Open(spec.Volume, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open volume: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	root := spec.Scratch
+	if err := unix.Mount("ferry-confine", root, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
+		return fmt.Errorf("mount root tmpfs: %w", err)
+	}
+	for _, d := range systemDirs {
+		if err := showSystemDir(root, d); err != nil {
+			return err
+		}
+	}
+	if err := showDevNull(root); err != nil {
+		return err
+	}
+	if err := os.Mkdir(filepath.Join(root, "etc"), 0o755); err != nil {
+		return fmt.Errorf("make /etc: %w", err)
+	}
+	data := filepath.Join(root, DataDir)
+	if err := os.Mkdir(data, 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", DataDir, err)
+	}
+	if err := unix.Mount("/proc/self/fd/"+strconv.Itoa(vol), data, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind volume: %w", err)
+	}
+	unix.Close(vol)
+	flags := uintptr(unix.MS_BIND | unix.MS_REMOUNT | unix.MS_NOSUID | unix.MS_NODEV)
+	if spec.ReadOnly {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount("", data, "", flags, ""); err != nil {
+		return fmt.Errorf("restrict volume mount: %w", err)
+	}
+	if err := pivot(root); err != nil {
+		return err
+	}
+	if err := enterDir(spec); err != nil {
+		return err
+	}
+	return dropPrivileges(spec.Privileged, last)
+}
+
+// showSystemDir recreates /name in root: the same symlink, or a read-only
+// bind of the directory.
+func showSystemDir(root, name string) error {
+	host := "/" + name
+	fi, err := os.Lstat(host)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspect %s: %w", host, err)
+	}
+	target := filepath.Join(root, name)
+	if fi.Mode()&os.ModeSymlink != 0 {
+		link, err := os.Readlink(host)
+		if err != nil {
+			return fmt.Errorf("read link %s: %w", host, err)
+		}
+		if err := os.Symlink(link, target); err != nil {
+			return fmt.Errorf("link %s: %w", host, err)
+		}
+		return nil
+	}
+	if err := os.Mkdir(target, 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", target, err)
+	}
+	return bindReadOnly(host, target)
+}
+
+func bindReadOnly(src, dst string) error {
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", src, err)
+	}
+	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("make %s read-only: %w", src, err)
+	}
+	return nil
+}
+
+func showDevNull(root string) error {
+	dev := filepath.Join(root, "dev")
+	if err := os.Mkdir(dev, 0o755); err != nil {
+		return fmt.Errorf("make /dev: %w", err)
+	}
+	null := filepath.Join(dev, "null")
+	if err := os.WriteFile(null, nil, 0o666); err != nil {
+		return fmt.Errorf("make /dev/null: %w", err)
+	}
+	if err := unix.Mount("/dev/null", null, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind /dev/null: %w", err)
+	}
+	return nil
+}
+
+// pivot makes root the new / and detaches the host's tree from this
+// namespace, then makes / read-only.
+func pivot(root string) error {
+	if err := unix.Chdir(root); err != nil {
+		return fmt.Errorf("enter new root: %w", err)
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach host root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("chdir /: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("make root read-only: %w", err)
+	}
+	return nil
+}
+
+// enterDir changes into the start directory. Path resolution happens inside
+// the new root, so symlinks in the volume cannot lead out of it.
+func enterDir(spec *Spec) error {
+	dir := filepath.Join(DataDir, spec.Dir)
+	if !spec.ReadOnly {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("make %s in the volume: %w", spec.Dir, err)
+		}
+	}
+	if err := unix.Chdir(dir); err != nil {
+		return fmt.Errorf("enter %s in the volume: %w", spec.Dir, err)
+	}
+	return nil
+}
+
+// dropPrivileges cuts the bounding, inheritable and ambient capability sets
+// to what rsync needs, so that after exec rsync holds only those, and sets
+// no_new_privs.
+func dropPrivileges(privileged bool, last uintptr) error {
+	keep := keepUnprivileged
+	if privileged {
+		keep = keepPrivileged
+	}
+	kept := map[uintptr]bool{}
+	for _, c := range keep {
+		kept[c] = true
+	}
+	for c := uintptr(0); c <= last; c++ {
+		if kept[c] {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil {
+			return fmt.Errorf("drop capability %d: %w", c, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("clear ambient capabilities: %w", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("clear inheritable capabilities: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	return nil
+}
+
+func lastCap() (uintptr, error) {
+	raw, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return 0, fmt.Errorf("read cap_last_cap: %w", err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return 0, fmt.Errorf("parse cap_last_cap: %w", err)
+	}
+	return uintptr(n), nil
+}

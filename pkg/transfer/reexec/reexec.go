@@ -1,0 +1,49 @@
+// Package reexec lets a program run parts of itself as helper processes: a
+// process that must be set up before it runs another binary (entering new
+// namespaces, passing file descriptors) is the same executable started again
+// under a registered name.
+//
+// A program that uses such helpers calls Init first thing in main, and its
+// tests call it first thing in TestMain, so that the re-executed copy runs the
+// helper instead of the program.
+package reexec
+
+import (
+	"fmt"
+	"os"
+	"sync"
+)
+
+var (
+	mu       sync.Mutex
+	handlers = map[string]func(){}
+)
+
+// Register makes name a helper entry point. Packages call it from init; a
+// second registration of a name panics, as it is a programming error.
+func Register(name string, fn func()) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := handlers[name]; dup {
+		panic(fmt.Sprintf("reexec: %s registered twice", name))
+	}
+	handlers[name] = fn
+}
+
+// Init runs the helper named by os.Args[0], if any, and exits with status 1
+// should it return (helpers exec or exit by themselves). In a normal start it
+// returns at once.
+func Init() {
+	mu.Lock()
+	fn, ok := handlers[os.Args[0]]
+	mu.Unlock()
+	if !ok {
+		return
+	}
+	fn()
+	os.Exit(1)
+}
+
+// Self is the path that starts this executable again, even if its file was
+// replaced since it started.
+const Self = "/proc/self/exe"
