@@ -31,11 +31,18 @@ func Register(name string, fn func()) {
 }
 
 // Init runs the helper named by os.Args[0], if any, and exits with status 1
-// should it return (helpers exec or exit by themselves). In a normal start it
-// returns at once.
+// should it return (helpers exec or exit by themselves). A helper started by
+// another program that runs a command line (rsync's -e) cannot set argv[0];
+// it is named by os.Args[1] instead and sees its own arguments from
+// os.Args[2]. In a normal start Init returns at once.
 func Init() {
 	mu.Lock()
 	fn, ok := handlers[os.Args[0]]
+	if !ok && len(os.Args) > 1 {
+		if fn, ok = handlers[os.Args[1]]; ok {
+			os.Args = os.Args[1:]
+		}
+	}
 	mu.Unlock()
 	if !ok {
 		return

@@ -1,0 +1,317 @@
+// Package endpoint is the destination side of Ferry's data plane: one ssh
+// server per node that receives syncs for many destination volumes, in place
+// of VolSync's per-destination sshd pod.
+//
+// Each destination gets its own listener. An ssh server proves its identity
+// (the host key) before it learns anything about the client, and every
+// destination has its own host key (the "destination" key of its Secret,
+// pinned by its source as destination.pub), so destinations cannot share a
+// port; the Service in front of a destination targets its port on the node.
+// A listener lets in exactly one client key (source.pub), so a key opens
+// exactly one volume.
+//
+// On a connection, only session channels and exec requests are served: the
+// rsync server command a stock client sends (checked by package servercmd,
+// then run confined to the volume by package confine) and `shutdown N`, which
+// ends the sync with result N as VolSync's source does. Shells, ptys,
+// subsystems, port forwarding and anything else are refused with a message.
+package endpoint
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+)
+
+// Destination is one volume that receives syncs.
+type Destination struct {
+	// ID names the destination in logs and events (namespace/name).
+	ID string
+	// Keys are the host key and the one authorized client key.
+	Keys *sshkeys.Destination
+	// Volume is the host path where the volume is mounted read-write.
+	Volume string
+	// Dir is the directory inside the volume that syncs write to.
+	Dir string
+	// Privileged lets syncs preserve ownership, setuid bits and devices.
+	Privileged bool
+	// ListenAddr is where to listen, "host:port"; port 0 picks a free one.
+	ListenAddr string
+	// Events, when set, receives what happens on this destination. It is
+	// called from connection goroutines and must not block for long.
+	Events func(Event)
+}
+
+// EventKind says what happened.
+type EventKind string
+
+const (
+	// RsyncStarted: a client started an rsync transfer.
+	RsyncStarted EventKind = "RsyncStarted"
+	// RsyncEnded: a transfer's rsync exited; ExitCode is its status.
+	RsyncEnded EventKind = "RsyncEnded"
+	// SyncEnded: the source said `shutdown N`; ExitCode is N.
+	SyncEnded EventKind = "SyncEnded"
+	// Refused: a request was refused; Message says why.
+	Refused EventKind = "Refused"
+)
+
+// Event is something that happened on a destination.
+type Event struct {
+	Kind EventKind
+	// Time is when it happened.
+	Time time.Time
+	// ExitCode of rsync (RsyncEnded) or the shutdown result (SyncEnded).
+	ExitCode int
+	// BytesReceived and BytesSent are the transfer's bytes on its channel
+	// (RsyncEnded).
+	BytesReceived, BytesSent int64
+	// Message explains a refusal or failure.
+	Message string
+}
+
+// Server serves the node's destinations.
+type Server struct {
+	log     logr.Logger
+	scratch string
+	rsync   string
+
+	mu    sync.Mutex
+	dests map[string]*listener
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger.
+func WithLogger(l logr.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithRsync sets the rsync binary (default: rsync from PATH). It must live
+// under /usr, as the confinement shows nothing else of the host.
+func WithRsync(path string) Option { return func(s *Server) { s.rsync = path } }
+
+// New returns a server. scratch is an empty directory the agent owns, used as
+// the mount point of each confinement's private root.
+func New(scratch string, opts ...Option) *Server {
+	s := &Server{log: logr.Discard(), scratch: scratch, dests: map[string]*listener{}}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// listener is one destination's port and its live connections.
+type listener struct {
+	dest   Destination
+	ln     net.Listener
+	config *ssh.ServerConfig
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Add starts serving d and returns the address it listens on. Adding an ID
+// that is already served is an error; Remove it first to change it.
+func (s *Server) Add(d Destination) (net.Addr, error) {
+	if d.Keys == nil || d.Keys.HostKey == nil || d.Keys.Authorized == nil {
+		return nil, fmt.Errorf("destination %s: host key and authorized key are required", d.ID)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.dests[d.ID]; dup {
+		return nil, fmt.Errorf("destination %s is already served", d.ID)
+	}
+	ln, err := net.Listen("tcp", d.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("destination %s: listen on %s: %w", d.ID, d.ListenAddr, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &listener{dest: d, ln: ln, config: serverConfig(d), ctx: ctx, cancel: cancel}
+	s.dests[d.ID] = l
+	l.wg.Add(1)
+	go s.accept(l)
+	s.log.Info("serving destination", "destination", d.ID, "address", ln.Addr().String())
+	return ln.Addr(), nil
+}
+
+// Remove stops serving a destination: it closes its listener, ends its
+// connections and kills running transfers, and returns when they are gone.
+// Removing an unknown ID is not an error.
+func (s *Server) Remove(id string) {
+	s.mu.Lock()
+	l, ok := s.dests[id]
+	delete(s.dests, id)
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	l.cancel()
+	_ = l.ln.Close()
+	l.wg.Wait()
+	s.log.Info("stopped serving destination", "destination", id)
+}
+
+// Close removes every destination.
+func (s *Server) Close() {
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.dests))
+	for id := range s.dests {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		s.Remove(id)
+	}
+}
+
+// serverConfig lets in exactly the destination's authorized key, with
+// AES-GCM offered first (as fast as OpenSSH's on x86 with AES-NI).
+func serverConfig(d Destination) *ssh.ServerConfig {
+	want := d.Keys.Authorized.Marshal()
+	cfg := &ssh.ServerConfig{
+		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if subtle.ConstantTimeCompare(key.Marshal(), want) == 1 {
+				return &ssh.Permissions{}, nil
+			}
+			return nil, errors.New("key not authorized for this destination")
+		},
+		ServerVersion: "SSH-2.0-Ferry",
+	}
+	cfg.Ciphers = preferredCiphers
+	cfg.AddHostKey(d.Keys.HostKey)
+	return cfg
+}
+
+// preferredCiphers puts AES-GCM first; chacha20-poly1305 is slower in Go.
+var preferredCiphers = []string{
+	"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+	"aes128-ctr", "aes192-ctr", "aes256-ctr",
+}
+
+func (s *Server) accept(l *listener) {
+	defer l.wg.Done()
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if l.ctx.Err() == nil {
+				s.log.Error(err, "accept failed; destination no longer served", "destination", l.dest.ID)
+			}
+			return
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			s.serveConn(l, conn)
+		}()
+	}
+}
+
+func (s *Server) serveConn(l *listener, conn net.Conn) {
+	log := s.log.WithValues("destination", l.dest.ID, "peer", conn.RemoteAddr().String())
+	stop := context.AfterFunc(l.ctx, func() { _ = conn.Close() })
+	defer stop()
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second)) // handshake only
+	sconn, chans, reqs, err := ssh.NewServerConn(conn, l.config)
+	if err != nil {
+		log.Info("ssh handshake failed", "reason", err.Error())
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	log.V(1).Info("ssh connection", "user", sconn.User(), "client", string(sconn.ClientVersion()))
+	go ssh.DiscardRequests(reqs) // global requests: port forwarding etc. answered "no"
+	var wg sync.WaitGroup
+	for nc := range chans {
+		if nc.ChannelType() != "session" {
+			_ = nc.Reject(ssh.Prohibited, "only session channels are served: this endpoint runs rsync, nothing else")
+			continue
+		}
+		ch, chReqs, err := nc.Accept()
+		if err != nil {
+			log.Info("accept channel failed", "reason", err.Error())
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveSession(l, log, ch, chReqs)
+		}()
+	}
+	wg.Wait()
+}
+
+// exitStatus is the payload of an "exit-status" channel request.
+type exitStatus struct{ Status uint32 }
+
+// execPayload is the payload of an "exec" channel request.
+type execPayload struct{ Command string }
+
+func (s *Server) serveSession(l *listener, log logr.Logger, ch ssh.Channel, reqs <-chan *ssh.Request) {
+	defer ch.Close()
+	for req := range reqs {
+		switch req.Type {
+		case "exec":
+			var p execPayload
+			if err := ssh.Unmarshal(req.Payload, &p); err != nil {
+				_ = req.Reply(false, nil)
+				continue
+			}
+			_ = req.Reply(true, nil)
+			code := s.exec(l, log, ch, p.Command)
+			_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(exitStatus{Status: uint32(code)}))
+			return
+		case "shell":
+			_ = req.Reply(true, nil)
+			fmt.Fprintln(ch.Stderr(), "ferry: no shell here; this endpoint accepts only rsync --server and shutdown N")
+			emit(l, Event{Kind: Refused, Message: "shell request"})
+			_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(exitStatus{Status: 1}))
+			return
+		default: // pty-req, env, subsystem, x11-req, agent forwarding, ...
+			if req.WantReply {
+				_ = req.Reply(false, nil)
+			}
+		}
+	}
+}
+
+func emit(l *listener, e Event) {
+	if l.dest.Events != nil {
+		e.Time = time.Now()
+		l.dest.Events(e)
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}

@@ -1,0 +1,101 @@
+package endpoint
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/ferrysync/ferry/pkg/transfer/confine"
+	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
+)
+
+// exec runs one exec request and returns its exit status.
+func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command string) int {
+	req, err := servercmd.Parse(command)
+	if err != nil {
+		fmt.Fprintf(ch.Stderr(), "ferry: %v\n", err)
+		log.Info("refused request", "reason", err.Error())
+		emit(l, Event{Kind: Refused, Message: err.Error()})
+		return 1
+	}
+	switch r := req.(type) {
+	case servercmd.Shutdown:
+		log.Info("sync ended by source", "result", r.Code)
+		emit(l, Event{Kind: SyncEnded, ExitCode: r.Code})
+		return 0
+	case *servercmd.Rsync:
+		return s.runRsync(l, log, ch, r)
+	}
+	return 1
+}
+
+// runRsync runs a confined rsync receiver wired to the channel.
+func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *servercmd.Rsync) int {
+	if !l.dest.Privileged {
+		// Without the privileged-movers permission rsync may not give files
+		// away or make devices: say so to rsync (after the client's options,
+		// so these win) rather than let it fail on every file.
+		r.Options = append(r.Options, "--no-owner", "--no-group", "--no-devices")
+	}
+	args := r.Args()
+	cmd, err := confine.Command(confine.Spec{
+		Volume: l.dest.Volume, Dir: l.dest.Dir, Privileged: l.dest.Privileged,
+		Scratch: s.scratch, Rsync: s.rsync, Args: args,
+	})
+	if err != nil {
+		fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
+		log.Error(err, "cannot start rsync")
+		return 1
+	}
+	in := &countingReader{r: ch}
+	out := &countingWriter{w: ch}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		log.Error(err, "rsync stdin")
+		return 1
+	}
+	cmd.Stdout, cmd.Stderr = out, ch.Stderr()
+	emit(l, Event{Kind: RsyncStarted})
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
+		log.Error(err, "cannot start rsync")
+		return 1
+	}
+	// Not waited for: it ends when the channel closes after rsync exits.
+	go func() {
+		_, _ = io.Copy(stdin, in)
+		_ = stdin.Close()
+	}()
+	stop := make(chan struct{})
+	go func() { // a removed destination kills its transfers
+		select {
+		case <-l.ctx.Done():
+			_ = cmd.Process.Kill()
+		case <-stop:
+		}
+	}()
+	err = cmd.Wait()
+	close(stop)
+	code := exitCode(err)
+	log.Info("rsync ended", "exitCode", code, "bytesReceived", in.n.Load(), "bytesSent", out.n.Load())
+	emit(l, Event{Kind: RsyncEnded, ExitCode: code, BytesReceived: in.n.Load(), BytesSent: out.n.Load()})
+	return code
+}
+
+// exitCode turns a Wait error into an exit status; a killed process is 255.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if c := ee.ExitCode(); c >= 0 {
+			return c
+		}
+	}
+	return 255
+}

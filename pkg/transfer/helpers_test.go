@@ -1,0 +1,137 @@
+package transfer_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
+	"github.com/ferrysync/ferry/pkg/transfer/reexec"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+)
+
+func TestMain(m *testing.M) {
+	reexec.Init()
+	os.Exit(m.Run())
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if testing.Short() || os.Geteuid() != 0 {
+		t.Skip("needs root (mounts, namespaces, owners); runs in make test")
+	}
+}
+
+// keyset is one replication relationship's keys, as Secrets hold them.
+type keyset struct {
+	dstData, srcData map[string][]byte
+	dst              *sshkeys.Destination
+	src              *sshkeys.Source
+}
+
+var (
+	keyCache   = map[string]*keyset{}
+	keyCacheMu sync.Mutex
+)
+
+// keys returns a key set by name, generating it once per test binary
+// (4096-bit RSA takes about a second).
+func keys(t *testing.T, name string) *keyset {
+	t.Helper()
+	keyCacheMu.Lock()
+	defer keyCacheMu.Unlock()
+	if k, ok := keyCache[name]; ok {
+		return k
+	}
+	d, s, err := sshkeys.Secrets()
+	require.NoError(t, err)
+	k := &keyset{dstData: d, srcData: s}
+	k.dst, err = sshkeys.ParseDestination(d)
+	require.NoError(t, err)
+	k.src, err = sshkeys.ParseSource(s)
+	require.NoError(t, err)
+	keyCache[name] = k
+	return k
+}
+
+// events records a destination's events.
+type events struct {
+	mu  sync.Mutex
+	all []endpoint.Event
+}
+
+func (e *events) add(ev endpoint.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.all = append(e.all, ev)
+}
+
+// waitFor polls, with a deadline, for an event of kind and returns it.
+func (e *events) waitFor(t *testing.T, kind endpoint.EventKind) endpoint.Event {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		e.mu.Lock()
+		for _, ev := range e.all {
+			if ev.Kind == kind {
+				e.mu.Unlock()
+				return ev
+			}
+		}
+		e.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no %s event within the deadline", kind)
+	return endpoint.Event{}
+}
+
+// serve starts an endpoint with one destination and returns its port.
+func serve(t *testing.T, k *keyset, volume string, ev *events) (*endpoint.Server, int) {
+	t.Helper()
+	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.New(t)))
+	t.Cleanup(srv.Close)
+	addr, err := srv.Add(endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: volume, Privileged: true,
+		ListenAddr: "127.0.0.1:0", Events: ev.add})
+	require.NoError(t, err)
+	return srv, addr.(*net.TCPAddr).Port
+}
+
+// push runs Ferry's source against a local endpoint.
+func push(t *testing.T, k *sshkeys.Source, port int, src string, mod func(*source.Options)) (source.Result, error) {
+	t.Helper()
+	o := source.Options{Address: "127.0.0.1", Port: port, Keys: k, Volume: src, Attempts: 1, Log: testr.New(t)}
+	if mod != nil {
+		mod(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return source.Push(ctx, o)
+}
+
+// requireSame fails unless the trees under want and got are equal.
+func requireSame(t *testing.T, want, got string) {
+	t.Helper()
+	w, err := fstree.Snapshot(want)
+	require.NoError(t, err)
+	g, err := fstree.Snapshot(got)
+	require.NoError(t, err)
+	require.Empty(t, fstree.Diff(w, g), "destination differs from source")
+}
+
+// fixture builds the fidelity tree in a fresh directory.
+func fixture(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "src")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	require.NoError(t, fstree.Build(dir))
+	return dir
+}

@@ -1,0 +1,389 @@
+// Package source is the pushing side of Ferry's data plane: it sends a
+// mounted, read-only point-in-time copy of a volume to a destination the way
+// VolSync's rsync source does, so it works against Ferry's endpoint and
+// against a stock VolSync destination alike.
+//
+// It runs the stock rsync 3.x client with VolSync's flags (-aAHSx --delete,
+// itemized changes and stats; compression optional) over a Go ssh connection
+// that authenticates with the "source" key and pins the destination's host
+// key (destination.pub). rsync's remote shell is Ferry's rsh helper, so the
+// bytes travel over the connection this package holds. A failed transfer is
+// retried with exponential backoff (5 tries from 2 s, as VolSync); then the
+// source tells the destination the sync is over with `shutdown N`, N being
+// rsync's final exit status (VolSync's destination and Ferry's both end the
+// sync on it; only 0 makes a new image).
+//
+// # Engine choice
+//
+// The protocol engine is the stock rsync binary on both ends, for VolSync's
+// fidelity. github.com/gokrazy/rsync (v0.2.5, the only recent version the
+// module proxy serves) runs either end in-process over any stream, but it
+// speaks only protocol 27 and, checked against rsync 3.x: truncates mtimes
+// to seconds, refuses -H (hard links) and -A (ACLs) as a receiver and
+// silently ignores -H as a sender, ignores -S (sparse) and -x, hangs with -z,
+// keeps no directory or symlink mtimes as a receiver, aborts the whole run
+// when --delete meets a non-empty stale directory, and does not forward
+// --delete as a sender. No part of a VolSync-compatible transfer is complete
+// in it, so Ferry does not use it.
+package source
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/ferrysync/ferry/pkg/transfer/rsh"
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+)
+
+// Options say where to push what.
+type Options struct {
+	// Address and Port of the destination's ssh endpoint.
+	Address string
+	Port    int
+	// User for the ssh connection (VolSync: root).
+	User string
+	// Path within the destination volume ("/" for a replica).
+	Path string
+	// Keys are the source's identity and the pinned destination host key.
+	Keys *sshkeys.Source
+	// Volume is the host path of the mounted source data.
+	Volume string
+	// Compress turns on rsync's -z (VolSync's default; it costs CPU and
+	// rarely pays on a cluster network).
+	Compress bool
+	// Attempts is how many times rsync is tried (default 5).
+	Attempts int
+	// Backoff is the first pause between tries, doubled each time (default
+	// 2 s).
+	Backoff time.Duration
+	// Progress, when set, is called with live progress at most every
+	// ProgressInterval (default 1 s).
+	Progress         func(Progress)
+	ProgressInterval time.Duration
+	// Rsync is the rsync binary (default: rsync from PATH).
+	Rsync string
+	// Log receives rsync's error output and the transfer's steps.
+	Log logr.Logger
+}
+
+// Result is the outcome of a push.
+type Result struct {
+	Stats
+	// ExitCode is rsync's exit status of the last try (0: success).
+	ExitCode int
+	// Attempts is the number of tries made.
+	Attempts int
+	// Start and End bound the whole push.
+	Start, End time.Time
+	// Errors is rsync's error output of the last try (bounded).
+	Errors string
+}
+
+// rsyncFlags are VolSync's, without -h (exact numbers in the stats) and with
+// --numeric-ids (owners are kept by number, whatever names the nodes know).
+var rsyncFlags = []string{"-aAHSx", "--numeric-ids", "--delete", "--itemize-changes",
+	"--info=stats2,misc2,progress2"}
+
+// Push sends the volume to the destination and says `shutdown N` when done.
+// It returns an error when no try succeeded; the Result is filled either way.
+func Push(ctx context.Context, o Options) (Result, error) {
+	o.defaults()
+	res := Result{Start: time.Now()}
+	conn := &connection{opts: &o}
+	defer conn.close()
+	backoff := o.Backoff
+	var err error
+	for attempt := 1; attempt <= o.Attempts; attempt++ {
+		res.Attempts = attempt
+		err = pushOnce(ctx, &o, conn, attempt, &res)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		o.Log.Info("transfer failed", "attempt", attempt, "exitCode", res.ExitCode, "error", err.Error())
+		if attempt == o.Attempts {
+			break
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff *= 2
+	}
+	if ctx.Err() == nil {
+		if serr := conn.shutdown(res.ExitCode); serr != nil {
+			o.Log.Info("could not tell the destination the sync ended", "error", serr.Error())
+			if err == nil {
+				err = serr
+			}
+		}
+	}
+	res.End = time.Now()
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	return res, err
+}
+
+func (o *Options) defaults() {
+	if o.User == "" {
+		o.User = "root"
+	}
+	if o.Path == "" {
+		o.Path = "/"
+	}
+	if o.Port == 0 {
+		o.Port = 22
+	}
+	if o.Attempts <= 0 {
+		o.Attempts = 5
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = 2 * time.Second
+	}
+	if o.ProgressInterval <= 0 {
+		o.ProgressInterval = time.Second
+	}
+	if o.Rsync == "" {
+		o.Rsync = "rsync"
+	}
+	if o.Log.GetSink() == nil {
+		o.Log = logr.Discard()
+	}
+}
+
+// pushOnce runs one rsync try over the held connection.
+func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, res *Result) error {
+	client, err := conn.get()
+	if err != nil {
+		res.ExitCode = 255
+		return err
+	}
+	dir, err := os.MkdirTemp("", "ferry-rsh-")
+	if err != nil {
+		return fmt.Errorf("make rsh socket dir: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	ln, err := rsh.Listen(dir)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	rshCmd, err := ln.Command()
+	if err != nil {
+		return err
+	}
+	args := append([]string{}, rsyncFlags...)
+	if o.Compress {
+		args = append(args, "-z")
+	}
+	args = append(args, "-e", rshCmd, trailingSlash(o.Volume), o.User+"@ferry-destination:"+o.Path)
+	cmd := exec.CommandContext(ctx, o.Rsync, args...)
+	// A pipe of our own: exec's StdoutPipe may not be read after Wait starts,
+	// and Wait must run concurrently so a dead rsync cancels the hand-over.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("rsync stdout: %w", err)
+	}
+	defer pr.Close()
+	cmd.Stdout = pw
+	var stderr bytes.Buffer
+	cmd.Stderr = &limitedWriter{w: &stderr, left: 16 << 10}
+	err = cmd.Start()
+	_ = pw.Close()
+	if err != nil {
+		return fmt.Errorf("start rsync: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	waited := make(chan error, 1)
+	go func() {
+		waited <- cmd.Wait()
+		cancel() // the helper never connects if rsync dies first
+	}()
+	var remote sync.WaitGroup
+	remote.Add(1)
+	go func() {
+		defer remote.Done()
+		serveRemote(ctx, ln, client, o.Log)
+	}()
+	stats := parseOutput(pr, throttle(o, attempt))
+	werr := <-waited
+	remote.Wait()
+	res.Stats, res.Errors = stats, stderr.String()
+	res.ExitCode = exitCode(werr)
+	if werr != nil {
+		return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, lastLine(res.Errors))
+	}
+	return nil
+}
+
+// serveRemote waits for rsync's remote shell and runs its command on a new
+// session of the connection.
+func serveRemote(ctx context.Context, ln *rsh.Listener, client *ssh.Client, log logr.Logger) {
+	req, err := ln.Accept(ctx)
+	if err != nil {
+		return
+	}
+	status := 255
+	defer func() { req.Close(status) }()
+	sess, err := client.NewSession()
+	if err != nil {
+		log.Info("open ssh session", "error", err.Error())
+		return
+	}
+	defer sess.Close()
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		return
+	}
+	sess.Stdout = req.Out
+	var remoteErr bytes.Buffer
+	sess.Stderr = &limitedWriter{w: &remoteErr, left: 16 << 10}
+	if err := sess.Start(req.Command); err != nil {
+		log.Info("start remote rsync", "error", err.Error())
+		return
+	}
+	// Not waited for: rsync closes its end only after the helper exits.
+	go func() {
+		_, _ = io.Copy(stdin, req.In)
+		_ = stdin.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })
+	defer stop()
+	err = sess.Wait()
+	req.CloseWrite()
+	status = exitCode(err)
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		status = ee.ExitStatus()
+	}
+	if remoteErr.Len() > 0 {
+		log.Info("destination said", "stderr", remoteErr.String())
+	}
+}
+
+// throttle turns rsync's progress records into Progress calls at most every
+// ProgressInterval.
+func throttle(o *Options, attempt int) func(bytes, files int64) {
+	if o.Progress == nil {
+		return nil
+	}
+	var last time.Time
+	return func(b, f int64) {
+		if now := time.Now(); now.Sub(last) >= o.ProgressInterval {
+			last = now
+			o.Progress(Progress{Attempt: attempt, BytesDone: b, FilesDone: f})
+		}
+	}
+}
+
+// connection is the ssh connection to the destination, opened on first use
+// and again after it breaks.
+type connection struct {
+	opts   *Options
+	client *ssh.Client
+}
+
+func (c *connection) get() (*ssh.Client, error) {
+	if c.client != nil {
+		if _, _, err := c.client.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+			return c.client, nil
+		}
+		c.close()
+	}
+	cfg := &ssh.ClientConfig{
+		User:              c.opts.User,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(c.opts.Keys.Identity)},
+		HostKeyCallback:   ssh.FixedHostKey(c.opts.Keys.HostKey),
+		HostKeyAlgorithms: []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA},
+		Timeout:           30 * time.Second,
+	}
+	cfg.Ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr"}
+	if algo := c.opts.Keys.HostKey.Type(); algo != ssh.KeyAlgoRSA {
+		cfg.HostKeyAlgorithms = []string{algo}
+	}
+	addr := net.JoinHostPort(c.opts.Address, strconv.Itoa(c.opts.Port))
+	client, err := ssh.Dial("tcp", addr, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to destination %s: %w", addr, err)
+	}
+	c.client = client
+	return client, nil
+}
+
+// shutdown tells the destination the sync ended with result code.
+func (c *connection) shutdown(code int) error {
+	client, err := c.get()
+	if err != nil {
+		return err
+	}
+	sess, err := client.NewSession()
+	if err != nil {
+		return fmt.Errorf("open session for shutdown: %w", err)
+	}
+	defer sess.Close()
+	if out, err := sess.CombinedOutput("shutdown " + strconv.Itoa(code)); err != nil {
+		return fmt.Errorf("shutdown %d: %w: %s", code, err, out)
+	}
+	return nil
+}
+
+func (c *connection) close() {
+	if c.client != nil {
+		_ = c.client.Close()
+		c.client = nil
+	}
+}
+
+func trailingSlash(p string) string {
+	if len(p) > 0 && p[len(p)-1] == '/' {
+		return p
+	}
+	return p + "/"
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() >= 0 {
+		return ee.ExitCode()
+	}
+	return 255
+}
+
+func lastLine(s string) string {
+	s = string(bytes.TrimSpace([]byte(s)))
+	if i := bytes.LastIndexByte([]byte(s), '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// limitedWriter keeps the first bytes written and drops the rest.
+type limitedWriter struct {
+	w    io.Writer
+	left int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.left > 0 {
+		n := min(len(p), l.left)
+		_, _ = l.w.Write(p[:n])
+		l.left -= n
+	}
+	return len(p), nil
+}
