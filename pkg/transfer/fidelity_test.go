@@ -1,6 +1,7 @@
 package transfer_test
 
 import (
+	"net"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -42,4 +43,38 @@ func TestFidelity(t *testing.T) {
 	requireSame(t, src, dst)
 	assert.Greater(t, res.FilesDeleted, int64(0))
 	assert.Less(t, res.BytesSent, int64(1<<20), "an edit of a big file sends the delta, not the file")
+}
+
+// TestUnprivilegedDestination: without the privileged-movers permission, a
+// sync keeps content, modes and times, but owners become the receiver's (and
+// no devices would be made).
+func TestUnprivilegedDestination(t *testing.T) {
+	needRoot(t)
+	k := keys(t, "unprivileged")
+	src, dst := fixture(t), t.TempDir()
+	srv := endpoint.New(t.TempDir())
+	t.Cleanup(srv.Close)
+	addr, err := srv.Add(endpoint.Destination{ID: "u", Keys: k.dst, Volume: dst, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	res, err := push(t, k.src, addr.(*net.TCPAddr).Port, src, nil)
+	require.NoError(t, err, res.Errors)
+
+	want, err := fstree.Snapshot(src)
+	require.NoError(t, err)
+	got, err := fstree.Snapshot(dst)
+	require.NoError(t, err)
+	for p, w := range want {
+		g, ok := got[p]
+		if !assert.True(t, ok, p) {
+			continue
+		}
+		assert.Equal(t, w.SHA256, g.SHA256, p)
+		assert.Equal(t, w.Target, g.Target, p)
+		assert.Equal(t, w.Type, g.Type, p)
+		assert.Equal(t, uint32(0), g.UID, "%s: owned by the receiver", p)
+		if w.Type == "file" {
+			assert.Equal(t, w.MTimeNS, g.MTimeNS, p)
+			assert.Equal(t, w.Mode&0o777, g.Mode&0o777, p)
+		}
+	}
 }

@@ -114,16 +114,24 @@ func push(t *testing.T, k *sshkeys.Source, port int, src string, mod func(*sourc
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	return source.Push(ctx, o)
+	res, err := source.Push(ctx, o)
+	t.Logf("push: exit %d after %d tries, err %v\n%s\n%s", res.ExitCode, res.Attempts, err, res.Summary, res.Errors)
+	return res, err
 }
 
-// requireSame fails unless the trees under want and got are equal.
-func requireSame(t *testing.T, want, got string) {
+// requireSame fails unless the trees under want and got are equal, but for
+// the paths in absent, which got must not have.
+func requireSame(t *testing.T, want, got string, absent ...string) {
 	t.Helper()
 	w, err := fstree.Snapshot(want)
 	require.NoError(t, err)
 	g, err := fstree.Snapshot(got)
 	require.NoError(t, err)
+	for _, p := range absent {
+		require.Contains(t, w, p)
+		require.NotContains(t, g, p)
+		delete(w, p)
+	}
 	require.Empty(t, fstree.Diff(w, g), "destination differs from source")
 }
 

@@ -89,6 +89,9 @@ type Server struct {
 
 	mu    sync.Mutex
 	dests map[string]*listener
+
+	dropD    sync.Once
+	hasDropD bool
 }
 
 // Option configures a Server.

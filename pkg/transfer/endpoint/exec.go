@@ -37,9 +37,10 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *servercmd.Rsync) int {
 	if !l.dest.Privileged {
 		// Without the privileged-movers permission rsync may not give files
-		// away or make devices: say so to rsync (after the client's options,
-		// so these win) rather than let it fail on every file.
-		r.Options = append(r.Options, "--no-owner", "--no-group", "--no-devices")
+		// away or make devices: --no-super makes the receiver behave as an
+		// ordinary user would, while the client's -o, -g and -D keep framing
+		// the file list (turning those off on one side only would desync it).
+		r.Options = append(r.Options, "--no-super")
 	}
 	args := r.Args()
 	cmd, err := confine.Command(confine.Spec{

@@ -1,0 +1,160 @@
+package transfer_test
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+)
+
+// dial connects with a source identity, pinning the given host key.
+func dial(t *testing.T, port int, id ssh.Signer, hostKey ssh.PublicKey) (*ssh.Client, error) {
+	t.Helper()
+	return ssh.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &ssh.ClientConfig{
+		User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(id)},
+		HostKeyCallback: ssh.FixedHostKey(hostKey), Timeout: 10 * time.Second,
+	})
+}
+
+// execute runs a command on a new session and returns its stderr and exit
+// status.
+func execute(t *testing.T, c *ssh.Client, cmd string) (string, int) {
+	t.Helper()
+	s, err := c.NewSession()
+	require.NoError(t, err)
+	defer s.Close()
+	var stderr bytes.Buffer
+	s.Stderr = &stderr
+	err = s.Run(cmd)
+	if ee, ok := err.(*ssh.ExitError); ok {
+		return stderr.String(), ee.ExitStatus()
+	}
+	require.NoError(t, err)
+	return stderr.String(), 0
+}
+
+func emptyDir(t *testing.T, dir string) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "nothing may be written to %s", dir)
+}
+
+// TestSymlinkInDestinationDoesNotLeadOut: the destination holds a symlink to
+// a directory outside the volume, and the source sends a directory of the
+// same name with files in it, and then files addressed through it.
+func TestSymlinkInDestinationDoesNotLeadOut(t *testing.T) {
+	needRoot(t)
+	k := keys(t, "hostile")
+	dst, outside := t.TempDir(), t.TempDir()
+	require.NoError(t, os.Symlink(outside, filepath.Join(dst, "escape")))
+	require.NoError(t, os.Symlink("../../../../../../../..", filepath.Join(dst, "up")))
+	var ev events
+	_, port := serve(t, k, dst, &ev)
+
+	src := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(src, "escape"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(src, "escape", "pwned"), []byte("x"), 0o644))
+	_, err := push(t, k.src, port, src, nil)
+	require.NoError(t, err)
+	emptyDir(t, outside)
+	assert.FileExists(t, filepath.Join(dst, "escape", "pwned"), "the symlink is replaced by the directory, inside the volume")
+
+	// Writing into paths behind symlinks: the remote path goes through "up".
+	require.NoError(t, os.Symlink(outside, filepath.Join(dst, "escape2")))
+	for _, path := range []string{"escape2/", "up" + outside + "/"} {
+		_, err = push(t, k.src, port, src, func(o *source.Options) { o.Path = path })
+		assert.Error(t, err, path)
+	}
+	emptyDir(t, outside)
+}
+
+// TestModifiedClientIsRefused sends what a hostile client could: paths with
+// "..", absolute paths, the sender role, shells, port forwarding.
+func TestModifiedClientIsRefused(t *testing.T) {
+	needRoot(t)
+	k := keys(t, "hostile")
+	dst := t.TempDir()
+	var ev events
+	_, port := serve(t, k, dst, &ev)
+	c, err := dial(t, port, k.src.Identity, k.src.HostKey)
+	require.NoError(t, err)
+	defer c.Close()
+
+	for cmd, want := range map[string]string{
+		"rsync --server -logDtpre.iLsfxCIvu . ../../etc":                  "do not use ..",
+		"rsync --server -logDtpre.iLsfxCIvu . /../../etc":                 "do not use ..",
+		"rsync --server --sender -logDtpre.iLsfxCIvu . /etc":              "this endpoint only receives",
+		"rsync --server -r --log-file=/etc/cron.d/x . .":                  "--log-file is not allowed",
+		"rsync --server -r --temp-dir=/../../tmp . .":                     "do not use ..",
+		"sh -c 'touch /tmp/pwned'":                                        `command "sh" not allowed`,
+		"/usr/bin/rsync --server -r . .":                                  `command "/usr/bin/rsync" not allowed`,
+		"rsync --server -logDtpre.iLsfxCIvu --files-from=/etc/shadow . .": "--files-from=/etc/shadow is not allowed",
+	} {
+		stderr, code := execute(t, c, cmd)
+		assert.Equal(t, 1, code, cmd)
+		assert.Contains(t, stderr, want, cmd)
+	}
+
+	s, err := c.NewSession()
+	require.NoError(t, err)
+	assert.Error(t, s.RequestPty("xterm", 80, 40, ssh.TerminalModes{}), "pty refused")
+	var stderr bytes.Buffer
+	s.Stderr = &stderr
+	require.NoError(t, s.Shell())
+	assert.Error(t, s.Wait())
+	assert.Contains(t, stderr.String(), "no shell here")
+
+	_, err = c.Dial("tcp", "127.0.0.1:22")
+	assert.ErrorContains(t, err, "only session channels are served")
+	_, err = c.Listen("tcp", "127.0.0.1:0")
+	assert.Error(t, err, "remote port forwarding refused")
+	emptyDir(t, dst)
+}
+
+// TestKeysOpenExactlyOneDestination: a wrong key, and destination A's keys
+// against destination B, are turned away before anything runs.
+func TestKeysOpenExactlyOneDestination(t *testing.T) {
+	needRoot(t)
+	a, b, stranger := keys(t, "dest-a"), keys(t, "dest-b"), keys(t, "stranger")
+	dstA, dstB := t.TempDir(), t.TempDir()
+	srv := endpoint.New(t.TempDir())
+	t.Cleanup(srv.Close)
+	addrA, err := srv.Add(endpoint.Destination{ID: "a", Keys: a.dst, Volume: dstA, Privileged: true, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	addrB, err := srv.Add(endpoint.Destination{ID: "b", Keys: b.dst, Volume: dstB, Privileged: true, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	portA, portB := addrA.(*net.TCPAddr).Port, addrB.(*net.TCPAddr).Port
+
+	_, err = dial(t, portB, a.src.Identity, b.dst.HostKey.PublicKey())
+	assert.ErrorContains(t, err, "unable to authenticate", "A's source key must not open B")
+	_, err = dial(t, portA, stranger.src.Identity, a.dst.HostKey.PublicKey())
+	assert.ErrorContains(t, err, "unable to authenticate", "an unknown key opens nothing")
+	_, err = dial(t, portB, a.src.Identity, a.src.HostKey)
+	assert.ErrorContains(t, err, "host key mismatch", "A's source must not accept B as A")
+
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644))
+	_, err = push(t, &sshkeys.Source{Identity: a.src.Identity, HostKey: b.dst.HostKey.PublicKey()}, portB, src, nil)
+	assert.Error(t, err)
+	_, err = push(t, a.src, portA, src, nil)
+	require.NoError(t, err)
+	assert.FileExists(t, filepath.Join(dstA, "f"))
+	emptyDir(t, dstB)
+
+	// A removed destination is gone at once.
+	srv.Remove("a")
+	_, err = dial(t, portA, a.src.Identity, a.dst.HostKey.PublicKey())
+	assert.Error(t, err)
+}
