@@ -172,3 +172,12 @@ func RepoRoot() (string, error) {
 		dir = parent
 	}
 }
+
+// NeedRoot skips t in -short mode and when not running as root: tests that
+// mount, enter namespaces or set owners run in make test, as root.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if testing.Short() || os.Geteuid() != 0 {
+		t.Skip("needs root (mounts, namespaces, owners); runs in make test")
+	}
+}

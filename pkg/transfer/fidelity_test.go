@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
@@ -15,7 +16,7 @@ import (
 // TestFidelity pushes the full fixture with Ferry's client to Ferry's
 // endpoint, then changes and deletions, and compares the trees after each.
 func TestFidelity(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	k := keys(t, "fidelity")
 	src, dst := fixture(t), t.TempDir()
 	var ev events
@@ -49,7 +50,7 @@ func TestFidelity(t *testing.T) {
 // sync keeps content, modes and times, but owners become the receiver's (and
 // no devices would be made).
 func TestUnprivilegedDestination(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	k := keys(t, "unprivileged")
 	src, dst := fixture(t), t.TempDir()
 	srv := endpoint.New(t.TempDir())

@@ -24,13 +24,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if testing.Short() || os.Geteuid() != 0 {
-		t.Skip("needs root (mounts, namespaces, owners); runs in make test")
-	}
-}
-
 // keyset is one replication relationship's keys, as Secrets hold them.
 type keyset struct {
 	dstData, srcData map[string][]byte

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
@@ -55,7 +56,7 @@ func emptyDir(t *testing.T, dir string) {
 // a directory outside the volume, and the source sends a directory of the
 // same name with files in it, and then files addressed through it.
 func TestSymlinkInDestinationDoesNotLeadOut(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	k := keys(t, "hostile")
 	dst, outside := t.TempDir(), t.TempDir()
 	require.NoError(t, os.Symlink(outside, filepath.Join(dst, "escape")))
@@ -83,7 +84,7 @@ func TestSymlinkInDestinationDoesNotLeadOut(t *testing.T) {
 // TestModifiedClientIsRefused sends what a hostile client could: paths with
 // "..", absolute paths, the sender role, shells, port forwarding.
 func TestModifiedClientIsRefused(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	k := keys(t, "hostile")
 	dst := t.TempDir()
 	var ev events
@@ -126,7 +127,7 @@ func TestModifiedClientIsRefused(t *testing.T) {
 // TestKeysOpenExactlyOneDestination: a wrong key, and destination A's keys
 // against destination B, are turned away before anything runs.
 func TestKeysOpenExactlyOneDestination(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	a, b, stranger := keys(t, "dest-a"), keys(t, "dest-b"), keys(t, "stranger")
 	dstA, dstB := t.TempDir(), t.TempDir()
 	srv := endpoint.New(t.TempDir())

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
@@ -87,7 +88,7 @@ LogLevel VERBOSE
 // TestFerrySourceToVolSyncDestination pushes with Ferry's client to a stock
 // sshd + rrsync set up like VolSync's destination mover.
 func TestFerrySourceToVolSyncDestination(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	k := keys(t, "sshd-interop")
 	src, dst := fixture(t), t.TempDir()
 	shutdownFile := filepath.Join(t.TempDir(), "shutdown")
@@ -112,7 +113,7 @@ func TestFerrySourceToVolSyncDestination(t *testing.T) {
 // TestPlainRsyncToFerryEndpoint: an operator's rsync -e ssh from outside
 // Kubernetes reaches a destination with the source key.
 func TestPlainRsyncToFerryEndpoint(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	k := keys(t, "plain")
 	src, dst := fixture(t), t.TempDir()
 	var ev events

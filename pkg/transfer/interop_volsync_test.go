@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
 )
@@ -15,7 +16,7 @@ import (
 // (stock OpenSSH and rsync, its flags, then `ssh ... shutdown 0`) against
 // Ferry's endpoint.
 func TestVolSyncSourceToFerryEndpoint(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	k := keys(t, "volsync-interop")
 	src, dst := fixture(t), t.TempDir()
 	var ev events

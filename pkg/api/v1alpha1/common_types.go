@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // CopyMethodType says how the point-in-time copy of a volume is made. The
@@ -128,4 +129,35 @@ type MoverStatus struct {
 	// logs are rsync's summary lines of the latest transfer (or its error).
 	// +optional
 	Logs string `json:"logs,omitempty"`
+}
+
+// SyncStatus is the part of the status both kinds share: when syncs ran and
+// how the latest went. One schedule and condition logic serves both.
+type SyncStatus struct {
+	// lastSyncTime is when the most recent successful sync completed.
+	// +optional
+	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
+	// lastSyncStartTime is when the most recent sync started.
+	// +optional
+	LastSyncStartTime *metav1.Time `json:"lastSyncStartTime,omitempty"`
+	// lastSyncDuration is how long the most recent successful sync took.
+	// +optional
+	LastSyncDuration *metav1.Duration `json:"lastSyncDuration,omitempty"`
+	// nextSyncTime is when the next scheduled sync starts.
+	// +optional
+	NextSyncTime *metav1.Time `json:"nextSyncTime,omitempty"`
+	// lastManualSync echoes spec.trigger.manual once the sync it asked for
+	// has completed.
+	// +optional
+	LastManualSync string `json:"lastManualSync,omitempty"`
+	// latestMoverStatus is the result and rsync summary of the latest
+	// transfer.
+	// +optional
+	LatestMoverStatus *MoverStatus `json:"latestMoverStatus,omitempty"`
+	// conditions are the latest observations of the CR's state: Reconciled
+	// and Synchronizing.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }

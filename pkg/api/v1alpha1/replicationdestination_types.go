@@ -161,40 +161,15 @@ type ReplicationDestinationRsyncStatus struct {
 // ReplicationDestinationStatus is the observed state of a
 // ReplicationDestination.
 type ReplicationDestinationStatus struct {
-	// lastSyncTime is when the most recent successful sync completed.
-	// +optional
-	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
-	// lastSyncStartTime is when the most recent sync started.
-	// +optional
-	LastSyncStartTime *metav1.Time `json:"lastSyncStartTime,omitempty"`
-	// lastSyncDuration is how long the most recent successful sync took.
-	// +optional
-	LastSyncDuration *metav1.Duration `json:"lastSyncDuration,omitempty"`
-	// nextSyncTime is when the next scheduled sync is expected.
-	// +optional
-	NextSyncTime *metav1.Time `json:"nextSyncTime,omitempty"`
-	// lastManualSync echoes spec.trigger.manual once the sync it asked for
-	// has completed.
-	// +optional
-	LastManualSync string `json:"lastManualSync,omitempty"`
+	SyncStatus `json:",inline"`
 	// latestImage is the most recent complete copy of the data: a
 	// VolumeSnapshot for copyMethod Snapshot, the PVC for Direct. It only ever
 	// names data from a complete sync.
 	// +optional
 	LatestImage *corev1.TypedLocalObjectReference `json:"latestImage,omitempty"`
-	// latestMoverStatus is the result and rsync summary of the latest
-	// transfer.
-	// +optional
-	LatestMoverStatus *MoverStatus `json:"latestMoverStatus,omitempty"`
 	// rsync is what a source needs to connect.
 	// +optional
 	Rsync *ReplicationDestinationRsyncStatus `json:"rsync,omitempty"`
-	// conditions are the latest observations of the destination's state:
-	// Reconciled and Synchronizing.
-	// +listType=map
-	// +listMapKey=type
-	// +optional
-	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // ReplicationDestination receives replicated data into a volume, keeping a

@@ -143,35 +143,10 @@ type ReplicationSourceRsyncStatus struct {
 
 // ReplicationSourceStatus is the observed state of a ReplicationSource.
 type ReplicationSourceStatus struct {
-	// lastSyncTime is when the most recent successful sync completed.
-	// +optional
-	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
-	// lastSyncStartTime is when the most recent sync started.
-	// +optional
-	LastSyncStartTime *metav1.Time `json:"lastSyncStartTime,omitempty"`
-	// lastSyncDuration is how long the most recent successful sync took.
-	// +optional
-	LastSyncDuration *metav1.Duration `json:"lastSyncDuration,omitempty"`
-	// nextSyncTime is when the next scheduled sync starts.
-	// +optional
-	NextSyncTime *metav1.Time `json:"nextSyncTime,omitempty"`
-	// lastManualSync echoes spec.trigger.manual once the sync it asked for
-	// has completed.
-	// +optional
-	LastManualSync string `json:"lastManualSync,omitempty"`
-	// latestMoverStatus is the result and rsync summary of the latest
-	// transfer.
-	// +optional
-	LatestMoverStatus *MoverStatus `json:"latestMoverStatus,omitempty"`
+	SyncStatus `json:",inline"`
 	// rsync is the rsync mover's status.
 	// +optional
 	Rsync *ReplicationSourceRsyncStatus `json:"rsync,omitempty"`
-	// conditions are the latest observations of the source's state:
-	// Reconciled and Synchronizing.
-	// +listType=map
-	// +listMapKey=type
-	// +optional
-	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // ReplicationSource replicates a PersistentVolumeClaim to a

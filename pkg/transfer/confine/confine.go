@@ -111,12 +111,12 @@ func (s *Spec) validate() error {
 		return fmt.Errorf("confine: rsync binary: %w", err)
 	}
 	if !strings.HasPrefix(real, "/usr/") {
-		return fmt.Errorf("confine: rsync binary %s must live under /usr, the only system tree the confinement shows", real)
+		return fmt.Errorf("confine: rsync binary %s must live under /usr: the confinement shows no other system tree", real)
 	}
 	s.Rsync = real
 	for _, part := range strings.Split(s.Dir, "/") {
 		if part == ".." {
-			return fmt.Errorf("confine: dir %q must not use ..", s.Dir)
+			return fmt.Errorf("confine: dir %q must not contain a .. element", s.Dir)
 		}
 	}
 	s.Dir = strings.TrimPrefix(path.Clean("/"+s.Dir), "/")

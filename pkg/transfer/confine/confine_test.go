@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/reexec"
 )
@@ -18,13 +19,6 @@ import (
 func TestMain(m *testing.M) {
 	reexec.Init()
 	os.Exit(m.Run())
-}
-
-func needRoot(t *testing.T) {
-	t.Helper()
-	if testing.Short() || os.Geteuid() != 0 {
-		t.Skip("needs root (mount namespaces); runs in make test")
-	}
 }
 
 // run runs confined rsync and returns its combined output and error.
@@ -49,7 +43,7 @@ func volume(t *testing.T) string {
 }
 
 func TestCopiesInsideTheVolume(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	vol := volume(t)
 	_, err := run(t, confine.Spec{Volume: vol, Privileged: true, Args: []string{"-a", "src/", "copy/"}})
 	require.NoError(t, err)
@@ -59,7 +53,7 @@ func TestCopiesInsideTheVolume(t *testing.T) {
 }
 
 func TestSymlinkOutOfTheVolumeLeadsNowhere(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	vol := volume(t)
 	outside := t.TempDir()
 	require.NoError(t, os.Symlink(outside, filepath.Join(vol, "out")))
@@ -77,7 +71,7 @@ func TestSymlinkOutOfTheVolumeLeadsNowhere(t *testing.T) {
 }
 
 func TestReadOnlyVolume(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	vol := volume(t)
 	out, err := run(t, confine.Spec{Volume: vol, ReadOnly: true, Args: []string{"-a", "src/", "copy/"}})
 	require.Error(t, err)
@@ -86,7 +80,7 @@ func TestReadOnlyVolume(t *testing.T) {
 }
 
 func TestNoNetwork(t *testing.T) {
-	needRoot(t)
+	testenv.NeedRoot(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()

@@ -89,9 +89,6 @@ type Server struct {
 
 	mu    sync.Mutex
 	dests map[string]*listener
-
-	dropD    sync.Once
-	hasDropD bool
 }
 
 // Option configures a Server.
