@@ -76,6 +76,10 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 test: deps testenv $(CONTROLLER_GEN) ## Everything: set-up, then unit and integration tests against real components.
 	CONTROLLER_GEN=$(CONTROLLER_GEN) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
 
+.PHONY: bench
+bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback (root; minutes, several GiB).
+	FERRY_BENCH=1 go test -count=1 -v -run TestBenchmark -timeout 60m ./pkg/transfer/ | grep -v '^    [a-z_]*\.go:[0-9]*: "level"'
+
 ##@ Tools
 
 $(CONTROLLER_GEN):

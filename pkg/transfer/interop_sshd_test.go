@@ -32,8 +32,9 @@ esac
 
 // startSSHD runs a stock OpenSSH sshd set up like VolSync's destination on a
 // free loopback port: host key from the Secret, the source's key forced to
-// the command above with restrict. It returns the port.
-func startSSHD(t *testing.T, k *keyset, data, shutdownFile string) int {
+// the command above with restrict. Each of plainKeys may log in without
+// restriction (for benchmarks of plain rsync and ssh). It returns the port.
+func startSSHD(t *testing.T, k *keyset, data, shutdownFile string, plainKeys ...[]byte) int {
 	t.Helper()
 	dir := t.TempDir()
 	hostKey := filepath.Join(dir, "ssh_host_rsa_key")
@@ -42,8 +43,11 @@ func startSSHD(t *testing.T, k *keyset, data, shutdownFile string) int {
 	script := strings.Replace(volsyncDestinationCommand, "set -eu", fmt.Sprintf("set -eu\nDATA_DIR=%s\nSHUTDOWN_FILE=%s", data, shutdownFile), 1)
 	require.NoError(t, os.WriteFile(cmd, []byte(script), 0o755))
 	auth := filepath.Join(dir, "authorized_keys")
-	line := fmt.Sprintf("command=%q,restrict %s", cmd, k.dstData["source.pub"])
-	require.NoError(t, os.WriteFile(auth, []byte(line), 0o600))
+	lines := fmt.Sprintf("command=%q,restrict %s", cmd, k.dstData["source.pub"])
+	for _, pk := range plainKeys {
+		lines += string(pk)
+	}
+	require.NoError(t, os.WriteFile(auth, []byte(lines), 0o600))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	port := ln.Addr().(*net.TCPAddr).Port
