@@ -3,7 +3,7 @@ package endpoint
 import (
 	"errors"
 	"fmt"
-	"io"
+	"os"
 	"os/exec"
 
 	"github.com/go-logr/logr"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
+	"github.com/ferrysync/ferry/pkg/transfer/stream"
 )
 
 // exec runs one exec request and returns its exit status.
@@ -54,21 +55,27 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	}
 	in := &countingReader{r: ch}
 	out := &countingWriter{w: ch}
-	stdin, err := cmd.StdinPipe()
+	// Our own pipe: exec's StdinPipe hides the *os.File that Grow needs.
+	stdinR, stdin, err := os.Pipe()
 	if err != nil {
 		log.Error(err, "rsync stdin")
 		return 1
 	}
-	cmd.Stdout, cmd.Stderr = out, ch.Stderr()
+	defer stdinR.Close()
+	stream.Grow(stdin)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, out, ch.Stderr()
 	emit(l, Event{Kind: RsyncStarted})
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	_ = stdinR.Close() // rsync holds it now
+	if err != nil {
+		_ = stdin.Close()
 		fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
 		log.Error(err, "cannot start rsync")
 		return 1
 	}
 	// Not waited for: it ends when the channel closes after rsync exits.
 	go func() {
-		_, _ = io.Copy(stdin, in)
+		_, _ = stream.Copy(stdin, in)
 		_ = stdin.Close()
 	}()
 	stop := make(chan struct{})

@@ -45,6 +45,7 @@ import (
 
 	"github.com/ferrysync/ferry/pkg/transfer/rsh"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+	"github.com/ferrysync/ferry/pkg/transfer/stream"
 )
 
 // Options say where to push what.
@@ -130,8 +131,12 @@ func Push(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	res.End = time.Now()
-	if err == nil && ctx.Err() != nil {
-		err = ctx.Err()
+	if cerr := ctx.Err(); cerr != nil {
+		if err == nil {
+			err = cerr
+		} else {
+			err = fmt.Errorf("%w: %v", cerr, err)
+		}
 	}
 	return res, err
 }
@@ -257,7 +262,7 @@ func serveRemote(ctx context.Context, ln *rsh.Listener, client *ssh.Client, log 
 	}
 	// Not waited for: rsync closes its end only after the helper exits.
 	go func() {
-		_, _ = io.Copy(stdin, req.In)
+		_, _ = stream.Copy(stdin, req.In)
 		_ = stdin.Close()
 	}()
 	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })

@@ -1,0 +1,81 @@
+package transfer_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
+)
+
+// TestPushRetriesThenGivesUp: with nobody listening, every try fails and
+// Push reports how many it made.
+func TestPushRetriesThenGivesUp(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "retry")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, ln.Close())
+	res, err := source.Push(context.Background(), source.Options{Address: "127.0.0.1", Port: port, Keys: k.src,
+		Volume: t.TempDir(), Attempts: 3, Backoff: 10 * time.Millisecond, Log: testr.New(t)})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "connection refused")
+	assert.Equal(t, 3, res.Attempts)
+	assert.NotEqual(t, 0, res.ExitCode)
+}
+
+// TestPushCancels: cancelling the context mid-transfer stops rsync and
+// returns the context's error, leaving no rsync behind.
+func TestPushCancels(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "cancel")
+	src, dst := t.TempDir(), t.TempDir()
+	writeRandomFiles(t, src, 4, 256<<20)
+	var ev events
+	_, port := serve(t, k, dst, &ev)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := source.Push(ctx, source.Options{Address: "127.0.0.1", Port: port, Keys: k.src, Volume: src,
+			ProgressInterval: time.Millisecond, Progress: func(p source.Progress) {
+				if p.BytesDone > 0 {
+					select {
+					case <-started:
+					default:
+						close(started)
+					}
+				}
+			}})
+		done <- err
+	}()
+	select {
+	case <-started:
+	case <-time.After(60 * time.Second):
+		t.Fatal("transfer did not start")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		assert.True(t, errors.Is(err, context.Canceled), "got %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Push did not return after cancel")
+	}
+	// The destination's confined rsync ends when its connection does.
+	ev.waitFor(t, "RsyncEnded")
+	out, _ := exec.Command("pgrep", "-a", "-f", "rsync.*"+src).CombinedOutput()
+	assert.Empty(t, strings.TrimSpace(string(out)), "no rsync of this transfer may remain")
+	_ = os.RemoveAll(src)
+}
