@@ -12,12 +12,14 @@ export GOFLAGS := -buildvcs=false
 
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 STATICCHECK_VERSION ?= v0.8.2
+CSI_TEST_VERSION ?= v5.6.0
 K8S_VERSION ?= v1.37.2
 ETCD_VERSION ?= v3.6.16
 export K8S_VERSION ETCD_VERSION
 
 CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 STATICCHECK := $(BIN)/staticcheck-$(STATICCHECK_VERSION)
+CSI_SANITY := $(BIN)/csi-sanity-$(CSI_TEST_VERSION)
 TESTENV := $(BIN)/testenv
 # Tests find the real control plane here (controller-runtime's envtest reads it).
 export KUBEBUILDER_ASSETS := $(TESTENV)
@@ -73,8 +75,8 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 	go test $(GO_TEST_FLAGS) -short ./...
 
 .PHONY: test
-test: deps testenv $(CONTROLLER_GEN) ## Everything: set-up, then unit and integration tests against real components.
-	CONTROLLER_GEN=$(CONTROLLER_GEN) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
+test: deps testenv $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
+	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
 
 .PHONY: bench
 bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback (root; minutes, several GiB).
@@ -85,6 +87,10 @@ bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopb
 $(CONTROLLER_GEN):
 	GOBIN=$(BIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(BIN)/controller-gen $@
+
+$(CSI_SANITY):
+	GOBIN=$(BIN) go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_TEST_VERSION)
+	mv $(BIN)/csi-sanity $@
 
 $(STATICCHECK):
 	GOBIN=$(BIN) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)

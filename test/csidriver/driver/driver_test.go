@@ -1,0 +1,163 @@
+package driver_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/go-logr/logr/testr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/test/csidriver/driver"
+)
+
+// start runs a driver instance on a socket in a short temporary path.
+func start(t *testing.T, dataDir, node string, attach bool) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "csi")
+	require.NoError(t, err)
+	sock := filepath.Join(dir, "csi.sock")
+	d, err := driver.New(driver.Config{Endpoint: sock, NodeID: node, DataDir: dataDir, AttachRequired: attach, Log: testr.New(t)})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+		_ = os.RemoveAll(dir)
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		require.True(t, time.Now().Before(deadline), "driver socket did not appear")
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// requireNoLeaks fails when a loop device or mount of dataDir or under
+// paths remains.
+func requireNoLeaks(t *testing.T, dataDir string, paths ...string) {
+	t.Helper()
+	out, err := exec.Command("losetup", "-a").CombinedOutput()
+	require.NoError(t, err)
+	assert.NotContains(t, string(out), dataDir, "loop devices left behind")
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	require.NoError(t, err)
+	for _, p := range append(paths, dataDir) {
+		assert.NotContains(t, string(mi), p, "mounts left behind")
+	}
+}
+
+// TestSanity runs the CSI conformance suite, csi-sanity, against the driver
+// with and without attach.
+func TestSanity(t *testing.T) {
+	testenv.NeedRoot(t)
+	sanity := os.Getenv("CSI_SANITY")
+	if sanity == "" {
+		t.Fatal("CSI_SANITY not set: run the tests with make test, which builds csi-sanity")
+	}
+	for name, attach := range map[string]bool{"plain": false, "attach-required": true} {
+		t.Run(name, func(t *testing.T) {
+			data, work := t.TempDir(), t.TempDir()
+			sock := start(t, data, "node-a", attach)
+			out, err := exec.Command(sanity, "--csi.endpoint", sock,
+				"--csi.mountdir", filepath.Join(work, "mnt"), "--csi.stagingdir", filepath.Join(work, "stage"),
+				"--csi.testvolumesize", "67108864", "--ginkgo.no-color").CombinedOutput()
+			t.Log(lastLines(string(out), 15))
+			require.NoError(t, err)
+			assert.Contains(t, string(out), "0 Failed")
+			requireNoLeaks(t, data, work)
+		})
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+type clients struct {
+	csi.ControllerClient
+	csi.NodeClient
+}
+
+func connect(t *testing.T, sock string) clients {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return clients{csi.NewControllerClient(conn), csi.NewNodeClient(conn)}
+}
+
+var mountRW = &csi.VolumeCapability{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}
+
+// mount stages and publishes a volume and returns the target and a cleanup.
+func mount(t *testing.T, c clients, id, work string, readOnly bool) (string, func()) {
+	t.Helper()
+	ctx := context.Background()
+	staging, target := filepath.Join(work, id, "stage"), filepath.Join(work, id, "target")
+	_, err := c.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: mountRW})
+	require.NoError(t, err)
+	_, err = c.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		TargetPath: target, VolumeCapability: mountRW, Readonly: readOnly})
+	require.NoError(t, err)
+	return target, func() {
+		_, err := c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+		require.NoError(t, err)
+		_, err = c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+		require.NoError(t, err)
+	}
+}
+
+// TestSnapshotsAndClonesCarryData writes into a volume, snapshots and
+// clones it, and reads the data back from the restored and cloned volumes;
+// a read-only publish refuses writes.
+func TestSnapshotsAndClonesCarryData(t *testing.T) {
+	testenv.NeedRoot(t)
+	ctx := context.Background()
+	data, work := t.TempDir(), t.TempDir()
+	c := connect(t, start(t, data, "node-a", false))
+	create := func(name string, src *csi.VolumeContentSource) string {
+		resp, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{mountRW},
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, VolumeContentSource: src})
+		require.NoError(t, err)
+		return resp.GetVolume().GetVolumeId()
+	}
+	orig := create("orig", nil)
+	target, unmount := mount(t, c, orig, work, false)
+	require.NoError(t, os.WriteFile(filepath.Join(target, "hello"), []byte("from orig"), 0o644))
+	unmount()
+
+	snap, err := c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: orig})
+	require.NoError(t, err)
+	assert.True(t, snap.GetSnapshot().GetReadyToUse())
+	restored := create("restored", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}})
+	clone := create("clone", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: orig}}})
+	for _, id := range []string{restored, clone} {
+		target, unmount := mount(t, c, id, work, true)
+		got, err := os.ReadFile(filepath.Join(target, "hello"))
+		require.NoError(t, err)
+		assert.Equal(t, "from orig", string(got))
+		err = os.WriteFile(filepath.Join(target, "nope"), []byte("x"), 0o644)
+		assert.ErrorContains(t, err, "read-only file system")
+		unmount()
+	}
+	requireNoLeaks(t, data, work)
+}

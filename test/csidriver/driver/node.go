@@ -1,0 +1,202 @@
+package driver
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// NodeGetInfo names this node and its topology.
+func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             d.cfg.NodeID,
+		AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyKey: d.cfg.NodeID}},
+	}, nil
+}
+
+// NodeGetCapabilities: the node stages (loop device, filesystem mount) and
+// publishes (bind mounts).
+func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: []*csi.NodeServiceCapability{{
+		Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME}},
+	}}}, nil
+}
+
+// NodeStageVolume attaches the image to a loop device and, for a mount
+// volume, mounts its ext4 at the staging path. A block volume records its
+// device in the staging directory. Repeating it is a no-op.
+func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" || staging == "" || req.GetVolumeCapability() == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume ID, staging path and capability are required")
+	}
+	if err := d.requireVolume(id); err != nil {
+		return nil, err
+	}
+	if d.cfg.AttachRequired && req.GetPublishContext()["image"] == "" {
+		return nil, status.Error(codes.FailedPrecondition, "volume is not attached to this node (no publish context)")
+	}
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
+	}
+	dev, err := d.loopDevice(id, true)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetVolumeCapability().GetBlock() != nil {
+		if err := os.WriteFile(filepath.Join(staging, "device"), []byte(dev), 0o600); err != nil {
+			return nil, status.Errorf(codes.Internal, "record device: %v", err)
+		}
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	if mounted, err := mountinfo.Mounted(staging); err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect staging path: %v", err)
+	} else if mounted {
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	opts := strings.Join(req.GetVolumeCapability().GetMount().GetMountFlags(), ",")
+	if err := unix.Mount(dev, staging, "ext4", 0, opts); err != nil {
+		return nil, status.Errorf(codes.Internal, "mount %s at %s: %v", dev, staging, err)
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// NodeUnstageVolume unmounts the staging path and frees the loop device.
+// Unstaging what is not staged succeeds.
+func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" || staging == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID and staging path are required")
+	}
+	if err := unmountIfMounted(staging); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(filepath.Join(staging, "device"))
+	dev, err := d.loopDevice(id, false)
+	if err != nil {
+		return nil, err
+	}
+	if dev != "" {
+		if err := run("losetup", "-d", dev); err != nil {
+			return nil, status.Errorf(codes.Internal, "detach %s: %v", dev, err)
+		}
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// NodePublishVolume bind-mounts the staged volume (or its device, for a
+// block volume) at the target path, read-only when asked.
+func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	id, staging, target := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath()
+	if id == "" || staging == "" || target == "" || req.GetVolumeCapability() == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume ID, staging path, target path and capability are required")
+	}
+	if err := d.requireVolume(id); err != nil {
+		return nil, err
+	}
+	src := staging
+	if req.GetVolumeCapability().GetBlock() != nil {
+		dev, err := os.ReadFile(filepath.Join(staging, "device"))
+		if err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume is not staged: %v", err)
+		}
+		src = string(dev)
+		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+			return nil, status.Errorf(codes.Internal, "create target parent: %v", err)
+		}
+		if f, err := os.OpenFile(target, os.O_CREATE, 0o600); err != nil {
+			return nil, status.Errorf(codes.Internal, "create target file: %v", err)
+		} else {
+			f.Close()
+		}
+	} else {
+		if mounted, _ := mountinfo.Mounted(staging); !mounted {
+			return nil, status.Error(codes.FailedPrecondition, "volume is not staged")
+		}
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			return nil, status.Errorf(codes.Internal, "create target: %v", err)
+		}
+	}
+	if mounted, err := mountinfo.Mounted(target); err != nil {
+		return nil, status.Errorf(codes.Internal, "inspect target: %v", err)
+	} else if mounted {
+		return &csi.NodePublishVolumeResponse{}, nil
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		return nil, status.Errorf(codes.Internal, "bind %s at %s: %v", src, target, err)
+	}
+	if req.GetReadonly() {
+		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			_ = unix.Unmount(target, 0)
+			return nil, status.Errorf(codes.Internal, "make %s read-only: %v", target, err)
+		}
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// NodeUnpublishVolume unmounts and removes the target; an absent target is
+// already unpublished.
+func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" || req.GetTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID and target path are required")
+	}
+	if err := unmountIfMounted(req.GetTargetPath()); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(req.GetTargetPath()); err != nil && !os.IsNotExist(err) {
+		return nil, status.Errorf(codes.Internal, "remove target: %v", err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func (d *Driver) requireVolume(id string) error {
+	return d.store.view(func(st *state) error {
+		if st.Volumes[id] == nil {
+			return status.Errorf(codes.NotFound, "volume %q not found", id)
+		}
+		return nil
+	})
+}
+
+// loopDevice finds the loop device backing the volume's image, attaching
+// one when attach is set. It returns "" when none is attached and attach is
+// not set.
+func (d *Driver) loopDevice(id string, attach bool) (string, error) {
+	img := d.imagePath(id)
+	out, err := exec.Command("losetup", "-j", img, "-O", "NAME", "-n").Output()
+	if err != nil {
+		return "", status.Errorf(codes.Internal, "find loop device of %s: %v", img, err)
+	}
+	if dev := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0]); dev != "" || !attach {
+		return dev, nil
+	}
+	out, err = exec.Command("losetup", "--find", "--show", img).Output()
+	if err != nil {
+		return "", status.Errorf(codes.Internal, "attach %s to a loop device: %v", img, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func unmountIfMounted(path string) error {
+	mounted, err := mountinfo.Mounted(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return status.Errorf(codes.Internal, "inspect %s: %v", path, err)
+	}
+	if mounted {
+		if err := unix.Unmount(path, 0); err != nil {
+			return status.Errorf(codes.Internal, "unmount %s: %v", path, err)
+		}
+	}
+	return nil
+}
