@@ -78,8 +78,25 @@ func Need(t testing.TB, env *Env) {
 	}
 }
 
+// Option changes how Start sets up the environment.
+type Option func(*envtest.Environment)
+
+// WithCRDs installs the CRDs in dirs too.
+func WithCRDs(dirs ...string) Option {
+	return func(te *envtest.Environment) { te.CRDDirectoryPaths = append(te.CRDDirectoryPaths, dirs...) }
+}
+
+// WithAPIServerFlag sets a kube-apiserver flag (such as
+// service-cluster-ip-range, which must differ between clusters whose
+// networks are joined).
+func WithAPIServerFlag(name, value string) Option {
+	return func(te *envtest.Environment) {
+		te.ControlPlane.GetAPIServer().Configure().Set(name, value)
+	}
+}
+
 // Start starts etcd and kube-apiserver and installs Ferry's CRDs.
-func Start() (*Env, error) {
+func Start(opts ...Option) (*Env, error) {
 	bin := os.Getenv("KUBEBUILDER_ASSETS")
 	if bin == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run the tests with make test, which builds bin/testenv")
@@ -107,6 +124,9 @@ func Start() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(root, "deploy", "crd")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme,
+	}
+	for _, o := range opts {
+		o(te)
 	}
 	cfg, err := te.Start()
 	if err != nil {

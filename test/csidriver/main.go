@@ -18,8 +18,9 @@ import (
 
 func main() {
 	var cfg driver.Config
+	flag.StringVar(&cfg.Name, "name", driver.Name, "CSI driver name")
 	flag.StringVar(&cfg.Endpoint, "endpoint", "/var/lib/kubelet/plugins/"+driver.Name+"/csi.sock", "unix socket to serve CSI on")
-	flag.StringVar(&cfg.NodeID, "node-id", "", "name of the node this instance serves")
+	flag.StringVar(&cfg.NodeID, "node-id", "", "name of the node this instance serves (empty: controller side only)")
 	flag.StringVar(&cfg.DataDir, "data-dir", "/var/lib/ferry-csi", "directory for images, snapshots and metadata, shared by all instances")
 	flag.BoolVar(&cfg.AttachRequired, "attach-required", false, "require ControllerPublish before NodeStage")
 	flag.Int64Var(&cfg.Capacity, "capacity", 100<<30, "bytes the driver offers")

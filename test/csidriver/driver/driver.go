@@ -31,9 +31,13 @@ const TopologyKey = "topology.local.csi.ferrysync.io/node"
 
 // Config says how one driver instance runs.
 type Config struct {
+	// Name is the CSI driver name (default Name); a second name lets one
+	// cluster have an attach-required driver beside a plain one.
+	Name string
 	// Endpoint is the unix socket path to serve on.
 	Endpoint string
-	// NodeID names the node this instance serves as.
+	// NodeID names the node this instance serves as; empty for an instance
+	// that serves only the controller side (for the sidecars).
 	NodeID string
 	// DataDir holds images, snapshots and metadata, shared by all instances.
 	DataDir string
@@ -58,8 +62,11 @@ type Driver struct {
 
 // New prepares the data directory.
 func New(cfg Config) (*Driver, error) {
-	if cfg.NodeID == "" || cfg.DataDir == "" || cfg.Endpoint == "" {
-		return nil, errors.New("driver: endpoint, node ID and data dir are required")
+	if cfg.DataDir == "" || cfg.Endpoint == "" {
+		return nil, errors.New("driver: endpoint and data dir are required")
+	}
+	if cfg.Name == "" {
+		cfg.Name = Name
 	}
 	if cfg.Capacity == 0 {
 		cfg.Capacity = 100 << 30
@@ -73,6 +80,9 @@ func New(cfg Config) (*Driver, error) {
 		}
 	}
 	d := &Driver{cfg: cfg, store: &store{dir: cfg.DataDir}}
+	if cfg.NodeID == "" {
+		return d, nil
+	}
 	// Register the node, so the controller can tell a real node from a typo.
 	if err := d.store.update(func(st *state) error {
 		if st.Nodes == nil {
@@ -128,7 +138,7 @@ func (d *Driver) snapshotPath(id string) string {
 
 // GetPluginInfo names the driver.
 func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
-	return &csi.GetPluginInfoResponse{Name: Name, VendorVersion: "0.1.0"}, nil
+	return &csi.GetPluginInfoResponse{Name: d.cfg.Name, VendorVersion: "0.1.0"}, nil
 }
 
 // GetPluginCapabilities says there is a controller and topology.

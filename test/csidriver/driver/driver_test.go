@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/test/cluster"
 	"github.com/ferrysync/ferry/test/csidriver/driver"
 )
 
@@ -88,40 +89,17 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-type clients struct {
-	csi.ControllerClient
-	csi.NodeClient
-}
-
-func connect(t *testing.T, sock string) clients {
+func connect(t *testing.T, sock string) csi.ControllerClient {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	return clients{csi.NewControllerClient(conn), csi.NewNodeClient(conn)}
+	return csi.NewControllerClient(conn)
 }
 
 var mountRW = &csi.VolumeCapability{
 	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-}
-
-// mount stages and publishes a volume and returns the target and a cleanup.
-func mount(t *testing.T, c clients, id, work string, readOnly bool) (string, func()) {
-	t.Helper()
-	ctx := context.Background()
-	staging, target := filepath.Join(work, id, "stage"), filepath.Join(work, id, "target")
-	_, err := c.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: mountRW})
-	require.NoError(t, err)
-	_, err = c.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
-		TargetPath: target, VolumeCapability: mountRW, Readonly: readOnly})
-	require.NoError(t, err)
-	return target, func() {
-		_, err := c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-		require.NoError(t, err)
-		_, err = c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
-		require.NoError(t, err)
-	}
 }
 
 // TestSnapshotsAndClonesCarryData writes into a volume, snapshots and
@@ -131,7 +109,8 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 	testenv.NeedRoot(t)
 	ctx := context.Background()
 	data, work := t.TempDir(), t.TempDir()
-	c := connect(t, start(t, data, "node-a", false))
+	sock := start(t, data, "node-a", false)
+	c := connect(t, sock)
 	create := func(name string, src *csi.VolumeContentSource) string {
 		resp, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{mountRW},
 			CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, VolumeContentSource: src})
@@ -139,9 +118,10 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 		return resp.GetVolume().GetVolumeId()
 	}
 	orig := create("orig", nil)
-	target, unmount := mount(t, c, orig, work, false)
+	target, unmount, err := cluster.MountVolume(ctx, sock, orig, work, false, nil)
+	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(target, "hello"), []byte("from orig"), 0o644))
-	unmount()
+	require.NoError(t, unmount())
 
 	snap, err := c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: orig})
 	require.NoError(t, err)
@@ -151,13 +131,14 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 	clone := create("clone", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: orig}}})
 	for _, id := range []string{restored, clone} {
-		target, unmount := mount(t, c, id, work, true)
+		target, unmount, err := cluster.MountVolume(ctx, sock, id, work, true, nil)
+		require.NoError(t, err)
 		got, err := os.ReadFile(filepath.Join(target, "hello"))
 		require.NoError(t, err)
 		assert.Equal(t, "from orig", string(got))
 		err = os.WriteFile(filepath.Join(target, "nope"), []byte("x"), 0o644)
 		assert.ErrorContains(t, err, "read-only file system")
-		unmount()
+		require.NoError(t, unmount())
 	}
 	requireNoLeaks(t, data, work)
 }

@@ -16,6 +16,9 @@ import (
 
 // NodeGetInfo names this node and its topology.
 func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	if d.cfg.NodeID == "" {
+		return nil, status.Error(codes.FailedPrecondition, "this instance serves no node")
+	}
 	return &csi.NodeGetInfoResponse{
 		NodeId:             d.cfg.NodeID,
 		AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyKey: d.cfg.NodeID}},

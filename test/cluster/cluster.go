@@ -1,0 +1,238 @@
+// Package cluster starts a Kubernetes "cluster" on this machine for Ferry's
+// integration tests and demo, from real parts: etcd and kube-apiserver
+// (through internal/testenv), kube-controller-manager, the VolumeSnapshot
+// CRDs, the local CSI driver (test/csidriver) serving each simulated node on
+// its own kubelet-style plugin socket, and the upstream CSI sidecars
+// (external-provisioner, snapshot-controller, csi-snapshotter,
+// external-attacher) as processes. It creates Node and CSINode objects for
+// the simulated nodes, the StorageClasses and VolumeSnapshotClasses the
+// spec's examples name, and tears everything down without leaving
+// processes, mounts or loop devices.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/test/csidriver/driver"
+)
+
+// Driver names: a plain driver, and one that requires attach.
+const (
+	DriverName       = driver.Name
+	AttachDriverName = "attach." + driver.Name
+)
+
+// Options say what cluster to start.
+type Options struct {
+	// Nodes are the simulated nodes' names (default node-a, node-b).
+	Nodes []string
+	// ServiceCIDR is the apiserver's service range; clusters side by side
+	// need different ones (default 10.0.0.0/24).
+	ServiceCIDR string
+	// Log receives the steps.
+	Log logr.Logger
+}
+
+// Node is one simulated node.
+type Node struct {
+	// Name of the Node object.
+	Name string
+	// KubeletDir is the node's kubelet root; plugin sockets are under
+	// plugins/<driver>/csi.sock.
+	KubeletDir string
+}
+
+// PluginSocket is where the node's instance of a driver listens, as kubelet
+// would find it.
+func (n Node) PluginSocket(driverName string) string {
+	return filepath.Join(n.KubeletDir, "plugins", driverName, "csi.sock")
+}
+
+// Cluster is a running cluster.
+type Cluster struct {
+	*testenv.Env
+	// Dir holds the cluster's state, sockets and logs.
+	Dir string
+	// Nodes are the simulated nodes.
+	Nodes []Node
+
+	log     logr.Logger
+	cancel  context.CancelFunc
+	drivers chan error
+	nDriver int
+	procs   []*exec.Cmd
+}
+
+// Start starts a cluster; Stop it when done.
+func Start(ctx context.Context, o Options) (c *Cluster, err error) {
+	if len(o.Nodes) == 0 {
+		o.Nodes = []string{"node-a", "node-b"}
+	}
+	if o.ServiceCIDR == "" {
+		o.ServiceCIDR = "10.0.0.0/24"
+	}
+	if o.Log.GetSink() == nil {
+		o.Log = logr.Discard()
+	}
+	bin := os.Getenv("KUBEBUILDER_ASSETS")
+	if bin == "" {
+		return nil, errors.New("cluster: KUBEBUILDER_ASSETS is not set: run make test, which builds bin/testenv")
+	}
+	dir, err := os.MkdirTemp("", "ferry-cluster-")
+	if err != nil {
+		return nil, fmt.Errorf("cluster: state dir: %w", err)
+	}
+	env, err := testenv.Start(testenv.WithCRDs(filepath.Join(bin, "snapshot-crds")),
+		testenv.WithAPIServerFlag("service-cluster-ip-range", o.ServiceCIDR))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	dctx, cancel := context.WithCancel(context.Background())
+	c = &Cluster{Env: env, Dir: dir, log: o.Log, cancel: cancel, drivers: make(chan error, 16)}
+	defer func() {
+		if err != nil {
+			_ = c.Stop()
+		}
+	}()
+	for _, n := range o.Nodes {
+		c.Nodes = append(c.Nodes, Node{Name: n, KubeletDir: filepath.Join(dir, "nodes", n, "kubelet")})
+	}
+	if err := c.startDrivers(dctx); err != nil {
+		return nil, err
+	}
+	if err := c.startComponents(bin); err != nil {
+		return nil, err
+	}
+	if err := c.createObjects(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// startDrivers runs, for each driver name, a controller-side instance for
+// the sidecars and one instance per node.
+func (c *Cluster) startDrivers(ctx context.Context) error {
+	for _, name := range []string{DriverName, AttachDriverName} {
+		data := filepath.Join(c.Dir, "csi-data", name)
+		if err := c.runDriver(ctx, driver.Config{Name: name, Endpoint: c.controllerSocket(name), DataDir: data,
+			AttachRequired: name == AttachDriverName}); err != nil {
+			return err
+		}
+		for _, n := range c.Nodes {
+			if err := c.runDriver(ctx, driver.Config{Name: name, Endpoint: n.PluginSocket(name), NodeID: n.Name, DataDir: data,
+				AttachRequired: name == AttachDriverName}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) controllerSocket(driverName string) string {
+	return filepath.Join(c.Dir, "controller", driverName, "csi.sock")
+}
+
+func (c *Cluster) runDriver(ctx context.Context, cfg driver.Config) error {
+	cfg.Log = c.log.WithValues("driver", cfg.Name, "node", cfg.NodeID)
+	d, err := driver.New(cfg)
+	if err != nil {
+		return err
+	}
+	c.nDriver++
+	go func() { c.drivers <- d.Run(ctx) }()
+	return waitFor(10*time.Second, func() bool { _, err := os.Stat(cfg.Endpoint); return err == nil })
+}
+
+// startComponents runs kube-controller-manager and the sidecars.
+func (c *Cluster) startComponents(bin string) error {
+	kc := "--kubeconfig=" + c.Kubeconfig
+	components := [][]string{
+		{"kube-controller-manager", kc, "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
+			"--use-service-account-credentials=false", "--controllers=*,-serviceaccount-token"},
+		{"snapshot-controller", kc, "--leader-election=false"},
+		{"csi-provisioner", kc, "--csi-address=" + c.controllerSocket(DriverName), "--leader-election=false",
+			"--default-fstype=ext4", "--extra-create-metadata"},
+		{"csi-provisioner", kc, "--csi-address=" + c.controllerSocket(AttachDriverName), "--leader-election=false",
+			"--default-fstype=ext4"},
+		{"csi-snapshotter", kc, "--csi-address=" + c.controllerSocket(DriverName), "--leader-election=false",
+			"--extra-create-metadata"},
+		{"csi-attacher", kc, "--csi-address=" + c.controllerSocket(AttachDriverName), "--leader-election=false"},
+	}
+	logs := filepath.Join(c.Dir, "logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		return fmt.Errorf("cluster: log dir: %w", err)
+	}
+	for i, args := range components {
+		f, err := os.Create(filepath.Join(logs, fmt.Sprintf("%s-%d.log", args[0], i)))
+		if err != nil {
+			return fmt.Errorf("cluster: log file: %w", err)
+		}
+		cmd := exec.Command(filepath.Join(bin, args[0]), args[1:]...)
+		cmd.Stdout, cmd.Stderr = f, f
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		err = cmd.Start()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("cluster: start %s: %w", args[0], err)
+		}
+		c.procs = append(c.procs, cmd)
+	}
+	return nil
+}
+
+// Stop ends every process and driver and removes the cluster's state. It
+// reports what could not be cleaned up.
+func (c *Cluster) Stop() error {
+	var errs []error
+	for _, p := range c.procs {
+		_ = p.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = p.Process.Kill()
+			<-done
+		}
+	}
+	c.cancel()
+	for i := 0; i < c.nDriver; i++ {
+		if err := <-c.drivers; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, c.Env.Stop(), os.RemoveAll(c.Dir))
+	return errors.Join(errs...)
+}
+
+// Logs returns the tail of every component's log, for test failures.
+func (c *Cluster) Logs(lines int) string {
+	files, _ := filepath.Glob(filepath.Join(c.Dir, "logs", "*.log"))
+	out := ""
+	for _, f := range files {
+		out += fmt.Sprintf("==> %s <==\n%s\n", filepath.Base(f), tail(f, lines))
+	}
+	return out
+}
+
+func waitFor(timeout time.Duration, ok func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			return errors.New("cluster: timed out waiting")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}

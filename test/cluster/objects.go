@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ferrysync/ferry/test/csidriver/driver"
+)
+
+// Storage and snapshot class names: the spec's examples name my-sc and
+// my-vsc; manifests that name none get the defaults.
+const (
+	StorageClass              = "my-sc"
+	DefaultStorageClass       = "standard"
+	AttachStorageClass        = "attach-sc"
+	SnapshotClass             = "my-vsc"
+	DefaultSnapshotClass      = "standard-vsc"
+	defaultStorageClassAnno   = "storageclass.kubernetes.io/is-default-class"
+	defaultSnapshotClassAnno  = "snapshot.storage.kubernetes.io/is-default-class"
+	volumeSnapshotClassAPIVer = "snapshot.storage.k8s.io/v1"
+)
+
+// createObjects makes what kubelet and an installer would: Node and CSINode
+// objects, CSIDrivers, storage and snapshot classes.
+func (c *Cluster) createObjects(ctx context.Context) error {
+	var objs []client.Object
+	for _, n := range c.Nodes {
+		labels := map[string]string{corev1.LabelHostname: n.Name, driver.TopologyKey: n.Name}
+		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels}})
+		csiNode := &storagev1.CSINode{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
+		for _, d := range []string{DriverName, AttachDriverName} {
+			csiNode.Spec.Drivers = append(csiNode.Spec.Drivers, storagev1.CSINodeDriver{
+				Name: d, NodeID: n.Name, TopologyKeys: []string{driver.TopologyKey}})
+		}
+		objs = append(objs, csiNode)
+	}
+	for _, d := range []string{DriverName, AttachDriverName} {
+		objs = append(objs, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: d},
+			Spec: storagev1.CSIDriverSpec{AttachRequired: ptr.To(d == AttachDriverName), PodInfoOnMount: ptr.To(false)}})
+	}
+	immediate := storagev1.VolumeBindingImmediate
+	del := corev1.PersistentVolumeReclaimDelete
+	for name, d := range map[string]string{StorageClass: DriverName, DefaultStorageClass: DriverName, AttachStorageClass: AttachDriverName} {
+		sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Provisioner: d,
+			VolumeBindingMode: &immediate, ReclaimPolicy: &del, AllowVolumeExpansion: ptr.To(false)}
+		if name == DefaultStorageClass {
+			sc.Annotations = map[string]string{defaultStorageClassAnno: "true"}
+		}
+		objs = append(objs, sc)
+	}
+	for _, name := range []string{SnapshotClass, DefaultSnapshotClass} {
+		vsc := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": volumeSnapshotClassAPIVer, "kind": "VolumeSnapshotClass",
+			"metadata": map[string]any{"name": name}, "driver": DriverName, "deletionPolicy": "Delete",
+		}}
+		if name == DefaultSnapshotClass {
+			vsc.SetAnnotations(map[string]string{defaultSnapshotClassAnno: "true"})
+		}
+		objs = append(objs, vsc)
+	}
+	for _, o := range objs {
+		if err := c.Client.Create(ctx, o); err != nil {
+			return fmt.Errorf("cluster: create %T %s: %w", o, o.GetName(), err)
+		}
+	}
+	return nil
+}
+
+// tail returns the last n lines of a file.
+func tail(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
