@@ -78,6 +78,10 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 test: deps testenv $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
 	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
 
+.PHONY: cluster
+cluster: deps testenv ## Start two local clusters (control plane, CSI driver, sidecars, kube-proxy in node namespaces) until Ctrl-C (root).
+	go run ./test/cluster/cmd/ferry-cluster
+
 .PHONY: bench
 bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback (root; minutes, several GiB).
 	FERRY_BENCH=1 go test -count=1 -v -run TestBenchmark -timeout 60m ./pkg/transfer/ | grep -v '^    [a-z_]*\.go:[0-9]*: "level"'

@@ -39,6 +39,11 @@ type Options struct {
 	// ServiceCIDR is the apiserver's service range; clusters side by side
 	// need different ones (default 10.0.0.0/24).
 	ServiceCIDR string
+	// Network, when set, puts each node in its own network namespace on it
+	// and runs the real kube-proxy (nftables mode) there, so Service
+	// addresses route to their endpoints; the apiserver then also listens
+	// on the network's host address.
+	Network *Network
 	// Log receives the steps.
 	Log logr.Logger
 }
@@ -50,6 +55,8 @@ type Node struct {
 	// KubeletDir is the node's kubelet root; plugin sockets are under
 	// plugins/<driver>/csi.sock.
 	KubeletDir string
+	// Net is the node's network namespace and address (with a Network).
+	Net NodeNet
 }
 
 // PluginSocket is where the node's instance of a driver listens, as kubelet
@@ -65,6 +72,8 @@ type Cluster struct {
 	Dir string
 	// Nodes are the simulated nodes.
 	Nodes []Node
+	// ServiceCIDR is the apiserver's service range.
+	ServiceCIDR string
 
 	log     logr.Logger
 	cancel  context.CancelFunc
@@ -92,21 +101,34 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: state dir: %w", err)
 	}
-	env, err := testenv.Start(testenv.WithCRDs(filepath.Join(bin, "snapshot-crds")),
-		testenv.WithAPIServerFlag("service-cluster-ip-range", o.ServiceCIDR))
+	envOpts := []testenv.Option{testenv.WithCRDs(filepath.Join(bin, "snapshot-crds")),
+		testenv.WithAPIServerFlag("service-cluster-ip-range", o.ServiceCIDR)}
+	if o.Network != nil {
+		envOpts = append(envOpts, testenv.WithAPIServerFlag("bind-address", "0.0.0.0"))
+	}
+	env, err := testenv.Start(envOpts...)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
 	dctx, cancel := context.WithCancel(context.Background())
-	c = &Cluster{Env: env, Dir: dir, log: o.Log, cancel: cancel, drivers: make(chan error, 16)}
+	c = &Cluster{Env: env, Dir: dir, ServiceCIDR: o.ServiceCIDR, log: o.Log, cancel: cancel, drivers: make(chan error, 16)}
 	defer func() {
 		if err != nil {
 			_ = c.Stop()
 		}
 	}()
 	for _, n := range o.Nodes {
-		c.Nodes = append(c.Nodes, Node{Name: n, KubeletDir: filepath.Join(dir, "nodes", n, "kubelet")})
+		node := Node{Name: n, KubeletDir: filepath.Join(dir, "nodes", n, "kubelet")}
+		if o.Network != nil {
+			if node.Net, err = o.Network.addNode(n); err != nil {
+				return nil, err
+			}
+			if err := Route(node.Net, o.ServiceCIDR, ""); err != nil {
+				return nil, err
+			}
+		}
+		c.Nodes = append(c.Nodes, node)
 	}
 	if err := c.startDrivers(dctx); err != nil {
 		return nil, err
@@ -116,6 +138,11 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	}
 	if err := c.createObjects(ctx); err != nil {
 		return nil, err
+	}
+	if o.Network != nil {
+		if err := c.startKubeProxies(bin, o.Network); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -174,20 +201,28 @@ func (c *Cluster) startComponents(bin string) error {
 		return fmt.Errorf("cluster: log dir: %w", err)
 	}
 	for i, args := range components {
-		f, err := os.Create(filepath.Join(logs, fmt.Sprintf("%s-%d.log", args[0], i)))
-		if err != nil {
-			return fmt.Errorf("cluster: log file: %w", err)
+		if err := c.startProcess(fmt.Sprintf("%s-%d", args[0], i), filepath.Join(bin, args[0]), args[1:]...); err != nil {
+			return err
 		}
-		cmd := exec.Command(filepath.Join(bin, args[0]), args[1:]...)
-		cmd.Stdout, cmd.Stderr = f, f
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		err = cmd.Start()
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("cluster: start %s: %w", args[0], err)
-		}
-		c.procs = append(c.procs, cmd)
 	}
+	return nil
+}
+
+// startProcess runs a component with its output in logs/<name>.log; it dies
+// with the test process at the latest.
+func (c *Cluster) startProcess(name, path string, args ...string) error {
+	f, err := os.Create(filepath.Join(c.Dir, "logs", name+".log"))
+	if err != nil {
+		return fmt.Errorf("cluster: log file: %w", err)
+	}
+	defer f.Close()
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("cluster: start %s: %w", name, err)
+	}
+	c.procs = append(c.procs, cmd)
 	return nil
 }
 
