@@ -18,13 +18,13 @@
 // The protocol engine is the stock rsync binary on both ends, for VolSync's
 // fidelity. github.com/gokrazy/rsync (v0.2.5, the only recent version the
 // module proxy serves) runs either end in-process over any stream, but it
-// speaks only protocol 27 and, checked against rsync 3.x: truncates mtimes
-// to seconds, refuses -H (hard links) and -A (ACLs) as a receiver and
-// silently ignores -H as a sender, ignores -S (sparse) and -x, hangs with -z,
-// keeps no directory or symlink mtimes as a receiver, aborts the whole run
-// when --delete meets a non-empty stale directory, and does not forward
-// --delete as a sender. No part of a VolSync-compatible transfer is complete
-// in it, so Ferry does not use it.
+// speaks only protocol 27. Checked against a stock rsync 3.5.0 client, as a
+// receiver it refuses -H ("support for hard links not yet implemented"),
+// breaks the connection on -A and on -z, truncates file mtimes to whole
+// seconds, keeps no directory mtimes, and aborts the run when --delete meets
+// a non-empty stale directory. As a sender it is reported (shared recipes)
+// to ignore -H silently and not to forward --delete. No part of a
+// VolSync-compatible transfer is complete in it, so Ferry does not use it.
 package source
 
 import (
