@@ -39,6 +39,9 @@ type Options struct {
 	// ServiceCIDR is the apiserver's service range; clusters side by side
 	// need different ones (default 10.0.0.0/24).
 	ServiceCIDR string
+	// LoadBalancerCIDR is where this cluster's load-balancer ingress
+	// addresses come from (with a Network; default: none routed).
+	LoadBalancerCIDR string
 	// Network, when set, puts each node in its own network namespace on it
 	// and runs the real kube-proxy (nftables mode) there, so Service
 	// addresses route to their endpoints; the apiserver then also listens
@@ -74,6 +77,9 @@ type Cluster struct {
 	Nodes []Node
 	// ServiceCIDR is the apiserver's service range.
 	ServiceCIDR string
+	// LoadBalancerCIDR is the range load-balancer ingress addresses are
+	// taken from; it is routed like the service range.
+	LoadBalancerCIDR string
 
 	log     logr.Logger
 	cancel  context.CancelFunc
@@ -112,7 +118,7 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	dctx, cancel := context.WithCancel(context.Background())
-	c = &Cluster{Env: env, Dir: dir, ServiceCIDR: o.ServiceCIDR, log: o.Log, cancel: cancel, drivers: make(chan error, 16)}
+	c = &Cluster{Env: env, Dir: dir, ServiceCIDR: o.ServiceCIDR, LoadBalancerCIDR: o.LoadBalancerCIDR, log: o.Log, cancel: cancel, drivers: make(chan error, 16)}
 	defer func() {
 		if err != nil {
 			_ = c.Stop()
@@ -124,8 +130,10 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 			if node.Net, err = o.Network.addNode(n); err != nil {
 				return nil, err
 			}
-			if err := Route(node.Net, o.ServiceCIDR, ""); err != nil {
-				return nil, err
+			for _, cidr := range c.routed() {
+				if err := Route(node.Net, cidr, ""); err != nil {
+					return nil, err
+				}
 			}
 		}
 		c.Nodes = append(c.Nodes, node)
@@ -145,6 +153,15 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 	}
 	return c, nil
+}
+
+// routed are the ranges that reach this cluster's Services: kube-proxy on
+// the node that receives the traffic forwards it to an endpoint.
+func (c *Cluster) routed() []string {
+	if c.LoadBalancerCIDR == "" {
+		return []string{c.ServiceCIDR}
+	}
+	return []string{c.ServiceCIDR, c.LoadBalancerCIDR}
 }
 
 // startDrivers runs, for each driver name, a controller-side instance for

@@ -64,13 +64,16 @@ func dialFrom(n cluster.Node, addr string) (string, error) {
 // TestServiceRoutesAcrossClusters: two clusters on one machine with their
 // node networks joined; a Service without selector and a hand-made
 // EndpointSlice in cluster A route, through the real kube-proxy, to a
-// server in node B's namespace, from node A and from cluster B's node.
+// server in node B's namespace, from node A and from cluster B's node, by
+// ClusterIP and, once the Service is a LoadBalancer with an ingress address,
+// by that address too.
 func TestServiceRoutesAcrossClusters(t *testing.T) {
 	testenv.NeedRoot(t)
 	ctx := context.Background()
 	network, err := cluster.NewNetwork("ft", "10.250.0")
 	require.NoError(t, err)
-	a, err := cluster.Start(ctx, cluster.Options{Network: network, ServiceCIDR: "10.96.0.0/24", Log: testr.New(t)})
+	a, err := cluster.Start(ctx, cluster.Options{Network: network, ServiceCIDR: "10.96.0.0/24",
+		LoadBalancerCIDR: "10.98.0.0/24", Log: testr.New(t)})
 	require.NoError(t, err)
 	b, err := cluster.Start(ctx, cluster.Options{Network: network, ServiceCIDR: "10.97.0.0/24", Nodes: []string{"b1"}, Log: testr.New(t)})
 	require.NoError(t, err)
@@ -104,18 +107,32 @@ func TestServiceRoutesAcrossClusters(t *testing.T) {
 	}
 	require.NoError(t, a.Client.Create(ctx, slice))
 	require.NoError(t, a.Client.Get(ctx, client.ObjectKeyFromObject(svc), svc))
-	addr := fmt.Sprintf("%s:22", svc.Spec.ClusterIP)
+	reachable(t, fmt.Sprintf("%s:22", svc.Spec.ClusterIP), nodeA, b.Nodes[0])
 
-	for _, from := range []cluster.Node{nodeA, b.Nodes[0]} {
+	// What a load-balancer controller (MetalLB, a cloud) does: make it a
+	// LoadBalancer and publish an ingress address.
+	svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+	require.NoError(t, a.Client.Update(ctx, svc))
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "10.98.0.10"}}
+	require.NoError(t, a.Client.Status().Update(ctx, svc))
+	reachable(t, "10.98.0.10:22", nodeA, b.Nodes[0])
+}
+
+// reachable polls, with a deadline, until addr answers from each node with
+// node B's greeting.
+func reachable(t *testing.T, addr string, from ...cluster.Node) {
+	t.Helper()
+	for _, n := range from {
 		var got string
+		var err error
 		deadline := time.Now().Add(30 * time.Second)
 		for time.Now().Before(deadline) {
-			if got, err = dialFrom(from, addr); err == nil && got != "" {
+			if got, err = dialFrom(n, addr); err == nil && got != "" {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		require.NoError(t, err, "from %s", from.Name)
-		assert.Equal(t, "hello from node-b", got, "from %s", from.Name)
+		require.NoError(t, err, "%s from %s", addr, n.Name)
+		assert.Equal(t, "hello from node-b", got, "%s from %s", addr, n.Name)
 	}
 }

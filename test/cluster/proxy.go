@@ -67,15 +67,18 @@ func (c *Cluster) networkKubeconfig(network *Network) (string, error) {
 	return path, nil
 }
 
-// Connect routes each cluster's service range from the other's nodes
-// through one of its own nodes, as a multi-cluster network add-on would, so
-// a ClusterIP of one cluster is reachable from the other.
+// Connect routes each cluster's service and load-balancer ranges from the
+// other's nodes through one of its own nodes, as a multi-cluster network
+// add-on would, so a ClusterIP or load-balancer address of one cluster is
+// reachable from the other.
 func Connect(a, b *Cluster) error {
 	for _, pair := range [][2]*Cluster{{a, b}, {b, a}} {
 		from, to := pair[0], pair[1]
 		for _, n := range from.Nodes {
-			if err := Route(n.Net, to.ServiceCIDR, to.Nodes[0].Net.IP); err != nil {
-				return err
+			for _, cidr := range to.routed() {
+				if err := Route(n.Net, cidr, to.Nodes[0].Net.IP); err != nil {
+					return err
+				}
 			}
 		}
 	}
