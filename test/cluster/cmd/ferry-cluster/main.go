@@ -54,7 +54,7 @@ func run(count int) error {
 	for i := 0; i < count; i++ {
 		c, err := cluster.Start(ctx, cluster.Options{Network: network, ServiceCIDR: fmt.Sprintf("10.%d.0.0/24", 96+i),
 			LoadBalancerCIDR: fmt.Sprintf("10.%d.0.0/24", 98+i),
-			Nodes: []string{fmt.Sprintf("c%d-node-a", i+1), fmt.Sprintf("c%d-node-b", i+1)}, Log: log})
+			Nodes:            []string{fmt.Sprintf("c%d-node-a", i+1), fmt.Sprintf("c%d-node-b", i+1)}, Log: log})
 		if err != nil {
 			return err
 		}
