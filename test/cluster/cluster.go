@@ -85,7 +85,14 @@ type Cluster struct {
 	cancel  context.CancelFunc
 	drivers chan error
 	nDriver int
-	procs   []*exec.Cmd
+	procs   []*process
+}
+
+// process is a running component and how to start it again.
+type process struct {
+	name, path string
+	args       []string
+	cmd        *exec.Cmd
 }
 
 // Start starts a cluster; Stop it when done.
@@ -218,29 +225,64 @@ func (c *Cluster) startComponents(bin string) error {
 		return fmt.Errorf("cluster: log dir: %w", err)
 	}
 	for i, args := range components {
-		if err := c.startProcess(fmt.Sprintf("%s-%d", args[0], i), filepath.Join(bin, args[0]), args[1:]...); err != nil {
+		if err := c.run(fmt.Sprintf("%s-%d", args[0], i), filepath.Join(bin, args[0]), args[1:]...); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// startProcess runs a component with its output in logs/<name>.log; it dies
-// with the test process at the latest.
-func (c *Cluster) startProcess(name, path string, args ...string) error {
-	f, err := os.Create(filepath.Join(c.Dir, "logs", name+".log"))
+// run starts a component and keeps it for Stop.
+func (c *Cluster) run(name, path string, args ...string) error {
+	p := &process{name: name, path: path, args: args}
+	if err := c.startProcess(p); err != nil {
+		return err
+	}
+	c.procs = append(c.procs, p)
+	return nil
+}
+
+// startProcess runs a component with its output appended to
+// logs/<name>.log; it dies with the test process at the latest.
+func (c *Cluster) startProcess(p *process) error {
+	f, err := os.OpenFile(filepath.Join(c.Dir, "logs", p.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return fmt.Errorf("cluster: log file: %w", err)
 	}
 	defer f.Close()
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("cluster: start %s: %w", name, err)
+	p.cmd = exec.Command(p.path, p.args...)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return fmt.Errorf("cluster: start %s: %w", p.name, err)
 	}
-	c.procs = append(c.procs, cmd)
 	return nil
+}
+
+// stopProcess ends a component: SIGTERM, then SIGKILL after five seconds.
+func stopProcess(p *process) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// RestartControllerManager stops kube-controller-manager and starts it
+// again, as an upgrade or a leader change would: it rebuilds its view of
+// the world from the apiserver.
+func (c *Cluster) RestartControllerManager() error {
+	for _, p := range c.procs {
+		if filepath.Base(p.path) == "kube-controller-manager" {
+			stopProcess(p)
+			return c.startProcess(p)
+		}
+	}
+	return errors.New("cluster: kube-controller-manager is not running")
 }
 
 // Stop ends every process and driver and removes the cluster's state. It
@@ -248,15 +290,7 @@ func (c *Cluster) startProcess(name, path string, args ...string) error {
 func (c *Cluster) Stop() error {
 	var errs []error
 	for _, p := range c.procs {
-		_ = p.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = p.Process.Kill()
-			<-done
-		}
+		stopProcess(p)
 	}
 	c.cancel()
 	for i := 0; i < c.nDriver; i++ {

@@ -35,7 +35,10 @@ func (c *Cluster) createObjects(ctx context.Context) error {
 	var objs []client.Object
 	for _, n := range c.Nodes {
 		labels := map[string]string{corev1.LabelHostname: n.Name, driver.TopologyKey: n.Name}
-		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels}})
+		// Kubelet leaves attach and detach to the attach-detach
+		// controller and says so with this annotation.
+		annotations := map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"}
+		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels, Annotations: annotations}})
 		csiNode := &storagev1.CSINode{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
 		for _, d := range []string{DriverName, AttachDriverName} {
 			csiNode.Spec.Drivers = append(csiNode.Spec.Drivers, storagev1.CSINodeDriver{
@@ -83,4 +86,35 @@ func tail(path string, n int) string {
 	}
 	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// ReportNodeStatus does what kubelet's status loop does for a node: marks it
+// Ready with a fresh heartbeat and reports the volumes it has in use
+// (kubelet lists those its pods mount; the simulated nodes run no pods, so
+// none). The attach-detach controller reads volumesInUse to decide whether
+// an attachment it does not need is safe to detach.
+func (c *Cluster) ReportNodeStatus(ctx context.Context, name string) error {
+	node := &corev1.Node{}
+	if err := c.Client.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
+		return fmt.Errorf("cluster: get node %s: %w", name, err)
+	}
+	now := metav1.Now()
+	ready := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		Message: "simulated kubelet is posting ready status", LastHeartbeatTime: now, LastTransitionTime: now}
+	conditions := []corev1.NodeCondition{ready}
+	for _, cond := range node.Status.Conditions {
+		if cond.Type == corev1.NodeReady {
+			if cond.Status == corev1.ConditionTrue {
+				conditions[0].LastTransitionTime = cond.LastTransitionTime
+			}
+			continue
+		}
+		conditions = append(conditions, cond)
+	}
+	node.Status.Conditions = conditions
+	node.Status.VolumesInUse = nil
+	if err := c.Client.Status().Update(ctx, node); err != nil {
+		return fmt.Errorf("cluster: report status of node %s: %w", name, err)
+	}
+	return nil
 }

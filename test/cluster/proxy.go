@@ -33,7 +33,7 @@ func (c *Cluster) startKubeProxies(bin string, network *Network) error {
 		if err := c.Client.Status().Update(ctx, node); err != nil {
 			return fmt.Errorf("cluster: set node %s address: %w", n.Name, err)
 		}
-		if err := c.startProcess("kube-proxy-"+n.Name, "ip", "netns", "exec", n.Net.Namespace,
+		if err := c.run("kube-proxy-"+n.Name, "ip", "netns", "exec", n.Net.Namespace,
 			filepath.Join(bin, "kube-proxy"), "--kubeconfig="+kubeconfig, "--hostname-override="+n.Name,
 			"--proxy-mode=nftables", "--cluster-cidr="+clusterCIDR, "--conntrack-max-per-core=0"); err != nil {
 			return err

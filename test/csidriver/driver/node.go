@@ -44,8 +44,10 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 	if err := d.requireVolume(id); err != nil {
 		return nil, err
 	}
-	if d.cfg.AttachRequired && req.GetPublishContext()["image"] == "" {
-		return nil, status.Error(codes.FailedPrecondition, "volume is not attached to this node (no publish context)")
+	if d.cfg.AttachRequired {
+		if err := d.requireAttached(id, req.GetPublishContext()); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
@@ -158,6 +160,20 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 		return nil, status.Errorf(codes.Internal, "remove target: %v", err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// requireAttached fails staging a volume that is not attached to this node,
+// as a real disk would be missing from it.
+func (d *Driver) requireAttached(id string, publishContext map[string]string) error {
+	if publishContext["image"] == "" {
+		return status.Error(codes.FailedPrecondition, "volume is not attached to this node (no publish context)")
+	}
+	return d.store.view(func(st *state) error {
+		if v := st.Volumes[id]; v == nil || !v.Attached[d.cfg.NodeID] {
+			return status.Errorf(codes.FailedPrecondition, "volume %q is not attached to node %q", id, d.cfg.NodeID)
+		}
+		return nil
+	})
 }
 
 func (d *Driver) requireVolume(id string) error {
