@@ -1,0 +1,79 @@
+package mount
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+)
+
+// TestBindReadOnly binds a directory of the same filesystem (the case
+// mount-utils' cheap check misses), sees it as a mount point, cannot write
+// through it while the source stays writable, and cleans up twice.
+func TestBindReadOnly(t *testing.T) {
+	testenv.NeedRoot(t)
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "deep", "dst")
+	require.NoError(t, os.Mkdir(src, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), []byte("data"), 0o644))
+
+	mounted, err := IsMountPoint(dst)
+	require.NoError(t, err)
+	require.False(t, mounted, "an absent path is not a mount point")
+	require.NoError(t, BindReadOnly(src, dst))
+	require.NoError(t, BindReadOnly(src, dst), "binding again is a no-op")
+	mounted, err = IsMountPoint(dst)
+	require.NoError(t, err)
+	require.True(t, mounted)
+	under, err := Under(dir)
+	require.NoError(t, err)
+	require.Equal(t, []string{dst}, under, "bound once, not twice")
+	ro, err := ReadOnly(dst)
+	require.NoError(t, err)
+	assert.True(t, ro)
+
+	got, err := os.ReadFile(filepath.Join(dst, "f"))
+	require.NoError(t, err)
+	assert.Equal(t, "data", string(got))
+	err = os.WriteFile(filepath.Join(dst, "g"), nil, 0o644)
+	assert.True(t, errors.Is(err, syscall.EROFS), "write through the bind: %v", err)
+	require.NoError(t, os.WriteFile(filepath.Join(src, "g"), nil, 0o644), "the source stays writable")
+
+	require.NoError(t, Cleanup(dst))
+	require.NoError(t, Cleanup(dst))
+	assert.NoFileExists(t, dst)
+	assert.FileExists(t, filepath.Join(src, "f"))
+}
+
+// TestBindReadOnlyFile binds a single file (a block device is bound the
+// same way).
+func TestBindReadOnlyFile(t *testing.T) {
+	testenv.NeedRoot(t)
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	require.NoError(t, os.WriteFile(src, []byte("device"), 0o644))
+	require.NoError(t, BindReadOnly(src, dst))
+	_, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	assert.True(t, errors.Is(err, syscall.EROFS), "open the bound file for writing: %v", err)
+	require.NoError(t, Cleanup(dst))
+	assert.NoFileExists(t, dst)
+}
+
+// TestKubeletMountRefusesHostilePVNames needs no root: a PV name is checked
+// before it becomes part of a host path.
+func TestKubeletMountRefusesHostilePVNames(t *testing.T) {
+	root := t.TempDir()
+	for _, name := range []string{"../../etc", "a/b", "", "..", "UPPER"} {
+		_, err := KubeletMount(root, name, false)
+		require.Error(t, err, name)
+		require.NotErrorIs(t, err, ErrNoKubeletMount, name)
+	}
+	_, err := KubeletMount(root, "pvc-1", true)
+	require.ErrorIs(t, err, ErrNoKubeletMount)
+}
