@@ -77,11 +77,29 @@ type Volume struct {
 	// readOnly publishes the volume read-only; always true for a source.
 	// +optional
 	ReadOnly bool `json:"readOnly,omitempty"`
+	// attachment is the VolumeAttachment the controller made for a driver
+	// that requires attach; the agent publishes the volume only once it is
+	// set, and publishes it anew when its uid changes (it was detached and
+	// attached again).
+	// +optional
+	Attachment *Attachment `json:"attachment,omitempty"`
 	// reuseKubeletMount asks the agent to bind kubelet's existing mount of
 	// the volume (copyMethod Direct, with a pod already using it) instead of
 	// publishing it again.
 	// +optional
 	ReuseKubeletMount bool `json:"reuseKubeletMount,omitempty"`
+}
+
+// Attachment is a VolumeAttachment that is attached.
+type Attachment struct {
+	// name of the VolumeAttachment.
+	Name string `json:"name"`
+	// uid of the VolumeAttachment: a new one means a new attachment.
+	UID string `json:"uid"`
+	// metadata is the attachment's status.attachmentMetadata, the publish
+	// context for the node plugin.
+	// +optional
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // SourceRole makes the agent push the volume to a destination.

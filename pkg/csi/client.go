@@ -1,0 +1,89 @@
+package csi
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	csispec "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/go-logr/logr"
+	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// SocketPath is where kubelet finds a node plugin that registered under
+// driver: <kubeletRoot>/plugins/<driver>/csi.sock, the path every
+// node-driver-registrar deployment uses.
+func SocketPath(kubeletRoot, driver string) string {
+	return filepath.Join(kubeletRoot, "plugins", driver, "csi.sock")
+}
+
+// Client talks to one CSI node plugin over its unix socket.
+type Client struct {
+	conn  *grpc.ClientConn
+	node  csispec.NodeClient
+	stage bool
+}
+
+// Dial connects to the node plugin at socket and asks what it can do. gRPC
+// reconnects by itself when the plugin restarts, so a Client lives as long
+// as the agent.
+func Dial(ctx context.Context, socket string, log logr.Logger) (*Client, error) {
+	conn, err := grpc.NewClient("unix://"+socket,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(logCalls(log)))
+	if err != nil {
+		return nil, fmt.Errorf("connect to CSI node plugin at %s: %w", socket, err)
+	}
+	c := &Client{conn: conn, node: csispec.NewNodeClient(conn)}
+	caps, err := c.node.NodeGetCapabilities(ctx, &csispec.NodeGetCapabilitiesRequest{})
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("node capabilities of the plugin at %s: %w", socket, err)
+	}
+	for _, cp := range caps.GetCapabilities() {
+		if cp.GetRpc().GetType() == csispec.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME {
+			c.stage = true
+		}
+	}
+	return c, nil
+}
+
+// Close drops the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Stages reports whether the plugin wants NodeStageVolume before
+// NodePublishVolume.
+func (c *Client) Stages() bool { return c.stage }
+
+// NodeID is the plugin's name for this node: what a VolumeAttachment's
+// attacher hands to ControllerPublishVolume, and what topology is keyed on.
+func (c *Client) NodeID(ctx context.Context) (string, error) {
+	info, err := c.node.NodeGetInfo(ctx, &csispec.NodeGetInfoRequest{})
+	if err != nil {
+		return "", fmt.Errorf("node info: %w", err)
+	}
+	return info.GetNodeId(), nil
+}
+
+// logCalls logs every CSI call with its request and response stripped of
+// secrets, and how long it took, the way csi-lib-utils does for kubelet's
+// sidecars: the stage and publish secrets never reach a log.
+func logCalls(log logr.Logger) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		start := time.Now()
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if err != nil {
+			log.Error(err, "CSI call failed", "method", method, "request", protosanitizer.StripSecrets(req).String(),
+				"duration", time.Since(start))
+			return err
+		}
+		if v := log.V(4); v.Enabled() {
+			v.Info("CSI call", "method", method, "request", protosanitizer.StripSecrets(req).String(),
+				"response", protosanitizer.StripSecrets(reply).String(), "duration", time.Since(start))
+		}
+		return nil
+	}
+}

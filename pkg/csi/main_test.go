@@ -1,0 +1,133 @@
+package csi
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/mount"
+	"github.com/ferrysync/ferry/test/cluster"
+)
+
+// One cluster serves the package's tests; it starts with the first test
+// that needs it.
+var (
+	clusterOnce sync.Once
+	shared      *cluster.Cluster
+	clusterErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared != nil {
+		if err := shared.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop cluster:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// needCluster returns the package's cluster, starting it on first use.
+func needCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	testenv.NeedRoot(t)
+	if testing.Short() {
+		t.Skip("needs a cluster; not in -short mode")
+	}
+	clusterOnce.Do(func() { shared, clusterErr = cluster.Start(context.Background(), cluster.Options{Nodes: []string{"node-a"}}) })
+	require.NoError(t, clusterErr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(shared.Logs(40))
+		}
+	})
+	return shared
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		require.Truef(t, time.Now().Before(deadline), "timed out waiting for %s", what)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// claim creates a PVC and returns its PV once bound.
+func claim(t *testing.T, c *cluster.Cluster, name, class string, mode corev1.PersistentVolumeMode, source *corev1.TypedLocalObjectReference) *corev1.PersistentVolume {
+	t.Helper()
+	ctx := context.Background()
+	pvc := &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: ptr.To(class),
+			VolumeMode:       ptr.To(mode),
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("32Mi")}},
+			DataSource:       source,
+		},
+	}
+	require.NoError(t, c.Client.Create(ctx, pvc))
+	eventually(t, "PVC "+name+" bound", 60*time.Second, func() bool {
+		return c.Client.Get(ctx, client.ObjectKeyFromObject(pvc), pvc) == nil && pvc.Status.Phase == corev1.ClaimBound
+	})
+	pv := &corev1.PersistentVolume{}
+	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv))
+	return pv
+}
+
+// volumeOf is what the agent would build from a PV.
+func volumeOf(pv *corev1.PersistentVolume) Volume {
+	return Volume{Driver: pv.Spec.CSI.Driver, Handle: pv.Spec.CSI.VolumeHandle, FSType: pv.Spec.CSI.FSType,
+		Attributes: pv.Spec.CSI.VolumeAttributes, Block: ptr.Deref(pv.Spec.VolumeMode, "") == corev1.PersistentVolumeBlock}
+}
+
+// assertNothingLeft checks that nothing is mounted under root, root holds no
+// volume directory, and no loop device backs one of the cluster's images.
+func assertNothingLeft(t *testing.T, c *cluster.Cluster, root string) {
+	t.Helper()
+	assertNoMounts(t, root)
+	entries, err := os.ReadDir(root)
+	if err == nil {
+		require.Empty(t, entries, "volume directories left under %s", root)
+	}
+	assertNoLoopDevices(t, c)
+}
+
+// assertNoMounts checks that nothing is mounted under root.
+func assertNoMounts(t *testing.T, root string) {
+	t.Helper()
+	mounts, err := mount.Under(root)
+	require.NoError(t, err)
+	require.Empty(t, mounts, "mounts left under %s", root)
+}
+
+// assertNoLoopDevices checks that no loop device backs one of the
+// cluster's volume images: nothing is staged any more.
+func assertNoLoopDevices(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	out, err := exec.Command("losetup", "-a").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	for _, line := range strings.Split(string(out), "\n") {
+		require.NotContains(t, line, c.Dir, "loop device left behind")
+	}
+}
+
+// discard is a logger for Publishers whose logs no test reads.
+var discard = logr.Discard()

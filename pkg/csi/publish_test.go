@@ -1,0 +1,143 @@
+package csi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/go-logr/logr/funcr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ferrysync/ferry/pkg/mount"
+	"github.com/ferrysync/ferry/test/cluster"
+)
+
+// snapshot cuts a VolumeSnapshot of a PVC and waits until it is ready.
+func snapshot(t *testing.T, c *cluster.Cluster, name, pvc string) {
+	t.Helper()
+	ctx := context.Background()
+	snap := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+		"metadata": map[string]any{"name": name, "namespace": "default"},
+		"spec": map[string]any{"volumeSnapshotClassName": cluster.SnapshotClass,
+			"source": map[string]any{"persistentVolumeClaimName": pvc}},
+	}}
+	require.NoError(t, c.Client.Create(ctx, snap))
+	eventually(t, "VolumeSnapshot "+name+" ready", 60e9, func() bool {
+		if c.Client.Get(ctx, client.ObjectKeyFromObject(snap), snap) != nil {
+			return false
+		}
+		ready, _, _ := unstructured.NestedBool(snap.Object, "status", "readyToUse")
+		return ready
+	})
+}
+
+// TestPublishLifecycle stages and publishes a provisioned PVC read-write
+// and writes into it, then publishes a PVC restored from its snapshot and a
+// clone of it read-only and reads the data back; read-only refuses writes.
+// Secrets handed to the plugin never reach the log. Taking everything down
+// leaves no mount, directory or loop device.
+func TestPublishLifecycle(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	root := filepath.Join(c.Nodes[0].KubeletDir, "plugins", "ferrysync.io", "lifecycle")
+	var logs bytes.Buffer
+	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + args + "\n") }, funcr.Options{Verbosity: 4})
+	p := NewPublisher(root, c.Nodes[0].KubeletDir, log)
+	defer p.Close()
+
+	pv := claim(t, c, "lifecycle", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
+	v := volumeOf(pv)
+	v.StageSecrets = map[string]string{"password": "stage-secret-value"}
+	v.PublishSecrets = map[string]string{"token": "publish-secret-value"}
+	dir, err := p.Publish(ctx, pv.Name, v)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "hello"), []byte("replicate me"), 0o640))
+	// Publishing again is a no-op; the data stays.
+	again, err := p.Publish(ctx, pv.Name, v)
+	require.NoError(t, err)
+	require.Equal(t, dir, again)
+	require.FileExists(t, filepath.Join(dir, "hello"))
+	require.NoError(t, p.Unpublish(ctx, pv.Name))
+	require.NoError(t, p.Unpublish(ctx, pv.Name), "a second unpublish succeeds")
+
+	assert.Contains(t, logs.String(), "NodeStageVolume")
+	assert.Contains(t, logs.String(), "***stripped***")
+	assert.NotContains(t, logs.String(), "stage-secret-value")
+	assert.NotContains(t, logs.String(), "publish-secret-value")
+
+	snapshot(t, c, "lifecycle-snap", "lifecycle")
+	restored := claim(t, c, "lifecycle-restored", cluster.StorageClass, corev1.PersistentVolumeFilesystem,
+		&corev1.TypedLocalObjectReference{APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: "lifecycle-snap"})
+	clone := claim(t, c, "lifecycle-clone", cluster.StorageClass, corev1.PersistentVolumeFilesystem,
+		&corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "lifecycle"})
+	for _, pv := range []*corev1.PersistentVolume{restored, clone} {
+		v := volumeOf(pv)
+		v.ReadOnly = true
+		dir, err := p.Publish(ctx, pv.Name, v)
+		require.NoError(t, err)
+		got, err := os.ReadFile(filepath.Join(dir, "hello"))
+		require.NoError(t, err)
+		assert.Equal(t, "replicate me", string(got))
+		ro, err := mount.ReadOnly(dir)
+		require.NoError(t, err)
+		assert.True(t, ro)
+		err = os.WriteFile(filepath.Join(dir, "new"), []byte("x"), 0o644)
+		assert.True(t, errors.Is(err, syscall.EROFS), "write to a read-only volume: %v", err)
+		err = os.Remove(filepath.Join(dir, "hello"))
+		assert.True(t, errors.Is(err, syscall.EROFS), "remove from a read-only volume: %v", err)
+		// Asked read-write now, the volume is published again that way.
+		v.ReadOnly = false
+		dir, err = p.Publish(ctx, pv.Name, v)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "new"), []byte("x"), 0o644))
+		require.NoError(t, p.Unpublish(ctx, pv.Name))
+	}
+	assertNothingLeft(t, c, root)
+}
+
+// TestPublishBlock publishes a Block volume: a device file, whose bytes
+// written through one publish are read through the next.
+func TestPublishBlock(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	root := filepath.Join(c.Nodes[0].KubeletDir, "plugins", "ferrysync.io", "block")
+	p := NewPublisher(root, c.Nodes[0].KubeletDir, discard)
+	defer p.Close()
+	pv := claim(t, c, "block", cluster.StorageClass, corev1.PersistentVolumeBlock, nil)
+	v := volumeOf(pv)
+	dev, err := p.Publish(ctx, pv.Name, v)
+	require.NoError(t, err)
+	st, err := os.Stat(dev)
+	require.NoError(t, err)
+	require.Equal(t, os.ModeDevice, st.Mode()&(os.ModeDevice|os.ModeCharDevice), "a block device file")
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte("block payload"), 4096)
+	require.NoError(t, err)
+	require.NoError(t, f.Sync())
+	require.NoError(t, f.Close())
+	require.NoError(t, p.Unpublish(ctx, pv.Name))
+
+	v.ReadOnly = true
+	dev, err = p.Publish(ctx, pv.Name, v)
+	require.NoError(t, err)
+	f, err = os.Open(dev)
+	require.NoError(t, err)
+	got := make([]byte, len("block payload"))
+	_, err = f.ReadAt(got, 4096)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	assert.Equal(t, "block payload", string(got))
+	require.NoError(t, p.Unpublish(ctx, pv.Name))
+	assertNothingLeft(t, c, root)
+}

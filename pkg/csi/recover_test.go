@@ -1,0 +1,166 @@
+package csi
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	csispec "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ferrysync/ferry/pkg/mount"
+	"github.com/ferrysync/ferry/test/cluster"
+)
+
+// TestCrashRecovery crashes the agent between every two steps of publishing
+// and of taking down (the steps run up to a point, then the Publisher is
+// dropped without a word), starts a new one, and recovers with nothing
+// wanted: no mount, directory or loop device may be left. Recovering with
+// the volume still wanted and publishing it again completes it instead, with
+// its data.
+func TestCrashRecovery(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	kubelet := c.Nodes[0].KubeletDir
+	root := filepath.Join(kubelet, "plugins", "ferrysync.io", "crash")
+	pv := claim(t, c, "crash", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
+	v := volumeOf(pv)
+	nothing := func(string) bool { return false }
+	everything := func(string) bool { return true }
+
+	{
+		p := NewPublisher(root, kubelet, discard)
+		dir, err := p.Publish(ctx, pv.Name, v)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "kept"), []byte("still here"), 0o644))
+		require.NoError(t, p.Unpublish(ctx, pv.Name))
+		require.NoError(t, p.Close())
+	}
+
+	publishing := len(NewPublisher(root, kubelet, discard).publishSteps(pv.Name, v))
+	for done := 0; done <= publishing; done++ {
+		t.Run(fmt.Sprintf("publish-crash-after-%d-steps", done), func(t *testing.T) {
+			crashed := NewPublisher(root, kubelet, discard)
+			require.NoError(t, crashed.run(ctx, pv.Name, crashed.publishSteps(pv.Name, v)[:done]))
+			_ = crashed.Close()
+
+			p := NewPublisher(root, kubelet, discard)
+			defer p.Close()
+			require.NoError(t, p.Recover(ctx, nothing))
+			assertNothingLeft(t, c, root)
+
+			// The same crash, with the volume still wanted.
+			crashed = NewPublisher(root, kubelet, discard)
+			require.NoError(t, crashed.run(ctx, pv.Name, crashed.publishSteps(pv.Name, v)[:done]))
+			_ = crashed.Close()
+			require.NoError(t, p.Recover(ctx, everything))
+			dir, err := p.Publish(ctx, pv.Name, v)
+			require.NoError(t, err)
+			got, err := os.ReadFile(filepath.Join(dir, "kept"))
+			require.NoError(t, err)
+			assert.Equal(t, "still here", string(got))
+			require.NoError(t, p.Unpublish(ctx, pv.Name))
+			assertNothingLeft(t, c, root)
+		})
+	}
+
+	rec := record{Driver: v.Driver, Handle: v.Handle, Staged: true}
+	tearing := len(NewPublisher(root, kubelet, discard).teardownSteps(pv.Name, rec))
+	for done := 0; done < tearing; done++ {
+		t.Run(fmt.Sprintf("teardown-crash-after-%d-steps", done), func(t *testing.T) {
+			crashed := NewPublisher(root, kubelet, discard)
+			_, err := crashed.Publish(ctx, pv.Name, v)
+			require.NoError(t, err)
+			require.NoError(t, crashed.run(ctx, pv.Name, crashed.teardownSteps(pv.Name, rec)[:done]))
+			_ = crashed.Close()
+
+			p := NewPublisher(root, kubelet, discard)
+			defer p.Close()
+			require.NoError(t, p.Recover(ctx, nothing))
+			assertNothingLeft(t, c, root)
+		})
+	}
+}
+
+// TestDirectReusesKubeletMount mounts a volume the way kubelet does for a
+// pod (staged under plugins/kubernetes.io/csi, published under
+// pods/<uid>/volumes/kubernetes.io~csi/<pv>/mount), finds that mount, and
+// binds it read-only for the agent instead of staging the volume again:
+// the pod's writes show through, the agent cannot write, and taking the
+// agent's bind down leaves the pod's mount alone.
+func TestDirectReusesKubeletMount(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	kubelet := c.Nodes[0].KubeletDir
+	root := filepath.Join(kubelet, "plugins", "ferrysync.io", "direct")
+	pv := claim(t, c, "direct", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
+	v := volumeOf(pv)
+
+	// Kubelet's side, through the same node plugin.
+	kc, err := Dial(ctx, SocketPath(kubelet, v.Driver), discard)
+	require.NoError(t, err)
+	defer kc.Close()
+	globalmount := filepath.Join(kubelet, "plugins", "kubernetes.io", "csi", v.Driver,
+		fmt.Sprintf("%x", sha256.Sum256([]byte(v.Handle))), "globalmount")
+	podMount := filepath.Join(kubelet, "pods", "0f1e2d3c-pod-uid", "volumes", "kubernetes.io~csi", pv.Name, "mount")
+	require.NoError(t, os.MkdirAll(globalmount, 0o750))
+	require.NoError(t, os.MkdirAll(filepath.Dir(podMount), 0o750))
+	capability := v.capability()
+	_, err = kc.node.NodeStageVolume(ctx, &csispec.NodeStageVolumeRequest{VolumeId: v.Handle, StagingTargetPath: globalmount, VolumeCapability: capability})
+	require.NoError(t, err)
+	_, err = kc.node.NodePublishVolume(ctx, &csispec.NodePublishVolumeRequest{VolumeId: v.Handle, StagingTargetPath: globalmount,
+		TargetPath: podMount, VolumeCapability: capability})
+	require.NoError(t, err)
+	defer func() {
+		_, err := kc.node.NodeUnpublishVolume(ctx, &csispec.NodeUnpublishVolumeRequest{VolumeId: v.Handle, TargetPath: podMount})
+		assert.NoError(t, err)
+		_, err = kc.node.NodeUnstageVolume(ctx, &csispec.NodeUnstageVolumeRequest{VolumeId: v.Handle, StagingTargetPath: globalmount})
+		assert.NoError(t, err)
+		assertNoMounts(t, kubelet)
+		assertNoLoopDevices(t, c)
+	}()
+	require.NoError(t, os.WriteFile(filepath.Join(podMount, "app.db"), []byte("v1"), 0o600))
+	// A pod being torn down leaves an empty, unmounted directory: not a
+	// candidate.
+	require.NoError(t, os.MkdirAll(filepath.Join(kubelet, "pods", "0a-old-pod", "volumes", "kubernetes.io~csi", pv.Name, "mount"), 0o750))
+
+	found, err := mount.KubeletMount(kubelet, pv.Name, false)
+	require.NoError(t, err)
+	require.Equal(t, podMount, found)
+	_, err = mount.KubeletMount(kubelet, "../../etc", false)
+	require.Error(t, err, "a PV name that walks out of the kubelet root")
+	_, err = mount.KubeletMount(kubelet, "no-such-pv", false)
+	require.ErrorIs(t, err, mount.ErrNoKubeletMount)
+
+	p := NewPublisher(root, kubelet, discard)
+	defer p.Close()
+	v.ReadOnly, v.Reuse = true, found
+	dir, err := p.Publish(ctx, pv.Name, v)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(podMount, "app.db"), []byte("v2"), 0o600))
+	got, err := os.ReadFile(filepath.Join(dir, "app.db"))
+	require.NoError(t, err)
+	assert.Equal(t, "v2", string(got), "the pod's writes show through")
+	err = os.WriteFile(filepath.Join(dir, "app.db"), []byte("agent"), 0o600)
+	assert.True(t, errors.Is(err, syscall.EROFS), "the agent's bind is read-only: %v", err)
+
+	v.ReadOnly = false
+	_, err = p.Publish(ctx, pv.Name, v)
+	require.Error(t, err, "reuse is for reading only")
+
+	require.NoError(t, p.Unpublish(ctx, pv.Name))
+	assertNoMounts(t, root)
+	still, err := mount.IsMountPoint(podMount)
+	require.NoError(t, err)
+	assert.True(t, still, "the pod's mount stays")
+	got, err = os.ReadFile(filepath.Join(podMount, "app.db"))
+	require.NoError(t, err)
+	assert.Equal(t, "v2", string(got))
+}
