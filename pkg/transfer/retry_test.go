@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 
@@ -78,4 +79,26 @@ func TestPushCancels(t *testing.T) {
 	out, _ := exec.Command("pgrep", "-a", "-f", "rsync.*"+src).CombinedOutput()
 	assert.Empty(t, strings.TrimSpace(string(out)), "no rsync of this transfer may remain")
 	_ = os.RemoveAll(src)
+}
+
+// TestHoldRefusesTransfers: a held destination refuses rsync (the push
+// fails and the destination reports the refusal) but still answers
+// shutdown; released, the same push succeeds.
+func TestHoldRefusesTransfers(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "hold")
+	src, dst := t.TempDir(), t.TempDir()
+	require.NoError(t, os.WriteFile(src+"/f", []byte("after the snapshot"), 0o644))
+	var ev events
+	srv, port := serve(t, k, dst, &ev)
+	srv.Hold("ns/dest", true)
+	_, err := push(t, k.src, port, src, nil)
+	require.Error(t, err)
+	assert.Contains(t, ev.waitFor(t, endpoint.Refused).Message, "held")
+	assert.NoFileExists(t, dst+"/f")
+
+	srv.Hold("ns/dest", false)
+	_, err = push(t, k.src, port, src, nil)
+	require.NoError(t, err)
+	assert.FileExists(t, dst+"/f")
 }

@@ -119,6 +119,7 @@ type listener struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	held   atomic.Bool
 }
 
 // Add starts serving d and returns the address it listens on. Adding an ID
@@ -160,6 +161,18 @@ func (s *Server) Remove(id string) {
 	_ = l.ln.Close()
 	l.wg.Wait()
 	s.log.Info("stopped serving destination", "destination", id)
+}
+
+// Hold refuses new rsync transfers into a destination while held is true:
+// the agent holds a volume after a sync ended until its snapshot is cut, so
+// the snapshot shows exactly what the sync wrote. `shutdown N` is still
+// answered. Holding an unknown ID does nothing.
+func (s *Server) Hold(id string, held bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l, ok := s.dests[id]; ok {
+		l.held.Store(held)
+	}
 }
 
 // Close removes every destination.

@@ -29,6 +29,12 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 		emit(l, Event{Kind: SyncEnded, ExitCode: r.Code})
 		return 0
 	case *servercmd.Rsync:
+		if l.held.Load() {
+			msg := "the destination is held until the snapshot of its last sync is cut; try again shortly"
+			fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
+			emit(l, Event{Kind: Refused, Message: msg})
+			return 1
+		}
 		return s.runRsync(l, log, ch, r)
 	}
 	return 1
