@@ -49,7 +49,9 @@ func needCluster(t *testing.T) *cluster.Cluster {
 	if testing.Short() {
 		t.Skip("needs a cluster; not in -short mode")
 	}
-	clusterOnce.Do(func() { shared, clusterErr = cluster.Start(context.Background(), cluster.Options{Nodes: []string{"node-a"}}) })
+	clusterOnce.Do(func() {
+		shared, clusterErr = cluster.Start(context.Background(), cluster.Options{Nodes: []string{"node-a"}})
+	})
 	require.NoError(t, clusterErr)
 	t.Cleanup(func() {
 		if t.Failed() {
