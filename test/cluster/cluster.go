@@ -80,6 +80,9 @@ type Cluster struct {
 	// LoadBalancerCIDR is the range load-balancer ingress addresses are
 	// taken from; it is routed like the service range.
 	LoadBalancerCIDR string
+	// NetworkKubeconfig reaches the apiserver from the nodes' network
+	// namespaces (with a Network): what node components there use.
+	NetworkKubeconfig string
 
 	log     logr.Logger
 	cancel  context.CancelFunc

@@ -22,6 +22,7 @@ func (c *Cluster) startKubeProxies(bin string, network *Network) error {
 	if err != nil {
 		return err
 	}
+	c.NetworkKubeconfig = kubeconfig
 	ctx := context.Background()
 	for _, n := range c.Nodes {
 		node := &corev1.Node{}

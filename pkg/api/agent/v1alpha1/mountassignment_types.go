@@ -164,6 +164,14 @@ type MountAssignmentSpec struct {
 	SyncGeneration int64 `json:"syncGeneration"`
 }
 
+// ConditionReady is the condition that says whether the volume is mounted as
+// asked; its reason and message say what is wrong when it is not.
+const ConditionReady = "Ready"
+
+// Finalizer keeps an assignment until its node's agent has unmounted the
+// volume and stopped serving it.
+const Finalizer = "agent.ferrysync.io/unmount"
+
 // Phase is where an assignment is in its life on the node.
 // +kubebuilder:validation:Enum=Pending;Mounted;Queued;Transferring;Holding;Completed;Failed;Refused
 type Phase string

@@ -1,0 +1,50 @@
+// Command nodeagent is Ferry's node agent, run as a privileged DaemonSet: it
+// mounts volumes through the node's CSI plugins and moves their data with
+// rsync over ssh, as this node's MountAssignments say. main only turns flags
+// and the downward API's environment into an agent.Config and calls
+// agent.Run.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/ferrysync/ferry/pkg/agent"
+	"github.com/ferrysync/ferry/pkg/transfer/reexec"
+)
+
+func main() {
+	reexec.Init()
+	var cfg agent.Config
+	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, from the downward API)")
+	flag.StringVar(&cfg.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "Ferry's namespace, where assignments and key Secrets live (default: $POD_NAMESPACE)")
+	flag.StringVar(&cfg.KubeletRoot, "kubelet-root", "/var/lib/kubelet", "kubelet's root directory: CSI plugin sockets and Ferry's mounts are under it")
+	flag.StringVar(&cfg.StateDir, "state-dir", "/var/lib/ferry", "the agent's own state directory")
+	flag.StringVar(&cfg.SSHBindAddress, "ssh-bind-address", os.Getenv("NODE_IP"), "address destinations' ssh listeners bind to (default: $NODE_IP; empty: all)")
+	flag.StringVar(&cfg.SSHAdvertiseAddress, "ssh-advertise-address", os.Getenv("NODE_IP"), "node address reported for destinations (default: $NODE_IP)")
+	flag.IntVar(&cfg.MaxTransfers, "max-transfers", 4, "source transfers that run at once on this node; more wait, Queued")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-bind-address", ":9810", "address of the Prometheus /metrics endpoint (0 disables it)")
+	flag.StringVar(&cfg.ProbeAddr, "health-probe-bind-address", ":9811", "address of the /healthz and /readyz endpoints")
+	flag.DurationVar(&cfg.GracePeriod, "grace-period", 30*time.Second, "how long running transfers may finish after SIGTERM before they are aborted")
+	flag.DurationVar(&cfg.ProgressInterval, "progress-interval", 2*time.Second, "how often a running transfer's progress is written to its assignment")
+	flag.DurationVar(&cfg.RetryBackoff, "retry-backoff", 2*time.Second, "first pause between a transfer's tries, doubled each time")
+	flag.StringVar(&cfg.Rsync, "rsync", "", "the rsync binary, under /usr (default: rsync from PATH)")
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	log := zap.New(zap.UseFlagOptions(&opts))
+	ctrl.SetLogger(log)
+	if cfg.SSHAdvertiseAddress == "" {
+		cfg.SSHAdvertiseAddress = cfg.SSHBindAddress
+	}
+
+	if err := agent.Run(ctrl.SetupSignalHandler(), ctrl.GetConfigOrDie(), cfg, log); err != nil {
+		fmt.Fprintln(os.Stderr, "nodeagent:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,199 @@
+// Package agent is Ferry's node agent: on one node it carries out the
+// MountAssignments the controller writes for that node. A destination's
+// volume is published read-write through the CSI node plugin and served on
+// the node's ssh endpoint; a source's point-in-time copy is published
+// read-only and pushed with rsync for the sync generation asked, then
+// unmounted. Everything the agent does is reported in the assignment's
+// status and in Prometheus metrics labelled by node.
+//
+// The agent is restart-safe: volumes are published under stable paths
+// (pkg/csi), adopted again at start and taken down if no assignment wants
+// them; a sync found running in status but not in the process is reported
+// failed, never run a second time.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/csi"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+)
+
+// Config is the agent's settings, from its command line.
+type Config struct {
+	// NodeName is this node (the downward API's spec.nodeName).
+	NodeName string
+	// Namespace is Ferry's namespace, where assignments and key Secrets
+	// live.
+	Namespace string
+	// KubeletRoot is kubelet's root directory (/var/lib/kubelet).
+	KubeletRoot string
+	// StateDir is the agent's own directory (scratch for confinement).
+	StateDir string
+	// SSHBindAddress is the address destinations listen on ("" for all).
+	SSHBindAddress string
+	// SSHAdvertiseAddress is the node address reported for destinations.
+	SSHAdvertiseAddress string
+	// MaxTransfers is how many source transfers run at once on the node;
+	// more wait, Queued.
+	MaxTransfers int
+	// MetricsAddr and ProbeAddr are where /metrics and /healthz, /readyz
+	// listen.
+	MetricsAddr, ProbeAddr string
+	// GracePeriod is how long running transfers may finish after SIGTERM
+	// before they are aborted.
+	GracePeriod time.Duration
+	// ProgressInterval bounds how often a transfer's progress is written.
+	ProgressInterval time.Duration
+	// RetryBackoff is the first pause between a transfer's tries.
+	RetryBackoff time.Duration
+	// Rsync is the rsync binary ("" for rsync from PATH).
+	Rsync string
+}
+
+// Run runs the agent until ctx ends, then lets transfers finish for the
+// grace period.
+func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logger) error {
+	if cfg.NodeName == "" || cfg.Namespace == "" {
+		return errors.New("agent: the node name and Ferry's namespace are required")
+	}
+	if cfg.MaxTransfers < 1 {
+		return fmt.Errorf("agent: max transfers must be at least 1, not %d", cfg.MaxTransfers)
+	}
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, volsyncv1alpha1.AddToScheme, agentv1alpha1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return fmt.Errorf("agent: build scheme: %w", err)
+		}
+	}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme: scheme, Logger: log,
+		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		HealthProbeBindAddress:  cfg.ProbeAddr,
+		GracefulShutdownTimeout: ptr.To(cfg.GracePeriod + 10*time.Second),
+		// Only this node's assignments are watched and cached; everything
+		// else is read when needed, uncached, so the agent holds no
+		// cluster-wide lists.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&agentv1alpha1.MountAssignment{}: {
+				Namespaces: map[string]cache.Config{cfg.Namespace: {}},
+				Field:      fields.OneTermEqualSelector(agentv1alpha1.NodeNameField, cfg.NodeName),
+			},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("agent: create manager: %w", err)
+	}
+	scratch := filepath.Join(cfg.StateDir, "scratch")
+	if err := os.MkdirAll(scratch, 0o700); err != nil {
+		return fmt.Errorf("agent: state directory: %w", err)
+	}
+	var opts []endpoint.Option
+	opts = append(opts, endpoint.WithLogger(log.WithName("endpoint")))
+	if cfg.Rsync != "" {
+		opts = append(opts, endpoint.WithRsync(cfg.Rsync))
+	}
+	runCtx, cancelRuns := context.WithCancel(context.Background())
+	defer cancelRuns()
+	r := &Reconciler{
+		cfg: cfg, client: mgr.GetClient(), api: mgr.GetAPIReader(),
+		publisher: csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi")),
+		server:    endpoint.New(scratch, opts...),
+		slots:     make(chan struct{}, cfg.MaxTransfers),
+		log:       log, runCtx: runCtx, states: map[types.NamespacedName]*state{},
+	}
+	defer r.publisher.Close()
+	defer r.server.Close()
+	if err := r.recover(ctx); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("agent: health check: %w", err)
+	}
+	// Ready once this node's assignments are in the cache.
+	var synced atomic.Bool
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		synced.Store(mgr.GetCache().WaitForCacheSync(ctx))
+		return nil
+	})); err != nil {
+		return fmt.Errorf("agent: add cache check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("readyz", func(*http.Request) error {
+		if !synced.Load() {
+			return errors.New("assignments not loaded yet")
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("agent: ready check: %w", err)
+	}
+	if err := ctrl.NewControllerManagedBy(mgr).For(&agentv1alpha1.MountAssignment{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 8}).Complete(r); err != nil {
+		return fmt.Errorf("agent: create reconciler: %w", err)
+	}
+	// At shutdown, transfers get the grace period to finish, then are
+	// aborted and report so; the manager waits for this.
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		<-ctx.Done()
+		done := make(chan struct{})
+		go func() { r.runs.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(cfg.GracePeriod):
+			log.Info("grace period over; aborting running transfers")
+			cancelRuns()
+			<-done
+		}
+		return nil
+	})); err != nil {
+		return fmt.Errorf("agent: add shutdown: %w", err)
+	}
+	log.Info("node agent starting", "node", cfg.NodeName, "namespace", cfg.Namespace, "maxTransfers", cfg.MaxTransfers)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("agent: run: %w", err)
+	}
+	return nil
+}
+
+// recover takes down, before anything else runs, every volume a previous
+// run published that no assignment of this node wants any more.
+func (r *Reconciler) recover(ctx context.Context) error {
+	list := &agentv1alpha1.MountAssignmentList{}
+	if err := r.api.List(ctx, list, client.InNamespace(r.cfg.Namespace),
+		client.MatchingFields{agentv1alpha1.NodeNameField: r.cfg.NodeName}); err != nil {
+		return fmt.Errorf("agent: list this node's assignments: %w", err)
+	}
+	wanted := map[string]bool{}
+	for _, ma := range list.Items {
+		if ma.DeletionTimestamp == nil {
+			wanted[volumeName(client.ObjectKeyFromObject(&ma))] = true
+		}
+	}
+	if err := r.publisher.Recover(ctx, func(name string) bool { return wanted[name] }); err != nil {
+		return fmt.Errorf("agent: take down unwanted volumes: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+)
+
+// reconcileDestination publishes the volume read-write, serves it on the
+// node's endpoint with its own host key and the one source key, and holds
+// it after a completed sync until spec.syncGeneration moves on.
+func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1.MountAssignment) error {
+	key := client.ObjectKeyFromObject(ma)
+	pv, err := checkOwner(ctx, r.api, ma)
+	if err != nil {
+		return err
+	}
+	if attachRequired, err := r.attachRequired(ctx, pv.Spec.CSI.Driver); err != nil {
+		return err
+	} else if attachRequired && ma.Spec.Volume.Attachment == nil {
+		return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+			ma.Status.Phase = agentv1alpha1.PhasePending
+			setReady(ma, false, "WaitingForAttach", "the driver requires attach; waiting for the controller's VolumeAttachment")
+		})
+	}
+	v, err := r.volumeFor(ctx, ma, pv, false)
+	if err != nil {
+		return err
+	}
+	data, err := r.keySecret(ctx, ma.Spec.Destination.KeySecret)
+	if err != nil {
+		return err
+	}
+	keys, err := sshkeys.ParseDestination(data)
+	if err != nil {
+		return refuse("key Secret %s/%s: %v", ma.Spec.Destination.KeySecret.Namespace, ma.Spec.Destination.KeySecret.Name, err)
+	}
+	path, err := r.publish(ctx, key, v, "destination")
+	if err != nil {
+		return fmt.Errorf("mount the volume read-write: %w", err)
+	}
+	addr, err := r.serve(ma, path, keys)
+	if err != nil {
+		return err
+	}
+	s := r.state(key)
+	s.mu.Lock()
+	live := s.live
+	s.mu.Unlock()
+	last := ma.Status.LastSync
+	hold := last != nil && last.Succeeded && last.Generation >= ma.Spec.SyncGeneration
+	r.server.Hold(key.String(), hold)
+	return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+		ma.Status.MountPath, ma.Status.Endpoint = path, addr
+		switch {
+		case live > 0:
+			ma.Status.Phase = agentv1alpha1.PhaseTransferring
+		case hold:
+			ma.Status.Phase = agentv1alpha1.PhaseHolding
+			ma.Status.CurrentSync = nil
+		default:
+			// A sync in status but none live is one a restart cut off;
+			// the source retries it.
+			ma.Status.Phase, ma.Status.CurrentSync = agentv1alpha1.PhaseMounted, nil
+		}
+		setReady(ma, true, "Serving", "the volume is mounted read-write and accepts syncs")
+	})
+}
+
+// attachRequired reads the CSIDriver's attachRequired (a driver without a
+// CSIDriver object requires attach, as Kubernetes assumes).
+func (r *Reconciler) attachRequired(ctx context.Context, driver string) (bool, error) {
+	d := &storagev1.CSIDriver{}
+	if err := r.api.Get(ctx, client.ObjectKey{Name: driver}, d); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return true, nil
+		}
+		return false, fmt.Errorf("get CSIDriver %s: %w", driver, err)
+	}
+	return d.Spec.AttachRequired == nil || *d.Spec.AttachRequired, nil
+}
+
+// serve registers the destination with the endpoint, again if its volume
+// path or keys changed, on the port it had before if it can (the
+// controller's Service points there).
+func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Destination) (*agentv1alpha1.Endpoint, error) {
+	key := client.ObjectKeyFromObject(ma)
+	id := key.String()
+	fingerprint := fmt.Sprintf("%s|%s|%s|%t", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
+		ssh.FingerprintSHA256(keys.Authorized), ma.Spec.Destination.Privileged)
+	s := r.state(key)
+	s.mu.Lock()
+	served, ep := s.served, s.endpoint
+	s.mu.Unlock()
+	if served == fingerprint {
+		return ep, nil
+	}
+	// After a restart, listen where the controller's Service points.
+	port := 0
+	if ep := ma.Status.Endpoint; ep != nil {
+		port = int(ep.Port)
+	}
+	r.server.Remove(id)
+	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: ma.Spec.Destination.Privileged,
+		Events: func(e endpoint.Event) { r.onDestinationEvent(key, e) }}
+	d.ListenAddr = net.JoinHostPort(r.cfg.SSHBindAddress, strconv.Itoa(port))
+	addr, err := r.server.Add(d)
+	if err != nil && port != 0 {
+		r.log.Info("earlier port is taken; listening on another", "assignment", key, "port", port, "reason", err.Error())
+		d.ListenAddr = net.JoinHostPort(r.cfg.SSHBindAddress, "0")
+		addr, err = r.server.Add(d)
+	}
+	if err != nil {
+		errorsTotal.WithLabelValues(r.labels(ma, "endpoint")...).Inc()
+		return nil, fmt.Errorf("serve destination: %w", err)
+	}
+	ep = &agentv1alpha1.Endpoint{Address: r.cfg.SSHAdvertiseAddress, Port: int32(addr.(*net.TCPAddr).Port)}
+	s.mu.Lock()
+	s.served, s.path, s.endpoint = fingerprint, path, ep
+	s.mu.Unlock()
+	return ep, nil
+}
+
+// onDestinationEvent follows the syncs arriving at a destination: a sync
+// runs from its first rsync to the source's `shutdown N`; at that point the
+// volume is flushed to disk and, if the sync succeeded, held.
+func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Event) {
+	ma := &agentv1alpha1.MountAssignment{}
+	if err := r.client.Get(context.Background(), key, ma); err != nil {
+		r.log.Error(err, "destination event for an assignment not in the cache", "assignment", key, "event", e.Kind)
+		return
+	}
+	gen := ma.Spec.SyncGeneration
+	s := r.state(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var mutate func(*agentv1alpha1.MountAssignment)
+	switch e.Kind {
+	case endpoint.RsyncStarted:
+		if s.live == 0 && s.start.IsZero() {
+			s.start = e.Time
+		}
+		s.live++
+		activeTransfers.WithLabelValues(r.cfg.NodeName, "destination").Inc()
+		start := s.start
+		mutate = func(ma *agentv1alpha1.MountAssignment) {
+			ma.Status.Phase = agentv1alpha1.PhaseTransferring
+			if ma.Status.CurrentSync == nil || ma.Status.CurrentSync.Generation != gen {
+				ma.Status.CurrentSync = &agentv1alpha1.SyncProgress{Generation: gen, StartTime: timePtr(start)}
+			}
+			ma.Status.CurrentSync.Attempt++
+		}
+	case endpoint.RsyncEnded:
+		s.live--
+		activeTransfers.WithLabelValues(r.cfg.NodeName, "destination").Dec()
+		s.received += e.BytesReceived
+		s.sent += e.BytesSent
+		bytesTotal.WithLabelValues(r.labels(ma, "received")...).Add(float64(e.BytesReceived))
+		bytesTotal.WithLabelValues(r.labels(ma, "sent")...).Add(float64(e.BytesSent))
+		if e.ExitCode != 0 {
+			errorsTotal.WithLabelValues(r.labels(ma, "transfer")...).Inc()
+		}
+		if s.live == 0 {
+			mutate = func(ma *agentv1alpha1.MountAssignment) { ma.Status.Phase = agentv1alpha1.PhaseMounted }
+		}
+	case endpoint.SyncEnded:
+		result := agentv1alpha1.SyncResult{Generation: gen, StartTime: timePtr(s.start), EndTime: timePtr(e.Time),
+			BytesReceived: s.received, BytesSent: s.sent, ExitCode: int32(e.ExitCode), Succeeded: e.ExitCode == 0}
+		if e.ExitCode != 0 {
+			result.Error = fmt.Sprintf("the source ended the sync with status %d", e.ExitCode)
+		} else if err := syncfs(s.path); err != nil {
+			result.Succeeded, result.Error = false, err.Error()
+		}
+		if result.Succeeded {
+			r.server.Hold(key.String(), true) // before anyone hears of it
+		}
+		outcome := "succeeded"
+		if !result.Succeeded {
+			outcome = "failed"
+		}
+		syncsTotal.WithLabelValues(r.labels(ma, outcome)...).Inc()
+		if !s.start.IsZero() {
+			transferSeconds.WithLabelValues(r.labels(ma)...).Observe(e.Time.Sub(s.start).Seconds())
+		}
+		s.start, s.received, s.sent = time.Time{}, 0, 0
+		r.log.Info("sync ended", "assignment", key, "generation", gen, "result", outcome, "bytesReceived", result.BytesReceived)
+		mutate = func(ma *agentv1alpha1.MountAssignment) {
+			ma.Status.LastSync, ma.Status.CurrentSync = result.DeepCopy(), nil
+			ma.Status.Phase = agentv1alpha1.PhaseMounted
+			if result.Succeeded {
+				ma.Status.Phase = agentv1alpha1.PhaseHolding
+			}
+		}
+	case endpoint.Refused:
+		errorsTotal.WithLabelValues(r.labels(ma, "refused-request")...).Inc()
+		r.log.Info("refused a request", "assignment", key, "reason", e.Message)
+	}
+	if mutate != nil {
+		if err := r.updateStatus(key, mutate); err != nil {
+			r.log.Error(err, "report destination event", "assignment", key, "event", e.Kind)
+		}
+	}
+}
+
+// syncfs flushes the volume's filesystem, so that a snapshot cut next holds
+// everything the sync wrote.
+func syncfs(path string) error {
+	if path == "" {
+		return errors.New("flush volume: not mounted")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("flush volume: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("flush volume %s: %w", path, err)
+	}
+	return nil
+}

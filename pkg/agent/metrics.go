@@ -1,0 +1,53 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Metric labels: every series carries the node, so that one query across
+// the DaemonSet shows where time and bytes go; per-transfer series carry
+// the CR (namespace, name) and the role too.
+var (
+	crLabels = []string{"node", "namespace", "name", "role"}
+
+	bytesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_agent_bytes_total",
+		Help: "Bytes of rsync protocol data moved by this node's transfers, by direction (sent, received).",
+	}, append(crLabels, "direction"))
+	filesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_agent_files_transferred_total",
+		Help: "Regular files whose data a source on this node sent.",
+	}, crLabels)
+	syncsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_agent_syncs_total",
+		Help: "Syncs ended on this node, by result (succeeded, failed).",
+	}, append(crLabels, "result"))
+	transferSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ferry_agent_transfer_duration_seconds",
+		Help:    "Duration of syncs on this node, from the transfer's start to its end.",
+		Buckets: prometheus.ExponentialBuckets(0.25, 2, 14),
+	}, crLabels)
+	publishSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "ferry_agent_publish_duration_seconds",
+		Help:    "Time to make a volume available on the node (stage and publish, or bind), by role.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 12),
+	}, []string{"node", "role"})
+	activeTransfers = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ferry_agent_active_transfers",
+		Help: "Transfers running on this node, by role.",
+	}, []string{"node", "role"})
+	queuedTransfers = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ferry_agent_queued_transfers",
+		Help: "Source transfers waiting for a free slot on this node.",
+	}, []string{"node"})
+	errorsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_agent_errors_total",
+		Help: "Errors on this node by cause: refused, publish, keys, transfer, interrupted, endpoint, status.",
+	}, append(crLabels, "cause"))
+)
+
+func init() {
+	metrics.Registry.MustRegister(bytesTotal, filesTotal, syncsTotal, transferSeconds, publishSeconds,
+		activeTransfers, queuedTransfers, errorsTotal)
+}

@@ -1,0 +1,256 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/csi"
+	"github.com/ferrysync/ferry/pkg/mount"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+)
+
+// Reconciler carries out this node's MountAssignments. Reconcile itself is
+// short: it checks, publishes and registers; a source's transfer runs in a
+// goroutine of its own, a destination's syncs arrive through the endpoint's
+// events, and both report through status.
+type Reconciler struct {
+	cfg       Config
+	client    client.Client // cached: this node's assignments
+	api       client.Reader // uncached: PVs, claims, CRs, Secrets, fresh status
+	publisher *csi.Publisher
+	server    *endpoint.Server
+	slots     chan struct{} // one per concurrent transfer
+	log       logr.Logger
+
+	// runCtx ends a grace period after shutdown begins; transfers use it.
+	runCtx context.Context
+	runs   sync.WaitGroup
+
+	mu     sync.Mutex
+	states map[types.NamespacedName]*state
+}
+
+// state is what the agent knows of an assignment beyond its status: what is
+// running now in this process.
+type state struct {
+	mu sync.Mutex
+	// source: the generation running (0: none), its cancel and end, and
+	// the last generation this process finished.
+	running  int64
+	cancel   context.CancelFunc
+	done     chan struct{}
+	finished int64
+	// destination: what is registered with the endpoint, and the sync
+	// under way.
+	served   string
+	path     string
+	endpoint *agentv1alpha1.Endpoint
+	live     int
+	start    time.Time
+	received int64
+	sent     int64
+}
+
+func (r *Reconciler) state(key types.NamespacedName) *state {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.states[key]
+	if s == nil {
+		s = &state{}
+		r.states[key] = s
+	}
+	return s
+}
+
+// Reconcile brings one assignment about.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	ma := &agentv1alpha1.MountAssignment{}
+	err := r.client.Get(ctx, req.NamespacedName, ma)
+	if apierrors.IsNotFound(err) {
+		return ctrl.Result{}, r.release(ctx, req.NamespacedName)
+	}
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("get assignment: %w", err)
+	}
+	if ma.Spec.NodeName != r.cfg.NodeName {
+		return ctrl.Result{}, nil // the cache selects by node; never act on another's
+	}
+	if ma.DeletionTimestamp != nil {
+		if err := r.release(ctx, req.NamespacedName); err != nil {
+			return ctrl.Result{}, err
+		}
+		if controllerutil.RemoveFinalizer(ma, agentv1alpha1.Finalizer) {
+			if err := r.client.Update(ctx, ma); err != nil && !apierrors.IsNotFound(err) {
+				return ctrl.Result{}, fmt.Errorf("remove finalizer: %w", err)
+			}
+		}
+		return ctrl.Result{}, nil
+	}
+	if controllerutil.AddFinalizer(ma, agentv1alpha1.Finalizer) {
+		if err := r.client.Update(ctx, ma); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+	}
+	if ma.Status.Phase == agentv1alpha1.PhaseRefused && ma.Status.ObservedGeneration == ma.Generation {
+		return ctrl.Result{}, nil
+	}
+	if ma.Spec.Source != nil {
+		err = r.reconcileSource(ctx, ma)
+	} else {
+		err = r.reconcileDestination(ctx, ma)
+	}
+	if isRefusal(err) {
+		return ctrl.Result{}, r.refuse(ctx, ma, err)
+	}
+	if err != nil {
+		r.log.Error(err, "assignment failed; retrying", "assignment", req.NamespacedName)
+		errorsTotal.WithLabelValues(r.labels(ma, "failed")...).Inc()
+		if serr := r.updateStatus(req.NamespacedName, func(ma *agentv1alpha1.MountAssignment) {
+			if ma.Status.Phase != agentv1alpha1.PhaseTransferring {
+				ma.Status.Phase = agentv1alpha1.PhaseFailed
+			}
+			setReady(ma, false, "Failed", err.Error())
+		}); serr != nil {
+			return ctrl.Result{}, errors.Join(err, serr)
+		}
+	}
+	return ctrl.Result{}, err
+}
+
+// refuse reports an assignment the agent will not carry out and makes sure
+// nothing of it is mounted or served.
+func (r *Reconciler) refuse(ctx context.Context, ma *agentv1alpha1.MountAssignment, reason error) error {
+	key := client.ObjectKeyFromObject(ma)
+	r.log.Info("refused assignment", "assignment", key, "reason", reason.Error())
+	errorsTotal.WithLabelValues(r.labels(ma, "refused")...).Inc()
+	if err := r.release(ctx, key); err != nil {
+		return err
+	}
+	return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+		ma.Status.Phase = agentv1alpha1.PhaseRefused
+		ma.Status.MountPath, ma.Status.Endpoint, ma.Status.CurrentSync = "", nil, nil
+		setReady(ma, false, "Refused", reason.Error())
+	})
+}
+
+// release stops everything the agent does for an assignment: cancels its
+// transfer and waits for it, stops serving it, unmounts its volume.
+func (r *Reconciler) release(ctx context.Context, key types.NamespacedName) error {
+	s := r.state(key)
+	s.mu.Lock()
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	r.server.Remove(key.String())
+	s.mu.Lock()
+	s.served = ""
+	s.mu.Unlock()
+	if err := r.publisher.Unpublish(ctx, volumeName(key)); err != nil {
+		return fmt.Errorf("unmount volume of %s: %w", key, err)
+	}
+	return nil
+}
+
+// volumeName is the assignment's directory under the publisher's root:
+// assignment names are DNS subdomains and unique in the namespace.
+func volumeName(key types.NamespacedName) string { return key.Name }
+
+// volumeFor builds what to publish from the live PV (its own secret
+// references, resolved here) and the assignment (role, attachment).
+func (r *Reconciler) volumeFor(ctx context.Context, ma *agentv1alpha1.MountAssignment, pv *corev1.PersistentVolume, readOnly bool) (csi.Volume, error) {
+	src := pv.Spec.CSI
+	v := csi.Volume{Driver: src.Driver, Handle: src.VolumeHandle, FSType: src.FSType, MountOptions: pv.Spec.MountOptions,
+		Attributes: src.VolumeAttributes, ReadOnly: readOnly,
+		Block: pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock}
+	for _, m := range pv.Spec.AccessModes {
+		if m == corev1.ReadWriteMany || m == corev1.ReadOnlyMany {
+			v.MultiNode = true
+		}
+	}
+	if a := ma.Spec.Volume.Attachment; a != nil {
+		v.PublishContext, v.Attachment = a.Metadata, a.UID
+	}
+	var err error
+	if v.StageSecrets, err = r.secretData(ctx, src.NodeStageSecretRef); err != nil {
+		return v, err
+	}
+	if v.PublishSecrets, err = r.secretData(ctx, src.NodePublishSecretRef); err != nil {
+		return v, err
+	}
+	if ma.Spec.Volume.ReuseKubeletMount && readOnly {
+		path, err := mount.KubeletMount(r.cfg.KubeletRoot, pv.Name, v.Block)
+		if err == nil {
+			v.Reuse = path
+		} else if !errors.Is(err, mount.ErrNoKubeletMount) {
+			return v, err
+		}
+	}
+	return v, nil
+}
+
+func (r *Reconciler) secretData(ctx context.Context, ref *corev1.SecretReference) (map[string]string, error) {
+	if ref == nil {
+		return nil, nil
+	}
+	sec := &corev1.Secret{}
+	if err := r.api.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, sec); err != nil {
+		return nil, fmt.Errorf("read CSI secret %s/%s: %w", ref.Namespace, ref.Name, err)
+	}
+	out := make(map[string]string, len(sec.Data))
+	for k, v := range sec.Data {
+		out[k] = string(v)
+	}
+	return out, nil
+}
+
+// keySecret reads a key Secret; only Secrets in the agent's own namespace
+// are key Secrets, so an assignment cannot point the agent at another
+// namespace's.
+func (r *Reconciler) keySecret(ctx context.Context, ref agentv1alpha1.SecretReference) (map[string][]byte, error) {
+	if ref.Namespace != r.cfg.Namespace {
+		return nil, refuse("key Secret %s/%s is not in Ferry's namespace %s", ref.Namespace, ref.Name, r.cfg.Namespace)
+	}
+	sec := &corev1.Secret{}
+	if err := r.api.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, sec); err != nil {
+		return nil, fmt.Errorf("read key Secret %s/%s: %w", ref.Namespace, ref.Name, err)
+	}
+	return sec.Data, nil
+}
+
+// publish publishes and records how long it took.
+func (r *Reconciler) publish(ctx context.Context, key types.NamespacedName, v csi.Volume, role string) (string, error) {
+	start := time.Now()
+	path, err := r.publisher.Publish(ctx, volumeName(key), v)
+	if err != nil {
+		return "", err
+	}
+	publishSeconds.WithLabelValues(r.cfg.NodeName, role).Observe(time.Since(start).Seconds())
+	return path, nil
+}
+
+// labels are the per-CR metric labels plus extra values.
+func (r *Reconciler) labels(ma *agentv1alpha1.MountAssignment, extra ...string) []string {
+	return append([]string{r.cfg.NodeName, ma.Spec.Owner.Namespace, ma.Spec.Owner.Name, role(ma)}, extra...)
+}
+
+func role(ma *agentv1alpha1.MountAssignment) string {
+	if ma.Spec.Source != nil {
+		return "source"
+	}
+	return "destination"
+}

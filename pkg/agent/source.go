@@ -1,0 +1,221 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+)
+
+// interrupted is the error recorded for a sync that was running when the
+// agent stopped without finishing it.
+const interrupted = "interrupted: the node agent stopped during the sync; the next sync starts afresh"
+
+// reconcileSource starts the transfer for spec.syncGeneration unless it
+// runs already, ran already, or was interrupted (a generation is never run
+// twice: the controller asks again with a new one).
+func (r *Reconciler) reconcileSource(ctx context.Context, ma *agentv1alpha1.MountAssignment) error {
+	key := client.ObjectKeyFromObject(ma)
+	gen := ma.Spec.SyncGeneration
+	s := r.state(key)
+	s.mu.Lock()
+	running, finished := s.running, s.finished
+	s.mu.Unlock()
+	if running != 0 {
+		return nil
+	}
+	if cs := ma.Status.CurrentSync; cs != nil && cs.Generation > finished {
+		return r.recordInterrupted(ctx, ma, cs.Generation)
+	}
+	if gen == 0 || (ma.Status.LastSync != nil && ma.Status.LastSync.Generation >= gen) || finished >= gen {
+		// Nothing to run: make sure nothing stays mounted.
+		if err := r.publisher.Unpublish(ctx, volumeName(key)); err != nil {
+			return err
+		}
+		if ma.Status.Phase == "" {
+			return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+				ma.Status.Phase = agentv1alpha1.PhasePending
+				setReady(ma, true, "Waiting", "waiting for a sync to be asked for")
+			})
+		}
+		return nil
+	}
+	pv, err := checkOwner(ctx, r.api, ma)
+	if err != nil {
+		return err
+	}
+	v, err := r.volumeFor(ctx, ma, pv, true)
+	if err != nil {
+		return err
+	}
+	data, err := r.keySecret(ctx, ma.Spec.Source.KeySecret)
+	if err != nil {
+		return err
+	}
+	keys, err := sshkeys.ParseSource(data)
+	if err != nil {
+		return refuse("key Secret %s/%s: %v", ma.Spec.Source.KeySecret.Namespace, ma.Spec.Source.KeySecret.Name, err)
+	}
+	runCtx, cancel := context.WithCancel(r.runCtx)
+	s.mu.Lock()
+	s.running, s.cancel, s.done = gen, cancel, make(chan struct{})
+	done := s.done
+	s.mu.Unlock()
+	r.runs.Add(1)
+	go func() {
+		defer r.runs.Done()
+		defer close(done)
+		defer cancel()
+		ended := r.runSource(runCtx, ma.DeepCopy(), func(ctx context.Context) (string, error) {
+			return r.publish(ctx, key, v, "source")
+		}, keys)
+		s.mu.Lock()
+		s.running, s.cancel = 0, nil
+		if ended {
+			s.finished = max(s.finished, gen)
+		}
+		s.mu.Unlock()
+	}()
+	return nil
+}
+
+// recordInterrupted reports a sync this process did not run to its end as
+// failed, and unmounts its volume.
+func (r *Reconciler) recordInterrupted(ctx context.Context, ma *agentv1alpha1.MountAssignment, gen int64) error {
+	key := client.ObjectKeyFromObject(ma)
+	r.log.Info("sync was interrupted; reporting it failed", "assignment", key, "generation", gen)
+	errorsTotal.WithLabelValues(r.labels(ma, "interrupted")...).Inc()
+	syncsTotal.WithLabelValues(r.labels(ma, "failed")...).Inc()
+	if err := r.publisher.Unpublish(ctx, volumeName(key)); err != nil {
+		return err
+	}
+	s := r.state(key)
+	s.mu.Lock()
+	s.finished = max(s.finished, gen)
+	s.mu.Unlock()
+	return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+		start := ma.Status.CurrentSync.StartTime
+		ma.Status.LastSync = &agentv1alpha1.SyncResult{Generation: gen, StartTime: start, EndTime: now(), Error: interrupted, ExitCode: -1}
+		ma.Status.CurrentSync, ma.Status.MountPath = nil, ""
+		ma.Status.Phase = agentv1alpha1.PhaseFailed
+		setReady(ma, true, "SyncInterrupted", interrupted)
+	})
+}
+
+// runSource runs one sync: wait for a slot, publish the volume read-only,
+// report that the sync runs (before it does: a restart finds it and never
+// runs it again), push, unmount, report the result. It returns false if the
+// sync did not start and may be run later.
+func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssignment, publish func(context.Context) (string, error), keys *sshkeys.Source) bool {
+	key := types.NamespacedName{Namespace: ma.Namespace, Name: ma.Name}
+	gen := ma.Spec.SyncGeneration
+	log := r.log.WithValues("assignment", key, "generation", gen)
+	result := agentv1alpha1.SyncResult{Generation: gen, StartTime: now()}
+	finish := func(cause string, err error) {
+		if uerr := r.publisher.Unpublish(context.Background(), volumeName(key)); uerr != nil {
+			log.Error(uerr, "unmount after sync")
+			err = errors.Join(err, uerr)
+		}
+		result.EndTime = now()
+		outcome := "succeeded"
+		if err != nil {
+			result.Error = err.Error()
+			errorsTotal.WithLabelValues(r.labels(ma, cause)...).Inc()
+			outcome = "failed"
+		}
+		result.Succeeded = err == nil
+		syncsTotal.WithLabelValues(r.labels(ma, outcome)...).Inc()
+		log.Info("sync ended", "result", outcome, "bytesSent", result.BytesSent, "files", result.FilesTransferred, "error", result.Error)
+		if serr := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+			ma.Status.LastSync, ma.Status.CurrentSync, ma.Status.MountPath = result.DeepCopy(), nil, ""
+			ma.Status.Phase = agentv1alpha1.PhaseCompleted
+			if !result.Succeeded {
+				ma.Status.Phase = agentv1alpha1.PhaseFailed
+			}
+			setReady(ma, true, "SyncEnded", "sync "+outcome)
+		}); serr != nil {
+			log.Error(serr, "report sync result")
+		}
+	}
+
+	select {
+	case r.slots <- struct{}{}:
+	default:
+		queuedTransfers.WithLabelValues(r.cfg.NodeName).Inc()
+		if err := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+			ma.Status.Phase = agentv1alpha1.PhaseQueued
+			setReady(ma, true, "Queued", fmt.Sprintf("waiting for one of the node's %d transfer slots", cap(r.slots)))
+		}); err != nil {
+			log.Error(err, "report queued")
+		}
+		select {
+		case r.slots <- struct{}{}:
+			queuedTransfers.WithLabelValues(r.cfg.NodeName).Dec()
+		case <-ctx.Done():
+			queuedTransfers.WithLabelValues(r.cfg.NodeName).Dec()
+			return false // not started: the next reconcile (or agent) runs it
+		}
+	}
+	defer func() { <-r.slots }()
+
+	path, err := publish(ctx)
+	if err != nil {
+		finish("publish", fmt.Errorf("mount the volume read-only: %w", err))
+		return true
+	}
+	result.StartTime = now()
+	if err := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+		ma.Status.Phase, ma.Status.MountPath = agentv1alpha1.PhaseTransferring, path
+		ma.Status.CurrentSync = &agentv1alpha1.SyncProgress{Generation: gen, StartTime: result.StartTime, Attempt: 1}
+		setReady(ma, true, "Transferring", "the volume is mounted read-only and being sent")
+	}); err != nil {
+		// Not reported as running, so not started: a later reconcile runs it.
+		log.Error(err, "report transfer start; not starting")
+		if uerr := r.publisher.Unpublish(context.Background(), volumeName(key)); uerr != nil {
+			log.Error(uerr, "unmount")
+		}
+		return false
+	}
+
+	activeTransfers.WithLabelValues(r.cfg.NodeName, "source").Inc()
+	defer activeTransfers.WithLabelValues(r.cfg.NodeName, "source").Dec()
+	src := ma.Spec.Source
+	var last source.Progress
+	lastAt := time.Now()
+	res, err := source.Push(ctx, source.Options{
+		Address: src.Address, Port: int(src.Port), User: src.User, Path: src.Path, Keys: keys, Volume: path,
+		Backoff: r.cfg.RetryBackoff, Rsync: r.cfg.Rsync, Log: log, ProgressInterval: r.cfg.ProgressInterval,
+		Progress: func(p source.Progress) {
+			rate := int64(0)
+			if dt := time.Since(lastAt).Seconds(); dt > 0 && p.Attempt == last.Attempt {
+				rate = int64(float64(p.BytesDone-last.BytesDone) / dt)
+			}
+			last, lastAt = p, time.Now()
+			if err := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+				if cs := ma.Status.CurrentSync; cs != nil && cs.Generation == gen {
+					cs.BytesDone, cs.FilesDone, cs.Attempt, cs.BytesPerSecond = p.BytesDone, p.FilesDone, int32(p.Attempt), max(rate, 0)
+				}
+			}); err != nil {
+				log.Error(err, "report progress")
+			}
+		},
+	})
+	result.BytesSent, result.BytesReceived, result.FilesTransferred = res.BytesSent, res.BytesReceived, res.FilesTransferred
+	result.ExitCode, result.Summary = int32(res.ExitCode), res.Summary
+	bytesTotal.WithLabelValues(r.labels(ma, "sent")...).Add(float64(res.BytesSent))
+	bytesTotal.WithLabelValues(r.labels(ma, "received")...).Add(float64(res.BytesReceived))
+	filesTotal.WithLabelValues(r.labels(ma)...).Add(float64(res.FilesTransferred))
+	transferSeconds.WithLabelValues(r.labels(ma)...).Observe(time.Since(result.StartTime.Time).Seconds())
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("aborted: the node agent is shutting down: %w", err)
+	}
+	finish("transfer", err)
+	return true
+}

@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+)
+
+// statusTimeout bounds one status write; it does not hang on the caller's
+// context, so that a transfer aborted at shutdown still reports.
+const statusTimeout = 15 * time.Second
+
+// updateStatus applies mutate to the assignment's latest status and writes
+// it, retrying on conflicts: the reconciler, transfer goroutines and endpoint
+// events all write status, each its own fields.
+func (r *Reconciler) updateStatus(key types.NamespacedName, mutate func(*agentv1alpha1.MountAssignment)) error {
+	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+	defer cancel()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ma := &agentv1alpha1.MountAssignment{}
+		if err := r.api.Get(ctx, key, ma); err != nil {
+			return err
+		}
+		before := ma.Status.DeepCopy()
+		mutate(ma)
+		if equality.Semantic.DeepEqual(before, &ma.Status) {
+			return nil
+		}
+		return r.client.Status().Update(ctx, ma)
+	})
+	if err != nil {
+		return fmt.Errorf("update status of %s: %w", key, err)
+	}
+	return nil
+}
+
+// setReady sets the Ready condition.
+func setReady(ma *agentv1alpha1.MountAssignment, ok bool, reason, message string) {
+	status := metav1.ConditionFalse
+	if ok {
+		status = metav1.ConditionTrue
+	}
+	meta.SetStatusCondition(&ma.Status.Conditions, metav1.Condition{Type: agentv1alpha1.ConditionReady, Status: status,
+		Reason: reason, Message: message, ObservedGeneration: ma.Generation})
+	ma.Status.ObservedGeneration = ma.Generation
+}
+
+// now is metav1.Now as a pointer, for the status' optional times.
+func now() *metav1.Time { t := metav1.Now(); return &t }
+
+// timePtr turns a time into the status' optional time; zero is unset.
+func timePtr(t time.Time) *metav1.Time {
+	if t.IsZero() {
+		return nil
+	}
+	mt := metav1.NewTime(t)
+	return &mt
+}

@@ -1,0 +1,303 @@
+// Package nodeagent_test runs two node agents as processes on two simulated
+// nodes, each in its own network namespace, against a real apiserver, CSI
+// driver, snapshot controller, ssh and rsync, with MountAssignments written
+// by hand in place of the controller.
+package nodeagent_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/csi"
+	"github.com/ferrysync/ferry/pkg/mount"
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+	"github.com/ferrysync/ferry/test/cluster"
+)
+
+// TestAgentsReplicate: node B's agent publishes a destination PVC and serves
+// it; node A's agent pushes a snapshot-restored copy of a source PVC to it
+// across the namespaces' link. The replica matches, both agents' metrics show
+// the bytes, the destination holds after the sync. Then each agent is killed
+// with SIGKILL in the middle of a transfer and started again: the
+// interrupted sync is reported failed and not run again, the next one
+// succeeds, and nothing leaks. An assignment for a PV no Ferry CR owns is
+// refused without mounting anything.
+func TestAgentsReplicate(t *testing.T) {
+	testenv.NeedRoot(t)
+	if testing.Short() {
+		t.Skip("starts a cluster")
+	}
+	ctx := context.Background()
+	network, err := cluster.NewNetwork("fa", "10.252.0")
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, network.Close()) }()
+	c, err := cluster.Start(ctx, cluster.Options{Network: network, ServiceCIDR: "10.96.0.0/24", Log: testr.New(t)})
+	require.NoError(t, err)
+	defer func() {
+		if t.Failed() {
+			t.Log(c.Logs(60))
+		}
+		assert.NoError(t, c.Stop())
+	}()
+	k := c.Client
+	nodeA, nodeB := c.Nodes[0], c.Nodes[1]
+	var agents []*agentProc
+	defer func() {
+		// A failed run leaves the agents' mounts: stop the agents and take
+		// down what they published, so the cluster can stop cleanly.
+		for _, a := range agents {
+			_, _ = a.stop()
+		}
+		for _, n := range c.Nodes {
+			p := csi.NewPublisher(csi.DefaultRoot(n.KubeletDir), n.KubeletDir, testr.New(t))
+			assert.NoError(t, p.Recover(ctx, func(string) bool { return false }))
+			_ = p.Close()
+		}
+	}()
+
+	// What the controller would have made: the CRs, key Secrets, the
+	// replica PVC and the source's point-in-time copy.
+	for _, ns := range []string{"app", ferryNamespace} {
+		require.NoError(t, k.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	}
+	rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Name: "rs", Namespace: "app"},
+		Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "data",
+			Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot}}}}
+	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Name: "rd", Namespace: "app"},
+		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
+			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
+				Capacity: ptr.To(resource.MustParse("512Mi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
+	require.NoError(t, k.Create(ctx, rs))
+	require.NoError(t, k.Create(ctx, rd))
+	dstKeys, srcKeys, err := sshkeys.Secrets()
+	require.NoError(t, err)
+	require.NoError(t, k.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "rd-keys", Namespace: ferryNamespace}, Data: dstKeys}))
+	require.NoError(t, k.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "rs-keys", Namespace: ferryNamespace}, Data: srcKeys}))
+
+	data := bound(t, k, pvc("app", "data", nil, nil))
+	replica := bound(t, k, pvc("app", "replica", nil, rd))
+	work := t.TempDir()
+	writeSource := func(fn func(dir string)) {
+		t.Helper()
+		dir, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), data.Spec.CSI.VolumeHandle, work, false, nil)
+		require.NoError(t, err)
+		fn(dir)
+		require.NoError(t, unmount())
+	}
+	var want map[string]string
+	snapshotOf := func(name string) *corev1.PersistentVolume {
+		t.Helper()
+		dir, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), data.Spec.CSI.VolumeHandle, work, true, nil)
+		require.NoError(t, err)
+		want = tree(t, dir)
+		require.NoError(t, unmount())
+		return snapshotClaim(t, k, "app", "data", name, rs)
+	}
+	writeSource(func(dir string) {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, "app/logs"), 0o750))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "app/config.yaml"), []byte("replicas: 3\n"), 0o640))
+		require.NoError(t, os.Chown(filepath.Join(dir, "app/config.yaml"), 1000, 2000))
+		require.NoError(t, os.Symlink("config.yaml", filepath.Join(dir, "app/current")))
+		require.NoError(t, os.Link(filepath.Join(dir, "app/config.yaml"), filepath.Join(dir, "app/config.hardlink")))
+		writeRandom(t, filepath.Join(dir, "app/logs/0001.log"), 3<<20)
+	})
+	pit := snapshotOf("data-pit-1")
+
+	agentA, agentB := startAgent(t, c, nodeA), startAgent(t, c, nodeB)
+	agents = append(agents, agentA, agentB)
+
+	get := func(name string) *agentv1alpha1.MountAssignment {
+		ma := &agentv1alpha1.MountAssignment{}
+		require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: ferryNamespace, Name: name}, ma))
+		return ma
+	}
+	update := func(name string, fn func(*agentv1alpha1.MountAssignment)) {
+		t.Helper()
+		ma := get(name)
+		fn(ma)
+		require.NoError(t, k.Update(ctx, ma))
+	}
+	synced := func(name string, gen int64) *agentv1alpha1.SyncResult {
+		t.Helper()
+		var last *agentv1alpha1.SyncResult
+		eventually(t, name+" to report sync "+strconv.FormatInt(gen, 10), 2*time.Minute, func() bool {
+			last = get(name).Status.LastSync
+			return last != nil && last.Generation >= gen
+		})
+		return last
+	}
+
+	dst := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rd-replica", Namespace: ferryNamespace},
+		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeB.Name,
+			Owner:       agentv1alpha1.OwnerReference{Kind: "ReplicationDestination", Namespace: "app", Name: "rd", UID: string(rd.UID)},
+			Volume:      volumeOf(replica, false),
+			Destination: &agentv1alpha1.DestinationRole{KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rd-keys"}, Privileged: true},
+			SyncGeneration: 1}}
+	require.NoError(t, k.Create(ctx, dst))
+	var ep *agentv1alpha1.Endpoint
+	eventually(t, "the destination to be served", time.Minute, func() bool {
+		ma := get(dst.Name)
+		ep = ma.Status.Endpoint
+		return ma.Status.Phase == agentv1alpha1.PhaseMounted && ep != nil
+	})
+	require.Equal(t, nodeB.Net.IP, ep.Address)
+	replicaDir := get(dst.Name).Status.MountPath
+
+	created := time.Now()
+	src := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-data", Namespace: ferryNamespace},
+		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeA.Name,
+			Owner:  agentv1alpha1.OwnerReference{Kind: "ReplicationSource", Namespace: "app", Name: "rs", UID: string(rs.UID)},
+			Volume: volumeOf(pit, true),
+			Source: &agentv1alpha1.SourceRole{Address: ep.Address, Port: ep.Port, User: "root", Path: "/",
+				KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rs-keys"}, Privileged: true},
+			SyncGeneration: 1}}
+	require.NoError(t, k.Create(ctx, src))
+	res := synced(src.Name, 1)
+	t.Logf("per-sync overhead, first sync of a small volume (assignment created → result reported): %v", time.Since(created))
+	require.True(t, res.Succeeded, "sync 1: %s", res.Error)
+	assert.Greater(t, res.BytesSent, int64(3<<20))
+	assert.Contains(t, res.Summary, "Number of files")
+	dres := synced(dst.Name, 1)
+	require.True(t, dres.Succeeded, dres.Error)
+	assert.Equal(t, want, tree(t, replicaDir), "the replica matches the point-in-time copy")
+	assert.Equal(t, agentv1alpha1.PhaseHolding, get(dst.Name).Status.Phase)
+	assert.Equal(t, agentv1alpha1.PhaseCompleted, get(src.Name).Status.Phase)
+	assert.Empty(t, get(src.Name).Status.MountPath, "the source's copy is unmounted after the sync")
+	assertNotMounted(t, nodeA, src.Name)
+	assert.GreaterOrEqual(t, agentA.metric("ferry_agent_bytes_total", map[string]string{"node": nodeA.Name, "namespace": "app", "name": "rs", "role": "source", "direction": "sent"}), float64(3<<20))
+	assert.GreaterOrEqual(t, agentB.metric("ferry_agent_bytes_total", map[string]string{"node": nodeB.Name, "namespace": "app", "name": "rd", "role": "destination", "direction": "received"}), float64(3<<20))
+	assert.Equal(t, 1.0, agentA.metric("ferry_agent_syncs_total", map[string]string{"role": "source", "result": "succeeded"}))
+	assert.Equal(t, 1.0, agentB.metric("ferry_agent_syncs_total", map[string]string{"role": "destination", "result": "succeeded"}))
+
+	// A second sync of the same copy: the agent path's steady overhead.
+	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
+	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+	asked := time.Now()
+	update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
+	require.True(t, synced(src.Name, 2).Succeeded)
+	t.Logf("per-sync overhead, unchanged small volume (generation raised → result reported): %v", time.Since(asked))
+
+	// Kill -9 the source's agent mid-transfer.
+	writeSource(func(dir string) { writeRandom(t, filepath.Join(dir, "big-1"), 160<<20) })
+	pit2 := snapshotOf("data-pit-2")
+	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 3 })
+	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+	update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
+		ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(pit2, true), 3
+	})
+	eventually(t, "the transfer to be under way", time.Minute, func() bool {
+		cs := get(src.Name).Status.CurrentSync
+		return cs != nil && cs.Generation == 3 && cs.BytesDone > 0
+	})
+	agentA.kill()
+	agentA.start()
+	res = synced(src.Name, 3)
+	require.False(t, res.Succeeded)
+	assert.Contains(t, res.Error, "interrupted")
+	assertNotMounted(t, nodeA, src.Name)
+	update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 4 })
+	res = synced(src.Name, 4)
+	require.True(t, res.Succeeded, "the sync after the kill: %s", res.Error)
+	assert.Equal(t, int64(4), res.Generation, "generation 3 was not run again")
+	require.True(t, synced(dst.Name, 3).Succeeded)
+	assert.Equal(t, want, tree(t, replicaDir))
+
+	// Kill -9 the destination's agent mid-transfer.
+	writeSource(func(dir string) { writeRandom(t, filepath.Join(dir, "big-2"), 160<<20) })
+	pit3 := snapshotOf("data-pit-3")
+	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 4 })
+	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+	update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
+		ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(pit3, true), 5
+	})
+	eventually(t, "the transfer to be under way", time.Minute, func() bool {
+		cs := get(src.Name).Status.CurrentSync
+		return cs != nil && cs.Generation == 5 && cs.BytesDone > 0
+	})
+	agentB.kill()
+	agentB.start()
+	require.Equal(t, replicaDir, get(dst.Name).Status.MountPath, "the restarted agent adopts the same mount")
+	require.Equal(t, ep.Port, get(dst.Name).Status.Endpoint.Port, "and serves it on the same port")
+	res = synced(src.Name, 5)
+	if !res.Succeeded {
+		// The source's retries may run out while the destination restarts;
+		// then the next sync must succeed.
+		t.Logf("sync 5 failed across the destination's restart (%s); running sync 6", res.Error)
+		update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 6 })
+		res = synced(src.Name, 6)
+	}
+	require.True(t, res.Succeeded, "the sync after the destination's kill: %s", res.Error)
+	require.True(t, synced(dst.Name, 4).Succeeded)
+	assert.Equal(t, want, tree(t, replicaDir))
+
+	// An assignment for a PV no Ferry CR owns.
+	stray := bound(t, k, pvc("app", "not-replicated", nil, nil))
+	refused := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "stray", Namespace: ferryNamespace},
+		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeA.Name,
+			Owner:  agentv1alpha1.OwnerReference{Kind: "ReplicationSource", Namespace: "app", Name: "rs", UID: string(rs.UID)},
+			Volume: volumeOf(stray, true),
+			Source: &agentv1alpha1.SourceRole{Address: ep.Address, Port: ep.Port,
+				KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rs-keys"}},
+			SyncGeneration: 1}}
+	require.NoError(t, k.Create(ctx, refused))
+	eventually(t, "the stray assignment to be refused", time.Minute, func() bool {
+		return get(refused.Name).Status.Phase == agentv1alpha1.PhaseRefused
+	})
+	cond := meta.FindStatusCondition(get(refused.Name).Status.Conditions, agentv1alpha1.ConditionReady)
+	require.NotNil(t, cond)
+	assert.Contains(t, cond.Message, "neither owned nor named by ReplicationSource rs")
+	assertNotMounted(t, nodeA, refused.Name)
+	assert.Nil(t, get(refused.Name).Status.LastSync, "nothing ran")
+
+	// Deleting the assignments unmounts everything; the agents stop cleanly.
+	for _, name := range []string{src.Name, dst.Name, refused.Name} {
+		require.NoError(t, k.Delete(ctx, get(name)))
+	}
+	eventually(t, "the assignments to be released and gone", time.Minute, func() bool {
+		list := &agentv1alpha1.MountAssignmentList{}
+		require.NoError(t, k.List(ctx, list, client.InNamespace(ferryNamespace)))
+		return len(list.Items) == 0
+	})
+	for _, n := range []cluster.Node{nodeA, nodeB} {
+		mounts, err := mount.Under(csi.DefaultRoot(n.KubeletDir))
+		require.NoError(t, err)
+		assert.Empty(t, mounts, "mounts left on %s", n.Name)
+	}
+	for _, a := range []*agentProc{agentA, agentB} {
+		took, err := a.stop()
+		assert.NoError(t, err, "the agent exits cleanly on SIGTERM")
+		assert.Less(t, took, 15*time.Second)
+	}
+	out, _ := exec.Command("pgrep", "-af", "rsync --server").CombinedOutput()
+	assert.NotContains(t, string(out), "rsync", "rsync processes left behind")
+	out, err = exec.Command("losetup", "-a").CombinedOutput()
+	require.NoError(t, err)
+	assert.NotContains(t, string(out), c.Dir, "loop devices left behind")
+}
+
+// assertNotMounted checks that nothing of an assignment is mounted on the
+// node.
+func assertNotMounted(t *testing.T, n cluster.Node, name string) {
+	t.Helper()
+	mounts, err := mount.Under(filepath.Join(csi.DefaultRoot(n.KubeletDir), name))
+	require.NoError(t, err)
+	assert.Empty(t, mounts, "%s still mounted on %s", name, n.Name)
+}
