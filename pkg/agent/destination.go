@@ -57,17 +57,18 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 	if err != nil {
 		return err
 	}
+	// Decided on the fresh status, under the lock the endpoint's events
+	// take too: a stale cache must never release a hold a sync just set.
 	s := r.state(key)
 	s.mu.Lock()
-	live := s.live
-	s.mu.Unlock()
-	last := ma.Status.LastSync
-	hold := last != nil && last.Succeeded && last.Generation >= ma.Spec.SyncGeneration
-	r.server.Hold(key.String(), hold)
+	defer s.mu.Unlock()
 	return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+		last := ma.Status.LastSync
+		hold := last != nil && last.Succeeded && last.Generation >= ma.Spec.SyncGeneration
+		r.server.Hold(key.String(), hold)
 		ma.Status.MountPath, ma.Status.Endpoint = path, addr
 		switch {
-		case live > 0:
+		case s.live > 0:
 			ma.Status.Phase = agentv1alpha1.PhaseTransferring
 		case hold:
 			ma.Status.Phase = agentv1alpha1.PhaseHolding

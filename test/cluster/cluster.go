@@ -301,6 +301,10 @@ func (c *Cluster) Stop() error {
 			errs = append(errs, err)
 		}
 	}
+	if keep := os.Getenv("FERRY_TEST_LOGS"); keep != "" {
+		// For a person debugging: keep the components' logs.
+		errs = append(errs, os.CopyFS(filepath.Join(keep, filepath.Base(c.Dir)), os.DirFS(filepath.Join(c.Dir, "logs"))))
+	}
 	errs = append(errs, c.Env.Stop(), os.RemoveAll(c.Dir))
 	return errors.Join(errs...)
 }

@@ -83,7 +83,7 @@ func startAgent(t *testing.T, c *cluster.Cluster, node cluster.Node) *agentProc 
 		args: []string{"--net=/var/run/netns/" + node.Net.Namespace, "--", agentBinary,
 			"--kubelet-root=" + node.KubeletDir, "--state-dir=" + filepath.Join(c.Dir, "nodes", node.Name, "ferry"),
 			"--metrics-bind-address=" + node.Net.IP + ":9810", "--health-probe-bind-address=" + node.Net.IP + ":9811",
-			"--retry-backoff=500ms", "--progress-interval=200ms", "--grace-period=10s", "--zap-log-level=debug"}}
+			"--retry-backoff=1s", "--progress-interval=200ms", "--grace-period=10s", "--zap-log-level=debug"}}
 	a.start()
 	t.Cleanup(func() { _, _ = a.stop() })
 	return a
@@ -180,7 +180,7 @@ func pvc(ns, name string, source *corev1.TypedLocalObjectReference, owner client
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			StorageClassName: ptr.To(cluster.StorageClass),
-			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("512Mi")}},
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
 			DataSource:       source,
 		},
 	}

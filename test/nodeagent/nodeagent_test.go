@@ -59,6 +59,11 @@ func TestAgentsReplicate(t *testing.T) {
 	}()
 	k := c.Client
 	nodeA, nodeB := c.Nodes[0], c.Nodes[1]
+	// A 400 Mbit/s link out of node A, like a modest cluster network: big
+	// transfers take seconds, so the test can act in their middle.
+	out, err := exec.Command("ip", "netns", "exec", nodeA.Net.Namespace,
+		"tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "400mbit", "burst", "256kb", "latency", "50ms").CombinedOutput()
+	require.NoError(t, err, "%s", out)
 	var agents []*agentProc
 	defer func() {
 		// A failed run leaves the agents' mounts: stop the agents and take
@@ -84,7 +89,7 @@ func TestAgentsReplicate(t *testing.T) {
 	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Name: "rd", Namespace: "app"},
 		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
 			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
-				Capacity: ptr.To(resource.MustParse("512Mi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
+				Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
 	require.NoError(t, k.Create(ctx, rs))
 	require.NoError(t, k.Create(ctx, rd))
 	dstKeys, srcKeys, err := sshkeys.Secrets()
@@ -147,9 +152,9 @@ func TestAgentsReplicate(t *testing.T) {
 
 	dst := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rd-replica", Namespace: ferryNamespace},
 		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeB.Name,
-			Owner:       agentv1alpha1.OwnerReference{Kind: "ReplicationDestination", Namespace: "app", Name: "rd", UID: string(rd.UID)},
-			Volume:      volumeOf(replica, false),
-			Destination: &agentv1alpha1.DestinationRole{KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rd-keys"}, Privileged: true},
+			Owner:          agentv1alpha1.OwnerReference{Kind: "ReplicationDestination", Namespace: "app", Name: "rd", UID: string(rd.UID)},
+			Volume:         volumeOf(replica, false),
+			Destination:    &agentv1alpha1.DestinationRole{KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rd-keys"}, Privileged: true},
 			SyncGeneration: 1}}
 	require.NoError(t, k.Create(ctx, dst))
 	var ep *agentv1alpha1.Endpoint
@@ -196,7 +201,9 @@ func TestAgentsReplicate(t *testing.T) {
 	t.Logf("per-sync overhead, unchanged small volume (generation raised → result reported): %v", time.Since(asked))
 
 	// Kill -9 the source's agent mid-transfer.
-	writeSource(func(dir string) { writeRandom(t, filepath.Join(dir, "big-1"), 160<<20) })
+	// Big enough that the transfer is still running when the test acts.
+	const big = 128 << 20
+	writeSource(func(dir string) { writeRandom(t, filepath.Join(dir, "big-1"), big) })
 	pit2 := snapshotOf("data-pit-2")
 	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 3 })
 	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
@@ -207,6 +214,7 @@ func TestAgentsReplicate(t *testing.T) {
 		cs := get(src.Name).Status.CurrentSync
 		return cs != nil && cs.Generation == 3 && cs.BytesDone > 0
 	})
+	require.Less(t, get(src.Name).Status.CurrentSync.BytesDone, int64(big/2), "still early in the transfer")
 	agentA.kill()
 	agentA.start()
 	res = synced(src.Name, 3)
@@ -221,7 +229,10 @@ func TestAgentsReplicate(t *testing.T) {
 	assert.Equal(t, want, tree(t, replicaDir))
 
 	// Kill -9 the destination's agent mid-transfer.
-	writeSource(func(dir string) { writeRandom(t, filepath.Join(dir, "big-2"), 160<<20) })
+	writeSource(func(dir string) {
+		require.NoError(t, os.Remove(filepath.Join(dir, "big-1")))
+		writeRandom(t, filepath.Join(dir, "big-2"), big)
+	})
 	pit3 := snapshotOf("data-pit-3")
 	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 4 })
 	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
@@ -232,6 +243,7 @@ func TestAgentsReplicate(t *testing.T) {
 		cs := get(src.Name).Status.CurrentSync
 		return cs != nil && cs.Generation == 5 && cs.BytesDone > 0
 	})
+	require.Less(t, get(src.Name).Status.CurrentSync.BytesDone, int64(big/2), "still early in the transfer")
 	agentB.kill()
 	agentB.start()
 	require.Equal(t, replicaDir, get(dst.Name).Status.MountPath, "the restarted agent adopts the same mount")
@@ -247,6 +259,36 @@ func TestAgentsReplicate(t *testing.T) {
 	require.True(t, res.Succeeded, "the sync after the destination's kill: %s", res.Error)
 	require.True(t, synced(dst.Name, 4).Succeeded)
 	assert.Equal(t, want, tree(t, replicaDir))
+
+	// SIGTERM mid-transfer: the agent finishes the sync or aborts it
+	// within its grace period, reports which, and unmounts.
+	writeSource(func(dir string) {
+		require.NoError(t, os.Remove(filepath.Join(dir, "big-2")))
+		writeRandom(t, filepath.Join(dir, "big-3"), big)
+	})
+	pit4 := snapshotOf("data-pit-4")
+	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 5 })
+	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+	gen := get(src.Name).Spec.SyncGeneration + 1
+	update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
+		ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(pit4, true), gen
+	})
+	eventually(t, "the transfer to be under way", time.Minute, func() bool {
+		cs := get(src.Name).Status.CurrentSync
+		return cs != nil && cs.Generation == gen && cs.BytesDone > 0
+	})
+	took, err := agentA.stop()
+	require.NoError(t, err, "the agent exits cleanly on SIGTERM")
+	assert.Less(t, took, 15*time.Second, "within the 10 s grace period and a margin")
+	res = get(src.Name).Status.LastSync
+	require.NotNil(t, res)
+	require.Equal(t, gen, res.Generation, "the sync's end is reported before the agent exits")
+	if !res.Succeeded {
+		assert.Contains(t, res.Error, "aborted")
+	}
+	t.Logf("SIGTERM mid-transfer: stopped in %v, sync succeeded=%v %s", took, res.Succeeded, res.Error)
+	assertNotMounted(t, nodeA, src.Name)
+	agentA.start()
 
 	// An assignment for a PV no Ferry CR owns.
 	stray := bound(t, k, pvc("app", "not-replicated", nil, nil))
@@ -286,7 +328,7 @@ func TestAgentsReplicate(t *testing.T) {
 		assert.NoError(t, err, "the agent exits cleanly on SIGTERM")
 		assert.Less(t, took, 15*time.Second)
 	}
-	out, _ := exec.Command("pgrep", "-af", "rsync --server").CombinedOutput()
+	out, _ = exec.Command("pgrep", "-af", "rsync --server").CombinedOutput()
 	assert.NotContains(t, string(out), "rsync", "rsync processes left behind")
 	out, err = exec.Command("losetup", "-a").CombinedOutput()
 	require.NoError(t, err)

@@ -33,7 +33,9 @@ type Stats struct {
 }
 
 var (
-	progressLine = regexp.MustCompile(`^\s*([\d,.]+)\s+\d+%.*xfr#(\d+)`)
+	// progress2 records: "bytes pct rate eta", with "(xfr#N, ...)" only
+	// once a file is done; the records in between carry the bytes alone.
+	progressLine = regexp.MustCompile(`^\s*([\d,.]+)\s+\d+%(?:.*xfr#(\d+))?`)
 	statLine     = regexp.MustCompile(`^(Number of regular files transferred|Number of deleted files|Total bytes sent|Total bytes received):\s*([\d,.]+)`)
 )
 
@@ -43,6 +45,7 @@ var (
 func parseOutput(r io.Reader, progress func(bytes, files int64)) Stats {
 	var st Stats
 	var summary []string
+	var files int64
 	inSummary := false
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -50,8 +53,11 @@ func parseOutput(r io.Reader, progress func(bytes, files int64)) Stats {
 	for sc.Scan() {
 		line := sc.Text()
 		if m := progressLine.FindStringSubmatch(line); m != nil {
+			if m[2] != "" {
+				files = number(m[2])
+			}
 			if progress != nil {
-				progress(number(m[1]), number(m[2]))
+				progress(number(m[1]), files)
 			}
 			continue
 		}
