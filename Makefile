@@ -33,8 +33,9 @@ all: build
 ##@ Development
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate the CRDs into deploy/crd/.
+manifests: $(CONTROLLER_GEN) ## Generate the CRDs into deploy/crd/ and the node agent's RBAC into deploy/nodeagent/rbac/.
 	$(CONTROLLER_GEN) crd paths=./pkg/api/... output:crd:artifacts:config=deploy/crd
+	$(CONTROLLER_GEN) rbac:roleName=ferry-nodeagent paths=./pkg/agent/... output:rbac:artifacts:config=deploy/nodeagent/rbac
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code.

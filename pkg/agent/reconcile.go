@@ -21,6 +21,21 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 )
 
+// The agent's permissions, the fewest it works with (make manifests writes
+// them to deploy/nodeagent/rbac): its node's assignments and the key
+// Secrets beside them in Ferry's namespace; single objects, by name, of
+// what it checks before mounting. Secrets in other namespaces (a PV's
+// nodeStageSecretRef) only with the optional role in
+// deploy/nodeagent/csi-secrets.
+//
+// +kubebuilder:rbac:groups=agent.ferrysync.io,namespace=ferry-system,resources=mountassignments,verbs=get;list;watch;update
+// +kubebuilder:rbac:groups=agent.ferrysync.io,namespace=ferry-system,resources=mountassignments/status,verbs=get;update
+// +kubebuilder:rbac:groups="",namespace=ferry-system,resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=persistentvolumes,verbs=get
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get
+// +kubebuilder:rbac:groups=volsync.backube,resources=replicationsources;replicationdestinations,verbs=get
+// +kubebuilder:rbac:groups=storage.k8s.io,resources=csidrivers,verbs=get
+
 // Reconciler carries out this node's MountAssignments. Reconcile itself is
 // short: it checks, publishes and registers; a source's transfer runs in a
 // goroutine of its own, a destination's syncs arrive through the endpoint's

@@ -23,8 +23,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
@@ -79,7 +81,7 @@ const ferryNamespace = "ferry-system"
 func startAgent(t *testing.T, c *cluster.Cluster, node cluster.Node) *agentProc {
 	t.Helper()
 	a := &agentProc{t: t, node: node, logs: filepath.Join(c.Dir, "logs", "nodeagent-"+node.Name+".log"),
-		env: append(os.Environ(), "KUBECONFIG="+c.NetworkKubeconfig, "NODE_NAME="+node.Name, "POD_NAMESPACE="+ferryNamespace, "NODE_IP="+node.Net.IP),
+		env: append(os.Environ(), "KUBECONFIG="+agentKubeconfig(t, c), "NODE_NAME="+node.Name, "POD_NAMESPACE="+ferryNamespace, "NODE_IP="+node.Net.IP),
 		args: []string{"--net=/var/run/netns/" + node.Net.Namespace, "--", agentBinary,
 			"--kubelet-root=" + node.KubeletDir, "--state-dir=" + filepath.Join(c.Dir, "nodes", node.Name, "ferry"),
 			"--metrics-bind-address=" + node.Net.IP + ":9810", "--health-probe-bind-address=" + node.Net.IP + ":9811",
@@ -291,4 +293,37 @@ func tree(t *testing.T, root string) map[string]string {
 		return nil
 	}))
 	return out
+}
+
+// agentKubeconfig installs the agent's ServiceAccount and RBAC exactly as
+// deploy/nodeagent/rbac has them (generated from the markers) and returns
+// a kubeconfig that acts as that ServiceAccount from the nodes' network:
+// the agents in these tests have the permissions they ship with, no more.
+func agentKubeconfig(t *testing.T, c *cluster.Cluster) string {
+	t.Helper()
+	path := filepath.Join(c.Dir, "kubeconfig-nodeagent")
+	if _, err := os.Stat(path); err == nil {
+		return path
+	}
+	root, err := testenv.RepoRoot()
+	require.NoError(t, err)
+	for _, f := range []string{"serviceaccount.yaml", "role.yaml", "bindings.yaml"} {
+		raw, err := os.ReadFile(filepath.Join(root, "deploy", "nodeagent", "rbac", f))
+		require.NoError(t, err)
+		for _, doc := range strings.Split(string(raw), "\n---") {
+			obj := &unstructured.Unstructured{}
+			require.NoError(t, yaml.Unmarshal([]byte(doc), &obj.Object))
+			if len(obj.Object) == 0 {
+				continue
+			}
+			require.NoError(t, c.Client.Create(context.Background(), obj), "%s %s", f, obj.GetName())
+		}
+	}
+	cfg, err := clientcmd.LoadFromFile(c.NetworkKubeconfig)
+	require.NoError(t, err)
+	for _, user := range cfg.AuthInfos {
+		user.Impersonate = "system:serviceaccount:" + ferryNamespace + ":ferry-nodeagent"
+	}
+	require.NoError(t, clientcmd.WriteToFile(*cfg, path))
+	return path
 }

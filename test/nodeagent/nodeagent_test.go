@@ -199,6 +199,9 @@ func TestAgentsReplicate(t *testing.T) {
 	update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
 	require.True(t, synced(src.Name, 2).Succeeded)
 	t.Logf("per-sync overhead, unchanged small volume (generation raised → result reported): %v", time.Since(asked))
+	publishes := map[string]string{"node": nodeA.Name, "role": "source"}
+	t.Logf("of which mounting the copy (stage + publish), on average: %.0f ms",
+		1000*agentA.metric("ferry_agent_publish_duration_seconds_sum", publishes)/agentA.metric("ferry_agent_publish_duration_seconds_count", publishes))
 
 	// Kill -9 the source's agent mid-transfer.
 	// Big enough that the transfer is still running when the test acts.
