@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/test/cluster"
 )
 
@@ -65,7 +66,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 		Spec: storagev1.VolumeAttachmentSpec{Attacher: other.Spec.CSI.Driver, NodeName: node.Name,
 			Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: &other.Name}}}
 	require.NoError(t, c.Client.Create(ctx, kubeletNamed))
-	eventually(t, "the kubelet-named attachment to attach", time.Minute, func() bool { return exists(kubeletNamed) })
+	testenv.Eventually(t, "the kubelet-named attachment to attach", time.Minute, func() bool { return exists(kubeletNamed) })
 
 	pv := claim(t, c, "attached", cluster.AttachStorageClass, corev1.PersistentVolumeFilesystem, nil)
 	publish := func(va *storagev1.VolumeAttachment) string {
@@ -89,7 +90,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 	require.NoError(t, c.RestartControllerManager())
 	// Kubelet keeps reporting the node's status; neither volume is among
 	// its pods' volumes in use.
-	eventually(t, "the attach-detach controller to detach the attachment of its naming", time.Minute, func() bool {
+	testenv.Eventually(t, "the attach-detach controller to detach the attachment of its naming", time.Minute, func() bool {
 		require.NoError(t, c.ReportNodeStatus(ctx, node.Name))
 		return !exists(kubeletNamed)
 	})
@@ -107,7 +108,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 
 	require.NoError(t, p.Unpublish(ctx, pv.Name))
 	require.NoError(t, Detach(ctx, c.Client, pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle, node.Name))
-	eventually(t, "Ferry's attachment to go", time.Minute, func() bool {
+	testenv.Eventually(t, "Ferry's attachment to go", time.Minute, func() bool {
 		return apierrors.IsNotFound(c.Client.Get(ctx, client.ObjectKeyFromObject(again), &storagev1.VolumeAttachment{}))
 	})
 	assertNothingLeft(t, c, root)

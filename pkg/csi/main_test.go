@@ -61,16 +61,6 @@ func needCluster(t *testing.T) *cluster.Cluster {
 	return shared
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		require.Truef(t, time.Now().Before(deadline), "timed out waiting for %s", what)
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // claim creates a PVC and returns its PV once bound.
 func claim(t *testing.T, c *cluster.Cluster, name, class string, mode corev1.PersistentVolumeMode, source *corev1.TypedLocalObjectReference) *corev1.PersistentVolume {
 	t.Helper()
@@ -86,7 +76,7 @@ func claim(t *testing.T, c *cluster.Cluster, name, class string, mode corev1.Per
 		},
 	}
 	require.NoError(t, c.Client.Create(ctx, pvc))
-	eventually(t, "PVC "+name+" bound", 60*time.Second, func() bool {
+	testenv.Eventually(t, "PVC "+name+" bound", 60*time.Second, func() bool {
 		return c.Client.Get(ctx, client.ObjectKeyFromObject(pvc), pvc) == nil && pvc.Status.Phase == corev1.ClaimBound
 	})
 	pv := &corev1.PersistentVolume{}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr/funcr"
 	"github.com/stretchr/testify/assert"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/test/cluster"
 )
@@ -32,7 +34,7 @@ func snapshot(t *testing.T, c *cluster.Cluster, name, pvc string) {
 			"source": map[string]any{"persistentVolumeClaimName": pvc}},
 	}}
 	require.NoError(t, c.Client.Create(ctx, snap))
-	eventually(t, "VolumeSnapshot "+name+" ready", 60e9, func() bool {
+	testenv.Eventually(t, "VolumeSnapshot "+name+" ready", time.Minute, func() bool {
 		if c.Client.Get(ctx, client.ObjectKeyFromObject(snap), snap) != nil {
 			return false
 		}

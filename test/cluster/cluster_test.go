@@ -23,16 +23,6 @@ import (
 	"github.com/ferrysync/ferry/test/cluster"
 )
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		require.Truef(t, time.Now().Before(deadline), "timed out waiting for %s", what)
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func pvc(name, class string, source *corev1.TypedLocalObjectReference) *corev1.PersistentVolumeClaim {
 	return &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
@@ -70,7 +60,7 @@ func TestStorage(t *testing.T) {
 
 	bound := func(name string) *corev1.PersistentVolume {
 		claim := &corev1.PersistentVolumeClaim{}
-		eventually(t, "PVC "+name+" bound", 60*time.Second, func() bool {
+		testenv.Eventually(t, "PVC "+name+" bound", 60*time.Second, func() bool {
 			return k.Get(ctx, client.ObjectKey{Namespace: "default", Name: name}, claim) == nil && claim.Status.Phase == corev1.ClaimBound
 		})
 		pv := &corev1.PersistentVolume{}
@@ -94,7 +84,7 @@ func TestStorage(t *testing.T) {
 			"source": map[string]any{"persistentVolumeClaimName": "data"}},
 	}}
 	require.NoError(t, k.Create(ctx, snap))
-	eventually(t, "VolumeSnapshot ready", 60*time.Second, func() bool {
+	testenv.Eventually(t, "VolumeSnapshot ready", 60*time.Second, func() bool {
 		if k.Get(ctx, client.ObjectKeyFromObject(snap), snap) != nil {
 			return false
 		}
@@ -122,7 +112,7 @@ func TestStorage(t *testing.T) {
 		Attacher: cluster.AttachDriverName, NodeName: nodeA.Name,
 		Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: ptr.To(apv.Name)}}}
 	require.NoError(t, k.Create(ctx, va))
-	eventually(t, "VolumeAttachment attached", 60*time.Second, func() bool {
+	testenv.Eventually(t, "VolumeAttachment attached", 60*time.Second, func() bool {
 		return k.Get(ctx, client.ObjectKeyFromObject(va), va) == nil && va.Status.Attached
 	})
 	target, unmount, err = cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.AttachDriverName), apv.Spec.CSI.VolumeHandle,

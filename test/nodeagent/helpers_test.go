@@ -78,7 +78,7 @@ type agentProc struct {
 
 const ferryNamespace = "ferry-system"
 
-func startAgent(t *testing.T, c *cluster.Cluster, node cluster.Node) *agentProc {
+func startAgent(t *testing.T, c *cluster.Cluster, node cluster.Node, extra ...string) *agentProc {
 	t.Helper()
 	a := &agentProc{t: t, node: node, logs: filepath.Join(c.Dir, "logs", "nodeagent-"+node.Name+".log"),
 		env: append(os.Environ(), "KUBECONFIG="+agentKubeconfig(t, c), "NODE_NAME="+node.Name, "POD_NAMESPACE="+ferryNamespace, "NODE_IP="+node.Net.IP),
@@ -86,6 +86,7 @@ func startAgent(t *testing.T, c *cluster.Cluster, node cluster.Node) *agentProc 
 			"--kubelet-root=" + node.KubeletDir, "--state-dir=" + filepath.Join(c.Dir, "nodes", node.Name, "ferry"),
 			"--metrics-bind-address=" + node.Net.IP + ":9810", "--health-probe-bind-address=" + node.Net.IP + ":9811",
 			"--retry-backoff=1s", "--progress-interval=200ms", "--grace-period=10s", "--zap-log-level=debug"}}
+	a.args = append(a.args, extra...)
 	a.start()
 	t.Cleanup(func() { _, _ = a.stop() })
 	return a
@@ -102,7 +103,7 @@ func (a *agentProc) start() {
 	require.NoError(a.t, a.cmd.Start())
 	a.done = make(chan error, 1)
 	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(a.cmd, a.done)
-	eventually(a.t, "agent on "+a.node.Name+" ready", 30*time.Second, func() bool {
+	testenv.Eventually(a.t, "agent on "+a.node.Name+" ready", 30*time.Second, func() bool {
 		resp, err := http.Get("http://" + a.node.Net.IP + ":9811/readyz")
 		if err != nil {
 			return false
@@ -166,16 +167,6 @@ func (a *agentProc) metric(name string, labels map[string]string) float64 {
 	return -1
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		require.Truef(t, time.Now().Before(deadline), "timed out waiting for %s", what)
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func pvc(ns, name string, source *corev1.TypedLocalObjectReference, owner client.Object) *corev1.PersistentVolumeClaim {
 	p := &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -202,7 +193,7 @@ func bound(t *testing.T, k client.Client, claim *corev1.PersistentVolumeClaim) *
 	t.Helper()
 	ctx := context.Background()
 	require.NoError(t, k.Create(ctx, claim))
-	eventually(t, "PVC "+claim.Name+" bound", time.Minute, func() bool {
+	testenv.Eventually(t, "PVC "+claim.Name+" bound", time.Minute, func() bool {
 		return k.Get(ctx, client.ObjectKeyFromObject(claim), claim) == nil && claim.Status.Phase == corev1.ClaimBound
 	})
 	pv := &corev1.PersistentVolume{}
@@ -223,7 +214,7 @@ func snapshotClaim(t *testing.T, k client.Client, ns, from, name string, owner c
 			"source": map[string]any{"persistentVolumeClaimName": from}},
 	}}
 	require.NoError(t, k.Create(ctx, snap))
-	eventually(t, "VolumeSnapshot "+name+" ready", time.Minute, func() bool {
+	testenv.Eventually(t, "VolumeSnapshot "+name+" ready", time.Minute, func() bool {
 		if k.Get(ctx, client.ObjectKeyFromObject(snap), snap) != nil {
 			return false
 		}

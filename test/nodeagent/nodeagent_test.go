@@ -6,6 +6,7 @@ package nodeagent_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,7 +127,8 @@ func TestAgentsReplicate(t *testing.T) {
 	})
 	pit := snapshotOf("data-pit-1")
 
-	agentA, agentB := startAgent(t, c, nodeA), startAgent(t, c, nodeB)
+	// One transfer at a time on node A, so that a second one queues.
+	agentA, agentB := startAgent(t, c, nodeA, "--max-transfers=1"), startAgent(t, c, nodeB)
 	agents = append(agents, agentA, agentB)
 
 	get := func(name string) *agentv1alpha1.MountAssignment {
@@ -143,7 +145,7 @@ func TestAgentsReplicate(t *testing.T) {
 	synced := func(name string, gen int64) *agentv1alpha1.SyncResult {
 		t.Helper()
 		var last *agentv1alpha1.SyncResult
-		eventually(t, name+" to report sync "+strconv.FormatInt(gen, 10), 2*time.Minute, func() bool {
+		testenv.Eventually(t, name+" to report sync "+strconv.FormatInt(gen, 10), 2*time.Minute, func() bool {
 			last = get(name).Status.LastSync
 			return last != nil && last.Generation >= gen
 		})
@@ -158,7 +160,7 @@ func TestAgentsReplicate(t *testing.T) {
 			SyncGeneration: 1}}
 	require.NoError(t, k.Create(ctx, dst))
 	var ep *agentv1alpha1.Endpoint
-	eventually(t, "the destination to be served", time.Minute, func() bool {
+	testenv.Eventually(t, "the destination to be served", time.Minute, func() bool {
 		ma := get(dst.Name)
 		ep = ma.Status.Endpoint
 		return ma.Status.Phase == agentv1alpha1.PhaseMounted && ep != nil
@@ -194,7 +196,7 @@ func TestAgentsReplicate(t *testing.T) {
 
 	// A second sync of the same copy: the agent path's steady overhead.
 	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
-	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+	testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
 	asked := time.Now()
 	update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
 	require.True(t, synced(src.Name, 2).Succeeded)
@@ -202,84 +204,76 @@ func TestAgentsReplicate(t *testing.T) {
 	publishes := map[string]string{"node": nodeA.Name, "role": "source"}
 	t.Logf("of which mounting the copy (stage + publish), on average: %.0f ms",
 		1000*agentA.metric("ferry_agent_publish_duration_seconds_sum", publishes)/agentA.metric("ferry_agent_publish_duration_seconds_count", publishes))
+	transfers := map[string]string{"node": nodeA.Name, "role": "source"}
+	t.Logf("and the push (ssh, rsync, shutdown), on average: %.0f ms",
+		1000*agentA.metric("ferry_agent_transfer_duration_seconds_sum", transfers)/agentA.metric("ferry_agent_transfer_duration_seconds_count", transfers))
+
+	// Big enough that a transfer is still running when the test acts.
+	const big = 128 << 20
+	// bigSyncUnderWay replaces the source's big file with a new one,
+	// cuts a point-in-time copy, releases the destination, asks for the
+	// next sync of the copy and returns its generation once it is sending
+	// (and far from done).
+	bigSyncUnderWay := func(n int) int64 {
+		t.Helper()
+		writeSource(func(dir string) {
+			_ = os.Remove(filepath.Join(dir, fmt.Sprintf("big-%d", n-1)))
+			writeRandom(t, filepath.Join(dir, fmt.Sprintf("big-%d", n)), big)
+		})
+		copyPV := snapshotOf(fmt.Sprintf("data-big-%d", n))
+		update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration++ })
+		testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+		gen := get(src.Name).Spec.SyncGeneration + 1
+		update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
+			ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(copyPV, true), gen
+		})
+		var cs *agentv1alpha1.SyncProgress
+		testenv.Eventually(t, "the transfer to be under way", time.Minute, func() bool {
+			cs = get(src.Name).Status.CurrentSync
+			return cs != nil && cs.Generation == gen && cs.BytesDone > 0
+		})
+		require.Less(t, cs.BytesDone, int64(big/2), "still early in the transfer")
+		return gen
+	}
+	// nextSucceeds asks for one more sync and checks it and the replica.
+	nextSucceeds := func(after int64, why string) {
+		t.Helper()
+		update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = after + 1 })
+		res := synced(src.Name, after+1)
+		require.True(t, res.Succeeded, "the sync after %s: %s", why, res.Error)
+		assert.Equal(t, after+1, res.Generation, "generation %d was not run again", after)
+	}
 
 	// Kill -9 the source's agent mid-transfer.
-	// Big enough that the transfer is still running when the test acts.
-	const big = 128 << 20
-	writeSource(func(dir string) { writeRandom(t, filepath.Join(dir, "big-1"), big) })
-	pit2 := snapshotOf("data-pit-2")
-	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 3 })
-	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
-	update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
-		ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(pit2, true), 3
-	})
-	eventually(t, "the transfer to be under way", time.Minute, func() bool {
-		cs := get(src.Name).Status.CurrentSync
-		return cs != nil && cs.Generation == 3 && cs.BytesDone > 0
-	})
-	require.Less(t, get(src.Name).Status.CurrentSync.BytesDone, int64(big/2), "still early in the transfer")
+	gen := bigSyncUnderWay(1)
 	agentA.kill()
 	agentA.start()
-	res = synced(src.Name, 3)
+	res = synced(src.Name, gen)
 	require.False(t, res.Succeeded)
 	assert.Contains(t, res.Error, "interrupted")
 	assertNotMounted(t, nodeA, src.Name)
-	update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 4 })
-	res = synced(src.Name, 4)
-	require.True(t, res.Succeeded, "the sync after the kill: %s", res.Error)
-	assert.Equal(t, int64(4), res.Generation, "generation 3 was not run again")
-	require.True(t, synced(dst.Name, 3).Succeeded)
+	nextSucceeds(gen, "the source's kill")
+	require.True(t, get(dst.Name).Status.LastSync.Succeeded)
 	assert.Equal(t, want, tree(t, replicaDir))
 
 	// Kill -9 the destination's agent mid-transfer.
-	writeSource(func(dir string) {
-		require.NoError(t, os.Remove(filepath.Join(dir, "big-1")))
-		writeRandom(t, filepath.Join(dir, "big-2"), big)
-	})
-	pit3 := snapshotOf("data-pit-3")
-	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 4 })
-	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
-	update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
-		ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(pit3, true), 5
-	})
-	eventually(t, "the transfer to be under way", time.Minute, func() bool {
-		cs := get(src.Name).Status.CurrentSync
-		return cs != nil && cs.Generation == 5 && cs.BytesDone > 0
-	})
-	require.Less(t, get(src.Name).Status.CurrentSync.BytesDone, int64(big/2), "still early in the transfer")
+	gen = bigSyncUnderWay(2)
 	agentB.kill()
 	agentB.start()
 	require.Equal(t, replicaDir, get(dst.Name).Status.MountPath, "the restarted agent adopts the same mount")
 	require.Equal(t, ep.Port, get(dst.Name).Status.Endpoint.Port, "and serves it on the same port")
-	res = synced(src.Name, 5)
-	if !res.Succeeded {
+	if res = synced(src.Name, gen); !res.Succeeded {
 		// The source's retries may run out while the destination restarts;
 		// then the next sync must succeed.
-		t.Logf("sync 5 failed across the destination's restart (%s); running sync 6", res.Error)
-		update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 6 })
-		res = synced(src.Name, 6)
+		t.Logf("sync %d failed across the destination's restart (%s)", gen, res.Error)
+		nextSucceeds(gen, "the destination's kill")
 	}
-	require.True(t, res.Succeeded, "the sync after the destination's kill: %s", res.Error)
-	require.True(t, synced(dst.Name, 4).Succeeded)
+	require.True(t, get(dst.Name).Status.LastSync.Succeeded)
 	assert.Equal(t, want, tree(t, replicaDir))
 
 	// SIGTERM mid-transfer: the agent finishes the sync or aborts it
 	// within its grace period, reports which, and unmounts.
-	writeSource(func(dir string) {
-		require.NoError(t, os.Remove(filepath.Join(dir, "big-2")))
-		writeRandom(t, filepath.Join(dir, "big-3"), big)
-	})
-	pit4 := snapshotOf("data-pit-4")
-	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 5 })
-	eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
-	gen := get(src.Name).Spec.SyncGeneration + 1
-	update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
-		ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(pit4, true), gen
-	})
-	eventually(t, "the transfer to be under way", time.Minute, func() bool {
-		cs := get(src.Name).Status.CurrentSync
-		return cs != nil && cs.Generation == gen && cs.BytesDone > 0
-	})
+	gen = bigSyncUnderWay(3)
 	took, err := agentA.stop()
 	require.NoError(t, err, "the agent exits cleanly on SIGTERM")
 	assert.Less(t, took, 15*time.Second, "within the 10 s grace period and a margin")
@@ -293,6 +287,31 @@ func TestAgentsReplicate(t *testing.T) {
 	assertNotMounted(t, nodeA, src.Name)
 	agentA.start()
 
+	// With one transfer slot on node A, a second source waits, Queued,
+	// while the first sends, then runs.
+	replica2 := bound(t, k, pvc("app", "replica-2", nil, rd))
+	dst2 := dst.DeepCopy()
+	dst2.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-2", Namespace: ferryNamespace}
+	dst2.Spec.Volume, dst2.Status = volumeOf(replica2, false), agentv1alpha1.MountAssignmentStatus{}
+	require.NoError(t, k.Create(ctx, dst2))
+	var ep2 *agentv1alpha1.Endpoint
+	testenv.Eventually(t, "the second destination to be served", time.Minute, func() bool {
+		ep2 = get(dst2.Name).Status.Endpoint
+		return ep2 != nil
+	})
+	gen = bigSyncUnderWay(4)
+	second := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-data-2", Namespace: ferryNamespace}, Spec: *get(src.Name).Spec.DeepCopy()}
+	second.Spec.Source.Port, second.Spec.SyncGeneration = ep2.Port, 1
+	require.NoError(t, k.Create(ctx, second))
+	testenv.Eventually(t, "the second source to queue", time.Minute, func() bool {
+		return get(second.Name).Status.Phase == agentv1alpha1.PhaseQueued
+	})
+	assert.Equal(t, 1.0, agentA.metric("ferry_agent_queued_transfers", map[string]string{"node": nodeA.Name}))
+	assert.Equal(t, agentv1alpha1.PhaseTransferring, get(src.Name).Status.Phase, "the first still sends")
+	require.True(t, synced(src.Name, gen).Succeeded)
+	require.True(t, synced(second.Name, 1).Succeeded, "the queued one runs after")
+	assert.Equal(t, want, tree(t, get(dst2.Name).Status.MountPath))
+
 	// An assignment for a PV no Ferry CR owns.
 	stray := bound(t, k, pvc("app", "not-replicated", nil, nil))
 	refused := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "stray", Namespace: ferryNamespace},
@@ -303,7 +322,7 @@ func TestAgentsReplicate(t *testing.T) {
 				KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rs-keys"}},
 			SyncGeneration: 1}}
 	require.NoError(t, k.Create(ctx, refused))
-	eventually(t, "the stray assignment to be refused", time.Minute, func() bool {
+	testenv.Eventually(t, "the stray assignment to be refused", time.Minute, func() bool {
 		return get(refused.Name).Status.Phase == agentv1alpha1.PhaseRefused
 	})
 	cond := meta.FindStatusCondition(get(refused.Name).Status.Conditions, agentv1alpha1.ConditionReady)
@@ -313,10 +332,10 @@ func TestAgentsReplicate(t *testing.T) {
 	assert.Nil(t, get(refused.Name).Status.LastSync, "nothing ran")
 
 	// Deleting the assignments unmounts everything; the agents stop cleanly.
-	for _, name := range []string{src.Name, dst.Name, refused.Name} {
+	for _, name := range []string{src.Name, dst.Name, second.Name, dst2.Name, refused.Name} {
 		require.NoError(t, k.Delete(ctx, get(name)))
 	}
-	eventually(t, "the assignments to be released and gone", time.Minute, func() bool {
+	testenv.Eventually(t, "the assignments to be released and gone", time.Minute, func() bool {
 		list := &agentv1alpha1.MountAssignmentList{}
 		require.NoError(t, k.List(ctx, list, client.InNamespace(ferryNamespace)))
 		return len(list.Items) == 0
