@@ -30,12 +30,14 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
@@ -150,7 +152,11 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	}); err != nil {
 		return fmt.Errorf("agent: ready check: %w", err)
 	}
-	if err := ctrl.NewControllerManagedBy(mgr).For(&agentv1alpha1.MountAssignment{}).
+	// Status is the agent's own output: only spec changes (and deletion,
+	// which raises the generation too) are work. Hundreds of transfers'
+	// progress writes would otherwise each cost a reconcile.
+	if err := ctrl.NewControllerManagedBy(mgr).
+		For(&agentv1alpha1.MountAssignment{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 8}).Complete(r); err != nil {
 		return fmt.Errorf("agent: create reconciler: %w", err)
 	}

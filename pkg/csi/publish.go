@@ -176,24 +176,6 @@ func (p *Publisher) Recover(ctx context.Context, keep func(name string) bool) er
 	return errors.Join(errs...)
 }
 
-// Published lists the names of the volumes under the root.
-func (p *Publisher) Published() ([]string, error) {
-	entries, err := os.ReadDir(p.root)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list published volumes: %w", err)
-	}
-	var names []string
-	for _, e := range entries {
-		if e.IsDir() {
-			names = append(names, e.Name())
-		}
-	}
-	return names, nil
-}
-
 // step is one idempotent action of publishing or taking down; the steps run
 // in order, and a crash may fall between any two.
 type step struct {

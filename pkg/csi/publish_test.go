@@ -57,6 +57,14 @@ func TestPublishLifecycle(t *testing.T) {
 	p := NewPublisher(root, c.Nodes[0].KubeletDir, log)
 	defer p.Close()
 
+	kc, err := Dial(ctx, SocketPath(c.Nodes[0].KubeletDir, cluster.DriverName), discard)
+	require.NoError(t, err)
+	id, err := kc.NodeID(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, c.Nodes[0].Name, id, "NodeGetInfo names the node")
+	assert.True(t, kc.Stages(), "the driver stages")
+	require.NoError(t, kc.Close())
+
 	pv := claim(t, c, "lifecycle", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
 	v := volumeOf(pv)
 	v.StageSecrets = map[string]string{"password": "stage-secret-value"}
