@@ -34,7 +34,8 @@ import (
 	"github.com/ferrysync/ferry/test/cluster"
 )
 
-// agentBinary is the node agent, built once for the package.
+// agentBinary is the node agent, built once for the package (with
+// ferry-helper beside it).
 var agentBinary string
 
 func TestMain(m *testing.M) {
@@ -54,7 +55,9 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	build := exec.Command("go", "build", "-o", agentBinary, "./cmd/nodeagent")
+	// The agent and, beside it, the helper binary it starts its helper
+	// processes from, as the image ships them.
+	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/nodeagent", "./cmd/ferry-helper")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build the node agent: %v\n%s", err, out)

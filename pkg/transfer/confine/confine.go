@@ -80,7 +80,7 @@ func Command(spec Spec) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("encode confinement spec: %w", err)
 	}
 	cmd := &exec.Cmd{
-		Path: reexec.Self,
+		Path: reexec.Path(),
 		Args: []string{helperName},
 		Env:  []string{specEnv + "=" + string(raw)},
 		SysProcAttr: &syscall.SysProcAttr{

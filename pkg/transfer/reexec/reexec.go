@@ -17,6 +17,7 @@ import (
 var (
 	mu       sync.Mutex
 	handlers = map[string]func(){}
+	binary   string
 )
 
 // Register makes name a helper entry point. Packages call it from init; a
@@ -54,3 +55,24 @@ func Init() {
 // Self is the path that starts this executable again, even if its file was
 // replaced since it started.
 const Self = "/proc/self/exe"
+
+// UseBinary makes helpers start from path, a small program that registers
+// the same helpers and calls Init (cmd/ferry-helper), instead of from this
+// executable. A program with heavy package initialisation pays it again in
+// every helper: the node agent's client-go and controller-runtime cost about
+// 0.1 s of CPU per start, two starts per sync.
+func UseBinary(path string) {
+	mu.Lock()
+	defer mu.Unlock()
+	binary = path
+}
+
+// Path is what starts a helper: the binary given to UseBinary, or Self.
+func Path() string {
+	mu.Lock()
+	defer mu.Unlock()
+	if binary != "" {
+		return binary
+	}
+	return Self
+}

@@ -55,9 +55,13 @@ func (l *Listener) Close() error { return l.ln.Close() }
 
 // Command is the value for rsync's -e option that reaches this listener.
 func (l *Listener) Command() (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", fmt.Errorf("find own executable: %w", err)
+	// rsync runs this through a shell: it needs a real path, not Self.
+	exe := reexec.Path()
+	if exe == reexec.Self {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return "", fmt.Errorf("find own executable: %w", err)
+		}
 	}
 	if strings.ContainsAny(exe+l.path, " \t'\"\\") {
 		return "", fmt.Errorf("paths %q and %q must not contain spaces or quotes (rsync splits -e)", exe, l.path)
