@@ -50,6 +50,9 @@ func checkOwner(ctx context.Context, r client.Reader, ma *agentv1alpha1.MountAss
 	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != spec.Driver || pv.Spec.CSI.VolumeHandle != spec.VolumeHandle {
 		return nil, refuse("PersistentVolume %s is not CSI volume %s of driver %s", pv.Name, spec.VolumeHandle, spec.Driver)
 	}
+	if pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock {
+		return nil, refuse("PersistentVolume %s is a Block volume: Ferry replicates filesystem volumes only, so far", pv.Name)
+	}
 	pvc := &corev1.PersistentVolumeClaim{}
 	if err := get(ctx, r, client.ObjectKey{Namespace: owner.Namespace, Name: spec.Claim}, pvc, "PersistentVolumeClaim"); err != nil {
 		return nil, err

@@ -312,6 +312,46 @@ func TestAgentsReplicate(t *testing.T) {
 	require.True(t, synced(second.Name, 1).Succeeded, "the queued one runs after")
 	assert.Equal(t, want, tree(t, get(dst2.Name).Status.MountPath))
 
+	// A destination whose driver requires attach waits for the
+	// controller's attachment, then serves; detached and attached again
+	// (a new attachment UID), it is published anew with its data.
+	attachedClaim := pvc("app", "replica-attached", nil, rd)
+	attachedClaim.Spec.StorageClassName = ptr.To(cluster.AttachStorageClass)
+	attachedPV := bound(t, k, attachedClaim)
+	dst3 := dst.DeepCopy()
+	dst3.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-attached", Namespace: ferryNamespace}
+	dst3.Spec.Volume, dst3.Status = volumeOf(attachedPV, false), agentv1alpha1.MountAssignmentStatus{}
+	require.NoError(t, k.Create(ctx, dst3))
+	testenv.Eventually(t, "the destination to wait for its attachment", time.Minute, func() bool {
+		cond := meta.FindStatusCondition(get(dst3.Name).Status.Conditions, agentv1alpha1.ConditionReady)
+		return cond != nil && cond.Reason == "WaitingForAttach"
+	})
+	attach := func() {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		va, err := csi.WaitAttached(wctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, attachedPV.Name, nodeB.Name)
+		require.NoError(t, err)
+		update(dst3.Name, func(ma *agentv1alpha1.MountAssignment) {
+			ma.Spec.Volume.Attachment = &agentv1alpha1.Attachment{Name: va.Name, UID: string(va.UID), Metadata: va.Status.AttachmentMetadata}
+		})
+		testenv.Eventually(t, "the attached destination to be served", time.Minute, func() bool {
+			ma := get(dst3.Name)
+			return ma.Status.Phase == agentv1alpha1.PhaseMounted && ma.Status.ObservedGeneration == ma.Generation
+		})
+	}
+	attach()
+	attachedDir := get(dst3.Name).Status.MountPath
+	require.NoError(t, os.WriteFile(filepath.Join(attachedDir, "kept"), []byte("across a re-attach"), 0o600))
+	require.NoError(t, csi.Detach(ctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, nodeB.Name))
+	attach()
+	got, err := os.ReadFile(filepath.Join(get(dst3.Name).Status.MountPath, "kept"))
+	require.NoError(t, err)
+	assert.Equal(t, "across a re-attach", string(got))
+	record, err := os.ReadFile(filepath.Join(csi.DefaultRoot(nodeB.KubeletDir), dst3.Name, "volume.json"))
+	require.NoError(t, err)
+	assert.Contains(t, string(record), get(dst3.Name).Spec.Volume.Attachment.UID, "published anew for the new attachment")
+
 	// An assignment for a PV no Ferry CR owns.
 	stray := bound(t, k, pvc("app", "not-replicated", nil, nil))
 	refused := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "stray", Namespace: ferryNamespace},
@@ -332,7 +372,7 @@ func TestAgentsReplicate(t *testing.T) {
 	assert.Nil(t, get(refused.Name).Status.LastSync, "nothing ran")
 
 	// Deleting the assignments unmounts everything; the agents stop cleanly.
-	for _, name := range []string{src.Name, dst.Name, second.Name, dst2.Name, refused.Name} {
+	for _, name := range []string{src.Name, dst.Name, second.Name, dst2.Name, dst3.Name, refused.Name} {
 		require.NoError(t, k.Delete(ctx, get(name)))
 	}
 	testenv.Eventually(t, "the assignments to be released and gone", time.Minute, func() bool {
@@ -355,6 +395,7 @@ func TestAgentsReplicate(t *testing.T) {
 	out, err = exec.Command("losetup", "-a").CombinedOutput()
 	require.NoError(t, err)
 	assert.NotContains(t, string(out), c.Dir, "loop devices left behind")
+	require.NoError(t, csi.Detach(ctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, nodeB.Name))
 }
 
 // assertNotMounted checks that nothing of an assignment is mounted on the
