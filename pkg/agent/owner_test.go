@@ -47,6 +47,11 @@ func TestCheckOwner(t *testing.T) {
 		claim("named", "pv-named", ""), volume("pv-named", "named"),
 		claim("data", "pv-data", ""), volume("pv-data", "data"),
 		claim("stray", "pv-stray", ""), volume("pv-stray", "stray"),
+		claim("block", "pv-block", "ReplicationDestination"), func() *corev1.PersistentVolume {
+			pv := volume("pv-block", "block")
+			pv.Spec.VolumeMode = ptr.To(corev1.PersistentVolumeBlock)
+			return pv
+		}(),
 	).Build()
 	dest := func(pv, claim, uid string) *agentv1alpha1.MountAssignment {
 		return &agentv1alpha1.MountAssignment{Spec: agentv1alpha1.MountAssignmentSpec{
