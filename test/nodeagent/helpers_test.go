@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -43,6 +44,10 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		return m.Run() // the test skips; nothing to build
+	}
 	dir, err := os.MkdirTemp("", "ferry-nodeagent-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
