@@ -41,13 +41,9 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 	if err != nil {
 		return err
 	}
-	data, err := r.keySecret(ctx, ma.Spec.Destination.KeySecret)
+	keys, err := readKeys(ctx, r, ma.Spec.Destination.KeySecret, sshkeys.ParseDestination)
 	if err != nil {
 		return err
-	}
-	keys, err := sshkeys.ParseDestination(data)
-	if err != nil {
-		return refuse("key Secret %s/%s: %v", ma.Spec.Destination.KeySecret.Namespace, ma.Spec.Destination.KeySecret.Name, err)
 	}
 	path, err := r.publish(ctx, key, v, "destination")
 	if err != nil {

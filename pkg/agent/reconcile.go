@@ -233,18 +233,23 @@ func (r *Reconciler) secretData(ctx context.Context, ref *corev1.SecretReference
 	return out, nil
 }
 
-// keySecret reads a key Secret; only Secrets in the agent's own namespace
-// are key Secrets, so an assignment cannot point the agent at another
-// namespace's.
-func (r *Reconciler) keySecret(ctx context.Context, ref agentv1alpha1.SecretReference) (map[string][]byte, error) {
+// readKeys reads and parses a key Secret. Only Secrets in the agent's own
+// namespace are key Secrets, so an assignment cannot point the agent at
+// another namespace's; keys that do not parse are a refusal.
+func readKeys[T any](ctx context.Context, r *Reconciler, ref agentv1alpha1.SecretReference, parse func(map[string][]byte) (T, error)) (T, error) {
+	var none T
 	if ref.Namespace != r.cfg.Namespace {
-		return nil, refuse("key Secret %s/%s is not in Ferry's namespace %s", ref.Namespace, ref.Name, r.cfg.Namespace)
+		return none, refuse("key Secret %s/%s is not in Ferry's namespace %s", ref.Namespace, ref.Name, r.cfg.Namespace)
 	}
 	sec := &corev1.Secret{}
 	if err := r.api.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, sec); err != nil {
-		return nil, fmt.Errorf("read key Secret %s/%s: %w", ref.Namespace, ref.Name, err)
+		return none, fmt.Errorf("read key Secret %s/%s: %w", ref.Namespace, ref.Name, err)
 	}
-	return sec.Data, nil
+	keys, err := parse(sec.Data)
+	if err != nil {
+		return none, refuse("key Secret %s/%s: %v", ref.Namespace, ref.Name, err)
+	}
+	return keys, nil
 }
 
 // publish publishes and records how long it took.

@@ -55,13 +55,9 @@ func (r *Reconciler) reconcileSource(ctx context.Context, ma *agentv1alpha1.Moun
 	if err != nil {
 		return err
 	}
-	data, err := r.keySecret(ctx, ma.Spec.Source.KeySecret)
+	keys, err := readKeys(ctx, r, ma.Spec.Source.KeySecret, sshkeys.ParseSource)
 	if err != nil {
 		return err
-	}
-	keys, err := sshkeys.ParseSource(data)
-	if err != nil {
-		return refuse("key Secret %s/%s: %v", ma.Spec.Source.KeySecret.Namespace, ma.Spec.Source.KeySecret.Name, err)
 	}
 	runCtx, cancel := context.WithCancel(r.runCtx)
 	s.mu.Lock()

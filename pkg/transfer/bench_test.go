@@ -289,6 +289,12 @@ func changeBlocks(t *testing.T, base, dst string, total, block int64) int64 {
 		require.NoError(t, err)
 		changed += block
 	}
+	// Written within the second the copy was made, the file would keep an
+	// mtime rsync's quick check takes for unchanged (it compares whole
+	// seconds here); a real change comes later than that.
+	info, err := os.Stat(base)
+	require.NoError(t, err)
+	require.NoError(t, os.Chtimes(dst, time.Now(), info.ModTime().Add(time.Minute)))
 	return changed
 }
 
