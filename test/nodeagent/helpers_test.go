@@ -250,7 +250,8 @@ func writeRandom(t *testing.T, path string, n int64) {
 }
 
 // tree describes every entry under root by type, mode, owner, size, content
-// hash and link target: what a replica must reproduce.
+// hash, mtime, hard-link count and link target: what a replica must
+// reproduce.
 func tree(t *testing.T, root string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
@@ -280,7 +281,8 @@ func tree(t *testing.T, root string) map[string]string {
 			if err != nil {
 				return err
 			}
-			desc += fmt.Sprintf(" %d %x mtime=%d", fi.Size(), h.Sum(nil), fi.ModTime().UnixNano())
+			// Link count: hard links must arrive as links, not copies.
+			desc += fmt.Sprintf(" %d %x mtime=%d links=%d", fi.Size(), h.Sum(nil), fi.ModTime().UnixNano(), st.Nlink)
 		case fi.Mode()&fs.ModeSymlink != 0:
 			target, err := os.Readlink(path)
 			if err != nil {
