@@ -126,6 +126,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		publisher: csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi")),
 		server:    endpoint.New(scratch, opts...),
 		slots:     make(chan struct{}, cfg.MaxTransfers),
+		events:    mgr.GetEventRecorder("ferry-nodeagent"),
 		log:       log, runCtx: runCtx, states: map[types.NamespacedName]*state{},
 	}
 	defer r.publisher.Close()

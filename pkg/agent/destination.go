@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -126,6 +127,7 @@ func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys 
 		return nil, fmt.Errorf("serve destination: %w", err)
 	}
 	ep = &agentv1alpha1.Endpoint{Address: r.cfg.SSHAdvertiseAddress, Port: int32(addr.(*net.TCPAddr).Port)}
+	r.events.Eventf(ma, nil, corev1.EventTypeNormal, "Serving", "Serve", "the volume is mounted at %s and accepts syncs on %s:%d", path, ep.Address, ep.Port)
 	s.mu.Lock()
 	s.served, s.path, s.endpoint = fingerprint, path, ep
 	s.mu.Unlock()
@@ -195,6 +197,7 @@ func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Eve
 		}
 		s.start, s.received, s.sent = time.Time{}, 0, 0
 		r.log.Info("sync ended", "assignment", key, "generation", gen, "result", outcome, "bytesReceived", result.BytesReceived)
+		r.syncEvent(ma, &result)
 		mutate = func(ma *agentv1alpha1.MountAssignment) {
 			ma.Status.LastSync, ma.Status.CurrentSync = result.DeepCopy(), nil
 			ma.Status.Phase = agentv1alpha1.PhaseMounted

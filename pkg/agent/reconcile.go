@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/events"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -35,6 +36,7 @@ import (
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get
 // +kubebuilder:rbac:groups=volsync.backube,resources=replicationsources;replicationdestinations,verbs=get
 // +kubebuilder:rbac:groups=storage.k8s.io,resources=csidrivers,verbs=get
+// +kubebuilder:rbac:groups=events.k8s.io,namespace=ferry-system,resources=events,verbs=create;patch
 
 // Reconciler carries out this node's MountAssignments. Reconcile itself is
 // short: it checks, publishes and registers; a source's transfer runs in a
@@ -47,6 +49,7 @@ type Reconciler struct {
 	publisher *csi.Publisher
 	server    *endpoint.Server
 	slots     chan struct{} // one per concurrent transfer
+	events    events.EventRecorder
 	log       logr.Logger
 
 	// runCtx ends a grace period after shutdown begins; transfers use it.
@@ -149,6 +152,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 func (r *Reconciler) refuse(ctx context.Context, ma *agentv1alpha1.MountAssignment, reason error) error {
 	key := client.ObjectKeyFromObject(ma)
 	r.log.Info("refused assignment", "assignment", key, "reason", reason.Error())
+	r.events.Eventf(ma, nil, corev1.EventTypeWarning, "Refused", "Mount", "%s", reason.Error())
 	errorsTotal.WithLabelValues(r.labels(ma, "refused")...).Inc()
 	if err := r.release(ctx, key); err != nil {
 		return err

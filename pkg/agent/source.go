@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -88,6 +89,7 @@ func (r *Reconciler) recordInterrupted(ctx context.Context, ma *agentv1alpha1.Mo
 	key := client.ObjectKeyFromObject(ma)
 	r.log.Info("sync was interrupted; reporting it failed", "assignment", key, "generation", gen)
 	errorsTotal.WithLabelValues(r.labels(ma, "interrupted")...).Inc()
+	r.events.Eventf(ma, nil, corev1.EventTypeWarning, "SyncInterrupted", "Sync", "sync %d: %s", gen, interrupted)
 	syncsTotal.WithLabelValues(r.labels(ma, "failed")...).Inc()
 	if err := r.publisher.Unpublish(ctx, volumeName(key)); err != nil {
 		return err
@@ -129,6 +131,7 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 		result.Succeeded = err == nil
 		syncsTotal.WithLabelValues(r.labels(ma, outcome)...).Inc()
 		log.Info("sync ended", "result", outcome, "bytesSent", result.BytesSent, "files", result.FilesTransferred, "error", result.Error)
+		r.syncEvent(ma, &result)
 		if serr := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 			ma.Status.LastSync, ma.Status.CurrentSync, ma.Status.MountPath = result.DeepCopy(), nil, ""
 			ma.Status.Phase = agentv1alpha1.PhaseCompleted
@@ -214,4 +217,14 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	}
 	finish("transfer", err)
 	return true
+}
+
+// syncEvent tells kubectl describe how a sync ended.
+func (r *Reconciler) syncEvent(ma *agentv1alpha1.MountAssignment, res *agentv1alpha1.SyncResult) {
+	if res.Succeeded {
+		r.events.Eventf(ma, nil, corev1.EventTypeNormal, "SyncSucceeded", "Sync", "sync %d: %d bytes sent, %d received, %d files",
+			res.Generation, res.BytesSent, res.BytesReceived, res.FilesTransferred)
+		return
+	}
+	r.events.Eventf(ma, nil, corev1.EventTypeWarning, "SyncFailed", "Sync", "sync %d: %s", res.Generation, res.Error)
 }

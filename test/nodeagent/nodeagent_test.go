@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -370,6 +371,19 @@ func TestAgentsReplicate(t *testing.T) {
 	assert.Contains(t, cond.Message, "neither owned nor named by ReplicationSource rs")
 	assertNotMounted(t, nodeA, refused.Name)
 	assert.Nil(t, get(refused.Name).Status.LastSync, "nothing ran")
+	// What kubectl describe shows: events on the assignments.
+	for name, reason := range map[string]string{refused.Name: "Refused", src.Name: "SyncSucceeded", dst.Name: "Serving"} {
+		testenv.Eventually(t, "a "+reason+" event on "+name, 30*time.Second, func() bool {
+			list := &eventsv1.EventList{}
+			require.NoError(t, k.List(ctx, list, client.InNamespace(ferryNamespace)))
+			for _, e := range list.Items {
+				if e.Regarding.Name == name && e.Reason == reason {
+					return true
+				}
+			}
+			return false
+		})
+	}
 
 	// Deleting the assignments unmounts everything; the agents stop cleanly.
 	for _, name := range []string{src.Name, dst.Name, second.Name, dst2.Name, dst3.Name, refused.Name} {
