@@ -1,15 +1,14 @@
 package endpoint
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
+	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
 	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
 	"github.com/ferrysync/ferry/pkg/transfer/stream"
 )
@@ -94,22 +93,8 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	}()
 	err = cmd.Wait()
 	close(stop)
-	code := exitCode(err)
+	code := exitcode.Of(err)
 	log.Info("rsync ended", "exitCode", code, "bytesReceived", in.n.Load(), "bytesSent", out.n.Load())
 	emit(l, Event{Kind: RsyncEnded, ExitCode: code, BytesReceived: in.n.Load(), BytesSent: out.n.Load()})
 	return code
-}
-
-// exitCode turns a Wait error into an exit status; a killed process is 255.
-func exitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if c := ee.ExitCode(); c >= 0 {
-			return c
-		}
-	}
-	return 255
 }

@@ -43,6 +43,7 @@ import (
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
 	"github.com/ferrysync/ferry/pkg/transfer/rsh"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/pkg/transfer/stream"
@@ -227,7 +228,7 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	werr := <-waited
 	remote.Wait()
 	res.Stats, res.Errors = stats, stderr.String()
-	res.ExitCode = exitCode(werr)
+	res.ExitCode = exitcode.Of(werr)
 	if werr != nil {
 		return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, lastLine(res.Errors))
 	}
@@ -269,7 +270,7 @@ func serveRemote(ctx context.Context, ln *rsh.Listener, client *ssh.Client, log 
 	defer stop()
 	err = sess.Wait()
 	req.CloseWrite()
-	status = exitCode(err)
+	status = exitcode.Of(err)
 	var ee *ssh.ExitError
 	if errors.As(err, &ee) {
 		status = ee.ExitStatus()
@@ -357,17 +358,6 @@ func trailingSlash(p string) string {
 		return p
 	}
 	return p + "/"
-}
-
-func exitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.ExitCode() >= 0 {
-		return ee.ExitCode()
-	}
-	return 255
 }
 
 func lastLine(s string) string {
