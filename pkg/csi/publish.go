@@ -207,7 +207,10 @@ func (p *Publisher) publishSteps(name string, v Volume) []step {
 		return p.writeRecord(name, rec)
 	}}}
 	if v.Reuse != "" {
-		return append(steps, step{"bind", func(context.Context) error { return mount.BindReadOnly(v.Reuse, target) }})
+		return append(steps, step{"bind", func(context.Context) error {
+			p.log.V(1).Info("binding an existing mount read-only instead of publishing again", "name", name, "mount", v.Reuse)
+			return mount.BindReadOnly(v.Reuse, target)
+		}})
 	}
 	capability := v.capability()
 	stage := p.stagePath(name)

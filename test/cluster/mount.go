@@ -16,26 +16,33 @@ import (
 // unpublishes and unstages it. publishContext is the VolumeAttachment's
 // attachment metadata for attach-required drivers.
 func MountVolume(ctx context.Context, socket, volumeID, workDir string, readOnly bool, publishContext map[string]string) (string, func() error, error) {
+	target := filepath.Join(workDir, volumeID, "target")
+	unmount, err := MountVolumeAt(ctx, socket, volumeID, filepath.Join(workDir, volumeID, "stage"), target, readOnly, publishContext)
+	return target, unmount, err
+}
+
+// MountVolumeAt is MountVolume at paths of the caller's choice: kubelet's
+// own layout, for a test that plays a pod using the volume.
+func MountVolumeAt(ctx context.Context, socket, volumeID, staging, target string, readOnly bool, publishContext map[string]string) (func() error, error) {
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return "", nil, fmt.Errorf("connect to %s: %w", socket, err)
+		return nil, fmt.Errorf("connect to %s: %w", socket, err)
 	}
 	node := csi.NewNodeClient(conn)
 	capability := &csi.VolumeCapability{
 		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
 	}
-	staging, target := filepath.Join(workDir, volumeID, "stage"), filepath.Join(workDir, volumeID, "target")
 	if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volumeID, StagingTargetPath: staging,
 		VolumeCapability: capability, PublishContext: publishContext}); err != nil {
 		conn.Close()
-		return "", nil, fmt.Errorf("stage %s: %w", volumeID, err)
+		return nil, fmt.Errorf("stage %s: %w", volumeID, err)
 	}
 	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volumeID, StagingTargetPath: staging,
 		TargetPath: target, VolumeCapability: capability, Readonly: readOnly, PublishContext: publishContext}); err != nil {
 		_, _ = node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volumeID, StagingTargetPath: staging})
 		conn.Close()
-		return "", nil, fmt.Errorf("publish %s: %w", volumeID, err)
+		return nil, fmt.Errorf("publish %s: %w", volumeID, err)
 	}
 	unmount := func() error {
 		defer conn.Close()
@@ -47,5 +54,5 @@ func MountVolume(ctx context.Context, socket, volumeID, workDir string, readOnly
 		}
 		return nil
 	}
-	return target, unmount, nil
+	return unmount, nil
 }

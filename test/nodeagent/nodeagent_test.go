@@ -313,6 +313,34 @@ func TestAgentsReplicate(t *testing.T) {
 	require.True(t, synced(second.Name, 1).Succeeded, "the queued one runs after")
 	assert.Equal(t, want, tree(t, get(dst2.Name).Status.MountPath))
 
+	// copyMethod Direct with a pod on node A using the source PVC: the
+	// agent binds kubelet's mount of it read-only instead of staging the
+	// volume again, pushes, and leaves the pod's mount alone.
+	podMount := filepath.Join(nodeA.KubeletDir, "pods", "4a5b6c7d-pod", "volumes", "kubernetes.io~csi", data.Name, "mount")
+	unmountPod, err := cluster.MountVolumeAt(ctx, nodeA.PluginSocket(cluster.DriverName), data.Spec.CSI.VolumeHandle,
+		filepath.Join(nodeA.KubeletDir, "plugins", "kubernetes.io", "csi", cluster.DriverName, "globalmount-data"), podMount, false, nil)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(podMount, "written-by-the-pod"), []byte("live data"), 0o644))
+	wantDirect := tree(t, podMount)
+	update(dst2.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration++ })
+	testenv.Eventually(t, "the second destination to be released", time.Minute, func() bool {
+		return get(dst2.Name).Status.Phase == agentv1alpha1.PhaseMounted
+	})
+	direct := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-direct", Namespace: ferryNamespace}, Spec: *get(second.Name).Spec.DeepCopy()}
+	direct.Spec.Volume, direct.Spec.SyncGeneration = volumeOf(data, true), 1
+	direct.Spec.Volume.ReuseKubeletMount = true
+	require.NoError(t, k.Create(ctx, direct))
+	require.True(t, synced(direct.Name, 1).Succeeded)
+	assert.Equal(t, wantDirect, tree(t, get(dst2.Name).Status.MountPath), "the replica has what the pod sees")
+	mounted, err := mount.IsMountPoint(podMount)
+	require.NoError(t, err)
+	assert.True(t, mounted, "the pod's mount stays")
+	assertNotMounted(t, nodeA, direct.Name)
+	require.NoError(t, unmountPod())
+	logs, err := os.ReadFile(agentA.logs)
+	require.NoError(t, err)
+	assert.Contains(t, string(logs), `"mount":"`+podMount+`"`, "published by binding kubelet's mount")
+
 	// A destination whose driver requires attach waits for the
 	// controller's attachment, then serves; detached and attached again
 	// (a new attachment UID), it is published anew with its data.
@@ -386,7 +414,7 @@ func TestAgentsReplicate(t *testing.T) {
 	}
 
 	// Deleting the assignments unmounts everything; the agents stop cleanly.
-	for _, name := range []string{src.Name, dst.Name, second.Name, dst2.Name, dst3.Name, refused.Name} {
+	for _, name := range []string{src.Name, dst.Name, second.Name, direct.Name, dst2.Name, dst3.Name, refused.Name} {
 		require.NoError(t, k.Delete(ctx, get(name)))
 	}
 	testenv.Eventually(t, "the assignments to be released and gone", time.Minute, func() bool {
