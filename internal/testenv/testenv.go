@@ -14,7 +14,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -212,6 +214,31 @@ func Eventually(t *testing.T, what string, timeout time.Duration, cond func() bo
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// NoLoopDevices waits until no loop device is backed by a file under dir,
+// and fails the test with the listing if one stays. It waits because the
+// kernel frees a detached loop device asynchronously, once its last user
+// has let go: a moment after losetup -d returns, the device may still be
+// listed.
+func NoLoopDevices(t *testing.T, dir string) {
+	t.Helper()
+	var out []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		out, err = exec.Command("losetup", "-a").CombinedOutput()
+		if err != nil {
+			t.Fatalf("losetup -a: %v: %s", err, out)
+		}
+		if !strings.Contains(string(out), dir) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("loop devices left behind under %s:\n%s", dir, out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -114,11 +112,7 @@ func assertNoMounts(t *testing.T, root string) {
 // cluster's volume images: nothing is staged any more.
 func assertNoLoopDevices(t *testing.T, c *cluster.Cluster) {
 	t.Helper()
-	out, err := exec.Command("losetup", "-a").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	for _, line := range strings.Split(string(out), "\n") {
-		require.NotContains(t, line, c.Dir, "loop device left behind")
-	}
+	testenv.NoLoopDevices(t, c.Dir)
 }
 
 // discard is a logger for Publishers whose logs no test reads.

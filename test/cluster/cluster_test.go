@@ -3,7 +3,6 @@ package cluster_test
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -123,9 +122,7 @@ func TestStorage(t *testing.T) {
 
 	stopped = true
 	require.NoError(t, c.Stop())
-	out, err := exec.Command("losetup", "-a").CombinedOutput()
-	require.NoError(t, err)
-	assert.NotContains(t, string(out), dir, "loop devices left behind")
+	testenv.NoLoopDevices(t, dir)
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	require.NoError(t, err)
 	assert.NotContains(t, string(mi), dir, "mounts left behind")

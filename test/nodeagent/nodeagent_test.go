@@ -438,9 +438,7 @@ func TestAgentsReplicate(t *testing.T) {
 	}
 	out, _ = exec.Command("pgrep", "-af", "rsync --server").CombinedOutput()
 	assert.NotContains(t, string(out), "rsync", "rsync processes left behind")
-	out, err = exec.Command("losetup", "-a").CombinedOutput()
-	require.NoError(t, err)
-	assert.NotContains(t, string(out), c.Dir, "loop devices left behind")
+	testenv.NoLoopDevices(t, c.Dir)
 	require.NoError(t, csi.Detach(ctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, nodeB.Name))
 }
 
