@@ -114,8 +114,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err := os.MkdirAll(scratch, 0o700); err != nil {
 		return fmt.Errorf("agent: state directory: %w", err)
 	}
-	var opts []endpoint.Option
-	opts = append(opts, endpoint.WithLogger(log.WithName("endpoint")))
+	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint"))}
 	if cfg.Rsync != "" {
 		opts = append(opts, endpoint.WithRsync(cfg.Rsync))
 	}

@@ -193,14 +193,8 @@ func volumeName(key types.NamespacedName) string { return key.Name }
 // references, resolved here) and the assignment (role, attachment).
 func (r *Reconciler) volumeFor(ctx context.Context, ma *agentv1alpha1.MountAssignment, pv *corev1.PersistentVolume, readOnly bool) (csi.Volume, error) {
 	src := pv.Spec.CSI
-	v := csi.Volume{Driver: src.Driver, Handle: src.VolumeHandle, FSType: src.FSType, MountOptions: pv.Spec.MountOptions,
-		Attributes: src.VolumeAttributes, ReadOnly: readOnly,
-		Block: pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock}
-	for _, m := range pv.Spec.AccessModes {
-		if m == corev1.ReadWriteMany || m == corev1.ReadOnlyMany {
-			v.MultiNode = true
-		}
-	}
+	v := csi.FromPersistentVolume(pv)
+	v.ReadOnly = readOnly
 	if a := ma.Spec.Volume.Attachment; a != nil {
 		v.PublishContext, v.Attachment = a.Metadata, a.UID
 	}

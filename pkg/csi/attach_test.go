@@ -71,7 +71,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 	pv := claim(t, c, "attached", cluster.AttachStorageClass, corev1.PersistentVolumeFilesystem, nil)
 	publish := func(va *storagev1.VolumeAttachment) string {
 		t.Helper()
-		v := volumeOf(pv)
+		v := FromPersistentVolume(pv)
 		var ok bool
 		var err error
 		v.PublishContext, ok, err = Attached(va)

@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/require"
@@ -14,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/mount"
@@ -62,8 +60,7 @@ func needCluster(t *testing.T) *cluster.Cluster {
 // claim creates a PVC and returns its PV once bound.
 func claim(t *testing.T, c *cluster.Cluster, name, class string, mode corev1.PersistentVolumeMode, source *corev1.TypedLocalObjectReference) *corev1.PersistentVolume {
 	t.Helper()
-	ctx := context.Background()
-	pvc := &corev1.PersistentVolumeClaim{
+	pv, err := c.Bind(context.Background(), &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
@@ -72,20 +69,9 @@ func claim(t *testing.T, c *cluster.Cluster, name, class string, mode corev1.Per
 			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("32Mi")}},
 			DataSource:       source,
 		},
-	}
-	require.NoError(t, c.Client.Create(ctx, pvc))
-	testenv.Eventually(t, "PVC "+name+" bound", 60*time.Second, func() bool {
-		return c.Client.Get(ctx, client.ObjectKeyFromObject(pvc), pvc) == nil && pvc.Status.Phase == corev1.ClaimBound
 	})
-	pv := &corev1.PersistentVolume{}
-	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv))
+	require.NoError(t, err)
 	return pv
-}
-
-// volumeOf is what the agent would build from a PV.
-func volumeOf(pv *corev1.PersistentVolume) Volume {
-	return Volume{Driver: pv.Spec.CSI.Driver, Handle: pv.Spec.CSI.VolumeHandle, FSType: pv.Spec.CSI.FSType,
-		Attributes: pv.Spec.CSI.VolumeAttributes, Block: ptr.Deref(pv.Spec.VolumeMode, "") == corev1.PersistentVolumeBlock}
 }
 
 // assertNothingLeft checks that nothing is mounted under root, root holds no

@@ -12,6 +12,7 @@ import (
 
 	csispec "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/ferrysync/ferry/pkg/mount"
@@ -50,6 +51,22 @@ type Volume struct {
 	// node (see mount.KubeletMount), to bind read-only instead of
 	// publishing the volume a second time. Only for ReadOnly.
 	Reuse string
+}
+
+// FromPersistentVolume is what a CSI PersistentVolume itself says about
+// publishing it: driver, handle, fsType, mount options, attributes, Block,
+// and whether its access modes allow more than one node. The caller adds
+// secrets, the attachment and how Ferry wants it (ReadOnly, Reuse).
+func FromPersistentVolume(pv *corev1.PersistentVolume) Volume {
+	src := pv.Spec.CSI
+	v := Volume{Driver: src.Driver, Handle: src.VolumeHandle, FSType: src.FSType, MountOptions: pv.Spec.MountOptions,
+		Attributes: src.VolumeAttributes, Block: pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock}
+	for _, m := range pv.Spec.AccessModes {
+		if m == corev1.ReadWriteMany || m == corev1.ReadOnlyMany {
+			v.MultiNode = true
+		}
+	}
+	return v
 }
 
 // record is what stays on disk about a volume Ferry published: enough to take

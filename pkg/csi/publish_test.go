@@ -8,40 +8,16 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/go-logr/logr/funcr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/test/cluster"
 )
-
-// snapshot cuts a VolumeSnapshot of a PVC and waits until it is ready.
-func snapshot(t *testing.T, c *cluster.Cluster, name, pvc string) {
-	t.Helper()
-	ctx := context.Background()
-	snap := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-		"metadata": map[string]any{"name": name, "namespace": "default"},
-		"spec": map[string]any{"volumeSnapshotClassName": cluster.SnapshotClass,
-			"source": map[string]any{"persistentVolumeClaimName": pvc}},
-	}}
-	require.NoError(t, c.Client.Create(ctx, snap))
-	testenv.Eventually(t, "VolumeSnapshot "+name+" ready", time.Minute, func() bool {
-		if c.Client.Get(ctx, client.ObjectKeyFromObject(snap), snap) != nil {
-			return false
-		}
-		ready, _, _ := unstructured.NestedBool(snap.Object, "status", "readyToUse")
-		return ready
-	})
-}
 
 // TestPublishLifecycle stages and publishes a provisioned PVC read-write
 // and writes into it, then publishes a PVC restored from its snapshot and a
@@ -66,7 +42,7 @@ func TestPublishLifecycle(t *testing.T) {
 	require.NoError(t, kc.Close())
 
 	pv := claim(t, c, "lifecycle", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
-	v := volumeOf(pv)
+	v := FromPersistentVolume(pv)
 	v.StageSecrets = map[string]string{"password": "stage-secret-value"}
 	v.PublishSecrets = map[string]string{"token": "publish-secret-value"}
 	dir, err := p.Publish(ctx, pv.Name, v)
@@ -85,13 +61,13 @@ func TestPublishLifecycle(t *testing.T) {
 	assert.NotContains(t, logs.String(), "stage-secret-value")
 	assert.NotContains(t, logs.String(), "publish-secret-value")
 
-	snapshot(t, c, "lifecycle-snap", "lifecycle")
+	require.NoError(t, c.Snapshot(ctx, "default", "lifecycle-snap", "lifecycle"))
 	restored := claim(t, c, "lifecycle-restored", cluster.StorageClass, corev1.PersistentVolumeFilesystem,
 		&corev1.TypedLocalObjectReference{APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: "lifecycle-snap"})
 	clone := claim(t, c, "lifecycle-clone", cluster.StorageClass, corev1.PersistentVolumeFilesystem,
 		&corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "lifecycle"})
 	for _, pv := range []*corev1.PersistentVolume{restored, clone} {
-		v := volumeOf(pv)
+		v := FromPersistentVolume(pv)
 		v.ReadOnly = true
 		dir, err := p.Publish(ctx, pv.Name, v)
 		require.NoError(t, err)
@@ -124,7 +100,7 @@ func TestPublishBlock(t *testing.T) {
 	p := NewPublisher(root, c.Nodes[0].KubeletDir, discard)
 	defer p.Close()
 	pv := claim(t, c, "block", cluster.StorageClass, corev1.PersistentVolumeBlock, nil)
-	v := volumeOf(pv)
+	v := FromPersistentVolume(pv)
 	dev, err := p.Publish(ctx, pv.Name, v)
 	require.NoError(t, err)
 	st, err := os.Stat(dev)

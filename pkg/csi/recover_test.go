@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"testing"
 
-	csispec "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
@@ -31,7 +30,7 @@ func TestCrashRecovery(t *testing.T) {
 	kubelet := c.Nodes[0].KubeletDir
 	root := filepath.Join(kubelet, "plugins", "ferrysync.io", "crash")
 	pv := claim(t, c, "crash", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
-	v := volumeOf(pv)
+	v := FromPersistentVolume(pv)
 	nothing := func(string) bool { return false }
 	everything := func(string) bool { return true }
 
@@ -101,28 +100,16 @@ func TestDirectReusesKubeletMount(t *testing.T) {
 	kubelet := c.Nodes[0].KubeletDir
 	root := filepath.Join(kubelet, "plugins", "ferrysync.io", "direct")
 	pv := claim(t, c, "direct", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
-	v := volumeOf(pv)
+	v := FromPersistentVolume(pv)
 
-	// Kubelet's side, through the same node plugin.
-	kc, err := Dial(ctx, SocketPath(kubelet, v.Driver), discard)
-	require.NoError(t, err)
-	defer kc.Close()
+	// Kubelet's side, through the same node plugin and at kubelet's paths.
 	globalmount := filepath.Join(kubelet, "plugins", "kubernetes.io", "csi", v.Driver,
 		fmt.Sprintf("%x", sha256.Sum256([]byte(v.Handle))), "globalmount")
 	podMount := filepath.Join(kubelet, "pods", "0f1e2d3c-pod-uid", "volumes", "kubernetes.io~csi", pv.Name, "mount")
-	require.NoError(t, os.MkdirAll(globalmount, 0o750))
-	require.NoError(t, os.MkdirAll(filepath.Dir(podMount), 0o750))
-	capability := v.capability()
-	_, err = kc.node.NodeStageVolume(ctx, &csispec.NodeStageVolumeRequest{VolumeId: v.Handle, StagingTargetPath: globalmount, VolumeCapability: capability})
-	require.NoError(t, err)
-	_, err = kc.node.NodePublishVolume(ctx, &csispec.NodePublishVolumeRequest{VolumeId: v.Handle, StagingTargetPath: globalmount,
-		TargetPath: podMount, VolumeCapability: capability})
+	unmountPod, err := cluster.MountVolumeAt(ctx, SocketPath(kubelet, v.Driver), v.Handle, globalmount, podMount, false, nil)
 	require.NoError(t, err)
 	defer func() {
-		_, err := kc.node.NodeUnpublishVolume(ctx, &csispec.NodeUnpublishVolumeRequest{VolumeId: v.Handle, TargetPath: podMount})
-		assert.NoError(t, err)
-		_, err = kc.node.NodeUnstageVolume(ctx, &csispec.NodeUnstageVolumeRequest{VolumeId: v.Handle, StagingTargetPath: globalmount})
-		assert.NoError(t, err)
+		assert.NoError(t, unmountPod())
 		assertNoMounts(t, kubelet)
 		assertNoLoopDevices(t, c)
 	}()

@@ -14,7 +14,6 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -57,46 +56,29 @@ func TestStorage(t *testing.T) {
 	k := c.Client
 	work := t.TempDir()
 
-	bound := func(name string) *corev1.PersistentVolume {
-		claim := &corev1.PersistentVolumeClaim{}
-		testenv.Eventually(t, "PVC "+name+" bound", 60*time.Second, func() bool {
-			return k.Get(ctx, client.ObjectKey{Namespace: "default", Name: name}, claim) == nil && claim.Status.Phase == corev1.ClaimBound
-		})
-		pv := &corev1.PersistentVolume{}
-		require.NoError(t, k.Get(ctx, client.ObjectKey{Name: claim.Spec.VolumeName}, pv))
+	bound := func(claim *corev1.PersistentVolumeClaim) *corev1.PersistentVolume {
+		pv, err := c.Bind(ctx, claim)
+		require.NoError(t, err)
 		return pv
 	}
 	nodeA := c.Nodes[0]
 
-	require.NoError(t, k.Create(ctx, pvc("data", cluster.StorageClass, nil)))
-	pv := bound("data")
+	pv := bound(pvc("data", cluster.StorageClass, nil))
 	require.Equal(t, cluster.DriverName, pv.Spec.CSI.Driver)
 	target, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), pv.Spec.CSI.VolumeHandle, work, false, nil)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(target, "hello"), []byte("replicate me"), 0o644))
 	require.NoError(t, unmount())
 
-	snap := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-		"metadata": map[string]any{"name": "snap", "namespace": "default"},
-		"spec": map[string]any{"volumeSnapshotClassName": cluster.SnapshotClass,
-			"source": map[string]any{"persistentVolumeClaimName": "data"}},
-	}}
-	require.NoError(t, k.Create(ctx, snap))
-	testenv.Eventually(t, "VolumeSnapshot ready", 60*time.Second, func() bool {
-		if k.Get(ctx, client.ObjectKeyFromObject(snap), snap) != nil {
-			return false
-		}
-		ready, _, _ := unstructured.NestedBool(snap.Object, "status", "readyToUse")
-		return ready
-	})
+	require.NoError(t, c.Snapshot(ctx, "default", "snap", "data"))
 
-	require.NoError(t, k.Create(ctx, pvc("restored", cluster.StorageClass, &corev1.TypedLocalObjectReference{
-		APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: "snap"})))
-	require.NoError(t, k.Create(ctx, pvc("clone", cluster.StorageClass, &corev1.TypedLocalObjectReference{
-		Kind: "PersistentVolumeClaim", Name: "data"})))
-	for _, name := range []string{"restored", "clone"} {
-		pv := bound(name)
+	for _, claim := range []*corev1.PersistentVolumeClaim{
+		pvc("restored", cluster.StorageClass, &corev1.TypedLocalObjectReference{
+			APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: "snap"}),
+		pvc("clone", cluster.StorageClass, &corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "data"}),
+	} {
+		name := claim.Name
+		pv := bound(claim)
 		target, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), pv.Spec.CSI.VolumeHandle, work, true, nil)
 		require.NoError(t, err, name)
 		got, err := os.ReadFile(filepath.Join(target, "hello"))
@@ -105,8 +87,7 @@ func TestStorage(t *testing.T) {
 		require.NoError(t, unmount())
 	}
 
-	require.NoError(t, k.Create(ctx, pvc("attached", cluster.AttachStorageClass, nil)))
-	apv := bound("attached")
+	apv := bound(pvc("attached", cluster.AttachStorageClass, nil))
 	va := &storagev1.VolumeAttachment{ObjectMeta: metav1.ObjectMeta{Name: "va-attached"}, Spec: storagev1.VolumeAttachmentSpec{
 		Attacher: cluster.AttachDriverName, NodeName: nodeA.Name,
 		Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: ptr.To(apv.Name)}}}

@@ -197,39 +197,20 @@ func pvc(ns, name string, source *corev1.TypedLocalObjectReference, owner client
 }
 
 // bound creates a PVC and returns its PV once bound.
-func bound(t *testing.T, k client.Client, claim *corev1.PersistentVolumeClaim) *corev1.PersistentVolume {
+func bound(t *testing.T, c *cluster.Cluster, claim *corev1.PersistentVolumeClaim) *corev1.PersistentVolume {
 	t.Helper()
-	ctx := context.Background()
-	require.NoError(t, k.Create(ctx, claim))
-	testenv.Eventually(t, "PVC "+claim.Name+" bound", time.Minute, func() bool {
-		return k.Get(ctx, client.ObjectKeyFromObject(claim), claim) == nil && claim.Status.Phase == corev1.ClaimBound
-	})
-	pv := &corev1.PersistentVolume{}
-	require.NoError(t, k.Get(ctx, client.ObjectKey{Name: claim.Spec.VolumeName}, pv))
+	pv, err := c.Bind(context.Background(), claim)
+	require.NoError(t, err)
 	return pv
 }
 
 // snapshotClaim cuts a VolumeSnapshot of a PVC, waits until it is ready and
 // restores it into a new PVC owned by owner: the point-in-time copy a
 // ReplicationSource with copyMethod Snapshot makes.
-func snapshotClaim(t *testing.T, k client.Client, ns, from, name string, owner client.Object) *corev1.PersistentVolume {
+func snapshotClaim(t *testing.T, c *cluster.Cluster, ns, from, name string, owner client.Object) *corev1.PersistentVolume {
 	t.Helper()
-	ctx := context.Background()
-	snap := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-		"metadata": map[string]any{"name": name, "namespace": ns},
-		"spec": map[string]any{"volumeSnapshotClassName": cluster.SnapshotClass,
-			"source": map[string]any{"persistentVolumeClaimName": from}},
-	}}
-	require.NoError(t, k.Create(ctx, snap))
-	testenv.Eventually(t, "VolumeSnapshot "+name+" ready", time.Minute, func() bool {
-		if k.Get(ctx, client.ObjectKeyFromObject(snap), snap) != nil {
-			return false
-		}
-		ready, _, _ := unstructured.NestedBool(snap.Object, "status", "readyToUse")
-		return ready
-	})
-	return bound(t, k, pvc(ns, name, &corev1.TypedLocalObjectReference{
+	require.NoError(t, c.Snapshot(context.Background(), ns, name, from))
+	return bound(t, c, pvc(ns, name, &corev1.TypedLocalObjectReference{
 		APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: name}, owner))
 }
 

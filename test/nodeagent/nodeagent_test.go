@@ -99,8 +99,8 @@ func TestAgentsReplicate(t *testing.T) {
 	require.NoError(t, k.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "rd-keys", Namespace: ferryNamespace}, Data: dstKeys}))
 	require.NoError(t, k.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "rs-keys", Namespace: ferryNamespace}, Data: srcKeys}))
 
-	data := bound(t, k, pvc("app", "data", nil, nil))
-	replica := bound(t, k, pvc("app", "replica", nil, rd))
+	data := bound(t, c, pvc("app", "data", nil, nil))
+	replica := bound(t, c, pvc("app", "replica", nil, rd))
 	work := t.TempDir()
 	writeSource := func(fn func(dir string)) {
 		t.Helper()
@@ -116,7 +116,7 @@ func TestAgentsReplicate(t *testing.T) {
 		require.NoError(t, err)
 		want = tree(t, dir)
 		require.NoError(t, unmount())
-		return snapshotClaim(t, k, "app", "data", name, rs)
+		return snapshotClaim(t, c, "app", "data", name, rs)
 	}
 	writeSource(func(dir string) {
 		require.NoError(t, os.MkdirAll(filepath.Join(dir, "app/logs"), 0o750))
@@ -290,7 +290,7 @@ func TestAgentsReplicate(t *testing.T) {
 
 	// With one transfer slot on node A, a second source waits, Queued,
 	// while the first sends, then runs.
-	replica2 := bound(t, k, pvc("app", "replica-2", nil, rd))
+	replica2 := bound(t, c, pvc("app", "replica-2", nil, rd))
 	dst2 := dst.DeepCopy()
 	dst2.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-2", Namespace: ferryNamespace}
 	dst2.Spec.Volume, dst2.Status = volumeOf(replica2, false), agentv1alpha1.MountAssignmentStatus{}
@@ -350,7 +350,7 @@ func TestAgentsReplicate(t *testing.T) {
 	// (a new attachment UID), it is published anew with its data.
 	attachedClaim := pvc("app", "replica-attached", nil, rd)
 	attachedClaim.Spec.StorageClassName = ptr.To(cluster.AttachStorageClass)
-	attachedPV := bound(t, k, attachedClaim)
+	attachedPV := bound(t, c, attachedClaim)
 	dst3 := dst.DeepCopy()
 	dst3.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-attached", Namespace: ferryNamespace}
 	dst3.Spec.Volume, dst3.Status = volumeOf(attachedPV, false), agentv1alpha1.MountAssignmentStatus{}
@@ -386,7 +386,7 @@ func TestAgentsReplicate(t *testing.T) {
 	assert.Contains(t, string(record), get(dst3.Name).Spec.Volume.Attachment.UID, "published anew for the new attachment")
 
 	// An assignment for a PV no Ferry CR owns.
-	stray := bound(t, k, pvc("app", "not-replicated", nil, nil))
+	stray := bound(t, c, pvc("app", "not-replicated", nil, nil))
 	refused := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "stray", Namespace: ferryNamespace},
 		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeA.Name,
 			Owner:  agentv1alpha1.OwnerReference{Kind: "ReplicationSource", Namespace: "app", Name: "rs", UID: string(rs.UID)},
