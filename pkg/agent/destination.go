@@ -56,7 +56,7 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 	}
 	// Decided on the fresh status, under the lock the endpoint's events
 	// take too: a stale cache must never release a hold a sync just set.
-	s := r.state(key)
+	s := r.state(ma)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
@@ -100,7 +100,7 @@ func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys 
 	id := key.String()
 	fingerprint := fmt.Sprintf("%s|%s|%s|%t", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
 		ssh.FingerprintSHA256(keys.Authorized), ma.Spec.Destination.Privileged)
-	s := r.state(key)
+	s := r.state(ma)
 	s.mu.Lock()
 	served, ep := s.served, s.endpoint
 	s.mu.Unlock()
@@ -144,7 +144,7 @@ func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Eve
 		return
 	}
 	gen := ma.Spec.SyncGeneration
-	s := r.state(key)
+	s := r.state(ma)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var mutate func(*agentv1alpha1.MountAssignment)

@@ -61,9 +61,12 @@ type Reconciler struct {
 }
 
 // state is what the agent knows of an assignment beyond its status: what is
-// running now in this process.
+// running now in this process. It belongs to one object (uid): an
+// assignment deleted and created again under the same name starts afresh,
+// and release drops it.
 type state struct {
-	mu sync.Mutex
+	uid types.UID
+	mu  sync.Mutex
 	// source: the generation running (0: none), its cancel and end, and
 	// the last generation this process finished.
 	running  int64
@@ -81,12 +84,15 @@ type state struct {
 	sent     int64
 }
 
-func (r *Reconciler) state(key types.NamespacedName) *state {
+// state is the state of this very object, new if the name last belonged to
+// another.
+func (r *Reconciler) state(ma *agentv1alpha1.MountAssignment) *state {
+	key := client.ObjectKeyFromObject(ma)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.states[key]
-	if s == nil {
-		s = &state{}
+	if s == nil || s.uid != ma.UID {
+		s = &state{uid: ma.UID}
 		r.states[key] = s
 	}
 	return s
@@ -167,18 +173,24 @@ func (r *Reconciler) refuse(ctx context.Context, ma *agentv1alpha1.MountAssignme
 // release stops everything the agent does for an assignment: cancels its
 // transfer and waits for it, stops serving it, unmounts its volume.
 func (r *Reconciler) release(ctx context.Context, key types.NamespacedName) error {
-	s := r.state(key)
-	s.mu.Lock()
-	cancel, done := s.cancel, s.done
-	s.mu.Unlock()
-	if cancel != nil {
-		cancel()
-		<-done
+	r.mu.Lock()
+	s := r.states[key]
+	r.mu.Unlock()
+	if s != nil {
+		s.mu.Lock()
+		cancel, done := s.cancel, s.done
+		s.mu.Unlock()
+		if cancel != nil {
+			cancel()
+			<-done
+		}
 	}
 	r.server.Remove(key.String())
-	s.mu.Lock()
-	s.served = ""
-	s.mu.Unlock()
+	r.mu.Lock()
+	if r.states[key] == s {
+		delete(r.states, key)
+	}
+	r.mu.Unlock()
 	if err := r.publisher.Unpublish(ctx, volumeName(key)); err != nil {
 		return fmt.Errorf("unmount volume of %s: %w", key, err)
 	}

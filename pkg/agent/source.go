@@ -25,7 +25,7 @@ const interrupted = "interrupted: the node agent stopped during the sync; the ne
 func (r *Reconciler) reconcileSource(ctx context.Context, ma *agentv1alpha1.MountAssignment) error {
 	key := client.ObjectKeyFromObject(ma)
 	gen := ma.Spec.SyncGeneration
-	s := r.state(key)
+	s := r.state(ma)
 	s.mu.Lock()
 	running, finished := s.running, s.finished
 	s.mu.Unlock()
@@ -94,7 +94,7 @@ func (r *Reconciler) recordInterrupted(ctx context.Context, ma *agentv1alpha1.Mo
 	if err := r.publisher.Unpublish(ctx, volumeName(key)); err != nil {
 		return err
 	}
-	s := r.state(key)
+	s := r.state(ma)
 	s.mu.Lock()
 	s.finished = max(s.finished, gen)
 	s.mu.Unlock()
@@ -138,7 +138,11 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 			if !result.Succeeded {
 				ma.Status.Phase = agentv1alpha1.PhaseFailed
 			}
-			setReady(ma, true, "SyncEnded", "sync "+outcome)
+			if result.Succeeded {
+				setReady(ma, true, "SyncSucceeded", fmt.Sprintf("sync %d succeeded", gen))
+			} else {
+				setReady(ma, false, "SyncFailed", fmt.Sprintf("sync %d failed: %s", gen, result.Error))
+			}
 		}); serr != nil {
 			log.Error(serr, "report sync result")
 		}

@@ -215,9 +215,9 @@ func snapshotClaim(t *testing.T, c *cluster.Cluster, ns, from, name string, owne
 }
 
 // volumeOf is the assignment's copy of a PV.
-func volumeOf(pv *corev1.PersistentVolume, readOnly bool) agentv1alpha1.Volume {
+func volumeOf(pv *corev1.PersistentVolume) agentv1alpha1.Volume {
 	return agentv1alpha1.Volume{PersistentVolumeName: pv.Name, Claim: pv.Spec.ClaimRef.Name, Driver: pv.Spec.CSI.Driver,
-		VolumeHandle: pv.Spec.CSI.VolumeHandle, FSType: pv.Spec.CSI.FSType, VolumeMode: corev1.PersistentVolumeFilesystem, ReadOnly: readOnly}
+		VolumeHandle: pv.Spec.CSI.VolumeHandle}
 }
 
 // writeRandom writes n random bytes to path.

@@ -156,7 +156,7 @@ func TestAgentsReplicate(t *testing.T) {
 	dst := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rd-replica", Namespace: ferryNamespace},
 		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeB.Name,
 			Owner:          agentv1alpha1.OwnerReference{Kind: "ReplicationDestination", Namespace: "app", Name: "rd", UID: string(rd.UID)},
-			Volume:         volumeOf(replica, false),
+			Volume:         volumeOf(replica),
 			Destination:    &agentv1alpha1.DestinationRole{KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rd-keys"}, Privileged: true},
 			SyncGeneration: 1}}
 	require.NoError(t, k.Create(ctx, dst))
@@ -173,7 +173,7 @@ func TestAgentsReplicate(t *testing.T) {
 	src := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-data", Namespace: ferryNamespace},
 		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeA.Name,
 			Owner:  agentv1alpha1.OwnerReference{Kind: "ReplicationSource", Namespace: "app", Name: "rs", UID: string(rs.UID)},
-			Volume: volumeOf(pit, true),
+			Volume: volumeOf(pit),
 			Source: &agentv1alpha1.SourceRole{Address: ep.Address, Port: ep.Port, User: "root", Path: "/",
 				KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rs-keys"}, Privileged: true},
 			SyncGeneration: 1}}
@@ -226,7 +226,7 @@ func TestAgentsReplicate(t *testing.T) {
 		testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
 		gen := get(src.Name).Spec.SyncGeneration + 1
 		update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
-			ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(copyPV, true), gen
+			ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(copyPV), gen
 		})
 		var cs *agentv1alpha1.SyncProgress
 		testenv.Eventually(t, "the transfer to be under way", time.Minute, func() bool {
@@ -293,7 +293,7 @@ func TestAgentsReplicate(t *testing.T) {
 	replica2 := bound(t, c, pvc("app", "replica-2", nil, rd))
 	dst2 := dst.DeepCopy()
 	dst2.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-2", Namespace: ferryNamespace}
-	dst2.Spec.Volume, dst2.Status = volumeOf(replica2, false), agentv1alpha1.MountAssignmentStatus{}
+	dst2.Spec.Volume, dst2.Status = volumeOf(replica2), agentv1alpha1.MountAssignmentStatus{}
 	require.NoError(t, k.Create(ctx, dst2))
 	var ep2 *agentv1alpha1.Endpoint
 	testenv.Eventually(t, "the second destination to be served", time.Minute, func() bool {
@@ -331,7 +331,7 @@ func TestAgentsReplicate(t *testing.T) {
 		return get(dst2.Name).Status.Phase == agentv1alpha1.PhaseMounted
 	})
 	direct := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-direct", Namespace: ferryNamespace}, Spec: *get(second.Name).Spec.DeepCopy()}
-	direct.Spec.Volume, direct.Spec.SyncGeneration = volumeOf(data, true), 1
+	direct.Spec.Volume, direct.Spec.SyncGeneration = volumeOf(data), 1
 	direct.Spec.Volume.ReuseKubeletMount = true
 	require.NoError(t, k.Create(ctx, direct))
 	require.True(t, synced(direct.Name, 1).Succeeded)
@@ -353,7 +353,7 @@ func TestAgentsReplicate(t *testing.T) {
 	attachedPV := bound(t, c, attachedClaim)
 	dst3 := dst.DeepCopy()
 	dst3.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-attached", Namespace: ferryNamespace}
-	dst3.Spec.Volume, dst3.Status = volumeOf(attachedPV, false), agentv1alpha1.MountAssignmentStatus{}
+	dst3.Spec.Volume, dst3.Status = volumeOf(attachedPV), agentv1alpha1.MountAssignmentStatus{}
 	require.NoError(t, k.Create(ctx, dst3))
 	testenv.Eventually(t, "the destination to wait for its attachment", time.Minute, func() bool {
 		cond := meta.FindStatusCondition(get(dst3.Name).Status.Conditions, agentv1alpha1.ConditionReady)
@@ -390,7 +390,7 @@ func TestAgentsReplicate(t *testing.T) {
 	refused := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "stray", Namespace: ferryNamespace},
 		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeA.Name,
 			Owner:  agentv1alpha1.OwnerReference{Kind: "ReplicationSource", Namespace: "app", Name: "rs", UID: string(rs.UID)},
-			Volume: volumeOf(stray, true),
+			Volume: volumeOf(stray),
 			Source: &agentv1alpha1.SourceRole{Address: ep.Address, Port: ep.Port,
 				KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rs-keys"}},
 			SyncGeneration: 1}}

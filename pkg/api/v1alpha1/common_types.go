@@ -154,10 +154,35 @@ type SyncStatus struct {
 	// transfer.
 	// +optional
 	LatestMoverStatus *MoverStatus `json:"latestMoverStatus,omitempty"`
+	// progress is Ferry's own report of the running transfer (VolSync has no
+	// such field; its clients ignore it): how much has moved so far, so that
+	// a long sync is seen moving rather than guessed at.
+	// +optional
+	Progress *TransferProgress `json:"progress,omitempty"`
 	// conditions are the latest observations of the CR's state: Reconciled
 	// and Synchronizing.
 	// +listType=map
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// TransferProgress is the live progress of a running transfer, as the node
+// agent reports it.
+type TransferProgress struct {
+	// node is where the transfer runs.
+	// +optional
+	Node string `json:"node,omitempty"`
+	// bytesDone so far in this sync.
+	// +optional
+	BytesDone int64 `json:"bytesDone,omitempty"`
+	// filesDone so far in this sync.
+	// +optional
+	FilesDone int64 `json:"filesDone,omitempty"`
+	// bytesPerSecond is the recent throughput.
+	// +optional
+	BytesPerSecond int64 `json:"bytesPerSecond,omitempty"`
+	// attempt is the try of the running transfer, from 1.
+	// +optional
+	Attempt int32 `json:"attempt,omitempty"`
 }

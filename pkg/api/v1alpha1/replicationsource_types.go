@@ -158,6 +158,8 @@ type ReplicationSourceStatus struct {
 // +kubebuilder:printcolumn:name="Last sync",type="string",format="date-time",JSONPath=`.status.lastSyncTime`
 // +kubebuilder:printcolumn:name="Duration",type="string",JSONPath=`.status.lastSyncDuration`
 // +kubebuilder:printcolumn:name="Next sync",type="string",format="date-time",JSONPath=`.status.nextSyncTime`
+// +kubebuilder:printcolumn:name="Status",type="string",priority=1,JSONPath=`.status.conditions[?(@.type=="Synchronizing")].reason`
+// +kubebuilder:printcolumn:name="Moved",type="integer",priority=1,JSONPath=`.status.progress.bytesDone`
 type ReplicationSource struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

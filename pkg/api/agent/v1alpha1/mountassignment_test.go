@@ -7,7 +7,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,10 +23,9 @@ func assignment(name, node string) *agentv1.MountAssignment {
 	return &agentv1.MountAssignment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
 		Spec: agentv1.MountAssignmentSpec{
-			NodeName: node,
-			Owner:    agentv1.OwnerReference{Kind: "ReplicationDestination", Namespace: "ns", Name: "rd", UID: "u"},
-			Volume: agentv1.Volume{PersistentVolumeName: "pv", Claim: "pvc", Driver: "d", VolumeHandle: "h",
-				VolumeMode: corev1.PersistentVolumeFilesystem},
+			NodeName:    node,
+			Owner:       agentv1.OwnerReference{Kind: "ReplicationDestination", Namespace: "ns", Name: "rd", UID: "u"},
+			Volume:      agentv1.Volume{PersistentVolumeName: "pv", Claim: "pvc", Driver: "d", VolumeHandle: "h"},
 			Destination: &agentv1.DestinationRole{KeySecret: agentv1.SecretReference{Namespace: "ferry", Name: "k"}},
 		},
 	}

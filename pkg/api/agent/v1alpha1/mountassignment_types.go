@@ -1,7 +1,6 @@
 package v1alpha1
 
 import (
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -36,10 +35,13 @@ type SecretReference struct {
 	Name string `json:"name"`
 }
 
-// Volume is what the agent needs to mount a PersistentVolume through its CSI
-// node plugin. It is a copy of the PV's CSI source taken when the assignment
-// was written, so that the agent can still unpublish and unstage after the PV
-// itself is gone.
+// Volume names the PersistentVolume the agent mounts through its CSI node
+// plugin. The agent reads everything else about the volume (fsType, mount
+// options, attributes, secret references, volume mode) from the live PV:
+// one source of truth. Driver and handle are here so that the agent can check
+// that the PV is still the volume the controller meant; it unmounts from its
+// own on-disk record, so a PV deleted meanwhile does not strand a mount.
+// Read-only or read-write follows from the role.
 type Volume struct {
 	// persistentVolumeName is the PV to mount; it must be bound to a PVC that
 	// owner owns.
@@ -54,29 +56,6 @@ type Volume struct {
 	// volumeHandle is the CSI volume ID.
 	// +kubebuilder:validation:MinLength=1
 	VolumeHandle string `json:"volumeHandle"`
-	// fsType to stage the volume with (empty: the driver's default).
-	// +optional
-	FSType string `json:"fsType,omitempty"`
-	// volumeMode is Filesystem (mounted) or Block (a device file).
-	// +kubebuilder:validation:Enum=Filesystem;Block
-	// +kubebuilder:default=Filesystem
-	VolumeMode corev1.PersistentVolumeMode `json:"volumeMode,omitempty"`
-	// mountOptions are the PV's mount options.
-	// +optional
-	MountOptions []string `json:"mountOptions,omitempty"`
-	// volumeAttributes are the PV's CSI volume attributes, passed to the
-	// driver as the volume context.
-	// +optional
-	VolumeAttributes map[string]string `json:"volumeAttributes,omitempty"`
-	// nodeStageSecretRef is the PV's secret for NodeStageVolume.
-	// +optional
-	NodeStageSecretRef *SecretReference `json:"nodeStageSecretRef,omitempty"`
-	// nodePublishSecretRef is the PV's secret for NodePublishVolume.
-	// +optional
-	NodePublishSecretRef *SecretReference `json:"nodePublishSecretRef,omitempty"`
-	// readOnly publishes the volume read-only; always true for a source.
-	// +optional
-	ReadOnly bool `json:"readOnly,omitempty"`
 	// attachment is the VolumeAttachment the controller made for a driver
 	// that requires attach; the agent publishes the volume only once it is
 	// set, and publishes it anew when its uid changes (it was detached and

@@ -1,0 +1,165 @@
+// Package assign is the controller's side of the MountAssignment contract:
+// which node a volume goes to, the assignment that asks that node's agent to
+// mount it (in Ferry's namespace, labelled with the CR it works for), the
+// VolumeAttachment a driver that requires attach needs first, and whether
+// the CR's namespace allows privileged transfers.
+//
+// Decisions (Place, Privileged, the assignment's spec) are pure functions;
+// the rest reads and writes the apiserver, each call idempotent.
+package assign
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+)
+
+// Labels on everything the controller keeps in Ferry's namespace for a CR
+// (assignments, key copies), so that a change there finds its CR and a
+// deleted CR finds what to remove.
+const (
+	LabelOwnerKind      = "ferrysync.io/owner-kind"
+	LabelOwnerNamespace = "ferrysync.io/owner-namespace"
+	LabelOwnerName      = "ferrysync.io/owner-name"
+	LabelOwnerUID       = "ferrysync.io/owner-uid"
+)
+
+// Kinds of owner, as the assignment's spec.owner.kind names them.
+const (
+	KindSource      = "ReplicationSource"
+	KindDestination = "ReplicationDestination"
+)
+
+// Owner is the CR an assignment works for.
+type Owner struct {
+	Kind string
+	client.Object
+}
+
+// Labels are the owner labels.
+func (o Owner) Labels() map[string]string {
+	return map[string]string{LabelOwnerKind: o.Kind, LabelOwnerNamespace: o.GetNamespace(),
+		LabelOwnerName: o.GetName(), LabelOwnerUID: string(o.GetUID())}
+}
+
+// Name is the name of the owner's assignment, and of its key copy with a
+// "-keys" suffix: unique per CR object (its UID), so a CR deleted and made
+// again under the same name never meets its predecessor's leftovers.
+func (o Owner) Name() string {
+	if o.Kind == KindSource {
+		return "rs-" + string(o.GetUID())
+	}
+	return "rd-" + string(o.GetUID())
+}
+
+// KeysName is the name of the owner's key copy in Ferry's namespace.
+func (o Owner) KeysName() string { return o.Name() + "-keys" }
+
+// Ref is the owner as the assignment's spec names it.
+func (o Owner) Ref() agentv1alpha1.OwnerReference {
+	return agentv1alpha1.OwnerReference{Kind: o.Kind, Namespace: o.GetNamespace(), Name: o.GetName(), UID: string(o.GetUID())}
+}
+
+// VolumeOf names a bound claim's PV for the agent.
+func VolumeOf(pv *corev1.PersistentVolume, claim string) (agentv1alpha1.Volume, error) {
+	if pv.Spec.CSI == nil {
+		return agentv1alpha1.Volume{}, fmt.Errorf("PersistentVolume %s of claim %s is not a CSI volume: Ferry mounts CSI volumes only", pv.Name, claim)
+	}
+	return agentv1alpha1.Volume{PersistentVolumeName: pv.Name, Claim: claim, Driver: pv.Spec.CSI.Driver,
+		VolumeHandle: pv.Spec.CSI.VolumeHandle}, nil
+}
+
+// Get reads the owner's assignment; nil if there is none.
+func Get(ctx context.Context, c client.Reader, namespace string, o Owner) (*agentv1alpha1.MountAssignment, error) {
+	ma := &agentv1alpha1.MountAssignment{}
+	err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: o.Name()}, ma)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get assignment %s: %w", o.Name(), err)
+	}
+	return ma, nil
+}
+
+// Ensure makes the owner's assignment say spec. An assignment for another
+// node is deleted first (its node is immutable: the agent there unmounts
+// before it goes); Ensure then returns nil until it is gone. The sync
+// generation is never lowered.
+func Ensure(ctx context.Context, c client.Client, namespace string, o Owner, spec agentv1alpha1.MountAssignmentSpec) (*agentv1alpha1.MountAssignment, error) {
+	ma, err := Get(ctx, c, namespace, o)
+	if err != nil {
+		return nil, err
+	}
+	if ma != nil && (ma.Spec.NodeName != spec.NodeName || ma.DeletionTimestamp != nil) {
+		return nil, Delete(ctx, c, ma)
+	}
+	if ma == nil {
+		ma = &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: o.Name(), Labels: o.Labels()}, Spec: spec}
+		if err := c.Create(ctx, ma); err != nil {
+			return nil, fmt.Errorf("create assignment %s on node %s: %w", ma.Name, spec.NodeName, err)
+		}
+		return ma, nil
+	}
+	spec.SyncGeneration = max(spec.SyncGeneration, ma.Spec.SyncGeneration)
+	if equality.Semantic.DeepEqual(ma.Spec, spec) {
+		return ma, nil
+	}
+	ma.Spec = spec
+	if err := c.Update(ctx, ma); err != nil {
+		return nil, fmt.Errorf("update assignment %s: %w", ma.Name, err)
+	}
+	return ma, nil
+}
+
+// Delete asks for an assignment to go; the agent's finalizer keeps it until
+// the volume is unmounted. Gone already is fine.
+func Delete(ctx context.Context, c client.Client, ma *agentv1alpha1.MountAssignment) error {
+	if ma.DeletionTimestamp != nil {
+		return nil
+	}
+	if err := c.Delete(ctx, ma, client.Preconditions{UID: &ma.UID}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("delete assignment %s: %w", ma.Name, err)
+	}
+	return nil
+}
+
+// Release deletes the owner's assignment and reports whether it is gone
+// (the agent has unmounted the volume).
+func Release(ctx context.Context, c client.Client, namespace string, o Owner) (bool, error) {
+	ma, err := Get(ctx, c, namespace, o)
+	if err != nil || ma == nil {
+		return ma == nil, err
+	}
+	return false, Delete(ctx, c, ma)
+}
+
+// EnqueueOwner maps an object in Ferry's namespace (an assignment) to the
+// CR of kind named in its labels.
+func EnqueueOwner(kind string) handler.EventHandler {
+	return handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
+		l := obj.GetLabels()
+		if l[LabelOwnerKind] != kind || l[LabelOwnerName] == "" {
+			return nil
+		}
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: l[LabelOwnerNamespace], Name: l[LabelOwnerName]}}}
+	})
+}
+
+// Privileged says whether transfers for a CR in ns may keep owners, setuid
+// bits and devices: the namespace carries VolSync's privileged-movers
+// annotation, or the gate is off.
+func Privileged(ns *corev1.Namespace, gate bool) bool {
+	return !gate || ns.Annotations[volsyncv1alpha1.PrivilegedMoversAnnotation] == "true"
+}
