@@ -33,8 +33,9 @@ all: build
 ##@ Development
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate the CRDs into deploy/crd/ and the node agent's RBAC into deploy/nodeagent/rbac/.
+manifests: $(CONTROLLER_GEN) ## Generate the CRDs into deploy/crd/ and the controller's and node agent's RBAC into deploy/*/rbac/.
 	$(CONTROLLER_GEN) crd paths=./pkg/api/... output:crd:artifacts:config=deploy/crd
+	$(CONTROLLER_GEN) rbac:roleName=ferry-controller paths=./pkg/controller/... output:rbac:artifacts:config=deploy/controller/rbac
 	$(CONTROLLER_GEN) rbac:roleName=ferry-nodeagent paths=./pkg/agent/... output:rbac:artifacts:config=deploy/nodeagent/rbac
 
 .PHONY: generate

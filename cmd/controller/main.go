@@ -1,29 +1,38 @@
 // Command controller is Ferry's central controller: it reconciles VolSync's
 // ReplicationSource and ReplicationDestination and hands mount assignments to
-// the node agents. main only turns flags into a Config and calls Run.
+// the node agents. main only turns flags into a controller.Config and calls
+// controller.Run.
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
-
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/ferrysync/ferry/pkg/controller"
 )
 
 func main() {
-	var cfg Config
+	var cfg controller.Config
+	flag.StringVar(&cfg.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "Ferry's namespace, where assignments and key copies live (default: $POD_NAMESPACE)")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-bind-address", ":8080", "address the Prometheus /metrics endpoint listens on (0 disables it)")
 	flag.StringVar(&cfg.ProbeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
 	flag.BoolVar(&cfg.LeaderElect, "leader-elect", true, "elect a leader so that only one replica reconciles")
+	flag.BoolVar(&cfg.PrivilegedGate, "privileged-movers-gate", true, "keep owners, setuid bits and devices only in namespaces annotated volsync.backube/privileged-movers=true, as VolSync does; false: always")
+	flag.DurationVar(&cfg.RetryAfter, "retry-after", time.Minute, "pause before a failed sync is tried again when no schedule says when")
+	flag.DurationVar(&cfg.Poll, "poll-interval", 2*time.Second, "how often waits that no watch covers (attachments, progress) are looked at")
+	flag.DurationVar(&cfg.Recheck, "recheck-interval", 30*time.Second, "how often a CR whose input must be fixed (a missing Secret, PVC or class) is looked at again")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	log := zap.New(zap.UseFlagOptions(&opts))
+	ctrl.SetLogger(log)
 
-	if err := Run(ctrl.SetupSignalHandler(), cfg); err != nil {
+	if err := controller.Run(ctrl.SetupSignalHandler(), ctrl.GetConfigOrDie(), cfg, log); err != nil {
 		fmt.Fprintln(os.Stderr, "controller:", err)
 		os.Exit(1)
 	}

@@ -18,8 +18,8 @@ import (
 // Detach deletes.
 const ManagedByLabel = "app.kubernetes.io/managed-by"
 
-// managedBy is the label's value.
-const managedBy = "ferry"
+// ManagedBy is the label's value.
+const ManagedBy = "ferry"
 
 // ErrDetaching says the attachment is being deleted (see the package doc
 // for who does that); once it is gone, Attach creates it again.
@@ -53,7 +53,7 @@ func Attach(ctx context.Context, c client.Client, driver, volumeHandle, pv, node
 		return nil, fmt.Errorf("get attachment %s of %s to %s: %w", name, pv, node, err)
 	}
 	va = &storagev1.VolumeAttachment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{ManagedByLabel: managedBy}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{ManagedByLabel: ManagedBy}},
 		Spec: storagev1.VolumeAttachmentSpec{Attacher: driver, NodeName: node,
 			Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: &pv}},
 	}
@@ -110,7 +110,7 @@ func Detach(ctx context.Context, c client.Client, driver, volumeHandle, node str
 	if err != nil {
 		return fmt.Errorf("get attachment of %s to %s: %w", volumeHandle, node, err)
 	}
-	if va.Labels[ManagedByLabel] != managedBy {
+	if va.Labels[ManagedByLabel] != ManagedBy {
 		return nil
 	}
 	if err := c.Delete(ctx, va, client.Preconditions{UID: &va.UID}); err != nil && !apierrors.IsNotFound(err) {

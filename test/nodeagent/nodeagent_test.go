@@ -32,6 +32,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/test/cluster"
+	"github.com/ferrysync/ferry/test/harness"
 )
 
 // TestAgentsReplicate: node B's agent publishes a destination PVC and serves
@@ -66,12 +67,12 @@ func TestAgentsReplicate(t *testing.T) {
 	out, err := exec.Command("ip", "netns", "exec", nodeA.Net.Namespace,
 		"tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "400mbit", "burst", "256kb", "latency", "50ms").CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	var agents []*agentProc
+	var agents []*harness.Proc
 	defer func() {
 		// A failed run leaves the agents' mounts: stop the agents and take
 		// down what they published, so the cluster can stop cleanly.
 		for _, a := range agents {
-			_, _ = a.stop()
+			_, _ = a.Stop()
 		}
 		for _, n := range c.Nodes {
 			p := csi.NewPublisher(csi.DefaultRoot(n.KubeletDir), n.KubeletDir, testr.New(t))
@@ -114,7 +115,7 @@ func TestAgentsReplicate(t *testing.T) {
 		t.Helper()
 		dir, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), data.Spec.CSI.VolumeHandle, work, true, nil)
 		require.NoError(t, err)
-		want = tree(t, dir)
+		want = harness.Tree(t, dir)
 		require.NoError(t, unmount())
 		return snapshotClaim(t, c, "app", "data", name, rs)
 	}
@@ -124,12 +125,12 @@ func TestAgentsReplicate(t *testing.T) {
 		require.NoError(t, os.Chown(filepath.Join(dir, "app/config.yaml"), 1000, 2000))
 		require.NoError(t, os.Symlink("config.yaml", filepath.Join(dir, "app/current")))
 		require.NoError(t, os.Link(filepath.Join(dir, "app/config.yaml"), filepath.Join(dir, "app/config.hardlink")))
-		writeRandom(t, filepath.Join(dir, "app/logs/0001.log"), 3<<20)
+		harness.WriteRandom(t, filepath.Join(dir, "app/logs/0001.log"), 3<<20)
 	})
 	pit := snapshotOf("data-pit-1")
 
 	// One transfer at a time on node A, so that a second one queues.
-	agentA, agentB := startAgent(t, c, nodeA, "--max-transfers=1"), startAgent(t, c, nodeB)
+	agentA, agentB := bins.StartAgent(t, c, nodeA, "--max-transfers=1"), bins.StartAgent(t, c, nodeB)
 	agents = append(agents, agentA, agentB)
 
 	get := func(name string) *agentv1alpha1.MountAssignment {
@@ -185,15 +186,15 @@ func TestAgentsReplicate(t *testing.T) {
 	assert.Contains(t, res.Summary, "Number of files")
 	dres := synced(dst.Name, 1)
 	require.True(t, dres.Succeeded, dres.Error)
-	assert.Equal(t, want, tree(t, replicaDir), "the replica matches the point-in-time copy")
+	assert.Equal(t, want, harness.Tree(t, replicaDir), "the replica matches the point-in-time copy")
 	assert.Equal(t, agentv1alpha1.PhaseHolding, get(dst.Name).Status.Phase)
 	assert.Equal(t, agentv1alpha1.PhaseCompleted, get(src.Name).Status.Phase)
 	assert.Empty(t, get(src.Name).Status.MountPath, "the source's copy is unmounted after the sync")
 	assertNotMounted(t, nodeA, src.Name)
-	assert.GreaterOrEqual(t, agentA.metric("ferry_agent_bytes_total", map[string]string{"node": nodeA.Name, "namespace": "app", "name": "rs", "role": "source", "direction": "sent"}), float64(3<<20))
-	assert.GreaterOrEqual(t, agentB.metric("ferry_agent_bytes_total", map[string]string{"node": nodeB.Name, "namespace": "app", "name": "rd", "role": "destination", "direction": "received"}), float64(3<<20))
-	assert.Equal(t, 1.0, agentA.metric("ferry_agent_syncs_total", map[string]string{"role": "source", "result": "succeeded"}))
-	assert.Equal(t, 1.0, agentB.metric("ferry_agent_syncs_total", map[string]string{"role": "destination", "result": "succeeded"}))
+	assert.GreaterOrEqual(t, agentA.Metric("ferry_agent_bytes_total", map[string]string{"node": nodeA.Name, "namespace": "app", "name": "rs", "role": "source", "direction": "sent"}), float64(3<<20))
+	assert.GreaterOrEqual(t, agentB.Metric("ferry_agent_bytes_total", map[string]string{"node": nodeB.Name, "namespace": "app", "name": "rd", "role": "destination", "direction": "received"}), float64(3<<20))
+	assert.Equal(t, 1.0, agentA.Metric("ferry_agent_syncs_total", map[string]string{"role": "source", "result": "succeeded"}))
+	assert.Equal(t, 1.0, agentB.Metric("ferry_agent_syncs_total", map[string]string{"role": "destination", "result": "succeeded"}))
 
 	// A second sync of the same copy: the agent path's steady overhead.
 	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
@@ -204,10 +205,10 @@ func TestAgentsReplicate(t *testing.T) {
 	t.Logf("per-sync overhead, unchanged small volume (generation raised → result reported): %v", time.Since(asked))
 	publishes := map[string]string{"node": nodeA.Name, "role": "source"}
 	t.Logf("of which mounting the copy (stage + publish), on average: %.0f ms",
-		1000*agentA.metric("ferry_agent_publish_duration_seconds_sum", publishes)/agentA.metric("ferry_agent_publish_duration_seconds_count", publishes))
+		1000*agentA.Metric("ferry_agent_publish_duration_seconds_sum", publishes)/agentA.Metric("ferry_agent_publish_duration_seconds_count", publishes))
 	transfers := map[string]string{"node": nodeA.Name, "role": "source"}
 	t.Logf("and the push (ssh, rsync, shutdown), on average: %.0f ms",
-		1000*agentA.metric("ferry_agent_transfer_duration_seconds_sum", transfers)/agentA.metric("ferry_agent_transfer_duration_seconds_count", transfers))
+		1000*agentA.Metric("ferry_agent_transfer_duration_seconds_sum", transfers)/agentA.Metric("ferry_agent_transfer_duration_seconds_count", transfers))
 
 	// Big enough that a transfer is still running when the test acts.
 	const big = 128 << 20
@@ -219,7 +220,7 @@ func TestAgentsReplicate(t *testing.T) {
 		t.Helper()
 		writeSource(func(dir string) {
 			_ = os.Remove(filepath.Join(dir, fmt.Sprintf("big-%d", n-1)))
-			writeRandom(t, filepath.Join(dir, fmt.Sprintf("big-%d", n)), big)
+			harness.WriteRandom(t, filepath.Join(dir, fmt.Sprintf("big-%d", n)), big)
 		})
 		copyPV := snapshotOf(fmt.Sprintf("data-big-%d", n))
 		update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration++ })
@@ -247,20 +248,20 @@ func TestAgentsReplicate(t *testing.T) {
 
 	// Kill -9 the source's agent mid-transfer.
 	gen := bigSyncUnderWay(1)
-	agentA.kill()
-	agentA.start()
+	agentA.Kill()
+	agentA.Start()
 	res = synced(src.Name, gen)
 	require.False(t, res.Succeeded)
 	assert.Contains(t, res.Error, "interrupted")
 	assertNotMounted(t, nodeA, src.Name)
 	nextSucceeds(gen, "the source's kill")
 	require.True(t, get(dst.Name).Status.LastSync.Succeeded)
-	assert.Equal(t, want, tree(t, replicaDir))
+	assert.Equal(t, want, harness.Tree(t, replicaDir))
 
 	// Kill -9 the destination's agent mid-transfer.
 	gen = bigSyncUnderWay(2)
-	agentB.kill()
-	agentB.start()
+	agentB.Kill()
+	agentB.Start()
 	require.Equal(t, replicaDir, get(dst.Name).Status.MountPath, "the restarted agent adopts the same mount")
 	require.Equal(t, ep.Port, get(dst.Name).Status.Endpoint.Port, "and serves it on the same port")
 	if res = synced(src.Name, gen); !res.Succeeded {
@@ -270,12 +271,12 @@ func TestAgentsReplicate(t *testing.T) {
 		nextSucceeds(gen, "the destination's kill")
 	}
 	require.True(t, get(dst.Name).Status.LastSync.Succeeded)
-	assert.Equal(t, want, tree(t, replicaDir))
+	assert.Equal(t, want, harness.Tree(t, replicaDir))
 
 	// SIGTERM mid-transfer: the agent finishes the sync or aborts it
 	// within its grace period, reports which, and unmounts.
 	gen = bigSyncUnderWay(3)
-	took, err := agentA.stop()
+	took, err := agentA.Stop()
 	require.NoError(t, err, "the agent exits cleanly on SIGTERM")
 	assert.Less(t, took, 15*time.Second, "within the 10 s grace period and a margin")
 	res = get(src.Name).Status.LastSync
@@ -286,7 +287,7 @@ func TestAgentsReplicate(t *testing.T) {
 	}
 	t.Logf("SIGTERM mid-transfer: stopped in %v, sync succeeded=%v %s", took, res.Succeeded, res.Error)
 	assertNotMounted(t, nodeA, src.Name)
-	agentA.start()
+	agentA.Start()
 
 	// With one transfer slot on node A, a second source waits, Queued,
 	// while the first sends, then runs.
@@ -308,14 +309,14 @@ func TestAgentsReplicate(t *testing.T) {
 		return get(second.Name).Status.Phase == agentv1alpha1.PhaseQueued
 	})
 	// The gauge counts it while it waits (unless the first ended meanwhile).
-	queued := agentA.metric("ferry_agent_queued_transfers", map[string]string{"node": nodeA.Name})
+	queued := agentA.Metric("ferry_agent_queued_transfers", map[string]string{"node": nodeA.Name})
 	assert.True(t, queued == 1 || get(second.Name).Status.Phase != agentv1alpha1.PhaseQueued, "queued gauge %v", queued)
 	first := synced(src.Name, gen)
 	require.True(t, first.Succeeded)
 	after := synced(second.Name, 1)
 	require.True(t, after.Succeeded, "the queued one runs after")
 	assert.False(t, after.StartTime.Before(first.EndTime), "it started once the first had ended")
-	assert.Equal(t, want, tree(t, get(dst2.Name).Status.MountPath))
+	assert.Equal(t, want, harness.Tree(t, get(dst2.Name).Status.MountPath))
 
 	// copyMethod Direct with a pod on node A using the source PVC: the
 	// agent binds kubelet's mount of it read-only instead of staging the
@@ -325,7 +326,7 @@ func TestAgentsReplicate(t *testing.T) {
 		filepath.Join(nodeA.KubeletDir, "plugins", "kubernetes.io", "csi", cluster.DriverName, "globalmount-data"), podMount, false, nil)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(podMount, "written-by-the-pod"), []byte("live data"), 0o644))
-	wantDirect := tree(t, podMount)
+	wantDirect := harness.Tree(t, podMount)
 	update(dst2.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration++ })
 	testenv.Eventually(t, "the second destination to be released", time.Minute, func() bool {
 		return get(dst2.Name).Status.Phase == agentv1alpha1.PhaseMounted
@@ -335,15 +336,13 @@ func TestAgentsReplicate(t *testing.T) {
 	direct.Spec.Volume.ReuseKubeletMount = true
 	require.NoError(t, k.Create(ctx, direct))
 	require.True(t, synced(direct.Name, 1).Succeeded)
-	assert.Equal(t, wantDirect, tree(t, get(dst2.Name).Status.MountPath), "the replica has what the pod sees")
+	assert.Equal(t, wantDirect, harness.Tree(t, get(dst2.Name).Status.MountPath), "the replica has what the pod sees")
 	mounted, err := mount.IsMountPoint(podMount)
 	require.NoError(t, err)
 	assert.True(t, mounted, "the pod's mount stays")
 	assertNotMounted(t, nodeA, direct.Name)
 	require.NoError(t, unmountPod())
-	logs, err := os.ReadFile(agentA.logs)
-	require.NoError(t, err)
-	assert.Contains(t, string(logs), `"mount":"`+podMount+`"`, "published by binding kubelet's mount")
+	assert.Contains(t, agentA.Logs(), `"mount":"`+podMount+`"`, "published by binding kubelet's mount")
 
 	// A destination whose driver requires attach waits for the
 	// controller's attachment, then serves; detached and attached again
@@ -431,8 +430,8 @@ func TestAgentsReplicate(t *testing.T) {
 		require.NoError(t, err)
 		assert.Empty(t, mounts, "mounts left on %s", n.Name)
 	}
-	for _, a := range []*agentProc{agentA, agentB} {
-		took, err := a.stop()
+	for _, a := range []*harness.Proc{agentA, agentB} {
+		took, err := a.Stop()
 		assert.NoError(t, err, "the agent exits cleanly on SIGTERM")
 		assert.Less(t, took, 15*time.Second)
 	}

@@ -96,6 +96,11 @@ func Step(ctx context.Context, cr CR, m Mover, o Options) (time.Duration, error)
 		if !d.Start {
 			return wait, nil
 		}
+		// One sync per second at most: a sync is known by its start time,
+		// which the status keeps to the second.
+		if last := st.LastSyncStartTime; last != nil && !now.Truncate(time.Second).After(last.Time) {
+			return now.Truncate(time.Second).Add(time.Second).Sub(now), nil
+		}
 		if err := m.Start(ctx); err != nil {
 			return 0, err
 		}
@@ -240,4 +245,13 @@ func firstLine(s string) string {
 		}
 	}
 	return s
+}
+
+// Pause ends a sync that is waiting for data (nothing is moving) when the
+// CR is paused: the cycle goes back to idle, where paused keeps it.
+func Pause(cr CR) {
+	if trigger.PhaseOf(cr.Status) == trigger.Syncing {
+		meta.RemoveStatusCondition(&cr.Status.Conditions, volsyncv1alpha1.ConditionSynchronizing)
+		cr.Status.Progress = nil
+	}
 }

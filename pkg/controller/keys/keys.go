@@ -104,13 +104,6 @@ func (n Names) Published(owner Side) string {
 	return n.Destination
 }
 
-// Own is the generated Secret owner's own side uses.
-func (n Names) Own(owner Side) string {
-	if owner == Destination {
-		return n.Destination
-	}
-	return n.Source
-}
 
 // Generate makes sure the three Secrets exist, owned by owner, and returns
 // the data of owner's own side. Keys are generated once (4096-bit RSA, about

@@ -108,8 +108,8 @@ func TestComplete(t *testing.T) {
 		"manual, succeeded: echoed": {trigger: &volsyncv1alpha1.TriggerSpec{Manual: "b"}, status: volsyncv1alpha1.SyncStatus{LastManualSync: "a"}, ok: true, want: Completion{LastManualSync: "b"}},
 		"manual, failed: not echoed": {trigger: &volsyncv1alpha1.TriggerSpec{Manual: "b"}, status: volsyncv1alpha1.SyncStatus{LastManualSync: "a"},
 			want: Completion{LastManualSync: "a"}},
-		"schedule, within the interval": {trigger: every1, start: 0, end: 30 * time.Second, ok: true},
-		"schedule, ran over two starts": {trigger: every1, start: 0, end: 150 * time.Second, ok: true, want: Completion{Missed: 2}},
+		"schedule, within the interval":             {trigger: every1, start: 0, end: 30 * time.Second, ok: true},
+		"schedule, ran over two starts":             {trigger: every1, start: 0, end: 150 * time.Second, ok: true, want: Completion{Missed: 2}},
 		"schedule, ended exactly on the next start": {trigger: every1, start: 0, end: time.Minute, ok: true, want: Completion{Missed: 1}},
 	}
 	for name, tc := range cases {

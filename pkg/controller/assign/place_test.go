@@ -1,0 +1,76 @@
+package assign
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func node(name string, labels map[string]string) corev1.Node {
+	return corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+}
+
+func csiNode(name string, drivers ...string) storagev1.CSINode {
+	n := storagev1.CSINode{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	for _, d := range drivers {
+		n.Spec.Drivers = append(n.Spec.Drivers, storagev1.CSINodeDriver{Name: d})
+	}
+	return n
+}
+
+func pinned(zone string) *corev1.PersistentVolume {
+	return &corev1.PersistentVolume{Spec: corev1.PersistentVolumeSpec{NodeAffinity: &corev1.VolumeNodeAffinity{
+		Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{
+			{Key: "zone", Operator: corev1.NodeSelectorOpIn, Values: []string{zone}}}}}}}}}
+}
+
+func TestPlace(t *testing.T) {
+	nodes := []corev1.Node{node("a", map[string]string{"zone": "1"}), node("b", map[string]string{"zone": "2"}),
+		node("c", map[string]string{"zone": "2"})}
+	cordoned := node("d", map[string]string{"zone": "3"})
+	cordoned.Spec.Unschedulable = true
+	nodes = append(nodes, cordoned)
+	all := []storagev1.CSINode{csiNode("a", "drv"), csiNode("b", "drv"), csiNode("c", "drv", "other"), csiNode("d", "drv")}
+	cases := map[string]struct {
+		pv       *corev1.PersistentVolume
+		driver   string
+		csiNodes []storagev1.CSINode
+		prefer   []string
+		want     []string // any of
+		err      string
+	}{
+		"the PV's affinity decides":               {pv: pinned("1"), driver: "drv", csiNodes: all, want: []string{"a"}},
+		"affinity with two nodes, prefer one":     {pv: pinned("2"), driver: "drv", csiNodes: all, prefer: []string{"c"}, want: []string{"c"}},
+		"a preference the affinity rules out":     {pv: pinned("1"), driver: "drv", csiNodes: all, prefer: []string{"b"}, want: []string{"a"}},
+		"no affinity: any node with the driver":   {driver: "drv", csiNodes: all, want: []string{"a", "b", "c"}},
+		"only nodes whose CSINode has the driver": {driver: "other", csiNodes: all, want: []string{"c"}},
+		"a cordoned node is not chosen":           {pv: pinned("3"), driver: "drv", csiNodes: all, err: "matches the volume's node affinity"},
+		"no node runs the driver":                 {driver: "missing", csiNodes: all, err: "no node runs the CSI driver missing"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			got, err := Place(tc.pv, tc.driver, "ns/claim", nodes, tc.csiNodes, tc.prefer...)
+			if tc.err != "" {
+				require.ErrorIs(t, err, ErrNoNode)
+				assert.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Contains(t, tc.want, got)
+			again, _ := Place(tc.pv, tc.driver, "ns/claim", nodes, tc.csiNodes, tc.prefer...)
+			assert.Equal(t, got, again, "the same volume lands on the same node")
+		})
+	}
+}
+
+func TestPrivileged(t *testing.T) {
+	annotated := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"volsync.backube/privileged-movers": "true"}}}
+	plain := &corev1.Namespace{}
+	assert.True(t, Privileged(annotated, true))
+	assert.False(t, Privileged(plain, true))
+	assert.True(t, Privileged(plain, false), "the gate off: every namespace")
+}

@@ -1,0 +1,127 @@
+// Package controller is Ferry's central controller: it serves VolSync's
+// ReplicationSource and ReplicationDestination (spec.rsync) by writing
+// MountAssignments that the node agents carry out, with no mover pod. Run
+// builds the manager (leader election, metrics, health) and the two
+// reconcilers (packages source and destination), which share the sync
+// cycle (package cycle) and its trigger logic (package trigger).
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/controller/destination"
+	"github.com/ferrysync/ferry/pkg/controller/source"
+)
+
+// The controller's permissions (make manifests writes them to
+// deploy/controller/rbac). Secrets everywhere: VolSync's key Secrets live
+// beside the CRs; no Secret is cached, each is read by name.
+//
+// +kubebuilder:rbac:groups=volsync.backube,resources=replicationsources;replicationdestinations,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=volsync.backube,resources=replicationsources/status;replicationdestinations/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=volsync.backube,resources=replicationsources/finalizers;replicationdestinations/finalizers,verbs=update
+// +kubebuilder:rbac:groups=agent.ferrysync.io,namespace=ferry-system,resources=mountassignments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",namespace=ferry-system,resources=secrets,verbs=get;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create;update;patch
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=persistentvolumes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list
+// +kubebuilder:rbac:groups="",resources=nodes;namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=storage.k8s.io,resources=csinodes;csidrivers;storageclasses,verbs=get;list;watch
+// +kubebuilder:rbac:groups=storage.k8s.io,resources=volumeattachments,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=snapshot.storage.k8s.io,resources=volumesnapshots,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=ferry-system,resources=leases,verbs=get;create;update
+
+// Config is the controller's settings, from its command line.
+type Config struct {
+	// Namespace is Ferry's namespace: assignments and key copies live
+	// there, and the agents read nothing outside it.
+	Namespace string
+	// MetricsAddr and ProbeAddr are where /metrics and /healthz, /readyz
+	// listen.
+	MetricsAddr, ProbeAddr string
+	// LeaderElect makes replicas elect one active reconciler.
+	LeaderElect bool
+	// PrivilegedGate makes transfers that keep owners, setuid bits and
+	// devices depend on the namespace's volsync.backube/privileged-movers
+	// annotation, as VolSync does; off, every transfer is privileged.
+	PrivilegedGate bool
+	// RetryAfter paces retries of failed syncs that no schedule paces.
+	RetryAfter time.Duration
+	// Poll is how often waits that no watch covers are looked at
+	// (attachments, agent progress between writes).
+	Poll time.Duration
+	// Recheck is how often a CR whose input the user must fix is looked at
+	// again.
+	Recheck time.Duration
+}
+
+// Run runs the controller until ctx ends.
+func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logger) error {
+	if cfg.Namespace == "" {
+		return errors.New("controller: Ferry's namespace is required")
+	}
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, volsyncv1alpha1.AddToScheme, agentv1alpha1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return fmt.Errorf("controller: build scheme: %w", err)
+		}
+	}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme: scheme, Logger: log,
+		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		HealthProbeBindAddress:  cfg.ProbeAddr,
+		LeaderElection:          cfg.LeaderElect,
+		LeaderElectionID:        "controller.ferrysync.io",
+		LeaderElectionNamespace: cfg.Namespace,
+		// Assignments only in Ferry's namespace; Secrets and Pods are
+		// never cached (read by name or listed per namespace when
+		// needed), so the controller holds no cluster's worth of them.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&agentv1alpha1.MountAssignment{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
+		}},
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.Pod{}}}},
+	})
+	if err != nil {
+		return fmt.Errorf("controller: create manager: %w", err)
+	}
+	shell := cycle.Shell{Client: mgr.GetClient(), Recheck: cfg.Recheck, Options: cycle.Options{
+		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Events: mgr.GetEventRecorder("ferry-controller")}}
+	if err := (&destination.Reconciler{Shell: shell, Namespace: cfg.Namespace, PrivilegedGate: cfg.PrivilegedGate}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("controller: ReplicationDestination reconciler: %w", err)
+	}
+	if err := (&source.Reconciler{Shell: shell, Namespace: cfg.Namespace, PrivilegedGate: cfg.PrivilegedGate}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("controller: ReplicationSource reconciler: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("controller: health check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return fmt.Errorf("controller: ready check: %w", err)
+	}
+	log.Info("controller starting", "namespace", cfg.Namespace, "privilegedGate", cfg.PrivilegedGate)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("controller: run: %w", err)
+	}
+	return nil
+}

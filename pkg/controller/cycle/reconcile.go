@@ -1,0 +1,75 @@
+package cycle
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+)
+
+// EventInvalid is the event reason for a spec or a missing object the user
+// must fix; the note says what.
+const EventInvalid = "ReconcileFailed"
+
+// Finalizer keeps a CR until what the controller made for it outside its
+// namespace (its assignment, its key copy in Ferry's namespace) is gone:
+// owner references cannot cross namespaces.
+const Finalizer = "ferrysync.io/cleanup"
+
+// Shell is what both kinds' reconcilers share around their own work: the
+// finalizer, the Reconciled condition, one status write, when to look
+// again.
+type Shell struct {
+	Client client.Client
+	Options
+	// Recheck is when to look again after an error the user must fix, for
+	// objects no watch covers (Secrets, classes).
+	Recheck time.Duration
+}
+
+// Run reconciles obj (already read; st is its status): finalize when it is
+// being deleted, otherwise body; then it records the outcome in the
+// Reconciled condition and writes the status if it changed.
+func (s Shell) Run(ctx context.Context, obj client.Object, st *volsyncv1alpha1.SyncStatus,
+	finalize func(context.Context) (bool, error), body func(context.Context) (time.Duration, error)) (ctrl.Result, error) {
+	if !obj.GetDeletionTimestamp().IsZero() {
+		done, err := finalize(ctx)
+		if err != nil || !done {
+			return ctrl.Result{RequeueAfter: s.Poll}, err
+		}
+		if controllerutil.RemoveFinalizer(obj, Finalizer) {
+			if err := s.Client.Update(ctx, obj); err != nil {
+				return ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("remove finalizer: %w", err))
+			}
+		}
+		return ctrl.Result{}, nil
+	}
+	if controllerutil.AddFinalizer(obj, Finalizer) {
+		if err := s.Client.Update(ctx, obj); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+	}
+	orig := obj.DeepCopyObject().(client.Object)
+	after, err := body(ctx)
+	Reconciled(obj, st, err)
+	if IsInvalid(err) {
+		s.Events.Eventf(obj, nil, corev1.EventTypeWarning, EventInvalid, "Reconcile", "%s", err.Error())
+		after, err = s.Recheck, nil
+	}
+	patch := client.MergeFrom(orig)
+	if data, perr := patch.Data(obj); perr != nil || string(data) != "{}" {
+		if perr := s.Client.Status().Patch(ctx, obj, patch); perr != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("write status: %w", perr))
+		}
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: after}, nil
+}

@@ -1,0 +1,233 @@
+// Package destination reconciles ReplicationDestinations: it keeps the
+// destination volume, its key Secrets, its Service and EndpointSlice, and one
+// MountAssignment that has a node's agent publish the volume and accept
+// syncs on it; after each sync it cuts the VolumeSnapshot that becomes
+// status.latestImage (copyMethod Snapshot), or names the volume itself
+// (Direct), then lets the agent accept the next sync when the trigger says.
+package destination
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/assign"
+	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/controller/keys"
+	"github.com/ferrysync/ferry/pkg/controller/metrics"
+	"github.com/ferrysync/ferry/pkg/controller/snapshot"
+)
+
+// Reconciler reconciles ReplicationDestinations.
+type Reconciler struct {
+	cycle.Shell
+	// Namespace is Ferry's namespace (assignments, key copies).
+	Namespace string
+	// PrivilegedGate makes privileged transfers depend on the namespace's
+	// annotation; off, every transfer is privileged.
+	PrivilegedGate bool
+}
+
+// SetupWithManager registers the reconciler and what it watches.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).Named("replicationdestination").
+		For(&volsyncv1alpha1.ReplicationDestination{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&corev1.PersistentVolumeClaim{}).
+		Owns(&corev1.Service{}).
+		Owns(&discoveryv1.EndpointSlice{}).
+		Owns(snapshot.New()).
+		Watches(&agentv1alpha1.MountAssignment{}, assign.EnqueueOwner(assign.KindDestination)).
+		Complete(r)
+}
+
+// Reconcile brings one ReplicationDestination about.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	rd := &volsyncv1alpha1.ReplicationDestination{}
+	if err := r.Client.Get(ctx, req.NamespacedName, rd); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	w := &work{r: r, rd: rd, owner: assign.Owner{Kind: assign.KindDestination, Object: rd}}
+	return r.Run(ctx, rd, &rd.Status.SyncStatus, w.finalize, w.reconcile)
+}
+
+// work is one reconcile of one ReplicationDestination.
+type work struct {
+	r     *Reconciler
+	rd    *volsyncv1alpha1.ReplicationDestination
+	owner assign.Owner
+	// found as the reconcile goes
+	pvc *corev1.PersistentVolumeClaim
+	ma  *agentv1alpha1.MountAssignment
+	// waiting says what the volume waits for before it can take a sync.
+	waiting string
+}
+
+func (w *work) metrics() metrics.Object {
+	return metrics.Object{Name: w.rd.Name, Namespace: w.rd.Namespace, Role: metrics.RoleDestination}
+}
+
+func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
+	rd, c := w.rd, w.r.Client
+	spec := rd.Spec.Rsync
+	if spec == nil {
+		return 0, cycle.Invalidf("Ferry serves VolSync's rsync mover only (spec.rsync); this ReplicationDestination uses another mover: run VolSync for it")
+	}
+	if rd.Status.Rsync == nil {
+		rd.Status.Rsync = &volsyncv1alpha1.ReplicationDestinationRsyncStatus{}
+	}
+	data, err := w.keys(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := keys.Mirror(ctx, c, w.r.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Destination); err != nil {
+		return 0, err
+	}
+	if w.ma, err = assign.Get(ctx, c, w.r.Namespace, w.owner); err != nil {
+		return 0, err
+	}
+	pv, err := w.volume(ctx)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case pv == nil:
+		// Not bound yet: the cycle reports w.waiting.
+	case rd.Spec.Paused && !transferring(w.ma):
+		// Paused: the volume goes back to Kubernetes (a running transfer
+		// finishes first).
+		if done, err := w.release(ctx, pv.Name); err != nil || !done {
+			return w.r.Poll, err
+		}
+		cycle.Pause(w.cr())
+	default:
+		if err := w.assign(ctx, pv); err != nil {
+			return 0, err
+		}
+	}
+	svc, err := w.service(ctx)
+	if err != nil {
+		return 0, err
+	}
+	w.setAddress(svc)
+	if err := w.endpoints(ctx, svc); err != nil {
+		return 0, err
+	}
+	return cycle.Step(ctx, w.cr(), w, w.r.Options)
+}
+
+func (w *work) cr() cycle.CR {
+	return cycle.CR{Object: w.rd, Status: &w.rd.Status.SyncStatus, Trigger: w.rd.Spec.Trigger, Paused: w.rd.Spec.Paused, Metrics: w.metrics()}
+}
+
+// keys generates VolSync's Secrets or reads the user's, and says which the
+// source needs in status.rsync.sshKeys.
+func (w *work) keys(ctx context.Context) (map[string][]byte, error) {
+	rd := w.rd
+	if name := rd.Spec.Rsync.SSHKeys; name != nil {
+		data, err := keys.Read(ctx, w.r.Client, rd.Namespace, *name, keys.Destination)
+		if err != nil {
+			return nil, asInvalid(err)
+		}
+		rd.Status.Rsync.SSHKeys = nil
+		return data, nil
+	}
+	data, err := keys.Generate(ctx, w.r.Client, rd, keys.Destination)
+	if err != nil {
+		return nil, err
+	}
+	rd.Status.Rsync.SSHKeys = ptr.To(keys.NamesFor(keys.Destination, rd.Name).Published(keys.Destination))
+	return data, nil
+}
+
+// assign places the volume and writes the assignment for that node,
+// attaching the volume first where the driver requires it.
+func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
+	c := w.r.Client
+	vol, err := assign.VolumeOf(pv, w.pvc.Name)
+	if err != nil {
+		return cycle.Invalid(err)
+	}
+	nodes, csiNodes, err := assign.Nodes(ctx, c)
+	if err != nil {
+		return err
+	}
+	var prefer string
+	if w.ma != nil {
+		prefer = w.ma.Spec.NodeName
+	}
+	node, err := assign.Place(pv, vol.Driver, string(w.rd.UID), nodes, csiNodes, prefer)
+	if err != nil {
+		return cycle.Invalid(err)
+	}
+	if w.ma != nil && w.ma.Spec.NodeName != node {
+		// Moving: the old node unmounts before the volume is attached
+		// elsewhere.
+		if done, err := w.release(ctx, pv.Name); err != nil || !done {
+			return err
+		}
+		w.ma = nil
+	}
+	attachment, attached, err := assign.Attach(ctx, c, vol, node)
+	if err != nil {
+		return err
+	}
+	if !attached {
+		w.waiting = fmt.Sprintf("waiting for the volume to attach to node %s", node)
+		return nil // the attacher's update of the VolumeAttachment is not watched: Poll
+	}
+	vol.Attachment = attachment
+	ns := &corev1.Namespace{}
+	if err := c.Get(ctx, client.ObjectKey{Name: w.rd.Namespace}, ns); err != nil {
+		return fmt.Errorf("get namespace %s: %w", w.rd.Namespace, err)
+	}
+	spec := agentv1alpha1.MountAssignmentSpec{NodeName: node, Owner: w.owner.Ref(), Volume: vol, SyncGeneration: 1,
+		Destination: &agentv1alpha1.DestinationRole{
+			KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Namespace, Name: w.owner.KeysName()},
+			Privileged: assign.Privileged(ns, w.r.PrivilegedGate)}}
+	w.ma, err = assign.Ensure(ctx, c, w.r.Namespace, w.owner, spec)
+	return err
+}
+
+// release deletes the assignment and, once the agent has unmounted the
+// volume, detaches it.
+func (w *work) release(ctx context.Context, pv string) (bool, error) {
+	done, err := assign.Release(ctx, w.r.Client, w.r.Namespace, w.owner)
+	if err != nil || !done {
+		return false, err
+	}
+	w.ma = nil
+	return true, assign.Detach(ctx, w.r.Client, pv, "")
+}
+
+// finalize removes what lives outside the CR's namespace: the assignment
+// (the volume unmounted and detached first) and the key copy.
+func (w *work) finalize(ctx context.Context) (bool, error) {
+	done, err := assign.Release(ctx, w.r.Client, w.r.Namespace, w.owner)
+	if err != nil || !done {
+		return false, err
+	}
+	// The claim is still there: it goes with the CR, which the finalizer
+	// keeps.
+	pvc := &corev1.PersistentVolumeClaim{}
+	err = w.r.Client.Get(ctx, client.ObjectKey{Namespace: w.rd.Namespace, Name: claimName(w.rd)}, pvc)
+	if client.IgnoreNotFound(err) != nil {
+		return false, fmt.Errorf("get claim %s: %w", claimName(w.rd), err)
+	}
+	if err == nil && pvc.Spec.VolumeName != "" {
+		if err := assign.Detach(ctx, w.r.Client, pvc.Spec.VolumeName, ""); err != nil {
+			return false, err
+		}
+	}
+	w.metrics().Forget()
+	return true, keys.Delete(ctx, w.r.Client, w.r.Namespace, w.owner.KeysName())
+}

@@ -1,0 +1,331 @@
+package source
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/assign"
+	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/controller/snapshot"
+)
+
+// CleanupLabel marks a sync's temporary objects with the CR's UID, as
+// VolSync marks them; they are deleted when the sync ends.
+const CleanupLabel = "volsync.backube/cleanup"
+
+// Event reasons of a source's sync.
+const (
+	EventCopyCreated     = "PointInTimeCopyCreated"
+	EventTransferStarted = "TransferStarted"
+)
+
+// copyName is the claim the agent pushes: the live source for Direct, else
+// volsync-<rs>-src, as VolSync names its temporary copy.
+func (w *work) copyName() string {
+	if w.rs.Spec.Rsync != nil && w.rs.Spec.Rsync.CopyMethod.IsDirect() {
+		return w.rs.Spec.SourcePVC
+	}
+	return "volsync-" + w.rs.Name + "-src"
+}
+
+// Start has nothing to prepare: the copy is made in Synchronize.
+func (w *work) Start(context.Context) error { return nil }
+
+// Synchronize makes the copy, places it, writes the assignment and reads
+// the transfer's progress and result from it.
+func (w *work) Synchronize(ctx context.Context) (cycle.Result, error) {
+	if w.ma == nil {
+		pvc, waiting, err := w.pointInTime(ctx)
+		if err != nil || waiting != "" {
+			return cycle.Result{Waiting: waiting}, err
+		}
+		if waiting, err := w.assign(ctx, pvc); err != nil || waiting != "" {
+			return cycle.Result{Waiting: waiting}, err
+		}
+	}
+	return outcome(w.ma), nil
+}
+
+// outcome reads the transfer's state from the assignment.
+func outcome(ma *agentv1alpha1.MountAssignment) cycle.Result {
+	if ls := ma.Status.LastSync; ls != nil && ls.Generation >= ma.Spec.SyncGeneration {
+		if ls.Succeeded {
+			return cycle.Result{Done: true, Succeeded: true, Logs: ls.Summary}
+		}
+		logs := ls.Error
+		if ls.Summary != "" {
+			logs += "\n" + ls.Summary
+		}
+		return cycle.Result{Done: true, Logs: logs}
+	}
+	res := cycle.Result{}
+	if cs := ma.Status.CurrentSync; cs != nil {
+		res.Progress = &volsyncv1alpha1.TransferProgress{Node: ma.Spec.NodeName, BytesDone: cs.BytesDone,
+			FilesDone: cs.FilesDone, BytesPerSecond: cs.BytesPerSecond, Attempt: cs.Attempt}
+		res.Waiting = fmt.Sprintf("sending from node %s: %d bytes, %d files so far (try %d)", ma.Spec.NodeName,
+			cs.BytesDone, cs.FilesDone, cs.Attempt)
+		return res
+	}
+	switch ma.Status.Phase {
+	case agentv1alpha1.PhaseQueued:
+		res.Waiting = fmt.Sprintf("queued on node %s: its transfer slots are busy", ma.Spec.NodeName)
+	case agentv1alpha1.PhaseRefused, agentv1alpha1.PhaseFailed:
+		res.Waiting = fmt.Sprintf("the agent on node %s: %s", ma.Spec.NodeName, readyMessage(ma))
+	default:
+		res.Waiting = fmt.Sprintf("waiting for the agent on node %s to start the transfer", ma.Spec.NodeName)
+	}
+	return res
+}
+
+func readyMessage(ma *agentv1alpha1.MountAssignment) string {
+	for _, c := range ma.Status.Conditions {
+		if c.Type == agentv1alpha1.ConditionReady {
+			return c.Message
+		}
+	}
+	return string(ma.Status.Phase)
+}
+
+// pointInTime makes the sync's copy of the source and returns its claim
+// once bound (or what it waits for).
+func (w *work) pointInTime(ctx context.Context) (*corev1.PersistentVolumeClaim, string, error) {
+	rs, c := w.rs, w.r.Client
+	spec := rs.Spec.Rsync
+	src := &corev1.PersistentVolumeClaim{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: rs.Namespace, Name: rs.Spec.SourcePVC}, src); err != nil {
+		return nil, "", fmt.Errorf("get source claim %s: %w", rs.Spec.SourcePVC, err)
+	}
+	if spec.CopyMethod.IsDirect() {
+		return src, bindWait(src), nil
+	}
+	pvc := &corev1.PersistentVolumeClaim{}
+	err := c.Get(ctx, client.ObjectKey{Namespace: rs.Namespace, Name: w.copyName()}, pvc)
+	if err == nil {
+		if pvc.DeletionTimestamp != nil {
+			return nil, "waiting for the previous copy " + pvc.Name + " to be deleted", nil
+		}
+		return pvc, w.checkBinding(ctx, pvc), nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return nil, "", fmt.Errorf("get copy %s: %w", w.copyName(), err)
+	}
+	var dataSource *corev1.TypedLocalObjectReference
+	size := capacity(src)
+	if spec.CopyMethod == volsyncv1alpha1.CopyMethodSnapshot {
+		snap, err := snapshot.Ensure(ctx, c, rs, snapshot.Spec{Namespace: rs.Namespace, Name: w.copyName(), Claim: src.Name,
+			Class: spec.VolumeSnapshotClassName, Labels: w.cleanupLabels()})
+		if err != nil {
+			return nil, "", err
+		}
+		ready, restore, err := snapshot.Ready(snap)
+		if err != nil {
+			return nil, "", cycle.Invalid(err)
+		}
+		if !ready {
+			return nil, fmt.Sprintf("waiting for VolumeSnapshot %s of %s to be ready", snap.GetName(), src.Name), nil
+		}
+		if restore != nil && (size == nil || restore.Cmp(*size) > 0) {
+			size = restore
+		}
+		dataSource = snapshot.Ref(snap.GetName())
+	} else {
+		dataSource = &corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: src.Name}
+	}
+	pvc = copyClaim(rs, src, w.copyName(), dataSource, size)
+	pvc.Labels = w.cleanupLabels()
+	if err := controllerutil.SetControllerReference(rs, pvc, c.Scheme()); err != nil {
+		return nil, "", fmt.Errorf("own copy %s: %w", pvc.Name, err)
+	}
+	if err := c.Create(ctx, pvc); err != nil {
+		return nil, "", fmt.Errorf("create copy %s of %s: %w", pvc.Name, src.Name, err)
+	}
+	w.r.Events.Eventf(rs, nil, corev1.EventTypeNormal, EventCopyCreated, "Copy", "%s copy %s of %s created",
+		spec.CopyMethod, pvc.Name, src.Name)
+	return pvc, "waiting for copy " + pvc.Name + " to be bound", nil
+}
+
+// copyClaim is the claim of a Clone or Snapshot copy: the source's class,
+// access modes, volume mode and size unless the spec overrides them.
+func copyClaim(rs *volsyncv1alpha1.ReplicationSource, src *corev1.PersistentVolumeClaim, name string,
+	dataSource *corev1.TypedLocalObjectReference, size *resource.Quantity) *corev1.PersistentVolumeClaim {
+	spec := rs.Spec.Rsync
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: rs.Namespace, Name: name},
+		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: src.Spec.AccessModes, StorageClassName: src.Spec.StorageClassName,
+			VolumeMode: src.Spec.VolumeMode, DataSource: dataSource}}
+	if len(spec.AccessModes) > 0 {
+		pvc.Spec.AccessModes = spec.AccessModes
+	}
+	if spec.StorageClassName != nil {
+		pvc.Spec.StorageClassName = spec.StorageClassName
+	}
+	if spec.VolumeMode != nil {
+		pvc.Spec.VolumeMode = spec.VolumeMode
+	}
+	if spec.Capacity != nil {
+		size = spec.Capacity
+	}
+	if size != nil {
+		pvc.Spec.Resources.Requests = corev1.ResourceList{corev1.ResourceStorage: *size}
+	}
+	return pvc
+}
+
+// capacity is a claim's size: what it has, else what it asked for.
+func capacity(pvc *corev1.PersistentVolumeClaim) *resource.Quantity {
+	if q, ok := pvc.Status.Capacity[corev1.ResourceStorage]; ok {
+		return &q
+	}
+	if q, ok := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; ok {
+		return &q
+	}
+	return nil
+}
+
+func (w *work) cleanupLabels() map[string]string {
+	return map[string]string{CleanupLabel: string(w.rs.UID)}
+}
+
+// checkBinding says what an unbound copy waits for, selecting a node for a
+// WaitForFirstConsumer class (the source's own node, so a clone can be
+// made there).
+func (w *work) checkBinding(ctx context.Context, pvc *corev1.PersistentVolumeClaim) string {
+	if msg := bindWait(pvc); msg == "" {
+		return ""
+	}
+	if _, err := assign.SelectNode(ctx, w.r.Client, pvc); err != nil {
+		return fmt.Sprintf("copy %s cannot be bound: %v", pvc.Name, err)
+	}
+	if pvc.Spec.DataSource != nil && pvc.Spec.DataSource.Kind == "PersistentVolumeClaim" {
+		return fmt.Sprintf("waiting for clone %s of %s to be bound (the CSI driver must support cloning)", pvc.Name, pvc.Spec.DataSource.Name)
+	}
+	return "waiting for copy " + pvc.Name + " to be bound"
+}
+
+func bindWait(pvc *corev1.PersistentVolumeClaim) string {
+	if pvc.Status.Phase == corev1.ClaimBound && pvc.Spec.VolumeName != "" {
+		return ""
+	}
+	return "waiting for claim " + pvc.Name + " to be bound"
+}
+
+// assign places the copy and writes the assignment.
+func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (string, error) {
+	rs, c := w.rs, w.r.Client
+	spec := rs.Spec.Rsync
+	pv := &corev1.PersistentVolume{}
+	if err := c.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv); err != nil {
+		return "", fmt.Errorf("get volume of %s: %w", pvc.Name, err)
+	}
+	vol, err := assign.VolumeOf(pv, pvc.Name)
+	if err != nil {
+		return "", cycle.Invalid(err)
+	}
+	nodes, csiNodes, err := assign.Nodes(ctx, c)
+	if err != nil {
+		return "", err
+	}
+	podNode := ""
+	if spec.CopyMethod.IsDirect() {
+		if podNode, err = usedOn(ctx, c, rs.Namespace, pvc.Name); err != nil {
+			return "", err
+		}
+	}
+	node, err := assign.Place(pv, vol.Driver, string(rs.UID), nodes, csiNodes, podNode)
+	if err != nil {
+		return "", cycle.Invalid(err)
+	}
+	if podNode != "" && node == podNode {
+		// kubelet has it attached and mounted for the pod: bind that.
+		vol.ReuseKubeletMount = true
+	} else {
+		attachment, attached, err := assign.Attach(ctx, c, vol, node)
+		if err != nil {
+			return "", err
+		}
+		if !attached {
+			return fmt.Sprintf("waiting for %s to attach to node %s", pvc.Name, node), nil
+		}
+		vol.Attachment = attachment
+	}
+	ns := &corev1.Namespace{}
+	if err := c.Get(ctx, client.ObjectKey{Name: rs.Namespace}, ns); err != nil {
+		return "", fmt.Errorf("get namespace %s: %w", rs.Namespace, err)
+	}
+	role := &agentv1alpha1.SourceRole{Address: *spec.Address, Port: ptr.Deref(spec.Port, 22),
+		User: ptr.Deref(spec.SSHUser, "root"), Path: ptr.Deref(spec.Path, "/"),
+		KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Namespace, Name: w.owner.KeysName()},
+		Privileged: assign.Privileged(ns, w.r.PrivilegedGate)}
+	ma, err := assign.Ensure(ctx, c, w.r.Namespace, w.owner, agentv1alpha1.MountAssignmentSpec{NodeName: node,
+		Owner: w.owner.Ref(), Volume: vol, Source: role, SyncGeneration: 1})
+	if err != nil || ma == nil {
+		return "waiting for the previous assignment to go", err
+	}
+	w.ma = ma
+	w.r.Events.Eventf(rs, nil, corev1.EventTypeNormal, EventTransferStarted, "Transfer",
+		"node %s sends %s to %s:%d", node, pvc.Name, role.Address, role.Port)
+	return "", nil
+}
+
+// usedOn is the node where a running pod mounts the claim ("" for none).
+func usedOn(ctx context.Context, c client.Reader, ns, claim string) (string, error) {
+	pods := &corev1.PodList{}
+	if err := c.List(ctx, pods, client.InNamespace(ns)); err != nil {
+		return "", fmt.Errorf("list pods: %w", err)
+	}
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == "" || p.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		for _, v := range p.Spec.Volumes {
+			if v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == claim {
+				return p.Spec.NodeName, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// Cleanup ends the sync: the assignment goes (the agent unmounts the
+// copy), then the copy's attachment, then the copy and its snapshot.
+func (w *work) Cleanup(ctx context.Context, _ bool) (bool, error) {
+	done, err := w.release(ctx)
+	if err != nil || !done || w.rs.Spec.Rsync.CopyMethod.IsDirect() {
+		return done, err
+	}
+	c := w.rs
+	gone := true
+	pvc := &corev1.PersistentVolumeClaim{}
+	err = w.r.Client.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: w.copyName()}, pvc)
+	switch {
+	case err == nil:
+		gone = false
+		if pvc.DeletionTimestamp == nil {
+			if err := w.r.Client.Delete(ctx, pvc); client.IgnoreNotFound(err) != nil {
+				return false, fmt.Errorf("delete copy %s: %w", pvc.Name, err)
+			}
+		}
+	case !apierrors.IsNotFound(err):
+		return false, fmt.Errorf("get copy %s: %w", w.copyName(), err)
+	}
+	snap, err := snapshot.Get(ctx, w.r.Client, c.Namespace, w.copyName())
+	if err != nil {
+		return false, err
+	}
+	if snap != nil {
+		gone = false
+		if err := snapshot.Delete(ctx, w.r.Client, c.Namespace, w.copyName()); err != nil {
+			return false, err
+		}
+	}
+	return gone, nil
+}

@@ -1,0 +1,166 @@
+// Package source reconciles ReplicationSources: at each trigger it makes the
+// point-in-time copy of the source volume (a clone, a snapshot restored to a
+// claim, or the live volume for Direct), hands it to a node's agent in a
+// MountAssignment that pushes it to the destination's address, reports the
+// transfer's progress and result in the status, and removes the copy.
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/assign"
+	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/controller/keys"
+	"github.com/ferrysync/ferry/pkg/controller/metrics"
+	"github.com/ferrysync/ferry/pkg/controller/snapshot"
+)
+
+// Reconciler reconciles ReplicationSources.
+type Reconciler struct {
+	cycle.Shell
+	// Namespace is Ferry's namespace (assignments, key copies).
+	Namespace string
+	// PrivilegedGate makes privileged transfers depend on the namespace's
+	// annotation; off, every transfer is privileged.
+	PrivilegedGate bool
+}
+
+// SetupWithManager registers the reconciler and what it watches.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).Named("replicationsource").
+		For(&volsyncv1alpha1.ReplicationSource{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&corev1.PersistentVolumeClaim{}).
+		Owns(snapshot.New()).
+		Watches(&agentv1alpha1.MountAssignment{}, assign.EnqueueOwner(assign.KindSource)).
+		Complete(r)
+}
+
+// Reconcile brings one ReplicationSource about.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	rs := &volsyncv1alpha1.ReplicationSource{}
+	if err := r.Client.Get(ctx, req.NamespacedName, rs); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	w := &work{r: r, rs: rs, owner: assign.Owner{Kind: assign.KindSource, Object: rs}}
+	return r.Run(ctx, rs, &rs.Status.SyncStatus, w.finalize, w.reconcile)
+}
+
+// work is one reconcile of one ReplicationSource.
+type work struct {
+	r     *Reconciler
+	rs    *volsyncv1alpha1.ReplicationSource
+	owner assign.Owner
+	ma    *agentv1alpha1.MountAssignment
+}
+
+func (w *work) metrics() metrics.Object {
+	return metrics.Object{Name: w.rs.Name, Namespace: w.rs.Namespace, Role: metrics.RoleSource}
+}
+
+func (w *work) cr() cycle.CR {
+	return cycle.CR{Object: w.rs, Status: &w.rs.Status.SyncStatus, Trigger: w.rs.Spec.Trigger, Paused: w.rs.Spec.Paused, Metrics: w.metrics()}
+}
+
+func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
+	rs, c := w.rs, w.r.Client
+	spec := rs.Spec.Rsync
+	if spec == nil {
+		return 0, cycle.Invalidf("Ferry serves VolSync's rsync mover only (spec.rsync); this ReplicationSource uses another mover: run VolSync for it")
+	}
+	if spec.Address == nil || *spec.Address == "" {
+		return 0, cycle.Invalidf("spec.rsync.address is required: set it to the destination's status.rsync.address")
+	}
+	if rs.Status.Rsync == nil {
+		rs.Status.Rsync = &volsyncv1alpha1.ReplicationSourceRsyncStatus{}
+	}
+	data, err := w.keys(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := keys.Mirror(ctx, c, w.r.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Source); err != nil {
+		return 0, err
+	}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: rs.Namespace, Name: rs.Spec.SourcePVC}, &corev1.PersistentVolumeClaim{}); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return 0, cycle.Invalidf("spec.sourcePVC %q does not exist in namespace %s: create it or name an existing claim", rs.Spec.SourcePVC, rs.Namespace)
+		}
+		return 0, fmt.Errorf("get source claim: %w", err)
+	}
+	if w.ma, err = assign.Get(ctx, c, w.r.Namespace, w.owner); err != nil {
+		return 0, err
+	}
+	return cycle.Step(ctx, w.cr(), w, w.r.Options)
+}
+
+// keys reads the user's Secret, or generates VolSync's and publishes the
+// one the destination needs.
+func (w *work) keys(ctx context.Context) (map[string][]byte, error) {
+	rs := w.rs
+	if name := rs.Spec.Rsync.SSHKeys; name != nil {
+		data, err := keys.Read(ctx, w.r.Client, rs.Namespace, *name, keys.Source)
+		if errors.Is(err, keys.ErrInvalid) {
+			return nil, cycle.Invalid(err)
+		}
+		rs.Status.Rsync.SSHKeys = nil
+		return data, err
+	}
+	data, err := keys.Generate(ctx, w.r.Client, rs, keys.Source)
+	if err != nil {
+		return nil, err
+	}
+	rs.Status.Rsync.SSHKeys = ptr.To(keys.NamesFor(keys.Source, rs.Name).Published(keys.Source))
+	return data, nil
+}
+
+// finalize removes the assignment (the agent unmounts first), the copy's
+// attachment, and the key copy in Ferry's namespace. The copy itself is
+// owned by the CR.
+func (w *work) finalize(ctx context.Context) (bool, error) {
+	done, err := w.release(ctx)
+	if err != nil || !done {
+		return false, err
+	}
+	w.metrics().Forget()
+	return true, keys.Delete(ctx, w.r.Client, w.r.Namespace, w.owner.KeysName())
+}
+
+// release deletes the assignment and, once the agent has unmounted the
+// copy, Ferry's attachment of it.
+func (w *work) release(ctx context.Context) (bool, error) {
+	ma, err := assign.Get(ctx, w.r.Client, w.r.Namespace, w.owner)
+	if err != nil {
+		return false, err
+	}
+	if ma != nil {
+		return false, assign.Delete(ctx, w.r.Client, ma)
+	}
+	w.ma = nil
+	pvc := &corev1.PersistentVolumeClaim{}
+	err = w.r.Client.Get(ctx, client.ObjectKey{Namespace: w.rs.Namespace, Name: w.copyName()}, pvc)
+	if client.IgnoreNotFound(err) != nil {
+		return false, fmt.Errorf("get copy %s: %w", w.copyName(), err)
+	}
+	if err != nil || pvc.Spec.VolumeName == "" {
+		return true, nil
+	}
+	if w.rs.Spec.Rsync != nil && w.rs.Spec.Rsync.CopyMethod.IsDirect() {
+		// Detaching Ferry's attachment detaches the volume from the node,
+		// also for a pod there that uses it now: leave it to Kubernetes.
+		if node, err := usedOn(ctx, w.r.Client, w.rs.Namespace, pvc.Name); err != nil || node != "" {
+			return err == nil, err
+		}
+	}
+	return true, assign.Detach(ctx, w.r.Client, pvc.Spec.VolumeName, "")
+}

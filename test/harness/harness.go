@@ -1,0 +1,304 @@
+// Package harness runs Ferry's own programs for integration tests, as
+// processes on the simulated nodes of a test/cluster: the node agent (in a
+// node's network namespace and the host's mount namespace, as a DaemonSet
+// pod with hostNetwork and bidirectional mount propagation sees the node)
+// and the controller, each with exactly the RBAC that deploy/ ships. It also
+// describes volume trees the way a replica must reproduce them.
+package harness
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/test/cluster"
+)
+
+// Namespace is Ferry's namespace in the tests, as deploy/ names it.
+const Namespace = "ferry-system"
+
+// Binaries are Ferry's programs, built once for a test package.
+type Binaries struct {
+	// Dir holds nodeagent, ferry-helper (beside it, as the image ships
+	// them) and controller.
+	Dir string
+}
+
+// Build compiles the agent, its helper and the controller into a new
+// temporary directory; Remove it when done.
+func Build() (*Binaries, error) {
+	dir, err := os.MkdirTemp("", "ferry-bin-")
+	if err != nil {
+		return nil, fmt.Errorf("harness: bin dir: %w", err)
+	}
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/nodeagent", "./cmd/ferry-helper", "./cmd/controller")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("harness: build Ferry: %w\n%s", err, out)
+	}
+	return &Binaries{Dir: dir}, nil
+}
+
+// Remove deletes the binaries.
+func (b *Binaries) Remove() { os.RemoveAll(b.Dir) }
+
+// Proc is one of Ferry's programs running as a process.
+type Proc struct {
+	t     *testing.T
+	name  string
+	path  string
+	args  []string
+	env   []string
+	logs  string
+	ready string // URL of /readyz
+	cmd   *exec.Cmd
+	done  chan error
+	// Metrics is the URL of its /metrics.
+	Metrics string
+}
+
+// StartAgent runs the node agent of node, acting as the ferry-nodeagent
+// ServiceAccount; extra flags are appended. It is stopped when the test
+// ends.
+func (b *Binaries) StartAgent(t *testing.T, c *cluster.Cluster, node cluster.Node, extra ...string) *Proc {
+	t.Helper()
+	kc := Kubeconfig(t, c, "nodeagent", "ferry-nodeagent")
+	p := &Proc{t: t, name: "nodeagent-" + node.Name, path: "nsenter",
+		logs:    filepath.Join(c.Dir, "logs", "nodeagent-"+node.Name+".log"),
+		ready:   "http://" + node.Net.IP + ":9811/readyz",
+		Metrics: "http://" + node.Net.IP + ":9810/metrics",
+		env:     append(os.Environ(), "KUBECONFIG="+kc, "NODE_NAME="+node.Name, "POD_NAMESPACE="+Namespace, "NODE_IP="+node.Net.IP),
+		args: []string{"--net=/var/run/netns/" + node.Net.Namespace, "--", filepath.Join(b.Dir, "nodeagent"),
+			"--kubelet-root=" + node.KubeletDir, "--state-dir=" + filepath.Join(c.Dir, "nodes", node.Name, "ferry"),
+			"--metrics-bind-address=" + node.Net.IP + ":9810", "--health-probe-bind-address=" + node.Net.IP + ":9811",
+			"--retry-backoff=1s", "--progress-interval=200ms", "--grace-period=10s", "--zap-log-level=debug"}}
+	p.args = append(p.args, extra...)
+	p.Start()
+	t.Cleanup(func() { _, _ = p.Stop() })
+	return p
+}
+
+// StartController runs the controller on the host, acting as the
+// ferry-controller ServiceAccount, with fast polls for tests; extra flags
+// are appended. It is stopped when the test ends.
+func (b *Binaries) StartController(t *testing.T, c *cluster.Cluster, port int, extra ...string) *Proc {
+	t.Helper()
+	kc := Kubeconfig(t, c, "controller", "ferry-controller")
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	probe := "127.0.0.1:" + strconv.Itoa(port+1)
+	p := &Proc{t: t, name: "controller", path: filepath.Join(b.Dir, "controller"),
+		logs:    filepath.Join(c.Dir, "logs", fmt.Sprintf("controller-%d.log", port)),
+		ready:   "http://" + probe + "/readyz",
+		Metrics: "http://" + addr + "/metrics",
+		env:     append(os.Environ(), "KUBECONFIG="+kc),
+		args: []string{"--namespace=" + Namespace, "--metrics-bind-address=" + addr, "--health-probe-bind-address=" + probe,
+			"--leader-elect=false", "--poll-interval=250ms", "--recheck-interval=2s", "--retry-after=5s", "--zap-log-level=debug"}}
+	p.args = append(p.args, extra...)
+	p.Start()
+	t.Cleanup(func() { _, _ = p.Stop() })
+	return p
+}
+
+// Start starts the process (again) and waits until it is ready.
+func (p *Proc) Start() {
+	p.t.Helper()
+	f, err := os.OpenFile(p.logs, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	require.NoError(p.t, err)
+	defer f.Close()
+	p.cmd = exec.Command(p.path, p.args...)
+	p.cmd.Env, p.cmd.Stdout, p.cmd.Stderr = p.env, f, f
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(p.t, p.cmd.Start())
+	p.done = make(chan error, 1)
+	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(p.cmd, p.done)
+	testenv.Eventually(p.t, p.name+" ready", 30*time.Second, func() bool {
+		resp, err := http.Get(p.ready)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// Logs returns what the process has written so far.
+func (p *Proc) Logs() string {
+	p.t.Helper()
+	raw, err := os.ReadFile(p.logs)
+	require.NoError(p.t, err)
+	return string(raw)
+}
+
+// Kill is kill -9.
+func (p *Proc) Kill() {
+	p.t.Helper()
+	require.NoError(p.t, p.cmd.Process.Kill())
+	<-p.done
+	p.cmd = nil
+}
+
+// Stop is SIGTERM; it returns the exit error and how long stopping took.
+func (p *Proc) Stop() (time.Duration, error) {
+	if p.cmd == nil {
+		return 0, nil
+	}
+	start := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	var err error
+	select {
+	case err = <-p.done:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		err = errors.Join(<-p.done, errors.New("did not stop within 30s after SIGTERM (killed)"))
+	}
+	p.cmd = nil
+	return time.Since(start), err
+}
+
+// Metric reads one series' value from the process's /metrics (-1 if
+// there is none); labels must all match.
+func (p *Proc) Metric(name string, labels map[string]string) float64 {
+	p.t.Helper()
+	resp, err := http.Get(p.Metrics)
+	require.NoError(p.t, err)
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for k, v := range labels {
+			ok = ok && strings.Contains(line, fmt.Sprintf("%s=%q", k, v))
+		}
+		if ok {
+			f, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+			require.NoError(p.t, err)
+			return f
+		}
+	}
+	return -1
+}
+
+// Kubeconfig installs a component's ServiceAccount and RBAC exactly as
+// deploy/<component>/rbac has them (generated from the markers) and returns
+// a kubeconfig that acts as that ServiceAccount from the nodes' network:
+// Ferry's programs run in the tests with the permissions they ship with.
+func Kubeconfig(t *testing.T, c *cluster.Cluster, component, serviceAccount string) string {
+	t.Helper()
+	path := filepath.Join(c.Dir, "kubeconfig-"+component)
+	if _, err := os.Stat(path); err == nil {
+		return path
+	}
+	root, err := testenv.RepoRoot()
+	require.NoError(t, err)
+	dir := filepath.Join(root, "deploy", component, "rbac")
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	require.NoError(t, err)
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		raw, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, doc := range strings.Split(string(raw), "\n---") {
+			obj := &unstructured.Unstructured{}
+			require.NoError(t, yaml.Unmarshal([]byte(doc), &obj.Object))
+			if len(obj.Object) == 0 {
+				continue
+			}
+			require.NoError(t, c.Client.Create(context.Background(), obj), "%s %s", f, obj.GetName())
+		}
+	}
+	cfg, err := clientcmd.LoadFromFile(c.NetworkKubeconfig)
+	require.NoError(t, err)
+	for _, user := range cfg.AuthInfos {
+		user.Impersonate = "system:serviceaccount:" + Namespace + ":" + serviceAccount
+	}
+	require.NoError(t, clientcmd.WriteToFile(*cfg, path))
+	return path
+}
+
+// WriteRandom writes n random bytes to path.
+func WriteRandom(t *testing.T, path string, n int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	_, err = io.CopyN(f, rand.Reader, n)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+}
+
+// Tree describes every entry under root by type, mode, owner, size, content
+// hash, mtime, hard-link count and link target: what a replica must
+// reproduce.
+func Tree(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	require.NoError(t, filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		if rel == "." {
+			return nil
+		}
+		fi, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		desc := fmt.Sprintf("%v %d:%d", fi.Mode(), st.Uid, st.Gid)
+		switch {
+		case fi.Mode().IsRegular():
+			f, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			h := sha256.New()
+			_, err = io.Copy(h, f)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			// Link count: hard links must arrive as links, not copies.
+			desc += fmt.Sprintf(" %d %x mtime=%d links=%d", fi.Size(), h.Sum(nil), fi.ModTime().UnixNano(), st.Nlink)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			desc += " -> " + target
+		}
+		out[rel] = desc
+		return nil
+	}))
+	return out
+}
