@@ -72,12 +72,16 @@ deps: ## Install the system packages the tests use (Debian; run as root).
 testenv: ## Build the real Kubernetes control plane (kube-apiserver, etcd, ...) into bin/testenv.
 	hack/build-testenv.sh
 
+.PHONY: need-root
+need-root:
+	@if [ "$$(id -u)" != 0 ]; then echo "make test needs root: it installs packages and its tests mount volumes and make network namespaces. Run it as root, or run make test-unit (no root, no cluster)." >&2; exit 1; fi
+
 .PHONY: test-unit
 test-unit: ## Pure-logic tests: no root, no cluster.
 	go test $(GO_TEST_FLAGS) -short ./...
 
 .PHONY: test
-test: deps testenv $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
+test: need-root deps testenv $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
 	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
 
 .PHONY: cluster

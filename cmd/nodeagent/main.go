@@ -30,6 +30,7 @@ func main() {
 	flag.StringVar(&cfg.StateDir, "state-dir", "/var/lib/ferry", "the agent's own state directory")
 	flag.StringVar(&cfg.SSHBindAddress, "ssh-bind-address", os.Getenv("NODE_IP"), "address destinations' ssh listeners bind to (default: $NODE_IP; empty: all)")
 	flag.StringVar(&cfg.SSHAdvertiseAddress, "ssh-advertise-address", os.Getenv("NODE_IP"), "node address reported for destinations (default: $NODE_IP)")
+	ports := flag.String("ssh-port-range", "", "ports destinations listen on, MIN-MAX (such as 30500-30999), so node firewalls can allow exactly them; empty: any port")
 	flag.IntVar(&cfg.MaxTransfers, "max-transfers", 4, "source transfers that run at once on this node; more wait, Queued")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-bind-address", ":9810", "address of the Prometheus /metrics endpoint (0 disables it)")
 	flag.StringVar(&cfg.ProbeAddr, "health-probe-bind-address", ":9811", "address of the /healthz and /readyz endpoints")
@@ -42,6 +43,11 @@ func main() {
 	flag.Parse()
 	log := zap.New(zap.UseFlagOptions(&opts))
 	ctrl.SetLogger(log)
+	var err error
+	if cfg.Ports, err = agent.ParsePortRange(*ports); err != nil {
+		fmt.Fprintln(os.Stderr, "nodeagent:", err)
+		os.Exit(2)
+	}
 	if cfg.SSHAdvertiseAddress == "" {
 		cfg.SSHAdvertiseAddress = cfg.SSHBindAddress
 	}

@@ -10,25 +10,24 @@
 package testenv
 
 import (
+	"github.com/ferrysync/ferry/pkg/api/scheme"
+
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-
-	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
-	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 )
 
 // Env is a running kube-apiserver with Ferry's CRDs.
@@ -113,20 +112,15 @@ func Start(opts ...Option) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{
-		clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme,
-		volsyncv1alpha1.AddToScheme, agentv1alpha1.AddToScheme,
-	} {
-		if err := add(scheme); err != nil {
-			return nil, fmt.Errorf("build scheme: %w", err)
-		}
+	s, err := scheme.New(apiextensionsv1.AddToScheme)
+	if err != nil {
+		return nil, err
 	}
 	te := &envtest.Environment{
 		BinaryAssetsDirectory: bin,
 		CRDDirectoryPaths:     []string{filepath.Join(root, "deploy", "crd")},
 		ErrorIfCRDPathMissing: true,
-		Scheme:                scheme,
+		Scheme:                s,
 	}
 	for _, o := range opts {
 		o(te)
@@ -135,7 +129,7 @@ func Start(opts ...Option) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start kube-apiserver and etcd: %w", err)
 	}
-	e := &Env{Config: cfg, Scheme: scheme, BinDir: bin, env: te}
+	e := &Env{Config: cfg, Scheme: s, BinDir: bin, env: te}
 	if err := e.finish(); err != nil {
 		_ = te.Stop()
 		return nil, err
@@ -196,13 +190,44 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// NeedRoot skips t in -short mode and when not running as root: tests that
-// mount, enter namespaces or set owners run in make test, as root.
+// NeedRoot skips t in -short mode (make test-unit) and fails it when not
+// running as root otherwise: tests that mount, enter namespaces or set
+// owners must run, never pass by not running.
 func NeedRoot(t testing.TB) {
 	t.Helper()
-	if testing.Short() || os.Geteuid() != 0 {
+	if testing.Short() {
 		t.Skip("needs root (mounts, namespaces, owners); runs in make test")
 	}
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (mounts, namespaces, owners): run make test as root, or make test-unit for the tests that need neither root nor a cluster")
+	}
+}
+
+// Processes lists the command lines of running processes that contain
+// every one of parts, read from /proc (no tool that may be missing): leak
+// checks assert on it.
+func Processes(t testing.TB, parts ...string) []string {
+	t.Helper()
+	dirs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		t.Fatalf("list /proc: %v", err)
+	}
+	var out []string
+	for _, d := range dirs {
+		raw, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil || len(raw) == 0 {
+			continue // gone meanwhile, or a kernel thread
+		}
+		cmd := strings.TrimSpace(strings.ReplaceAll(string(raw), "\x00", " "))
+		match := true
+		for _, p := range parts {
+			match = match && strings.Contains(cmd, p)
+		}
+		if match && filepath.Base(d) != strconv.Itoa(os.Getpid()) {
+			out = append(out, cmd)
+		}
+	}
+	return out
 }
 
 // Eventually polls cond until it holds, failing the test when the deadline

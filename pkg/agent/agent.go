@@ -13,6 +13,8 @@
 package agent
 
 import (
+	"github.com/ferrysync/ferry/pkg/api/scheme"
+
 	"context"
 	"errors"
 	"fmt"
@@ -24,9 +26,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -40,7 +40,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
-	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 )
@@ -60,6 +59,8 @@ type Config struct {
 	SSHBindAddress string
 	// SSHAdvertiseAddress is the node address reported for destinations.
 	SSHAdvertiseAddress string
+	// Ports is where destinations' listeners take their ports.
+	Ports PortRange
 	// MaxTransfers is how many source transfers run at once on the node;
 	// more wait, Queued.
 	MaxTransfers int
@@ -86,14 +87,12 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if cfg.MaxTransfers < 1 {
 		return fmt.Errorf("agent: max transfers must be at least 1, not %d", cfg.MaxTransfers)
 	}
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, volsyncv1alpha1.AddToScheme, agentv1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			return fmt.Errorf("agent: build scheme: %w", err)
-		}
+	s, err := scheme.New()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Scheme: scheme, Logger: log,
+		Scheme: s, Logger: log,
 		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress:  cfg.ProbeAddr,
 		GracefulShutdownTimeout: ptr.To(cfg.GracePeriod + 10*time.Second),

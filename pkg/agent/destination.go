@@ -35,7 +35,7 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 	} else if attachRequired && ma.Spec.Volume.Attachment == nil {
 		return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 			ma.Status.Phase = agentv1alpha1.PhasePending
-			setReady(ma, false, "WaitingForAttach", "the driver requires attach; waiting for the controller's VolumeAttachment")
+			setReady(ma, false, agentv1alpha1.ReasonWaitingForAttach, "the driver requires attach; waiting for the controller's VolumeAttachment")
 		})
 	}
 	v, err := r.volumeFor(ctx, ma, pv, false)
@@ -75,7 +75,7 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 			// the source retries it.
 			ma.Status.Phase, ma.Status.CurrentSync = agentv1alpha1.PhaseMounted, nil
 		}
-		setReady(ma, true, "Serving", "the volume is mounted read-write and accepts syncs")
+		setReady(ma, true, agentv1alpha1.ReasonServing, "the volume is mounted read-write and accepts syncs")
 	})
 }
 
@@ -107,27 +107,29 @@ func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys 
 	if served == fingerprint {
 		return ep, nil
 	}
-	// After a restart, listen where the controller's Service points.
-	port := 0
-	if ep := ma.Status.Endpoint; ep != nil {
-		port = int(ep.Port)
-	}
 	r.server.Remove(id)
 	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: ma.Spec.Destination.Privileged,
 		Events: func(e endpoint.Event) { r.onDestinationEvent(key, e) }}
-	d.ListenAddr = net.JoinHostPort(r.cfg.SSHBindAddress, strconv.Itoa(port))
-	addr, err := r.server.Add(d)
-	if err != nil && port != 0 {
-		r.log.Info("earlier port is taken; listening on another", "assignment", key, "port", port, "reason", err.Error())
-		d.ListenAddr = net.JoinHostPort(r.cfg.SSHBindAddress, "0")
-		addr, err = r.server.Add(d)
+	// After a restart, listen where the controller's Service points;
+	// otherwise on the first free port of the range.
+	var prev int32
+	if ep := ma.Status.Endpoint; ep != nil {
+		prev = ep.Port
 	}
-	if err != nil {
-		errorsTotal.WithLabelValues(r.labels(ma, "endpoint")...).Inc()
-		return nil, fmt.Errorf("serve destination: %w", err)
+	var addr net.Addr
+	var err error
+	for _, port := range r.cfg.Ports.Candidates(prev) {
+		d.ListenAddr = net.JoinHostPort(r.cfg.SSHBindAddress, strconv.Itoa(int(port)))
+		if addr, err = r.server.Add(d); err == nil {
+			break
+		}
+	}
+	if addr == nil {
+		errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseEndpoint)...).Inc()
+		return nil, fmt.Errorf("serve destination: no free port in the node's range %s (--ssh-port-range): %w", r.cfg.Ports, err)
 	}
 	ep = &agentv1alpha1.Endpoint{Address: r.cfg.SSHAdvertiseAddress, Port: int32(addr.(*net.TCPAddr).Port)}
-	r.events.Eventf(ma, nil, corev1.EventTypeNormal, "Serving", "Serve", "the volume is mounted at %s and accepts syncs on %s:%d", path, ep.Address, ep.Port)
+	r.events.Eventf(ma, nil, corev1.EventTypeNormal, agentv1alpha1.ReasonServing, "Serve", "the volume is mounted at %s and accepts syncs on %s:%d", path, ep.Address, ep.Port)
 	s.mu.Lock()
 	s.served, s.path, s.endpoint = fingerprint, path, ep
 	s.mu.Unlock()
@@ -171,7 +173,7 @@ func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Eve
 		bytesTotal.WithLabelValues(r.labels(ma, "received")...).Add(float64(e.BytesReceived))
 		bytesTotal.WithLabelValues(r.labels(ma, "sent")...).Add(float64(e.BytesSent))
 		if e.ExitCode != 0 {
-			errorsTotal.WithLabelValues(r.labels(ma, "transfer")...).Inc()
+			errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseTransfer)...).Inc()
 		}
 		if s.live == 0 {
 			mutate = func(ma *agentv1alpha1.MountAssignment) { ma.Status.Phase = agentv1alpha1.PhaseMounted }
@@ -206,7 +208,7 @@ func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Eve
 			}
 		}
 	case endpoint.Refused:
-		errorsTotal.WithLabelValues(r.labels(ma, "refused-request")...).Inc()
+		errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseRefusedRequest)...).Inc()
 		r.log.Info("refused a request", "assignment", key, "reason", e.Message)
 	}
 	if mutate != nil {

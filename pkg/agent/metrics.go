@@ -1,15 +1,20 @@
 package agent
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 )
 
 // Metric labels: every series carries the node, so that one query across
 // the DaemonSet shows where time and bytes go; per-transfer series carry
-// the CR (namespace, name) and the role too.
+// the CR (obj_namespace, obj_name, as VolSync labels its metrics: Prometheus
+// owns namespace and name for the scrape target) and the role too.
 var (
-	crLabels = []string{"node", "namespace", "name", "role"}
+	crLabels = []string{"node", "obj_namespace", "obj_name", "role"}
 
 	bytesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ferry_agent_bytes_total",
@@ -43,7 +48,7 @@ var (
 	}, []string{"node"})
 	errorsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ferry_agent_errors_total",
-		Help: "Errors on this node by cause: refused, publish, keys, transfer, interrupted, endpoint, status.",
+		Help: "Errors on this node by cause: " + strings.Join(agentv1alpha1.Causes, ", ") + ".",
 	}, append(crLabels, "cause"))
 )
 

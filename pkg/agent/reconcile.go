@@ -15,6 +15,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/csi"
@@ -139,13 +140,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, r.refuse(ctx, ma, err)
 	}
 	if err != nil {
-		r.log.Error(err, "assignment failed; retrying", "assignment", req.NamespacedName)
-		errorsTotal.WithLabelValues(r.labels(ma, "failed")...).Inc()
+		errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseFailed)...).Inc()
 		if serr := r.updateStatus(req.NamespacedName, func(ma *agentv1alpha1.MountAssignment) {
 			if ma.Status.Phase != agentv1alpha1.PhaseTransferring {
 				ma.Status.Phase = agentv1alpha1.PhaseFailed
 			}
-			setReady(ma, false, "Failed", err.Error())
+			setReady(ma, false, agentv1alpha1.ReasonFailed, err.Error())
 		}); serr != nil {
 			return ctrl.Result{}, errors.Join(err, serr)
 		}
@@ -157,16 +157,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 // nothing of it is mounted or served.
 func (r *Reconciler) refuse(ctx context.Context, ma *agentv1alpha1.MountAssignment, reason error) error {
 	key := client.ObjectKeyFromObject(ma)
-	r.log.Info("refused assignment", "assignment", key, "reason", reason.Error())
-	r.events.Eventf(ma, nil, corev1.EventTypeWarning, "Refused", "Mount", "%s", reason.Error())
-	errorsTotal.WithLabelValues(r.labels(ma, "refused")...).Inc()
+	log.FromContext(ctx).Info("refused assignment", "reason", reason.Error())
+	r.events.Eventf(ma, nil, corev1.EventTypeWarning, agentv1alpha1.ReasonRefused, "Mount", "%s", reason.Error())
+	errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseRefused)...).Inc()
 	if err := r.release(ctx, key); err != nil {
 		return err
 	}
 	return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 		ma.Status.Phase = agentv1alpha1.PhaseRefused
 		ma.Status.MountPath, ma.Status.Endpoint, ma.Status.CurrentSync = "", nil, nil
-		setReady(ma, false, "Refused", reason.Error())
+		setReady(ma, false, agentv1alpha1.ReasonRefused, reason.Error())
 	})
 }
 

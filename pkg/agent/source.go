@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
@@ -43,7 +44,7 @@ func (r *Reconciler) reconcileSource(ctx context.Context, ma *agentv1alpha1.Moun
 		if ma.Status.Phase == "" {
 			return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 				ma.Status.Phase = agentv1alpha1.PhasePending
-				setReady(ma, true, "Waiting", "waiting for a sync to be asked for")
+				setReady(ma, true, agentv1alpha1.ReasonWaiting, "waiting for a sync to be asked for")
 			})
 		}
 		return nil
@@ -60,7 +61,9 @@ func (r *Reconciler) reconcileSource(ctx context.Context, ma *agentv1alpha1.Moun
 	if err != nil {
 		return err
 	}
-	runCtx, cancel := context.WithCancel(r.runCtx)
+	// The transfer outlives this reconcile (it ends with the agent's grace
+	// period, not the reconcile) but keeps its logger.
+	runCtx, cancel := context.WithCancel(log.IntoContext(r.runCtx, log.FromContext(ctx)))
 	s.mu.Lock()
 	s.running, s.cancel, s.done = gen, cancel, make(chan struct{})
 	done := s.done
@@ -87,9 +90,9 @@ func (r *Reconciler) reconcileSource(ctx context.Context, ma *agentv1alpha1.Moun
 // failed, and unmounts its volume.
 func (r *Reconciler) recordInterrupted(ctx context.Context, ma *agentv1alpha1.MountAssignment, gen int64) error {
 	key := client.ObjectKeyFromObject(ma)
-	r.log.Info("sync was interrupted; reporting it failed", "assignment", key, "generation", gen)
-	errorsTotal.WithLabelValues(r.labels(ma, "interrupted")...).Inc()
-	r.events.Eventf(ma, nil, corev1.EventTypeWarning, "SyncInterrupted", "Sync", "sync %d: %s", gen, interrupted)
+	log.FromContext(ctx).Info("sync was interrupted; reporting it failed", "generation", gen)
+	errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseInterrupted)...).Inc()
+	r.events.Eventf(ma, nil, corev1.EventTypeWarning, agentv1alpha1.ReasonSyncInterrupted, "Sync", "sync %d: %s", gen, interrupted)
 	syncsTotal.WithLabelValues(r.labels(ma, "failed")...).Inc()
 	if err := r.publisher.Unpublish(ctx, volumeName(key)); err != nil {
 		return err
@@ -103,7 +106,7 @@ func (r *Reconciler) recordInterrupted(ctx context.Context, ma *agentv1alpha1.Mo
 		ma.Status.LastSync = &agentv1alpha1.SyncResult{Generation: gen, StartTime: start, EndTime: now(), Error: interrupted, ExitCode: -1}
 		ma.Status.CurrentSync, ma.Status.MountPath = nil, ""
 		ma.Status.Phase = agentv1alpha1.PhaseFailed
-		setReady(ma, true, "SyncInterrupted", interrupted)
+		setReady(ma, true, agentv1alpha1.ReasonSyncInterrupted, interrupted)
 	})
 }
 
@@ -114,12 +117,13 @@ func (r *Reconciler) recordInterrupted(ctx context.Context, ma *agentv1alpha1.Mo
 func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssignment, publish func(context.Context) (string, error), keys *sshkeys.Source) bool {
 	key := types.NamespacedName{Namespace: ma.Namespace, Name: ma.Name}
 	gen := ma.Spec.SyncGeneration
-	log := r.log.WithValues("assignment", key, "generation", gen)
+	logger := log.FromContext(ctx).WithValues("generation", gen)
 	result := agentv1alpha1.SyncResult{Generation: gen, StartTime: now()}
 	finish := func(cause string, err error) {
-		if uerr := r.publisher.Unpublish(context.Background(), volumeName(key)); uerr != nil {
-			log.Error(uerr, "unmount after sync")
-			err = errors.Join(err, uerr)
+		uctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		if uerr := r.publisher.Unpublish(uctx, volumeName(key)); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("unmount after the sync: %w", uerr))
 		}
 		result.EndTime = now()
 		outcome := "succeeded"
@@ -130,7 +134,7 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 		}
 		result.Succeeded = err == nil
 		syncsTotal.WithLabelValues(r.labels(ma, outcome)...).Inc()
-		log.Info("sync ended", "result", outcome, "bytesSent", result.BytesSent, "files", result.FilesTransferred, "error", result.Error)
+		logger.Info("sync ended", "result", outcome, "bytesSent", result.BytesSent, "files", result.FilesTransferred, "error", result.Error)
 		r.syncEvent(ma, &result)
 		if serr := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 			ma.Status.LastSync, ma.Status.CurrentSync, ma.Status.MountPath = result.DeepCopy(), nil, ""
@@ -139,12 +143,12 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 				ma.Status.Phase = agentv1alpha1.PhaseFailed
 			}
 			if result.Succeeded {
-				setReady(ma, true, "SyncSucceeded", fmt.Sprintf("sync %d succeeded", gen))
+				setReady(ma, true, agentv1alpha1.ReasonSyncSucceeded, fmt.Sprintf("sync %d succeeded", gen))
 			} else {
-				setReady(ma, false, "SyncFailed", fmt.Sprintf("sync %d failed: %s", gen, result.Error))
+				setReady(ma, false, agentv1alpha1.ReasonSyncFailed, fmt.Sprintf("sync %d failed: %s", gen, result.Error))
 			}
 		}); serr != nil {
-			log.Error(serr, "report sync result")
+			logger.Error(serr, "report sync result")
 		}
 	}
 
@@ -154,9 +158,9 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 		queuedTransfers.WithLabelValues(r.cfg.NodeName).Inc()
 		if err := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 			ma.Status.Phase = agentv1alpha1.PhaseQueued
-			setReady(ma, true, "Queued", fmt.Sprintf("waiting for one of the node's %d transfer slots", cap(r.slots)))
+			setReady(ma, true, agentv1alpha1.ReasonQueued, fmt.Sprintf("waiting for one of the node's %d transfer slots", cap(r.slots)))
 		}); err != nil {
-			log.Error(err, "report queued")
+			logger.Error(err, "report queued")
 		}
 		select {
 		case r.slots <- struct{}{}:
@@ -170,20 +174,19 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 
 	path, err := publish(ctx)
 	if err != nil {
-		finish("publish", fmt.Errorf("mount the volume read-only: %w", err))
+		finish(agentv1alpha1.CausePublish, fmt.Errorf("mount the volume read-only: %w", err))
 		return true
 	}
 	result.StartTime = now()
 	if err := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 		ma.Status.Phase, ma.Status.MountPath = agentv1alpha1.PhaseTransferring, path
 		ma.Status.CurrentSync = &agentv1alpha1.SyncProgress{Generation: gen, StartTime: result.StartTime, Attempt: 1}
-		setReady(ma, true, "Transferring", "the volume is mounted read-only and being sent")
+		setReady(ma, true, agentv1alpha1.ReasonTransferring, "the volume is mounted read-only and being sent")
 	}); err != nil {
 		// Not reported as running, so not started: a later reconcile runs it.
-		log.Error(err, "report transfer start; not starting")
-		if uerr := r.publisher.Unpublish(context.Background(), volumeName(key)); uerr != nil {
-			log.Error(uerr, "unmount")
-		}
+		uctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		logger.Error(errors.Join(err, r.publisher.Unpublish(uctx, volumeName(key))), "report transfer start; not starting")
 		return false
 	}
 
@@ -194,7 +197,7 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	lastAt := time.Now()
 	res, err := source.Push(ctx, source.Options{
 		Address: src.Address, Port: int(src.Port), User: src.User, Path: src.Path, Keys: keys, Volume: path,
-		Backoff: r.cfg.RetryBackoff, Rsync: r.cfg.Rsync, Log: log, ProgressInterval: r.cfg.ProgressInterval,
+		Backoff: r.cfg.RetryBackoff, Rsync: r.cfg.Rsync, Log: logger, ProgressInterval: r.cfg.ProgressInterval,
 		Progress: func(p source.Progress) {
 			rate := int64(0)
 			if dt := time.Since(lastAt).Seconds(); dt > 0 && p.Attempt == last.Attempt {
@@ -206,7 +209,7 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 					cs.BytesDone, cs.FilesDone, cs.Attempt, cs.BytesPerSecond = p.BytesDone, p.FilesDone, int32(p.Attempt), max(rate, 0)
 				}
 			}); err != nil {
-				log.Error(err, "report progress")
+				logger.Error(err, "report progress")
 			}
 		},
 	})
@@ -219,16 +222,16 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("aborted: the node agent is shutting down: %w", err)
 	}
-	finish("transfer", err)
+	finish(agentv1alpha1.CauseTransfer, err)
 	return true
 }
 
 // syncEvent tells kubectl describe how a sync ended.
 func (r *Reconciler) syncEvent(ma *agentv1alpha1.MountAssignment, res *agentv1alpha1.SyncResult) {
 	if res.Succeeded {
-		r.events.Eventf(ma, nil, corev1.EventTypeNormal, "SyncSucceeded", "Sync", "sync %d: %d bytes sent, %d received, %d files",
+		r.events.Eventf(ma, nil, corev1.EventTypeNormal, agentv1alpha1.ReasonSyncSucceeded, "Sync", "sync %d: %d bytes sent, %d received, %d files",
 			res.Generation, res.BytesSent, res.BytesReceived, res.FilesTransferred)
 		return
 	}
-	r.events.Eventf(ma, nil, corev1.EventTypeWarning, "SyncFailed", "Sync", "sync %d: %s", res.Generation, res.Error)
+	r.events.Eventf(ma, nil, corev1.EventTypeWarning, agentv1alpha1.ReasonSyncFailed, "Sync", "sync %d: %s", res.Generation, res.Error)
 }

@@ -53,6 +53,16 @@ func setReady(ma *agentv1alpha1.MountAssignment, ok bool, reason, message string
 	ma.Status.ObservedGeneration = ma.Generation
 }
 
+// cleanupTimeout bounds taking a volume down after a sync, also when the
+// sync's own context has ended (an aborted transfer still unmounts).
+const cleanupTimeout = 2 * time.Minute
+
+// cleanupContext is for undoing what a sync did: it keeps ctx's values (the
+// logger) but not its end, and is bounded by cleanupTimeout.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}
+
 // now is metav1.Now as a pointer, for the status' optional times.
 func now() *metav1.Time { t := metav1.Now(); return &t }
 

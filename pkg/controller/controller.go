@@ -7,6 +7,8 @@
 package controller
 
 import (
+	"github.com/ferrysync/ferry/pkg/api/scheme"
+
 	"context"
 	"errors"
 	"fmt"
@@ -14,8 +16,6 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -24,7 +24,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
-	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/destination"
 	"github.com/ferrysync/ferry/pkg/controller/source"
@@ -81,14 +81,12 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if cfg.Namespace == "" {
 		return errors.New("controller: Ferry's namespace is required")
 	}
-	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, volsyncv1alpha1.AddToScheme, agentv1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			return fmt.Errorf("controller: build scheme: %w", err)
-		}
+	s, err := scheme.New()
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
 	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Scheme: scheme, Logger: log,
+		Scheme: s, Logger: log,
 		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress:  cfg.ProbeAddr,
 		LeaderElection:          cfg.LeaderElect,
@@ -105,12 +103,13 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err != nil {
 		return fmt.Errorf("controller: create manager: %w", err)
 	}
-	shell := cycle.Shell{Client: mgr.GetClient(), Recheck: cfg.Recheck, Options: cycle.Options{
+	shell := cycle.Shell{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recheck: cfg.Recheck, PrivilegedGate: cfg.PrivilegedGate, Options: cycle.Options{
 		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Events: mgr.GetEventRecorder("ferry-controller")}}
-	if err := (&destination.Reconciler{Shell: shell, Namespace: cfg.Namespace, PrivilegedGate: cfg.PrivilegedGate}).SetupWithManager(mgr); err != nil {
+	assignments := assign.Store{Reader: mgr.GetAPIReader(), Client: mgr.GetClient(), Namespace: cfg.Namespace}
+	if err := (&destination.Reconciler{Shell: shell, Namespace: cfg.Namespace, Assignments: assignments}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationDestination reconciler: %w", err)
 	}
-	if err := (&source.Reconciler{Shell: shell, Namespace: cfg.Namespace, PrivilegedGate: cfg.PrivilegedGate}).SetupWithManager(mgr); err != nil {
+	if err := (&source.Reconciler{Shell: shell, Namespace: cfg.Namespace, Assignments: assignments}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationSource reconciler: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -68,22 +68,24 @@ func (c *Client) NodeID(ctx context.Context) (string, error) {
 	return info.GetNodeId(), nil
 }
 
-// logCalls logs every CSI call with its request and response stripped of
-// secrets, and how long it took, the way csi-lib-utils does for kubelet's
-// sidecars: the stage and publish secrets never reach a log.
+// logCalls logs every CSI call (at V(4)) with its request and response
+// stripped of secrets, and how long it took, the way csi-lib-utils does for
+// kubelet's sidecars: the stage and publish secrets never reach a log. A
+// failed call is logged the same way, not as an error: the error is
+// returned, wrapped with context, and whoever handles it reports it once.
 func logCalls(log logr.Logger) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		start := time.Now()
 		err := invoker(ctx, method, req, reply, cc, opts...)
-		if err != nil {
-			log.Error(err, "CSI call failed", "method", method, "request", protosanitizer.StripSecrets(req).String(),
-				"duration", time.Since(start))
-			return err
-		}
 		if v := log.V(4); v.Enabled() {
-			v.Info("CSI call", "method", method, "request", protosanitizer.StripSecrets(req).String(),
-				"response", protosanitizer.StripSecrets(reply).String(), "duration", time.Since(start))
+			kv := []any{"method", method, "request", protosanitizer.StripSecrets(req).String(), "duration", time.Since(start)}
+			if err != nil {
+				kv = append(kv, "error", err.Error())
+			} else {
+				kv = append(kv, "response", protosanitizer.StripSecrets(reply).String())
+			}
+			v.Info("CSI call", kv...)
 		}
-		return nil
+		return err
 	}
 }

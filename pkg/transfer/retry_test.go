@@ -5,8 +5,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -76,8 +74,7 @@ func TestPushCancels(t *testing.T) {
 	}
 	// The destination's confined rsync ends when its connection does.
 	ev.waitFor(t, "RsyncEnded")
-	out, _ := exec.Command("pgrep", "-a", "-f", "rsync.*"+src).CombinedOutput()
-	assert.Empty(t, strings.TrimSpace(string(out)), "no rsync of this transfer may remain")
+	assert.Empty(t, testenv.Processes(t, "rsync", src), "no rsync of this transfer may remain")
 	_ = os.RemoveAll(src)
 }
 

@@ -96,7 +96,8 @@ func (b *Binaries) StartAgent(t *testing.T, c *cluster.Cluster, node cluster.Nod
 		args: []string{"--net=/var/run/netns/" + node.Net.Namespace, "--", filepath.Join(b.Dir, "nodeagent"),
 			"--kubelet-root=" + node.KubeletDir, "--state-dir=" + filepath.Join(c.Dir, "nodes", node.Name, "ferry"),
 			"--metrics-bind-address=" + node.Net.IP + ":9810", "--health-probe-bind-address=" + node.Net.IP + ":9811",
-			"--retry-backoff=1s", "--progress-interval=200ms", "--grace-period=10s", "--zap-log-level=debug"}}
+			"--retry-backoff=1s", "--progress-interval=200ms", "--grace-period=10s", "--zap-log-level=debug",
+			"--ssh-port-range=30500-30599"}}
 	p.args = append(p.args, extra...)
 	p.Start()
 	t.Cleanup(func() { _, _ = p.Stop() })

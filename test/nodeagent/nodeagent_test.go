@@ -191,8 +191,8 @@ func TestAgentsReplicate(t *testing.T) {
 	assert.Equal(t, agentv1alpha1.PhaseCompleted, get(src.Name).Status.Phase)
 	assert.Empty(t, get(src.Name).Status.MountPath, "the source's copy is unmounted after the sync")
 	assertNotMounted(t, nodeA, src.Name)
-	assert.GreaterOrEqual(t, agentA.Metric("ferry_agent_bytes_total", map[string]string{"node": nodeA.Name, "namespace": "app", "name": "rs", "role": "source", "direction": "sent"}), float64(3<<20))
-	assert.GreaterOrEqual(t, agentB.Metric("ferry_agent_bytes_total", map[string]string{"node": nodeB.Name, "namespace": "app", "name": "rd", "role": "destination", "direction": "received"}), float64(3<<20))
+	assert.GreaterOrEqual(t, agentA.Metric("ferry_agent_bytes_total", map[string]string{"node": nodeA.Name, "obj_namespace": "app", "obj_name": "rs", "role": "source", "direction": "sent"}), float64(3<<20))
+	assert.GreaterOrEqual(t, agentB.Metric("ferry_agent_bytes_total", map[string]string{"node": nodeB.Name, "obj_namespace": "app", "obj_name": "rd", "role": "destination", "direction": "received"}), float64(3<<20))
 	assert.Equal(t, 1.0, agentA.Metric("ferry_agent_syncs_total", map[string]string{"role": "source", "result": "succeeded"}))
 	assert.Equal(t, 1.0, agentB.Metric("ferry_agent_syncs_total", map[string]string{"role": "destination", "result": "succeeded"}))
 
@@ -308,9 +308,11 @@ func TestAgentsReplicate(t *testing.T) {
 	testenv.Eventually(t, "the second source to queue", time.Minute, func() bool {
 		return get(second.Name).Status.Phase == agentv1alpha1.PhaseQueued
 	})
-	// The gauge counts it while it waits (unless the first ended meanwhile).
+	// The gauge counts it while it waits: read while the first still sends
+	// (so the second cannot have its slot yet).
 	queued := agentA.Metric("ferry_agent_queued_transfers", map[string]string{"node": nodeA.Name})
-	assert.True(t, queued == 1 || get(second.Name).Status.Phase != agentv1alpha1.PhaseQueued, "queued gauge %v", queued)
+	require.NotNil(t, get(src.Name).Status.CurrentSync, "the first transfer still runs after the gauge was read")
+	assert.Equal(t, 1.0, queued, "one source waits for a slot")
 	first := synced(src.Name, gen)
 	require.True(t, first.Succeeded)
 	after := synced(second.Name, 1)
@@ -356,7 +358,7 @@ func TestAgentsReplicate(t *testing.T) {
 	require.NoError(t, k.Create(ctx, dst3))
 	testenv.Eventually(t, "the destination to wait for its attachment", time.Minute, func() bool {
 		cond := meta.FindStatusCondition(get(dst3.Name).Status.Conditions, agentv1alpha1.ConditionReady)
-		return cond != nil && cond.Reason == "WaitingForAttach"
+		return cond != nil && cond.Reason == agentv1alpha1.ReasonWaitingForAttach
 	})
 	attach := func() {
 		t.Helper()
@@ -403,7 +405,7 @@ func TestAgentsReplicate(t *testing.T) {
 	assertNotMounted(t, nodeA, refused.Name)
 	assert.Nil(t, get(refused.Name).Status.LastSync, "nothing ran")
 	// What kubectl describe shows: events on the assignments.
-	for name, reason := range map[string]string{refused.Name: "Refused", src.Name: "SyncSucceeded", dst.Name: "Serving"} {
+	for name, reason := range map[string]string{refused.Name: agentv1alpha1.ReasonRefused, src.Name: agentv1alpha1.ReasonSyncSucceeded, dst.Name: agentv1alpha1.ReasonServing} {
 		testenv.Eventually(t, "a "+reason+" event on "+name, 30*time.Second, func() bool {
 			list := &eventsv1.EventList{}
 			require.NoError(t, k.List(ctx, list, client.InNamespace(ferryNamespace)))
@@ -435,8 +437,7 @@ func TestAgentsReplicate(t *testing.T) {
 		assert.NoError(t, err, "the agent exits cleanly on SIGTERM")
 		assert.Less(t, took, 15*time.Second)
 	}
-	out, _ = exec.Command("pgrep", "-af", "rsync --server").CombinedOutput()
-	assert.NotContains(t, string(out), "rsync", "rsync processes left behind")
+	assert.Empty(t, testenv.Processes(t, "rsync --server"), "rsync processes left behind")
 	testenv.NoLoopDevices(t, c.Dir)
 	require.NoError(t, csi.Detach(ctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, nodeB.Name))
 }

@@ -99,6 +99,11 @@ func (s *Spec) validate() error {
 	if rel, err := filepath.Rel(s.Volume, s.Scratch); err == nil && !strings.HasPrefix(rel, "..") {
 		return errors.New("confine: scratch must not be inside the volume")
 	}
+	for _, part := range strings.Split(s.Dir, "/") {
+		if part == ".." {
+			return fmt.Errorf("confine: dir %q must not contain a .. element", s.Dir)
+		}
+	}
 	if s.Rsync == "" {
 		p, err := exec.LookPath("rsync")
 		if err != nil {
@@ -114,11 +119,6 @@ func (s *Spec) validate() error {
 		return fmt.Errorf("confine: rsync binary %s must live under /usr: the confinement shows no other system tree", real)
 	}
 	s.Rsync = real
-	for _, part := range strings.Split(s.Dir, "/") {
-		if part == ".." {
-			return fmt.Errorf("confine: dir %q must not contain a .. element", s.Dir)
-		}
-	}
 	s.Dir = strings.TrimPrefix(path.Clean("/"+s.Dir), "/")
 	return nil
 }
