@@ -28,6 +28,28 @@ func TestController(t *testing.T) {
 	t.Run("the spec's flow: Clone source into a Snapshot destination, generated keys, ClusterIP", func(t *testing.T) {
 		specFlow(e.with(t))
 	})
+	t.Run("the controller killed -9 mid-sync finishes the sync; latestImage holds complete data", func(t *testing.T) {
+		controllerKilled(e.with(t))
+	})
+	t.Run("per-sync overhead", func(t *testing.T) {
+		overhead(e.with(t))
+	})
+	t.Run("a one-minute schedule keeps the replica current over three intervals", func(t *testing.T) {
+		t.Parallel()
+		schedule(e.with(t))
+	})
+	t.Run("Direct into Direct, user-given keys, LoadBalancer, unprivileged destination, paused", func(t *testing.T) {
+		t.Parallel()
+		direct(e.with(t))
+	})
+	t.Run("a destination whose driver requires attach is attached, and detached when deleted", func(t *testing.T) {
+		t.Parallel()
+		attached(e.with(t))
+	})
+	t.Run("bad input ends in a condition that says what to fix", func(t *testing.T) {
+		t.Parallel()
+		badInput(e.with(t))
+	})
 }
 
 // writeApp fills a volume with what a database volume holds: owned files,
@@ -60,8 +82,9 @@ func writeApp(t *testing.T, dir string, generation string) {
 // both CRs leaves nothing behind.
 func specFlow(e *env) {
 	t, k, ctx := e.t, e.k, context.Background()
-	e.namespace("dest", nil)
-	e.namespace("source", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	privileged := map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"}
+	e.namespace("dest", privileged)
+	e.namespace("source", privileged)
 	e.claim("source", "mysql-pv-claim", "1Gi", nil)
 	e.onVolume("source", "mysql-pv-claim", false, func(dir string) { writeApp(t, dir, "1") })
 
@@ -101,12 +124,17 @@ func specFlow(e *env) {
 	assert.NotNil(t, rs.Status.LastSyncTime)
 	assert.NotNil(t, rs.Status.LastSyncDuration)
 	assert.Contains(t, rs.Status.LatestMoverStatus.Logs, "Number of files")
+	assert.Regexp(t, `^sent \d+ bytes, \d+ files changed, from node node-[ab]\n`, rs.Status.LatestMoverStatus.Logs)
 	assert.Equal(t, metav1.ConditionTrue, condition(&rs.Status.SyncStatus, volsyncv1alpha1.ConditionReconciled).Status)
 	assert.Equal(t, volsyncv1alpha1.SynchronizingReasonManual, condition(&rs.Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Reason)
-	assert.NotEmpty(t, e.events(rs, cycle.EventSyncCompleted))
+	testenv.Eventually(t, "the SyncCompleted event", time.Minute, func() bool { return len(e.events(rs, cycle.EventSyncCompleted)) > 0 })
 
 	img := e.image("dest", "database-destination", "")
-	rd = e.rd("dest", "database-destination")
+	testenv.Eventually(t, "the destination to record the sync", time.Minute, func() bool {
+		rd = e.rd("dest", "database-destination")
+		return rd.Status.LastSyncTime != nil
+	})
+	assert.Equal(t, "Reconcile complete", condition(&rd.Status.SyncStatus, volsyncv1alpha1.ConditionReconciled).Message)
 	assert.Equal(t, "VolumeSnapshot", rd.Status.LatestImage.Kind)
 	assert.Equal(t, ptr.To("snapshot.storage.k8s.io"), rd.Status.LatestImage.APIGroup)
 	assert.NotNil(t, rd.Status.LastSyncTime)

@@ -22,9 +22,12 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -77,6 +80,15 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	// Whatever a failed test left mounted goes before the cluster.
+	for _, n := range shared.Nodes {
+		p := csi.NewPublisher(csi.DefaultRoot(n.KubeletDir), n.KubeletDir, logr.Discard())
+		if err := p.Recover(context.Background(), func(string) bool { return false }); err != nil {
+			fmt.Fprintln(os.Stderr, "take down volumes:", err)
+			code = 1
+		}
+		_ = p.Close()
+	}
 	if err := shared.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "stop cluster:", err)
 		code = 1
@@ -108,7 +120,22 @@ func setup(t *testing.T) *env {
 	}
 	e := &env{t: t, c: c, k: k, work: t.TempDir()}
 	e.ctrl = bins.StartController(t, c, 18080)
+	// Runs before the controller and agents stop (cleanups run last
+	// first): every CR goes the way a user deletes it, and with it every
+	// assignment, so no volume stays mounted.
 	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, list := range []client.ObjectList{&volsyncv1alpha1.ReplicationSourceList{}, &volsyncv1alpha1.ReplicationDestinationList{}} {
+			require.NoError(t, k.List(ctx, list))
+			require.NoError(t, meta.EachListItem(list, func(o runtime.Object) error {
+				return client.IgnoreNotFound(k.Delete(ctx, o.(client.Object)))
+			}))
+		}
+		testenv.Eventually(t, "every assignment to be gone after its CR", 2*time.Minute, func() bool {
+			mas := &agentv1alpha1.MountAssignmentList{}
+			require.NoError(t, k.List(ctx, mas, client.InNamespace(harness.Namespace)))
+			return len(mas.Items) == 0
+		})
 		if t.Failed() {
 			t.Log(c.Logs(80))
 		}
@@ -207,12 +234,14 @@ func (e *env) rd(ns, name string) *volsyncv1alpha1.ReplicationDestination {
 // completed (lastManualSync echoes it); it returns the source then.
 func (e *env) trigger(ns, name, value string) *volsyncv1alpha1.ReplicationSource {
 	e.t.Helper()
-	rs := e.rs(ns, name)
-	if rs.Spec.Trigger == nil {
-		rs.Spec.Trigger = &volsyncv1alpha1.TriggerSpec{}
-	}
-	rs.Spec.Trigger.Manual = value
-	require.NoError(e.t, e.k.Update(context.Background(), rs))
+	require.NoError(e.t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		rs := e.rs(ns, name)
+		if rs.Spec.Trigger == nil {
+			rs.Spec.Trigger = &volsyncv1alpha1.TriggerSpec{}
+		}
+		rs.Spec.Trigger.Manual = value
+		return e.k.Update(context.Background(), rs)
+	}))
 	return e.synced(ns, name, value)
 }
 

@@ -22,7 +22,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
-	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 )
 
 // Labels on everything the controller keeps in Ferry's namespace for a CR
@@ -80,10 +79,22 @@ func VolumeOf(pv *corev1.PersistentVolume, claim string) (agentv1alpha1.Volume, 
 		VolumeHandle: pv.Spec.CSI.VolumeHandle}, nil
 }
 
+// Store reads and writes assignments in Ferry's namespace. It reads them
+// from the apiserver, not from a cache: a stale assignment (a hold already
+// lifted, a sync already ended) must never drive a decision.
+type Store struct {
+	// Reader reads uncached.
+	Reader client.Reader
+	// Client writes.
+	Client client.Client
+	// Namespace is Ferry's namespace.
+	Namespace string
+}
+
 // Get reads the owner's assignment; nil if there is none.
-func Get(ctx context.Context, c client.Reader, namespace string, o Owner) (*agentv1alpha1.MountAssignment, error) {
+func (s Store) Get(ctx context.Context, o Owner) (*agentv1alpha1.MountAssignment, error) {
 	ma := &agentv1alpha1.MountAssignment{}
-	err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: o.Name()}, ma)
+	err := s.Reader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: o.Name()}, ma)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
@@ -97,17 +108,17 @@ func Get(ctx context.Context, c client.Reader, namespace string, o Owner) (*agen
 // node is deleted first (its node is immutable: the agent there unmounts
 // before it goes); Ensure then returns nil until it is gone. The sync
 // generation is never lowered.
-func Ensure(ctx context.Context, c client.Client, namespace string, o Owner, spec agentv1alpha1.MountAssignmentSpec) (*agentv1alpha1.MountAssignment, error) {
-	ma, err := Get(ctx, c, namespace, o)
+func (s Store) Ensure(ctx context.Context, o Owner, spec agentv1alpha1.MountAssignmentSpec) (*agentv1alpha1.MountAssignment, error) {
+	ma, err := s.Get(ctx, o)
 	if err != nil {
 		return nil, err
 	}
 	if ma != nil && (ma.Spec.NodeName != spec.NodeName || ma.DeletionTimestamp != nil) {
-		return nil, Delete(ctx, c, ma)
+		return nil, s.Delete(ctx, ma)
 	}
 	if ma == nil {
-		ma = &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: o.Name(), Labels: o.Labels()}, Spec: spec}
-		if err := c.Create(ctx, ma); err != nil {
+		ma = &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: o.Name(), Labels: o.Labels()}, Spec: spec}
+		if err := s.Client.Create(ctx, ma); err != nil {
 			return nil, fmt.Errorf("create assignment %s on node %s: %w", ma.Name, spec.NodeName, err)
 		}
 		return ma, nil
@@ -117,7 +128,7 @@ func Ensure(ctx context.Context, c client.Client, namespace string, o Owner, spe
 		return ma, nil
 	}
 	ma.Spec = spec
-	if err := c.Update(ctx, ma); err != nil {
+	if err := s.Client.Update(ctx, ma); err != nil {
 		return nil, fmt.Errorf("update assignment %s: %w", ma.Name, err)
 	}
 	return ma, nil
@@ -125,11 +136,11 @@ func Ensure(ctx context.Context, c client.Client, namespace string, o Owner, spe
 
 // Delete asks for an assignment to go; the agent's finalizer keeps it until
 // the volume is unmounted. Gone already is fine.
-func Delete(ctx context.Context, c client.Client, ma *agentv1alpha1.MountAssignment) error {
+func (s Store) Delete(ctx context.Context, ma *agentv1alpha1.MountAssignment) error {
 	if ma.DeletionTimestamp != nil {
 		return nil
 	}
-	if err := c.Delete(ctx, ma, client.Preconditions{UID: &ma.UID}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+	if err := s.Client.Delete(ctx, ma, client.Preconditions{UID: &ma.UID}); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		return fmt.Errorf("delete assignment %s: %w", ma.Name, err)
 	}
 	return nil
@@ -137,12 +148,12 @@ func Delete(ctx context.Context, c client.Client, ma *agentv1alpha1.MountAssignm
 
 // Release deletes the owner's assignment and reports whether it is gone
 // (the agent has unmounted the volume).
-func Release(ctx context.Context, c client.Client, namespace string, o Owner) (bool, error) {
-	ma, err := Get(ctx, c, namespace, o)
+func (s Store) Release(ctx context.Context, o Owner) (bool, error) {
+	ma, err := s.Get(ctx, o)
 	if err != nil || ma == nil {
 		return ma == nil, err
 	}
-	return false, Delete(ctx, c, ma)
+	return false, s.Delete(ctx, ma)
 }
 
 // EnqueueOwner maps an object in Ferry's namespace (an assignment) to the
@@ -155,11 +166,4 @@ func EnqueueOwner(kind string) handler.EventHandler {
 		}
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: l[LabelOwnerNamespace], Name: l[LabelOwnerName]}}}
 	})
-}
-
-// Privileged says whether transfers for a CR in ns may keep owners, setuid
-// bits and devices: the namespace carries VolSync's privileged-movers
-// annotation, or the gate is off.
-func Privileged(ns *corev1.Namespace, gate bool) bool {
-	return !gate || ns.Annotations[volsyncv1alpha1.PrivilegedMoversAnnotation] == "true"
 }

@@ -66,11 +66,3 @@ func TestPlace(t *testing.T) {
 		})
 	}
 }
-
-func TestPrivileged(t *testing.T) {
-	annotated := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"volsync.backube/privileged-movers": "true"}}}
-	plain := &corev1.Namespace{}
-	assert.True(t, Privileged(annotated, true))
-	assert.False(t, Privileged(plain, true))
-	assert.True(t, Privileged(plain, false), "the gate off: every namespace")
-}

@@ -153,8 +153,14 @@ func Step(ctx context.Context, cr CR, m Mover, o Options) (time.Duration, error)
 // for and says when to look again.
 func idle(cr CR, now time.Time, o Options) (trigger.Decision, time.Duration) {
 	st := cr.Status
+	// A failure is dated by the Synchronizing condition turning to Error
+	// (now, if it is being recorded in this pass).
+	failedAt := now
+	if c := meta.FindStatusCondition(st.Conditions, volsyncv1alpha1.ConditionSynchronizing); c != nil && c.Reason == volsyncv1alpha1.SynchronizingReasonError {
+		failedAt = c.LastTransitionTime.Time
+	}
 	d, err := trigger.Decide(trigger.Input{Trigger: cr.Trigger, Paused: cr.Paused, Status: st,
-		Created: cr.Object.GetCreationTimestamp().Time, Now: now, RetryAfter: o.RetryAfter})
+		Created: cr.Object.GetCreationTimestamp().Time, Now: now, RetryAfter: o.RetryAfter, FailedAt: failedAt})
 	if err != nil {
 		// The spec must change; the watch brings it back.
 		setSync(cr, volsyncv1alpha1.SynchronizingReasonError, err.Error())
@@ -220,11 +226,14 @@ func setSync(cr CR, reason, msg string) {
 		Status: status, Reason: reason, Message: msg, ObservedGeneration: cr.Object.GetGeneration()})
 }
 
-// Reconciled sets the Reconciled condition: True, or False with the error
-// that says what to fix.
-func Reconciled(obj client.Object, st *volsyncv1alpha1.SyncStatus, err error) {
+// Reconciled sets the Reconciled condition: True (with a note the user
+// should know, if any), or False with the error that says what to fix.
+func Reconciled(obj client.Object, st *volsyncv1alpha1.SyncStatus, err error, note string) {
 	c := metav1.Condition{Type: volsyncv1alpha1.ConditionReconciled, Status: metav1.ConditionTrue,
 		Reason: volsyncv1alpha1.ReconciledReasonComplete, Message: "Reconcile complete", ObservedGeneration: obj.GetGeneration()}
+	if note != "" {
+		c.Message += "; " + note
+	}
 	if err != nil {
 		c.Status, c.Reason, c.Message = metav1.ConditionFalse, volsyncv1alpha1.ReconciledReasonError, err.Error()
 	}

@@ -153,11 +153,11 @@ func TestPausedAndInvalid(t *testing.T) {
 	assert.Zero(t, m.starts)
 	assert.Contains(t, meta.FindStatusCondition(cr.Status.Conditions, volsyncv1alpha1.ConditionSynchronizing).Message, "paused")
 
-	Reconciled(rs, cr.Status, Invalidf("spec.sourcePVC %q does not exist", "data"))
+	Reconciled(rs, cr.Status, Invalidf("spec.sourcePVC %q does not exist", "data"), "ignored on error")
 	c := meta.FindStatusCondition(cr.Status.Conditions, volsyncv1alpha1.ConditionReconciled)
 	assert.Equal(t, metav1.ConditionFalse, c.Status)
 	assert.Equal(t, volsyncv1alpha1.ReconciledReasonError, c.Reason)
-	assert.Contains(t, c.Message, `spec.sourcePVC "data" does not exist`)
+	assert.Equal(t, `spec.sourcePVC "data" does not exist`, c.Message)
 	assert.True(t, IsInvalid(Invalidf("x")))
 	assert.False(t, IsInvalid(errors.New("x")))
 }

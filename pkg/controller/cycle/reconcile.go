@@ -26,18 +26,48 @@ const Finalizer = "ferrysync.io/cleanup"
 // finalizer, the Reconciled condition, one status write, when to look
 // again.
 type Shell struct {
+	// Client writes, and reads what may be a moment old.
 	Client client.Client
+	// Reader reads the CR itself from the apiserver: the cycle's phase
+	// must be current.
+	Reader client.Reader
 	Options
 	// Recheck is when to look again after an error the user must fix, for
 	// objects no watch covers (Secrets, classes).
 	Recheck time.Duration
+	// PrivilegedGate makes transfers that keep owners, setuid bits and
+	// devices depend on the namespace's privileged-movers annotation, as
+	// VolSync does; off, every transfer is privileged.
+	PrivilegedGate bool
 }
 
-// Run reconciles obj (already read; st is its status): finalize when it is
-// being deleted, otherwise body; then it records the outcome in the
-// Reconciled condition and writes the status if it changed.
-func (s Shell) Run(ctx context.Context, obj client.Object, st *volsyncv1alpha1.SyncStatus,
+// Privileged says whether transfers for a CR in namespace ns may keep
+// owners, setuid bits and devices.
+func (s Shell) Privileged(ns *corev1.Namespace) bool {
+	return !s.PrivilegedGate || ns.Annotations[volsyncv1alpha1.PrivilegedMoversAnnotation] == "true"
+}
+
+// unprivilegedNote tells the user, in the Reconciled condition, what an
+// unannotated namespace costs and how to change it.
+func (s Shell) unprivilegedNote(ctx context.Context, namespace string) string {
+	ns := &corev1.Namespace{}
+	if err := s.Client.Get(ctx, client.ObjectKey{Name: namespace}, ns); err != nil || s.Privileged(ns) {
+		return ""
+	}
+	return fmt.Sprintf("transfers run unprivileged: file owners, setuid bits and device files are not kept; to keep them, annotate namespace %s with %s=\"true\"",
+		namespace, volsyncv1alpha1.PrivilegedMoversAnnotation)
+}
+
+// Run reconciles the CR key into obj (st is obj's status): it reads it
+// fresh from the apiserver (a cached copy a moment old would replay a step
+// the last pass already took), finalizes it when it is being deleted or
+// runs body, then records the outcome in the Reconciled condition and
+// writes the status if it changed.
+func (s Shell) Run(ctx context.Context, key client.ObjectKey, obj client.Object, st *volsyncv1alpha1.SyncStatus,
 	finalize func(context.Context) (bool, error), body func(context.Context) (time.Duration, error)) (ctrl.Result, error) {
+	if err := s.Reader.Get(ctx, key, obj); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
 	if !obj.GetDeletionTimestamp().IsZero() {
 		done, err := finalize(ctx)
 		if err != nil || !done {
@@ -57,12 +87,14 @@ func (s Shell) Run(ctx context.Context, obj client.Object, st *volsyncv1alpha1.S
 	}
 	orig := obj.DeepCopyObject().(client.Object)
 	after, err := body(ctx)
-	Reconciled(obj, st, err)
+	Reconciled(obj, st, err, s.unprivilegedNote(ctx, obj.GetNamespace()))
 	if IsInvalid(err) {
 		s.Events.Eventf(obj, nil, corev1.EventTypeWarning, EventInvalid, "Reconcile", "%s", err.Error())
 		after, err = s.Recheck, nil
 	}
-	patch := client.MergeFrom(orig)
+	// Optimistic: a status written from what has since changed is refused
+	// (and the reconcile runs again on fresh data).
+	patch := client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})
 	if data, perr := patch.Data(obj); perr != nil || string(data) != "{}" {
 		if perr := s.Client.Status().Patch(ctx, obj, patch); perr != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("write status: %w", perr))

@@ -33,9 +33,8 @@ type Reconciler struct {
 	cycle.Shell
 	// Namespace is Ferry's namespace (assignments, key copies).
 	Namespace string
-	// PrivilegedGate makes privileged transfers depend on the namespace's
-	// annotation; off, every transfer is privileged.
-	PrivilegedGate bool
+	// Assignments reads (uncached) and writes the CRs' assignments.
+	Assignments assign.Store
 }
 
 // SetupWithManager registers the reconciler and what it watches.
@@ -53,11 +52,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 // Reconcile brings one ReplicationDestination about.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	rd := &volsyncv1alpha1.ReplicationDestination{}
-	if err := r.Client.Get(ctx, req.NamespacedName, rd); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
-	}
 	w := &work{r: r, rd: rd, owner: assign.Owner{Kind: assign.KindDestination, Object: rd}}
-	return r.Run(ctx, rd, &rd.Status.SyncStatus, w.finalize, w.reconcile)
+	return r.Run(ctx, req.NamespacedName, rd, &rd.Status.SyncStatus, w.finalize, w.reconcile)
 }
 
 // work is one reconcile of one ReplicationDestination.
@@ -92,7 +88,7 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if err := keys.Mirror(ctx, c, w.r.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Destination); err != nil {
 		return 0, err
 	}
-	if w.ma, err = assign.Get(ctx, c, w.r.Namespace, w.owner); err != nil {
+	if w.ma, err = w.r.Assignments.Get(ctx, w.owner); err != nil {
 		return 0, err
 	}
 	pv, err := w.volume(ctx)
@@ -193,15 +189,15 @@ func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
 	spec := agentv1alpha1.MountAssignmentSpec{NodeName: node, Owner: w.owner.Ref(), Volume: vol, SyncGeneration: 1,
 		Destination: &agentv1alpha1.DestinationRole{
 			KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Namespace, Name: w.owner.KeysName()},
-			Privileged: assign.Privileged(ns, w.r.PrivilegedGate)}}
-	w.ma, err = assign.Ensure(ctx, c, w.r.Namespace, w.owner, spec)
+			Privileged: w.r.Privileged(ns)}}
+	w.ma, err = w.r.Assignments.Ensure(ctx, w.owner, spec)
 	return err
 }
 
 // release deletes the assignment and, once the agent has unmounted the
 // volume, detaches it.
 func (w *work) release(ctx context.Context, pv string) (bool, error) {
-	done, err := assign.Release(ctx, w.r.Client, w.r.Namespace, w.owner)
+	done, err := w.r.Assignments.Release(ctx, w.owner)
 	if err != nil || !done {
 		return false, err
 	}
@@ -212,7 +208,7 @@ func (w *work) release(ctx context.Context, pv string) (bool, error) {
 // finalize removes what lives outside the CR's namespace: the assignment
 // (the volume unmounted and detached first) and the key copy.
 func (w *work) finalize(ctx context.Context) (bool, error) {
-	done, err := assign.Release(ctx, w.r.Client, w.r.Namespace, w.owner)
+	done, err := w.r.Assignments.Release(ctx, w.owner)
 	if err != nil || !done {
 		return false, err
 	}

@@ -104,7 +104,6 @@ func (n Names) Published(owner Side) string {
 	return n.Destination
 }
 
-
 // Generate makes sure the three Secrets exist, owned by owner, and returns
 // the data of owner's own side. Keys are generated once (4096-bit RSA, about
 // a second) and kept in main; the other two are derived from it, so a

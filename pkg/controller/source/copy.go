@@ -60,7 +60,8 @@ func (w *work) Synchronize(ctx context.Context) (cycle.Result, error) {
 func outcome(ma *agentv1alpha1.MountAssignment) cycle.Result {
 	if ls := ma.Status.LastSync; ls != nil && ls.Generation >= ma.Spec.SyncGeneration {
 		if ls.Succeeded {
-			return cycle.Result{Done: true, Succeeded: true, Logs: ls.Summary}
+			return cycle.Result{Done: true, Succeeded: true, Logs: fmt.Sprintf("sent %d bytes, %d files changed, from node %s\n%s",
+				ls.BytesSent, ls.FilesTransferred, ma.Spec.NodeName, ls.Summary)}
 		}
 		logs := ls.Error
 		if ls.Summary != "" {
@@ -264,8 +265,8 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 	role := &agentv1alpha1.SourceRole{Address: *spec.Address, Port: ptr.Deref(spec.Port, 22),
 		User: ptr.Deref(spec.SSHUser, "root"), Path: ptr.Deref(spec.Path, "/"),
 		KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Namespace, Name: w.owner.KeysName()},
-		Privileged: assign.Privileged(ns, w.r.PrivilegedGate)}
-	ma, err := assign.Ensure(ctx, c, w.r.Namespace, w.owner, agentv1alpha1.MountAssignmentSpec{NodeName: node,
+		Privileged: w.r.Privileged(ns)}
+	ma, err := w.r.Assignments.Ensure(ctx, w.owner, agentv1alpha1.MountAssignmentSpec{NodeName: node,
 		Owner: w.owner.Ref(), Volume: vol, Source: role, SyncGeneration: 1})
 	if err != nil || ma == nil {
 		return "waiting for the previous assignment to go", err

@@ -32,9 +32,8 @@ type Reconciler struct {
 	cycle.Shell
 	// Namespace is Ferry's namespace (assignments, key copies).
 	Namespace string
-	// PrivilegedGate makes privileged transfers depend on the namespace's
-	// annotation; off, every transfer is privileged.
-	PrivilegedGate bool
+	// Assignments reads (uncached) and writes the CRs' assignments.
+	Assignments assign.Store
 }
 
 // SetupWithManager registers the reconciler and what it watches.
@@ -50,11 +49,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 // Reconcile brings one ReplicationSource about.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	rs := &volsyncv1alpha1.ReplicationSource{}
-	if err := r.Client.Get(ctx, req.NamespacedName, rs); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
-	}
 	w := &work{r: r, rs: rs, owner: assign.Owner{Kind: assign.KindSource, Object: rs}}
-	return r.Run(ctx, rs, &rs.Status.SyncStatus, w.finalize, w.reconcile)
+	return r.Run(ctx, req.NamespacedName, rs, &rs.Status.SyncStatus, w.finalize, w.reconcile)
 }
 
 // work is one reconcile of one ReplicationSource.
@@ -98,7 +94,7 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 		}
 		return 0, fmt.Errorf("get source claim: %w", err)
 	}
-	if w.ma, err = assign.Get(ctx, c, w.r.Namespace, w.owner); err != nil {
+	if w.ma, err = w.r.Assignments.Get(ctx, w.owner); err != nil {
 		return 0, err
 	}
 	return cycle.Step(ctx, w.cr(), w, w.r.Options)
@@ -139,12 +135,12 @@ func (w *work) finalize(ctx context.Context) (bool, error) {
 // release deletes the assignment and, once the agent has unmounted the
 // copy, Ferry's attachment of it.
 func (w *work) release(ctx context.Context) (bool, error) {
-	ma, err := assign.Get(ctx, w.r.Client, w.r.Namespace, w.owner)
+	ma, err := w.r.Assignments.Get(ctx, w.owner)
 	if err != nil {
 		return false, err
 	}
 	if ma != nil {
-		return false, assign.Delete(ctx, w.r.Client, ma)
+		return false, w.r.Assignments.Delete(ctx, ma)
 	}
 	w.ma = nil
 	pvc := &corev1.PersistentVolumeClaim{}

@@ -76,6 +76,8 @@ type Input struct {
 	// RetryAfter is how long a failed sync waits before it is tried again
 	// when no schedule says when (manual or no trigger).
 	RetryAfter time.Duration
+	// FailedAt is when the last sync failed (zero: when it started).
+	FailedAt time.Time
 }
 
 // Decision is when the next sync starts.
@@ -102,10 +104,14 @@ func Decide(in Input) (Decision, error) {
 	if st.LastSyncStartTime != nil {
 		lastStart = st.LastSyncStartTime.Time
 	}
+	failedAt := in.FailedAt
+	if failedAt.IsZero() {
+		failedAt = lastStart
+	}
 	// retry holds a failed sync back when nothing else paces it.
 	retry := func(d Decision) Decision {
-		if failed && !lastStart.IsZero() {
-			if at := lastStart.Add(in.RetryAfter); in.Now.Before(at) {
+		if failed && !failedAt.IsZero() {
+			if at := failedAt.Add(in.RetryAfter); in.Now.Before(at) {
 				d.Start, d.After = false, at.Sub(in.Now)
 				d.Message = fmt.Sprintf("the last sync failed; trying again at %s", at.UTC().Format(time.RFC3339))
 			}

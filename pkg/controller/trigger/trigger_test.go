@@ -28,6 +28,7 @@ func TestDecide(t *testing.T) {
 		trigger    *volsyncv1alpha1.TriggerSpec
 		paused     bool
 		status     volsyncv1alpha1.SyncStatus
+		failed     time.Duration // after t0; 0: not known
 		now        time.Duration // after t0
 		start      bool
 		reason     string
@@ -42,6 +43,8 @@ func TestDecide(t *testing.T) {
 			reason: volsyncv1alpha1.SynchronizingReasonSched, next: -1, after: 50 * time.Second, msgContain: "failed"},
 		"no trigger, failed long ago: retry": {status: failedAt(0), now: 2 * time.Minute, start: true,
 			reason: volsyncv1alpha1.SynchronizingReasonSched, next: -1},
+		"a long sync that failed a moment ago: the pause counts from the failure": {status: failedAt(0), failed: 5 * time.Minute,
+			now: 5*time.Minute + 10*time.Second, reason: volsyncv1alpha1.SynchronizingReasonSched, next: -1, after: 50 * time.Second, msgContain: "failed"},
 		"schedule, before the first time (counted from creation)": {trigger: every5, now: 2 * time.Minute,
 			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 5 * time.Minute, after: 3 * time.Minute, msgContain: "scheduled"},
 		"schedule, first time reached": {trigger: every5, now: 5 * time.Minute, start: true,
@@ -66,8 +69,12 @@ func TestDecide(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			d, err := Decide(Input{Trigger: tc.trigger, Paused: tc.paused, Status: &tc.status, Created: t0,
-				Now: t0.Add(tc.now), RetryAfter: time.Minute})
+			in := Input{Trigger: tc.trigger, Paused: tc.paused, Status: &tc.status, Created: t0,
+				Now: t0.Add(tc.now), RetryAfter: time.Minute}
+			if tc.failed != 0 {
+				in.FailedAt = t0.Add(tc.failed)
+			}
+			d, err := Decide(in)
 			require.NoError(t, err)
 			assert.Equal(t, tc.start, d.Start, "start")
 			assert.Equal(t, tc.reason, d.Reason, "reason")

@@ -181,7 +181,7 @@ func (d *Driver) makeImage(id, basis string, size int64) error {
 	img := d.imagePath(id)
 	tmp := img + ".tmp"
 	if basis != "" {
-		if err := run("cp", "--sparse=always", basis, tmp); err != nil {
+		if err := copyImage(basis, tmp); err != nil {
 			return status.Errorf(codes.Internal, "copy image: %v", err)
 		}
 	}
@@ -288,8 +288,7 @@ func (d *Driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 			return status.Errorf(codes.NotFound, "volume %q not found", req.GetSourceVolumeId())
 		}
 		id := idFor("snap-", req.GetName())
-		// A mounted ext4 is consistent after syncfs; the copy is taken as is.
-		if err := run("cp", "--sparse=always", d.imagePath(vol.ID), d.snapshotPath(id)); err != nil {
+		if err := copyImage(d.imagePath(vol.ID), d.snapshotPath(id)); err != nil {
 			return status.Errorf(codes.Internal, "copy image: %v", err)
 		}
 		snap = &snapshot{ID: id, Name: req.GetName(), SourceID: vol.ID, Size: vol.Size, CreatedNS: time.Now().UnixNano()}

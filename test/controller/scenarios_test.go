@@ -1,0 +1,386 @@
+package controller_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+	"github.com/ferrysync/ferry/test/cluster"
+	"github.com/ferrysync/ferry/test/harness"
+)
+
+// pair makes, in namespace ns, a Snapshot
+// destination "rd" with generated keys and a source "rs" of copyMethod of
+// claim "data" into it, once the destination has an address.
+func (e *env) pair(ns string, method volsyncv1alpha1.CopyMethodType, trigger *volsyncv1alpha1.TriggerSpec) {
+	t, k, ctx := e.t, e.k, context.Background()
+	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rd"},
+		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
+			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
+				Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
+	require.NoError(t, k.Create(ctx, rd))
+	testenv.Eventually(t, "the destination's address", time.Minute, func() bool {
+		rd = e.rd(ns, "rd")
+		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
+	})
+	rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rs"},
+		Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "data", Trigger: trigger,
+			Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: method},
+				SSHKeys: rd.Status.Rsync.SSHKeys, Address: rd.Status.Rsync.Address}}}
+	require.NoError(t, k.Create(ctx, rs))
+}
+
+// controllerKilled kills the controller with SIGKILL while a sync is in
+// progress and starts it again: the sync completes, and the image the
+// destination names holds the source's data as of that sync.
+func controllerKilled(e *env) {
+	t := e.t
+	e.namespace("crash", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("crash", "data", "1Gi", nil)
+	e.onVolume("crash", "data", false, func(dir string) {
+		writeApp(t, dir, "1")
+		harness.WriteRandom(t, filepath.Join(dir, "big"), 96<<20)
+	})
+	want := e.tree("crash", "data")
+	e.pair("crash", volsyncv1alpha1.CopyMethodClone, &volsyncv1alpha1.TriggerSpec{Manual: "go"})
+	var rs *volsyncv1alpha1.ReplicationSource
+	testenv.Eventually(t, "the sync to be in progress", time.Minute, func() bool {
+		rs = e.rs("crash", "rs")
+		return condition(&rs.Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Reason == volsyncv1alpha1.SynchronizingReasonSync
+	})
+	e.ctrl.Kill()
+	e.ctrl.Start()
+	e.synced("crash", "rs", "go")
+	img := e.image("crash", "rd", "")
+	assert.Equal(t, want, e.restored("crash", img), "the image holds the complete sync")
+}
+
+// direct: a Direct source (the live claim) into a Direct destination (a
+// claim the user made), keys the user made, a LoadBalancer Service whose
+// address the test hands out as a cloud's controller would; the
+// destination's namespace is not annotated, so owners are not kept and the
+// condition says so. Pausing the destination releases its volume.
+func direct(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("direct-src", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.namespace("direct-dst", nil)
+	dstKeys, srcKeys, err := sshkeys.Secrets()
+	require.NoError(t, err)
+	require.NoError(t, k.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "direct-dst", Name: "keys"}, Data: dstKeys}))
+	require.NoError(t, k.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "direct-src", Name: "keys"}, Data: srcKeys}))
+	replicaPV := e.claim("direct-dst", "replica", "1Gi", nil)
+	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: "direct-dst", Name: "rd"},
+		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
+			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodDirect,
+				DestinationPVC: ptr.To("replica")},
+			SSHKeys: ptr.To("keys"), ServiceType: ptr.To(corev1.ServiceTypeLoadBalancer), Port: ptr.To(int32(2022))}}}
+	require.NoError(t, k.Create(ctx, rd))
+
+	// Play the cloud's load-balancer controller.
+	svc := &corev1.Service{}
+	testenv.Eventually(t, "the LoadBalancer Service", time.Minute, func() bool {
+		return k.Get(ctx, client.ObjectKey{Namespace: "direct-dst", Name: "volsync-rsync-dst-rd"}, svc) == nil
+	})
+	assert.Equal(t, corev1.ServiceTypeLoadBalancer, svc.Spec.Type)
+	testenv.Eventually(t, "the destination's status", time.Minute, func() bool {
+		rd = e.rd("direct-dst", "rd")
+		return rd.Status.Rsync != nil && rd.Status.Rsync.Port != nil
+	})
+	assert.Nil(t, rd.Status.Rsync.Address, "no address before the load balancer has one")
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "10.99.0.10"}}
+	require.NoError(t, k.Status().Update(ctx, svc))
+	testenv.Eventually(t, "the load balancer's address in status", time.Minute, func() bool {
+		rd = e.rd("direct-dst", "rd")
+		return rd.Status.Rsync.Address != nil
+	})
+	assert.Equal(t, "10.99.0.10", *rd.Status.Rsync.Address)
+	assert.Equal(t, int32(2022), *rd.Status.Rsync.Port)
+	assert.Nil(t, rd.Status.Rsync.SSHKeys, "user-given keys: nothing generated")
+	assert.Contains(t, condition(&rd.Status.SyncStatus, volsyncv1alpha1.ConditionReconciled).Message, "transfers run unprivileged")
+
+	e.claim("direct-src", "app", "1Gi", nil)
+	e.onVolume("direct-src", "app", false, func(dir string) {
+		writeApp(t, dir, "1")
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "tool"), []byte("#!/bin/sh\n"), 0o755))
+		require.NoError(t, os.Chmod(filepath.Join(dir, "tool"), 0o4755))
+	})
+	rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: "direct-src", Name: "rs"},
+		Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "app", Trigger: &volsyncv1alpha1.TriggerSpec{Manual: "1"},
+			Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodDirect},
+				SSHKeys: ptr.To("keys"), Address: rd.Status.Rsync.Address, Port: ptr.To(int32(2022))}}}
+	require.NoError(t, k.Create(ctx, rs))
+	e.synced("direct-src", "rs", "1")
+	testenv.Eventually(t, "the destination to name its volume as the image", time.Minute, func() bool {
+		rd = e.rd("direct-dst", "rd")
+		return rd.Status.LatestImage != nil && rd.Status.LastSyncTime != nil
+	})
+	assert.Equal(t, &corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "replica"}, rd.Status.LatestImage)
+
+	// A paused source starts no sync for a new trigger, and says so.
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		rs = e.rs("direct-src", "rs")
+		rs.Spec.Paused, rs.Spec.Trigger.Manual = true, "2"
+		return k.Update(ctx, rs)
+	}))
+	testenv.Eventually(t, "the paused source to say so", time.Minute, func() bool {
+		rs = e.rs("direct-src", "rs")
+		return strings.Contains(condition(&rs.Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Message, "paused")
+	})
+	assert.Equal(t, "1", rs.Status.LastManualSync, "no sync while paused")
+
+	// Paused: the volume is released, and the user can use it.
+	rd.Spec.Paused = true
+	require.NoError(t, k.Update(ctx, rd))
+	testenv.Eventually(t, "the paused destination's volume to be released", time.Minute, func() bool {
+		return len(e.leftovers(string(rd.UID), replicaPV.Name)) == 1 // the key copy stays
+	})
+	testenv.Eventually(t, "the destination to say it is paused", time.Minute, func() bool {
+		return strings.Contains(condition(&e.rd("direct-dst", "rd").Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Message, "paused")
+	})
+	src := e.tree("direct-src", "app")
+	var got map[string]string
+	var owners []uint32
+	e.onVolume("direct-dst", "replica", true, func(dir string) {
+		got = harness.Tree(t, dir)
+		for _, f := range []string{"db/config", "db/logs"} {
+			fi, err := os.Lstat(filepath.Join(dir, f))
+			require.NoError(t, err)
+			owners = append(owners, fi.Sys().(*syscall.Stat_t).Uid)
+		}
+	})
+	assert.Equal(t, len(src), len(got), "every entry arrived")
+	assert.NotContains(t, owners, uint32(999), "unprivileged: the sender's owners are not kept")
+
+	require.NoError(t, k.Delete(ctx, rs))
+	require.NoError(t, k.Delete(ctx, rd))
+	testenv.Eventually(t, "both to be gone", time.Minute, func() bool { return gone(k, rs) && gone(k, rd) })
+	assert.Empty(t, e.leftovers(string(rd.UID), replicaPV.Name))
+	assert.Empty(t, e.leftovers(string(rs.UID), ""))
+	require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: "direct-dst", Name: "replica"}, &corev1.PersistentVolumeClaim{}),
+		"the user's destination claim stays")
+}
+
+// badInput: every input a user can get wrong ends in a Reconciled=False
+// condition and an event whose message names what to fix.
+func badInput(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("bad", nil)
+	dstKeys, _, err := sshkeys.Secrets()
+	require.NoError(t, err)
+	require.NoError(t, k.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "bad", Name: "dst-keys"}, Data: dstKeys}))
+	e.claim("bad", "data", "64Mi", nil)
+	source := func(name string, mutate func(*volsyncv1alpha1.ReplicationSourceSpec)) client.Object {
+		rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: "bad", Name: name},
+			Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "data", Trigger: &volsyncv1alpha1.TriggerSpec{Manual: "1"},
+				Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodClone},
+					Address: ptr.To("10.96.0.200")}}}
+		mutate(&rs.Spec)
+		require.NoError(t, k.Create(ctx, rs))
+		return rs
+	}
+	destination := func(name string, mutate func(*volsyncv1alpha1.ReplicationDestinationSpec)) client.Object {
+		rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: "bad", Name: name},
+			Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
+				ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
+					Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
+		mutate(&rd.Spec)
+		require.NoError(t, k.Create(ctx, rd))
+		return rd
+	}
+	cases := []struct {
+		obj  client.Object
+		want string
+	}{
+		{source("no-pvc", func(s *volsyncv1alpha1.ReplicationSourceSpec) { s.SourcePVC = "nope" }),
+			`spec.sourcePVC "nope" does not exist in namespace bad`},
+		{source("no-secret", func(s *volsyncv1alpha1.ReplicationSourceSpec) { s.Rsync.SSHKeys = ptr.To("missing") }),
+			"Secret bad/missing named in spec.rsync.sshKeys does not exist"},
+		{source("wrong-secret", func(s *volsyncv1alpha1.ReplicationSourceSpec) { s.Rsync.SSHKeys = ptr.To("dst-keys") }),
+			"missing or empty field(s) source"},
+		{source("no-address", func(s *volsyncv1alpha1.ReplicationSourceSpec) { s.Rsync.Address = nil }),
+			"spec.rsync.address is required"},
+		{source("rclone", func(s *volsyncv1alpha1.ReplicationSourceSpec) {
+			s.Rsync, s.Rclone = nil, &apiextensionsv1.JSON{Raw: []byte(`{}`)}
+		}), "Ferry serves VolSync's rsync mover only"},
+		{destination("no-class", func(s *volsyncv1alpha1.ReplicationDestinationSpec) { s.Rsync.StorageClassName = ptr.To("gold") }),
+			`storage class "gold" (spec.rsync.storageClassName) does not exist`},
+		{destination("no-dest-pvc", func(s *volsyncv1alpha1.ReplicationDestinationSpec) { s.Rsync.DestinationPVC = ptr.To("absent") }),
+			`spec.rsync.destinationPVC "absent" does not exist`},
+	}
+	for _, tc := range cases {
+		var c *metav1.Condition
+		testenv.Eventually(t, tc.obj.GetName()+"'s condition", time.Minute, func() bool {
+			require.NoError(t, k.Get(ctx, client.ObjectKeyFromObject(tc.obj), tc.obj))
+			c = meta.FindStatusCondition(conditionsOf(tc.obj), volsyncv1alpha1.ConditionReconciled)
+			return c != nil && c.Status == metav1.ConditionFalse
+		})
+		assert.Contains(t, c.Message, tc.want, tc.obj.GetName())
+		assert.Equal(t, volsyncv1alpha1.ReconciledReasonError, c.Reason)
+		testenv.Eventually(t, tc.obj.GetName()+"'s event", time.Minute, func() bool {
+			for _, note := range e.events(tc.obj, cycle.EventInvalid) {
+				if strings.Contains(note, tc.want) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+
+	// A destination nobody listens at: the agent's tries fail, the sync is
+	// reported failed with the error, and is retried later.
+	source("unreachable", func(s *volsyncv1alpha1.ReplicationSourceSpec) {
+		s.Rsync.Address, s.Rsync.Port = ptr.To(e.c.Nodes[0].Net.IP), ptr.To(int32(1))
+	})
+	var got *volsyncv1alpha1.ReplicationSource
+	var sync metav1.Condition
+	testenv.Eventually(t, "the unreachable sync to fail and wait to be retried", 2*time.Minute, func() bool {
+		got = e.rs("bad", "unreachable")
+		sync = condition(&got.Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing)
+		return sync.Reason == volsyncv1alpha1.SynchronizingReasonError
+	})
+	assert.Equal(t, volsyncv1alpha1.MoverResultFailed, got.Status.LatestMoverStatus.Result)
+	assert.Contains(t, got.Status.LatestMoverStatus.Logs, "connection refused")
+	assert.Contains(t, sync.Message, "the last sync failed")
+	assert.Contains(t, sync.Message, "trying again at")
+	assert.Empty(t, got.Status.LastManualSync, "a failed sync does not echo the trigger")
+	testenv.Eventually(t, "the SyncFailed event", time.Minute, func() bool { return len(e.events(got, cycle.EventSyncFailed)) > 0 })
+}
+
+func conditionsOf(obj client.Object) []metav1.Condition {
+	switch o := obj.(type) {
+	case *volsyncv1alpha1.ReplicationSource:
+		return o.Status.Conditions
+	case *volsyncv1alpha1.ReplicationDestination:
+		return o.Status.Conditions
+	}
+	return nil
+}
+
+// schedule: a Snapshot source on a one-minute schedule keeps the replica
+// current over three intervals: each scheduled sync carries the change
+// made after the one before, and no interval is missed.
+func schedule(e *env) {
+	t, ctx := e.t, context.Background()
+	e.namespace("sched", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("sched", "data", "1Gi", nil)
+	e.onVolume("sched", "data", false, func(dir string) { writeApp(t, dir, "0") })
+	e.pair("sched", volsyncv1alpha1.CopyMethodSnapshot, &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("*/1 * * * *")})
+	rs := e.rs("sched", "rs")
+	testenv.Eventually(t, "nextSyncTime", time.Minute, func() bool {
+		rs = e.rs("sched", "rs")
+		return rs.Status.NextSyncTime != nil
+	})
+	assert.Zero(t, rs.Status.NextSyncTime.Second(), "on the minute")
+	var last time.Time
+	img := ""
+	for verified, round := 0, 1; verified < 3; round++ {
+		require.LessOrEqual(t, round, 6, "three intervals verified within six")
+		testenv.Eventually(t, "the next scheduled sync", 2*time.Minute, func() bool {
+			rs = e.rs("sched", "rs")
+			return rs.Status.LastSyncTime != nil && rs.Status.LastSyncTime.After(last)
+		})
+		last = rs.Status.LastSyncTime.Time
+		require.Equal(t, volsyncv1alpha1.MoverResultSuccessful, rs.Status.LatestMoverStatus.Result, rs.Status.LatestMoverStatus.Logs)
+		img = e.image("sched", "rd", img)
+		if round > 1 {
+			assert.Equal(t, e.tree("sched", "data"), e.restored("sched", img), "sync %d carries the change before it", round)
+			verified++
+		}
+		// Change the data only well before the next scheduled snapshot.
+		if time.Until(rs.Status.NextSyncTime.Time) < 15*time.Second {
+			continue
+		}
+		e.onVolume("sched", "data", false, func(dir string) { writeApp(t, dir, time.Now().Format("150405")) })
+	}
+	missed := e.ctrl.Metric("volsync_missed_intervals_total", map[string]string{"obj_namespace": "sched", "obj_name": "rs"})
+	assert.LessOrEqual(t, missed, 0.0, "no interval missed")
+	assert.Equal(t, 0.0, e.ctrl.Metric("volsync_volume_out_of_sync", map[string]string{"obj_namespace": "sched", "obj_name": "rs", "role": "source"}))
+	assert.Greater(t, e.ctrl.Metric("volsync_sync_duration_seconds_count", map[string]string{"obj_namespace": "sched", "obj_name": "rs"}), 2.0)
+	require.NoError(t, e.k.Delete(ctx, rs))
+}
+
+// overhead measures what a user waits beyond the data: trigger → the
+// source's lastManualSync, for a small volume, Direct and Clone, 20 syncs
+// each, one at a time, the destination ready for each.
+func overhead(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("overhead", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("overhead", "data", "64Mi", nil)
+	e.onVolume("overhead", "data", false, func(dir string) { writeApp(t, dir, "0") })
+	e.pair("overhead", volsyncv1alpha1.CopyMethodDirect, &volsyncv1alpha1.TriggerSpec{Manual: "0"})
+	e.synced("overhead", "rs", "0")
+	clone := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: "overhead", Name: "clone"},
+		Spec: *e.rs("overhead", "rs").Spec.DeepCopy()}
+	clone.Spec.Rsync.CopyMethod = volsyncv1alpha1.CopyMethodClone
+	require.NoError(t, k.Create(ctx, clone))
+	e.synced("overhead", "clone", "0")
+	for _, name := range []string{"rs", "clone"} {
+		var took []time.Duration
+		for i := 1; i <= 20; i++ {
+			testenv.Eventually(t, "the destination to wait for a source", time.Minute, func() bool {
+				c := condition(&e.rd("overhead", "rd").Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing)
+				return c.Reason == volsyncv1alpha1.SynchronizingReasonSync && c.Message == "waiting for the source to connect"
+			})
+			start := time.Now()
+			e.trigger("overhead", name, strconv.Itoa(i))
+			took = append(took, time.Since(start))
+		}
+		sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+		t.Logf("per-sync overhead, %s source, small volume (manual trigger → lastManualSync), 20 syncs: median %v, min %v, max %v",
+			e.rs("overhead", name).Spec.Rsync.CopyMethod, took[10].Round(time.Millisecond), took[0].Round(time.Millisecond), took[19].Round(time.Millisecond))
+	}
+}
+
+// attached: a destination whose driver requires attach gets a
+// VolumeAttachment before the agent publishes it, receives a sync, and
+// deleting it detaches the volume.
+func attached(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("attach", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: "attach", Name: "rd"},
+		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
+			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodDirect,
+				Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				StorageClassName: ptr.To(cluster.AttachStorageClass)}}}}
+	require.NoError(t, k.Create(ctx, rd))
+	testenv.Eventually(t, "the destination's address", time.Minute, func() bool {
+		rd = e.rd("attach", "rd")
+		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
+	})
+	e.claim("attach", "data", "64Mi", nil)
+	e.onVolume("attach", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: "attach", Name: "rs"},
+		Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "data", Trigger: &volsyncv1alpha1.TriggerSpec{Manual: "1"},
+			Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodDirect},
+				SSHKeys: rd.Status.Rsync.SSHKeys, Address: rd.Status.Rsync.Address}}}
+	require.NoError(t, k.Create(ctx, rs))
+	e.synced("attach", "rs", "1")
+	pvc := &corev1.PersistentVolumeClaim{}
+	require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: "attach", Name: "volsync-rd-dst"}, pvc))
+	held := e.leftovers(string(rd.UID), pvc.Spec.VolumeName)
+	assert.Contains(t, strings.Join(held, "\n"), "attachment ferry-", "attached while the destination is active")
+	require.NoError(t, k.Delete(ctx, rs))
+	require.NoError(t, k.Delete(ctx, rd))
+	testenv.Eventually(t, "both to be gone", time.Minute, func() bool { return gone(k, rs) && gone(k, rd) })
+	assert.Empty(t, e.leftovers(string(rd.UID), pvc.Spec.VolumeName), "detached and unmounted")
+}
