@@ -232,13 +232,18 @@ func Processes(t testing.TB, parts ...string) []string {
 
 // Eventually polls cond until it holds, failing the test when the deadline
 // passes first: integration tests wait for outcomes this way, never by
-// sleeping.
-func Eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+// sleeping, and through this one helper. detail, when given, says what was
+// last seen, for the failure message.
+func Eventually(t testing.TB, what string, timeout time.Duration, cond func() bool, detail ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+			msg := fmt.Sprintf("timed out after %v waiting for %s", timeout, what)
+			for _, d := range detail {
+				msg += "\n" + d()
+			}
+			t.Fatal(msg)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -252,19 +257,11 @@ func Eventually(t *testing.T, what string, timeout time.Duration, cond func() bo
 func NoLoopDevices(t *testing.T, dir string) {
 	t.Helper()
 	var out []byte
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	Eventually(t, "no loop device backed by a file under "+dir, 10*time.Second, func() bool {
 		var err error
-		out, err = exec.Command("losetup", "-a").CombinedOutput()
-		if err != nil {
+		if out, err = exec.Command("losetup", "-a").CombinedOutput(); err != nil {
 			t.Fatalf("losetup -a: %v: %s", err, out)
 		}
-		if !strings.Contains(string(out), dir) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("loop devices left behind under %s:\n%s", dir, out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return !strings.Contains(string(out), dir)
+	}, func() string { return string(out) })
 }

@@ -62,7 +62,11 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 	return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 		last := ma.Status.LastSync
 		hold := last != nil && last.Succeeded && last.Generation >= ma.Spec.SyncGeneration
-		r.server.Hold(key.String(), hold)
+		// A sync that just ended and is not in the status yet keeps the
+		// hold its shutdown set.
+		if !r.server.Ending(key.String()) {
+			r.server.Hold(key.String(), hold)
+		}
 		ma.Status.MountPath, ma.Status.Endpoint = path, addr
 		switch {
 		case s.live > 0:
@@ -109,7 +113,7 @@ func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys 
 	}
 	r.server.Remove(id)
 	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: ma.Spec.Destination.Privileged,
-		Events: func(e endpoint.Event) { r.onDestinationEvent(key, e) }}
+		HoldOnShutdown: true, Events: func(e endpoint.Event) { r.onDestinationEvent(key, e) }}
 	// After a restart, listen where the controller's Service points;
 	// otherwise on the first free port of the range.
 	var prev int32
@@ -186,20 +190,14 @@ func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Eve
 		} else if err := syncfs(s.path); err != nil {
 			result.Succeeded, result.Error = false, err.Error()
 		}
-		if result.Succeeded {
-			r.server.Hold(key.String(), true) // before anyone hears of it
-		}
-		outcome := "succeeded"
-		if !result.Succeeded {
-			outcome = "failed"
-		}
-		syncsTotal.WithLabelValues(r.labels(ma, outcome)...).Inc()
+		// The endpoint held the volume at `shutdown 0`; a sync that did
+		// not end well is not held.
+		r.server.Hold(key.String(), result.Succeeded)
 		if !s.start.IsZero() {
 			transferSeconds.WithLabelValues(r.labels(ma)...).Observe(e.Time.Sub(s.start).Seconds())
 		}
 		s.start, s.received, s.sent = time.Time{}, 0, 0
-		r.log.Info("sync ended", "assignment", key, "generation", gen, "result", outcome, "bytesReceived", result.BytesReceived)
-		r.syncEvent(ma, &result)
+		r.syncEnded(r.log.WithValues("assignment", key), ma, &result)
 		mutate = func(ma *agentv1alpha1.MountAssignment) {
 			ma.Status.LastSync, ma.Status.CurrentSync = result.DeepCopy(), nil
 			ma.Status.Phase = agentv1alpha1.PhaseMounted

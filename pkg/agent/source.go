@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -126,16 +127,12 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 			err = errors.Join(err, fmt.Errorf("unmount after the sync: %w", uerr))
 		}
 		result.EndTime = now()
-		outcome := "succeeded"
 		if err != nil {
 			result.Error = err.Error()
 			errorsTotal.WithLabelValues(r.labels(ma, cause)...).Inc()
-			outcome = "failed"
 		}
 		result.Succeeded = err == nil
-		syncsTotal.WithLabelValues(r.labels(ma, outcome)...).Inc()
-		logger.Info("sync ended", "result", outcome, "bytesSent", result.BytesSent, "files", result.FilesTransferred, "error", result.Error)
-		r.syncEvent(ma, &result)
+		r.syncEnded(logger, ma, &result)
 		if serr := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
 			ma.Status.LastSync, ma.Status.CurrentSync, ma.Status.MountPath = result.DeepCopy(), nil, ""
 			ma.Status.Phase = agentv1alpha1.PhaseCompleted
@@ -226,8 +223,16 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	return true
 }
 
-// syncEvent tells kubectl describe how a sync ended.
-func (r *Reconciler) syncEvent(ma *agentv1alpha1.MountAssignment, res *agentv1alpha1.SyncResult) {
+// syncEnded does what every ended sync does, in either role: count it,
+// log it, and tell kubectl describe.
+func (r *Reconciler) syncEnded(logger logr.Logger, ma *agentv1alpha1.MountAssignment, res *agentv1alpha1.SyncResult) {
+	outcome := "succeeded"
+	if !res.Succeeded {
+		outcome = "failed"
+	}
+	syncsTotal.WithLabelValues(r.labels(ma, outcome)...).Inc()
+	logger.Info("sync ended", "generation", res.Generation, "result", outcome, "bytesSent", res.BytesSent,
+		"bytesReceived", res.BytesReceived, "files", res.FilesTransferred, "error", res.Error)
 	if res.Succeeded {
 		r.events.Eventf(ma, nil, corev1.EventTypeNormal, agentv1alpha1.ReasonSyncSucceeded, "Sync", "sync %d: %d bytes sent, %d received, %d files",
 			res.Generation, res.BytesSent, res.BytesReceived, res.FilesTransferred)

@@ -1,6 +1,8 @@
 package csi
 
 import (
+	"github.com/ferrysync/ferry/pkg/controller/assign"
+
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -44,7 +46,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 		t.Helper()
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		va, err := WaitAttached(wctx, c.Client, pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle, pv.Name, node.Name)
+		va, err := assign.WaitAttached(wctx, c.Client, pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle, pv.Name, node.Name)
 		require.NoError(t, err)
 		return va
 	}
@@ -74,7 +76,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 		v := FromPersistentVolume(pv)
 		var ok bool
 		var err error
-		v.PublishContext, ok, err = Attached(va)
+		v.PublishContext, ok, err = assign.Attached(va)
 		require.NoError(t, err)
 		require.True(t, ok)
 		v.Attachment = string(va.UID)
@@ -83,7 +85,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 		return dir
 	}
 	va := attach(pv)
-	require.Equal(t, AttachmentName(pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle, node.Name), va.Name)
+	require.Equal(t, assign.AttachmentName(pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle, node.Name), va.Name)
 	dir := publish(va)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "before"), []byte("written before the restart"), 0o644))
 
@@ -107,7 +109,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "after"), []byte("x"), 0o644))
 
 	require.NoError(t, p.Unpublish(ctx, pv.Name))
-	require.NoError(t, Detach(ctx, c.Client, pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle, node.Name))
+	require.NoError(t, assign.Detach(ctx, c.Client, pv.Name, ""))
 	testenv.Eventually(t, "Ferry's attachment to go", time.Minute, func() bool {
 		return apierrors.IsNotFound(c.Client.Get(ctx, client.ObjectKeyFromObject(again), &storagev1.VolumeAttachment{}))
 	})

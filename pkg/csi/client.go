@@ -3,7 +3,6 @@ package csi
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	csispec "github.com/container-storage-interface/spec/lib/go/csi"
@@ -12,13 +11,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
-
-// SocketPath is where kubelet finds a node plugin that registered under
-// driver: <kubeletRoot>/plugins/<driver>/csi.sock, the path every
-// node-driver-registrar deployment uses.
-func SocketPath(kubeletRoot, driver string) string {
-	return filepath.Join(kubeletRoot, "plugins", driver, "csi.sock")
-}
 
 // Client talks to one CSI node plugin over its unix socket.
 type Client struct {

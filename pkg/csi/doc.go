@@ -2,8 +2,10 @@
 // talks to the CSI node plugin on the plugin's unix socket the way kubelet
 // does (NodeStageVolume to a per-volume staging path when the plugin stages,
 // NodePublishVolume to a path of Ferry's own, read-only for sources, a device
-// file for Block volumes), and, for drivers that require attach, creates the
-// VolumeAttachment that the external-attacher acts on.
+// file for Block volumes). For drivers that require attach it publishes with
+// the publish context of the VolumeAttachment the controller made
+// (pkg/controller/assign): attaching is control-plane work, so this package
+// carries no Kubernetes API client.
 //
 // Every step is idempotent and recorded before it is taken (a small
 // volume.json beside the mounts, without secrets), so that an agent killed at
@@ -27,10 +29,10 @@
 // then calls ControllerUnpublishVolume. An attachment of another name is
 // marked uncertain too, but the delete finds nothing and the attachment
 // stays: so Ferry names its attachments "ferry-" + the same hash
-// (AttachmentName), and a restart leaves them alone.
+// (assign.AttachmentName), and a restart leaves them alone.
 //
 // Anything else can still detach a volume (a person, a node drain tool). A
-// detached volume comes back by itself: WaitAttached creates the attachment
+// detached volume comes back by itself: assign.WaitAttached creates the attachment
 // again once the old one is gone, the new attachment has a new UID, and a
 // Volume whose Attachment differs from what was published is unpublished,
 // unstaged and staged again with the new publish context. A sync running on

@@ -13,8 +13,8 @@ import (
 	csispec "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ferrysync/ferry/pkg/kubelet"
 	"github.com/ferrysync/ferry/pkg/mount"
 )
 
@@ -95,6 +95,7 @@ const recordFile = "volume.json"
 type Publisher struct {
 	root, kubeletRoot string
 	log               logr.Logger
+	mounter           *mount.Mounter
 
 	mu      sync.Mutex
 	clients map[string]*Client
@@ -104,9 +105,20 @@ type Publisher struct {
 // node plugins under kubeletRoot. The root must be where the node plugins see
 // the same paths (below the kubelet root, which plugin containers mount with
 // bidirectional propagation).
-func NewPublisher(root, kubeletRoot string, log logr.Logger) *Publisher {
-	return &Publisher{root: root, kubeletRoot: kubeletRoot, log: log, clients: map[string]*Client{}}
+func NewPublisher(root, kubeletRoot string, log logr.Logger, opts ...PublisherOption) *Publisher {
+	p := &Publisher{root: root, kubeletRoot: kubeletRoot, log: log, mounter: mount.New(), clients: map[string]*Client{}}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
 }
+
+// PublisherOption changes how NewPublisher builds a Publisher.
+type PublisherOption func(*Publisher)
+
+// WithMounter makes the Publisher bind and unmount through m instead of the
+// system's mount tools.
+func WithMounter(m *mount.Mounter) PublisherOption { return func(p *Publisher) { p.mounter = m } }
 
 // DefaultRoot is the agent's directory under the kubelet root.
 func DefaultRoot(kubeletRoot string) string {
@@ -226,7 +238,7 @@ func (p *Publisher) publishSteps(name string, v Volume) []step {
 	if v.Reuse != "" {
 		return append(steps, step{"bind", func(context.Context) error {
 			p.log.V(1).Info("binding an existing mount read-only instead of publishing again", "name", name, "mount", v.Reuse)
-			return mount.BindReadOnly(v.Reuse, target)
+			return p.mounter.BindReadOnly(v.Reuse, target)
 		}})
 	}
 	capability := v.capability()
@@ -269,7 +281,7 @@ func (p *Publisher) checkPublished(target string, readOnly bool) error {
 		return err
 	}
 	if !ro {
-		if err := mount.Cleanup(target); err != nil {
+		if err := p.mounter.Cleanup(target); err != nil {
 			return err
 		}
 		return fmt.Errorf("the driver published %s writable although read-only was asked", target)
@@ -290,7 +302,7 @@ func (p *Publisher) teardownSteps(name string, rec record) []step {
 					return err
 				}
 			}
-			return mount.Cleanup(target)
+			return p.mounter.Cleanup(target)
 		}},
 		{"unstage", func(ctx context.Context) error {
 			if !rec.Staged {
@@ -303,7 +315,7 @@ func (p *Publisher) teardownSteps(name string, rec record) []step {
 			if _, err := c.node.NodeUnstageVolume(ctx, &csispec.NodeUnstageVolumeRequest{VolumeId: rec.Handle, StagingTargetPath: stage}); err != nil {
 				return err
 			}
-			return mount.Cleanup(stage)
+			return p.mounter.Cleanup(stage)
 		}},
 		{"forget", func(context.Context) error { return p.forgetOrphan(name) }},
 	}
@@ -336,10 +348,10 @@ func (p *Publisher) client(ctx context.Context, driver string) (*Client, error) 
 	if c := p.clients[driver]; c != nil {
 		return c, nil
 	}
-	if errs := validation.IsDNS1123Subdomain(driver); len(errs) > 0 {
-		return nil, fmt.Errorf("driver name %q: %v", driver, errs)
+	if err := kubelet.CheckName("driver", driver); err != nil {
+		return nil, err
 	}
-	c, err := Dial(ctx, SocketPath(p.kubeletRoot, driver), p.log.WithValues("driver", driver))
+	c, err := Dial(ctx, kubelet.PluginSocket(p.kubeletRoot, driver), p.log.WithValues("driver", driver))
 	if err != nil {
 		return nil, err
 	}
@@ -427,9 +439,4 @@ func (v Volume) capability() *csispec.VolumeCapability {
 }
 
 // checkName keeps a volume name one safe path element.
-func checkName(name string) error {
-	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-		return fmt.Errorf("volume name %q: %v", name, errs)
-	}
-	return nil
-}
+func checkName(name string) error { return kubelet.CheckName("volume", name) }

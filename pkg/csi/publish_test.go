@@ -1,6 +1,8 @@
 package csi
 
 import (
+	"github.com/ferrysync/ferry/pkg/kubelet"
+
 	"bytes"
 	"context"
 	"errors"
@@ -33,7 +35,7 @@ func TestPublishLifecycle(t *testing.T) {
 	p := NewPublisher(root, c.Nodes[0].KubeletDir, log)
 	defer p.Close()
 
-	kc, err := Dial(ctx, SocketPath(c.Nodes[0].KubeletDir, cluster.DriverName), discard)
+	kc, err := Dial(ctx, kubelet.PluginSocket(c.Nodes[0].KubeletDir, cluster.DriverName), discard)
 	require.NoError(t, err)
 	id, err := kc.NodeID(ctx)
 	require.NoError(t, err)

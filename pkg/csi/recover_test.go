@@ -1,6 +1,8 @@
 package csi
 
 import (
+	"github.com/ferrysync/ferry/pkg/kubelet"
+
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -97,36 +99,36 @@ func TestCrashRecovery(t *testing.T) {
 func TestDirectReusesKubeletMount(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	kubelet := c.Nodes[0].KubeletDir
-	root := filepath.Join(kubelet, "plugins", "ferrysync.io", "direct")
+	kubeletDir := c.Nodes[0].KubeletDir
+	root := filepath.Join(kubeletDir, "plugins", "ferrysync.io", "direct")
 	pv := claim(t, c, "direct", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
 	v := FromPersistentVolume(pv)
 
 	// Kubelet's side, through the same node plugin and at kubelet's paths.
-	globalmount := filepath.Join(kubelet, "plugins", "kubernetes.io", "csi", v.Driver,
+	globalmount := filepath.Join(kubeletDir, "plugins", "kubernetes.io", "csi", v.Driver,
 		fmt.Sprintf("%x", sha256.Sum256([]byte(v.Handle))), "globalmount")
-	podMount := filepath.Join(kubelet, "pods", "0f1e2d3c-pod-uid", "volumes", "kubernetes.io~csi", pv.Name, "mount")
-	unmountPod, err := cluster.MountVolumeAt(ctx, SocketPath(kubelet, v.Driver), v.Handle, globalmount, podMount, false, nil)
+	podMount := filepath.Join(kubeletDir, "pods", "0f1e2d3c-pod-uid", "volumes", "kubernetes.io~csi", pv.Name, "mount")
+	unmountPod, err := cluster.MountVolumeAt(ctx, kubelet.PluginSocket(kubeletDir, v.Driver), v.Handle, globalmount, podMount, false, nil)
 	require.NoError(t, err)
 	defer func() {
 		assert.NoError(t, unmountPod())
-		assertNoMounts(t, kubelet)
+		assertNoMounts(t, kubeletDir)
 		assertNoLoopDevices(t, c)
 	}()
 	require.NoError(t, os.WriteFile(filepath.Join(podMount, "app.db"), []byte("v1"), 0o600))
 	// A pod being torn down leaves an empty, unmounted directory: not a
 	// candidate.
-	require.NoError(t, os.MkdirAll(filepath.Join(kubelet, "pods", "0a-old-pod", "volumes", "kubernetes.io~csi", pv.Name, "mount"), 0o750))
+	require.NoError(t, os.MkdirAll(filepath.Join(kubeletDir, "pods", "0a-old-pod", "volumes", "kubernetes.io~csi", pv.Name, "mount"), 0o750))
 
-	found, err := mount.KubeletMount(kubelet, pv.Name, false)
+	found, err := mount.KubeletMount(kubeletDir, pv.Name, false)
 	require.NoError(t, err)
 	require.Equal(t, podMount, found)
-	_, err = mount.KubeletMount(kubelet, "../../etc", false)
-	require.Error(t, err, "a PV name that walks out of the kubelet root")
-	_, err = mount.KubeletMount(kubelet, "no-such-pv", false)
+	_, err = mount.KubeletMount(kubeletDir, "../../etc", false)
+	require.Error(t, err, "a PV name that walks out of the kubeletDir root")
+	_, err = mount.KubeletMount(kubeletDir, "no-such-pv", false)
 	require.ErrorIs(t, err, mount.ErrNoKubeletMount)
 
-	p := NewPublisher(root, kubelet, discard)
+	p := NewPublisher(root, kubeletDir, discard)
 	defer p.Close()
 	v.ReadOnly, v.Reuse = true, found
 	dir, err := p.Publish(ctx, pv.Name, v)

@@ -1,12 +1,12 @@
 package mount
 
 import (
+	"github.com/ferrysync/ferry/pkg/kubelet"
+
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-
-	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // ErrNoKubeletMount says that no pod on this node has the volume mounted, so
@@ -21,8 +21,8 @@ var ErrNoKubeletMount = errors.New("no kubelet mount of the volume on this node"
 // directories behind. The PV name is checked first, because it becomes part
 // of a host path.
 func KubeletMount(kubeletRoot, pv string, block bool) (string, error) {
-	if errs := validation.IsDNS1123Subdomain(pv); len(errs) > 0 {
-		return "", fmt.Errorf("persistent volume name %q: %v", pv, errs)
+	if err := kubelet.CheckName("persistent volume", pv); err != nil {
+		return "", err
 	}
 	kubeletRoot, err := filepath.EvalSymlinks(kubeletRoot)
 	if err != nil {

@@ -24,8 +24,20 @@ import (
 	mountutils "k8s.io/mount-utils"
 )
 
-// mounter runs mount(8)/umount(8) as kubelet does.
-var mounter = mountutils.New("")
+// Mounter mounts and unmounts through a mount-utils Interface: the
+// system's mount(8) and umount(8) as kubelet runs them (New), or any other
+// implementation a caller or test passes (NewWith). Reads of the mount
+// table (IsMountPoint, Under, ReadOnly) need no Mounter.
+type Mounter struct {
+	m mountutils.Interface
+}
+
+// New returns a Mounter that runs the system's mount tools, as kubelet
+// does.
+func New() *Mounter { return NewWith(mountutils.New("")) }
+
+// NewWith returns a Mounter over m.
+func NewWith(m mountutils.Interface) *Mounter { return &Mounter{m: m} }
 
 // IsMountPoint reports whether path is a mount point, bind mounts included. A
 // path that does not exist is not one.
@@ -44,7 +56,7 @@ func IsMountPoint(path string) (bool, error) {
 // a directory or, when src is a device or file, as an empty file. Nothing
 // written through dst can change src, and nothing there can gain privileges.
 // It is idempotent: an existing mount at dst is made read-only again.
-func BindReadOnly(src, dst string) error {
+func (mt *Mounter) BindReadOnly(src, dst string) error {
 	st, err := os.Stat(src)
 	if err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
@@ -59,7 +71,7 @@ func BindReadOnly(src, dst string) error {
 	if !mounted {
 		// mount-utils binds, then remounts with the flags: a bind mount
 		// ignores them on the first call.
-		if err := mounter.Mount(src, dst, "", []string{"bind", "ro", "nosuid", "nodev"}); err != nil {
+		if err := mt.m.Mount(src, dst, "", []string{"bind", "ro", "nosuid", "nodev"}); err != nil {
 			return fmt.Errorf("bind %s at %s read-only: %w", src, dst, err)
 		}
 		return nil
@@ -93,7 +105,7 @@ func makeTarget(path string, dir bool) error {
 
 // Cleanup unmounts everything stacked at path and removes it. A path that is
 // already gone is clean; repeating Cleanup is harmless.
-func Cleanup(path string) error {
+func (mt *Mounter) Cleanup(path string) error {
 	for {
 		mounted, err := IsMountPoint(path)
 		if err != nil {
@@ -102,7 +114,7 @@ func Cleanup(path string) error {
 		if !mounted {
 			break
 		}
-		if err := mounter.Unmount(path); err != nil {
+		if err := mt.m.Unmount(path); err != nil {
 			return fmt.Errorf("unmount %s: %w", path, err)
 		}
 	}

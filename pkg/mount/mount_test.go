@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 
+	mountutils "k8s.io/mount-utils"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -26,8 +28,8 @@ func TestBindReadOnly(t *testing.T) {
 	mounted, err := IsMountPoint(dst)
 	require.NoError(t, err)
 	require.False(t, mounted, "an absent path is not a mount point")
-	require.NoError(t, BindReadOnly(src, dst))
-	require.NoError(t, BindReadOnly(src, dst), "binding again is a no-op")
+	require.NoError(t, New().BindReadOnly(src, dst))
+	require.NoError(t, New().BindReadOnly(src, dst), "binding again is a no-op")
 	mounted, err = IsMountPoint(dst)
 	require.NoError(t, err)
 	require.True(t, mounted)
@@ -45,8 +47,8 @@ func TestBindReadOnly(t *testing.T) {
 	assert.True(t, errors.Is(err, syscall.EROFS), "write through the bind: %v", err)
 	require.NoError(t, os.WriteFile(filepath.Join(src, "g"), nil, 0o644), "the source stays writable")
 
-	require.NoError(t, Cleanup(dst))
-	require.NoError(t, Cleanup(dst))
+	require.NoError(t, New().Cleanup(dst))
+	require.NoError(t, New().Cleanup(dst))
 	assert.NoFileExists(t, dst)
 	assert.FileExists(t, filepath.Join(src, "f"))
 }
@@ -58,10 +60,10 @@ func TestBindReadOnlyFile(t *testing.T) {
 	dir := t.TempDir()
 	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
 	require.NoError(t, os.WriteFile(src, []byte("device"), 0o644))
-	require.NoError(t, BindReadOnly(src, dst))
+	require.NoError(t, New().BindReadOnly(src, dst))
 	_, err := os.OpenFile(dst, os.O_WRONLY, 0)
 	assert.True(t, errors.Is(err, syscall.EROFS), "open the bound file for writing: %v", err)
-	require.NoError(t, Cleanup(dst))
+	require.NoError(t, New().Cleanup(dst))
 	assert.NoFileExists(t, dst)
 }
 
@@ -76,4 +78,19 @@ func TestKubeletMountRefusesHostilePVNames(t *testing.T) {
 	}
 	_, err := KubeletMount(root, "pvc-1", true)
 	require.ErrorIs(t, err, ErrNoKubeletMount)
+}
+
+// TestBindReadOnlyAsks checks, without root, what a read-only bind asks of
+// the mount tools: one bind with ro, nosuid and nodev.
+func TestBindReadOnlyAsks(t *testing.T) {
+	fake := mountutils.NewFakeMounter(nil)
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "target")
+	require.NoError(t, NewWith(fake).BindReadOnly(src, dst))
+	log := fake.GetLog()
+	require.Len(t, log, 1)
+	assert.Equal(t, mountutils.FakeAction{Action: mountutils.FakeActionMount, Target: dst, Source: src, FSType: ""}, log[0])
+	mps, err := fake.List()
+	require.NoError(t, err)
+	require.Len(t, mps, 1)
+	assert.Equal(t, []string{"bind", "ro", "nosuid", "nodev"}, mps[0].Opts)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
 	"github.com/ferrysync/ferry/pkg/transfer/reexec"
@@ -71,20 +72,19 @@ func (e *events) add(ev endpoint.Event) {
 // waitFor polls, with a deadline, for an event of kind and returns it.
 func (e *events) waitFor(t *testing.T, kind endpoint.EventKind) endpoint.Event {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	var found endpoint.Event
+	testenv.Eventually(t, "a "+string(kind)+" event", 20*time.Second, func() bool {
 		e.mu.Lock()
+		defer e.mu.Unlock()
 		for _, ev := range e.all {
 			if ev.Kind == kind {
-				e.mu.Unlock()
-				return ev
+				found = ev
+				return true
 			}
 		}
-		e.mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no %s event within the deadline", kind)
-	return endpoint.Event{}
+		return false
+	})
+	return found
 }
 
 // serve starts an endpoint with one destination and returns its port.

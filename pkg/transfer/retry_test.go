@@ -99,3 +99,35 @@ func TestHoldRefusesTransfers(t *testing.T) {
 	require.NoError(t, err)
 	assert.FileExists(t, dst+"/f")
 }
+
+// TestShutdownHoldsAtOnce: a destination that holds on shutdown refuses the
+// next rsync as soon as `shutdown 0` is answered, before whoever lifts holds
+// has heard of the sync (its events wait here, blocked, meanwhile), and says
+// the shutdown is not delivered yet.
+func TestShutdownHoldsAtOnce(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "holdonshutdown")
+	src, dst := t.TempDir(), t.TempDir()
+	require.NoError(t, os.WriteFile(src+"/f", []byte("first sync"), 0o644))
+	release := make(chan struct{})
+	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.New(t)))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // runs first: unblocks delivery for Close
+	addr, err := srv.Add(endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: dst, Privileged: true,
+		ListenAddr: "127.0.0.1:0", HoldOnShutdown: true, Events: func(e endpoint.Event) {
+			if e.Kind == endpoint.SyncEnded {
+				<-release // a receiver far behind
+			}
+		}})
+	require.NoError(t, err)
+	port := addr.(*net.TCPAddr).Port
+	_, err = push(t, k.src, port, src, nil)
+	require.NoError(t, err, "the first sync and its shutdown 0")
+	assert.True(t, srv.Ending("ns/dest"), "the shutdown is not delivered yet")
+	require.NoError(t, os.WriteFile(src+"/f", []byte("written after the sync ended"), 0o644))
+	_, err = push(t, k.src, port, src, nil)
+	require.Error(t, err, "held from the shutdown on")
+	got, err := os.ReadFile(dst + "/f")
+	require.NoError(t, err)
+	assert.Equal(t, "first sync", string(got))
+}

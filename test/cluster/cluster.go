@@ -11,6 +11,10 @@
 package cluster
 
 import (
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/ferrysync/ferry/pkg/kubelet"
+
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +69,7 @@ type Node struct {
 // PluginSocket is where the node's instance of a driver listens, as kubelet
 // would find it.
 func (n Node) PluginSocket(driverName string) string {
-	return filepath.Join(n.KubeletDir, "plugins", driverName, "csi.sock")
+	return kubelet.PluginSocket(n.KubeletDir, driverName)
 }
 
 // Cluster is a running cluster.
@@ -320,12 +324,10 @@ func (c *Cluster) Logs(lines int) string {
 }
 
 func waitFor(timeout time.Duration, ok func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			return errors.New("cluster: timed out waiting")
-		}
-		time.Sleep(20 * time.Millisecond)
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, timeout, true,
+		func(context.Context) (bool, error) { return ok(), nil })
+	if err != nil {
+		return fmt.Errorf("cluster: timed out waiting: %w", err)
 	}
 	return nil
 }

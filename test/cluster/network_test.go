@@ -124,14 +124,10 @@ func reachable(t *testing.T, addr string, from ...cluster.Node) {
 	for _, n := range from {
 		var got string
 		var err error
-		deadline := time.Now().Add(30 * time.Second)
-		for time.Now().Before(deadline) {
-			if got, err = dialFrom(n, addr); err == nil && got != "" {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		require.NoError(t, err, "%s from %s", addr, n.Name)
+		testenv.Eventually(t, addr+" to answer from "+n.Name, 30*time.Second, func() bool {
+			got, err = dialFrom(n, addr)
+			return err == nil && got != ""
+		}, func() string { return fmt.Sprintf("last: %q, %v", got, err) })
 		assert.Equal(t, "hello from node-b", got, "%s from %s", addr, n.Name)
 	}
 }

@@ -9,6 +9,8 @@
 package controller_test
 
 import (
+	"github.com/ferrysync/ferry/pkg/controller/assign"
+
 	"context"
 	"flag"
 	"fmt"
@@ -324,7 +326,7 @@ func (e *env) leftovers(uid, pv string) []string {
 		}
 	}
 	vas := &storagev1.VolumeAttachmentList{}
-	require.NoError(e.t, e.k.List(ctx, vas, client.MatchingLabels{csi.ManagedByLabel: csi.ManagedBy}))
+	require.NoError(e.t, e.k.List(ctx, vas, client.MatchingLabels{assign.ManagedByLabel: assign.ManagedBy}))
 	for _, va := range vas.Items {
 		if src := va.Spec.Source.PersistentVolumeName; pv != "" && src != nil && *src == pv {
 			out = append(out, "attachment "+va.Name)

@@ -5,6 +5,8 @@
 package nodeagent_test
 
 import (
+	"github.com/ferrysync/ferry/pkg/controller/assign"
+
 	"context"
 	"fmt"
 	"os"
@@ -103,7 +105,7 @@ func TestAgentsReplicate(t *testing.T) {
 	data := bound(t, c, pvc("app", "data", nil, nil))
 	replica := bound(t, c, pvc("app", "replica", nil, rd))
 	work := t.TempDir()
-	writeSource := func(fn func(dir string)) {
+	writeSource := func(t *testing.T, fn func(dir string)) {
 		t.Helper()
 		dir, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), data.Spec.CSI.VolumeHandle, work, false, nil)
 		require.NoError(t, err)
@@ -111,7 +113,7 @@ func TestAgentsReplicate(t *testing.T) {
 		require.NoError(t, unmount())
 	}
 	var want map[string]string
-	snapshotOf := func(name string) *corev1.PersistentVolume {
+	snapshotOf := func(t *testing.T, name string) *corev1.PersistentVolume {
 		t.Helper()
 		dir, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), data.Spec.CSI.VolumeHandle, work, true, nil)
 		require.NoError(t, err)
@@ -119,7 +121,7 @@ func TestAgentsReplicate(t *testing.T) {
 		require.NoError(t, unmount())
 		return snapshotClaim(t, c, "app", "data", name, rs)
 	}
-	writeSource(func(dir string) {
+	writeSource(t, func(dir string) {
 		require.NoError(t, os.MkdirAll(filepath.Join(dir, "app/logs"), 0o750))
 		require.NoError(t, os.WriteFile(filepath.Join(dir, "app/config.yaml"), []byte("replicas: 3\n"), 0o640))
 		require.NoError(t, os.Chown(filepath.Join(dir, "app/config.yaml"), 1000, 2000))
@@ -127,28 +129,29 @@ func TestAgentsReplicate(t *testing.T) {
 		require.NoError(t, os.Link(filepath.Join(dir, "app/config.yaml"), filepath.Join(dir, "app/config.hardlink")))
 		harness.WriteRandom(t, filepath.Join(dir, "app/logs/0001.log"), 3<<20)
 	})
-	pit := snapshotOf("data-pit-1")
+	pit := snapshotOf(t, "data-pit-1")
 
 	// One transfer at a time on node A, so that a second one queues.
 	agentA, agentB := bins.StartAgent(t, c, nodeA, "--max-transfers=1"), bins.StartAgent(t, c, nodeB)
 	agents = append(agents, agentA, agentB)
 
-	get := func(name string) *agentv1alpha1.MountAssignment {
+	get := func(t *testing.T, name string) *agentv1alpha1.MountAssignment {
+		t.Helper()
 		ma := &agentv1alpha1.MountAssignment{}
 		require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: ferryNamespace, Name: name}, ma))
 		return ma
 	}
-	update := func(name string, fn func(*agentv1alpha1.MountAssignment)) {
+	update := func(t *testing.T, name string, fn func(*agentv1alpha1.MountAssignment)) {
 		t.Helper()
-		ma := get(name)
+		ma := get(t, name)
 		fn(ma)
 		require.NoError(t, k.Update(ctx, ma))
 	}
-	synced := func(name string, gen int64) *agentv1alpha1.SyncResult {
+	synced := func(t *testing.T, name string, gen int64) *agentv1alpha1.SyncResult {
 		t.Helper()
 		var last *agentv1alpha1.SyncResult
 		testenv.Eventually(t, name+" to report sync "+strconv.FormatInt(gen, 10), 2*time.Minute, func() bool {
-			last = get(name).Status.LastSync
+			last = get(t, name).Status.LastSync
 			return last != nil && last.Generation >= gen
 		})
 		return last
@@ -163,12 +166,12 @@ func TestAgentsReplicate(t *testing.T) {
 	require.NoError(t, k.Create(ctx, dst))
 	var ep *agentv1alpha1.Endpoint
 	testenv.Eventually(t, "the destination to be served", time.Minute, func() bool {
-		ma := get(dst.Name)
+		ma := get(t, dst.Name)
 		ep = ma.Status.Endpoint
 		return ma.Status.Phase == agentv1alpha1.PhaseMounted && ep != nil
 	})
 	require.Equal(t, nodeB.Net.IP, ep.Address)
-	replicaDir := get(dst.Name).Status.MountPath
+	replicaDir := get(t, dst.Name).Status.MountPath
 
 	created := time.Now()
 	src := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-data", Namespace: ferryNamespace},
@@ -179,36 +182,43 @@ func TestAgentsReplicate(t *testing.T) {
 				KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rs-keys"}, Privileged: true},
 			SyncGeneration: 1}}
 	require.NoError(t, k.Create(ctx, src))
-	res := synced(src.Name, 1)
+	res := synced(t, src.Name, 1)
 	t.Logf("per-sync overhead, first sync of a small volume (assignment created → result reported): %v", time.Since(created))
 	require.True(t, res.Succeeded, "sync 1: %s", res.Error)
 	assert.Greater(t, res.BytesSent, int64(3<<20))
 	assert.Contains(t, res.Summary, "Number of files")
-	dres := synced(dst.Name, 1)
+	dres := synced(t, dst.Name, 1)
 	require.True(t, dres.Succeeded, dres.Error)
 	assert.Equal(t, want, harness.Tree(t, replicaDir), "the replica matches the point-in-time copy")
-	assert.Equal(t, agentv1alpha1.PhaseHolding, get(dst.Name).Status.Phase)
-	assert.Equal(t, agentv1alpha1.PhaseCompleted, get(src.Name).Status.Phase)
-	assert.Empty(t, get(src.Name).Status.MountPath, "the source's copy is unmounted after the sync")
+	assert.Equal(t, agentv1alpha1.PhaseHolding, get(t, dst.Name).Status.Phase)
+	assert.Equal(t, agentv1alpha1.PhaseCompleted, get(t, src.Name).Status.Phase)
+	assert.Empty(t, get(t, src.Name).Status.MountPath, "the source's copy is unmounted after the sync")
 	assertNotMounted(t, nodeA, src.Name)
 	assert.GreaterOrEqual(t, agentA.Metric("ferry_agent_bytes_total", map[string]string{"node": nodeA.Name, "obj_namespace": "app", "obj_name": "rs", "role": "source", "direction": "sent"}), float64(3<<20))
 	assert.GreaterOrEqual(t, agentB.Metric("ferry_agent_bytes_total", map[string]string{"node": nodeB.Name, "obj_namespace": "app", "obj_name": "rd", "role": "destination", "direction": "received"}), float64(3<<20))
 	assert.Equal(t, 1.0, agentA.Metric("ferry_agent_syncs_total", map[string]string{"role": "source", "result": "succeeded"}))
 	assert.Equal(t, 1.0, agentB.Metric("ferry_agent_syncs_total", map[string]string{"role": "destination", "result": "succeeded"}))
 
-	// A second sync of the same copy: the agent path's steady overhead.
-	update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
-	testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
-	asked := time.Now()
-	update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
-	require.True(t, synced(src.Name, 2).Succeeded)
-	t.Logf("per-sync overhead, unchanged small volume (generation raised → result reported): %v", time.Since(asked))
-	publishes := map[string]string{"node": nodeA.Name, "role": "source"}
-	t.Logf("of which mounting the copy (stage + publish), on average: %.0f ms",
-		1000*agentA.Metric("ferry_agent_publish_duration_seconds_sum", publishes)/agentA.Metric("ferry_agent_publish_duration_seconds_count", publishes))
-	transfers := map[string]string{"node": nodeA.Name, "role": "source"}
-	t.Logf("and the push (ssh, rsync, shutdown), on average: %.0f ms",
-		1000*agentA.Metric("ferry_agent_transfer_duration_seconds_sum", transfers)/agentA.Metric("ferry_agent_transfer_duration_seconds_count", transfers))
+	// What the scenarios below share; each runs as a named subtest, so one
+	// failing does not hide the others.
+	var gen int64
+	var second, direct, dst2, dst3, refused *agentv1alpha1.MountAssignment
+	var attachedPV *corev1.PersistentVolume
+	t.Run("a second sync of an unchanged copy: the steady overhead", func(t *testing.T) {
+		// A second sync of the same copy: the agent path's steady overhead.
+		update(t, dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
+		testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(t, dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+		asked := time.Now()
+		update(t, src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
+		require.True(t, synced(t, src.Name, 2).Succeeded)
+		t.Logf("per-sync overhead, unchanged small volume (generation raised → result reported): %v", time.Since(asked))
+		publishes := map[string]string{"node": nodeA.Name, "role": "source"}
+		t.Logf("of which mounting the copy (stage + publish), on average: %.0f ms",
+			1000*agentA.Metric("ferry_agent_publish_duration_seconds_sum", publishes)/agentA.Metric("ferry_agent_publish_duration_seconds_count", publishes))
+		transfers := map[string]string{"node": nodeA.Name, "role": "source"}
+		t.Logf("and the push (ssh, rsync, shutdown), on average: %.0f ms",
+			1000*agentA.Metric("ferry_agent_transfer_duration_seconds_sum", transfers)/agentA.Metric("ferry_agent_transfer_duration_seconds_count", transfers))
+	})
 
 	// Big enough that a transfer is still running when the test acts.
 	const big = 128 << 20
@@ -216,230 +226,252 @@ func TestAgentsReplicate(t *testing.T) {
 	// cuts a point-in-time copy, releases the destination, asks for the
 	// next sync of the copy and returns its generation once it is sending
 	// (and far from done).
-	bigSyncUnderWay := func(n int) int64 {
+	bigSyncUnderWay := func(t *testing.T, n int) int64 {
 		t.Helper()
-		writeSource(func(dir string) {
+		writeSource(t, func(dir string) {
 			_ = os.Remove(filepath.Join(dir, fmt.Sprintf("big-%d", n-1)))
 			harness.WriteRandom(t, filepath.Join(dir, fmt.Sprintf("big-%d", n)), big)
 		})
-		copyPV := snapshotOf(fmt.Sprintf("data-big-%d", n))
-		update(dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration++ })
-		testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
-		gen := get(src.Name).Spec.SyncGeneration + 1
-		update(src.Name, func(ma *agentv1alpha1.MountAssignment) {
+		copyPV := snapshotOf(t, fmt.Sprintf("data-big-%d", n))
+		update(t, dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration++ })
+		testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(t, dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+		gen := get(t, src.Name).Spec.SyncGeneration + 1
+		update(t, src.Name, func(ma *agentv1alpha1.MountAssignment) {
 			ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(copyPV), gen
 		})
 		var cs *agentv1alpha1.SyncProgress
 		testenv.Eventually(t, "the transfer to be under way", time.Minute, func() bool {
-			cs = get(src.Name).Status.CurrentSync
+			cs = get(t, src.Name).Status.CurrentSync
 			return cs != nil && cs.Generation == gen && cs.BytesDone > 0
 		})
 		require.Less(t, cs.BytesDone, int64(big/2), "still early in the transfer")
 		return gen
 	}
 	// nextSucceeds asks for one more sync and checks it and the replica.
-	nextSucceeds := func(after int64, why string) {
+	nextSucceeds := func(t *testing.T, after int64, why string) {
 		t.Helper()
-		update(src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = after + 1 })
-		res := synced(src.Name, after+1)
+		update(t, src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = after + 1 })
+		res := synced(t, src.Name, after+1)
 		require.True(t, res.Succeeded, "the sync after %s: %s", why, res.Error)
 		assert.Equal(t, after+1, res.Generation, "generation %d was not run again", after)
 	}
 
-	// Kill -9 the source's agent mid-transfer.
-	gen := bigSyncUnderWay(1)
-	agentA.Kill()
-	agentA.Start()
-	res = synced(src.Name, gen)
-	require.False(t, res.Succeeded)
-	assert.Contains(t, res.Error, "interrupted")
-	assertNotMounted(t, nodeA, src.Name)
-	nextSucceeds(gen, "the source's kill")
-	require.True(t, get(dst.Name).Status.LastSync.Succeeded)
-	assert.Equal(t, want, harness.Tree(t, replicaDir))
-
-	// Kill -9 the destination's agent mid-transfer.
-	gen = bigSyncUnderWay(2)
-	agentB.Kill()
-	agentB.Start()
-	require.Equal(t, replicaDir, get(dst.Name).Status.MountPath, "the restarted agent adopts the same mount")
-	require.Equal(t, ep.Port, get(dst.Name).Status.Endpoint.Port, "and serves it on the same port")
-	if res = synced(src.Name, gen); !res.Succeeded {
-		// The source's retries may run out while the destination restarts;
-		// then the next sync must succeed.
-		t.Logf("sync %d failed across the destination's restart (%s)", gen, res.Error)
-		nextSucceeds(gen, "the destination's kill")
-	}
-	require.True(t, get(dst.Name).Status.LastSync.Succeeded)
-	assert.Equal(t, want, harness.Tree(t, replicaDir))
-
-	// SIGTERM mid-transfer: the agent finishes the sync or aborts it
-	// within its grace period, reports which, and unmounts.
-	gen = bigSyncUnderWay(3)
-	took, err := agentA.Stop()
-	require.NoError(t, err, "the agent exits cleanly on SIGTERM")
-	assert.Less(t, took, 15*time.Second, "within the 10 s grace period and a margin")
-	res = get(src.Name).Status.LastSync
-	require.NotNil(t, res)
-	require.Equal(t, gen, res.Generation, "the sync's end is reported before the agent exits")
-	if !res.Succeeded {
-		assert.Contains(t, res.Error, "aborted")
-	}
-	t.Logf("SIGTERM mid-transfer: stopped in %v, sync succeeded=%v %s", took, res.Succeeded, res.Error)
-	assertNotMounted(t, nodeA, src.Name)
-	agentA.Start()
-
-	// With one transfer slot on node A, a second source waits, Queued,
-	// while the first sends, then runs.
-	replica2 := bound(t, c, pvc("app", "replica-2", nil, rd))
-	dst2 := dst.DeepCopy()
-	dst2.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-2", Namespace: ferryNamespace}
-	dst2.Spec.Volume, dst2.Status = volumeOf(replica2), agentv1alpha1.MountAssignmentStatus{}
-	require.NoError(t, k.Create(ctx, dst2))
-	var ep2 *agentv1alpha1.Endpoint
-	testenv.Eventually(t, "the second destination to be served", time.Minute, func() bool {
-		ep2 = get(dst2.Name).Status.Endpoint
-		return ep2 != nil
+	t.Run("kill -9 of the source's agent mid-transfer", func(t *testing.T) {
+		// Kill -9 the source's agent mid-transfer.
+		gen = bigSyncUnderWay(t, 1)
+		agentA.Kill()
+		agentA.Start()
+		res = synced(t, src.Name, gen)
+		require.False(t, res.Succeeded)
+		assert.Contains(t, res.Error, "interrupted")
+		assertNotMounted(t, nodeA, src.Name)
+		nextSucceeds(t, gen, "the source's kill")
+		require.True(t, get(t, dst.Name).Status.LastSync.Succeeded)
+		assert.Equal(t, want, harness.Tree(t, replicaDir))
 	})
-	gen = bigSyncUnderWay(4)
-	second := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-data-2", Namespace: ferryNamespace}, Spec: *get(src.Name).Spec.DeepCopy()}
-	second.Spec.Source.Port, second.Spec.SyncGeneration = ep2.Port, 1
-	require.NoError(t, k.Create(ctx, second))
-	testenv.Eventually(t, "the second source to queue", time.Minute, func() bool {
-		return get(second.Name).Status.Phase == agentv1alpha1.PhaseQueued
-	})
-	// The gauge counts it while it waits: read while the first still sends
-	// (so the second cannot have its slot yet).
-	queued := agentA.Metric("ferry_agent_queued_transfers", map[string]string{"node": nodeA.Name})
-	require.NotNil(t, get(src.Name).Status.CurrentSync, "the first transfer still runs after the gauge was read")
-	assert.Equal(t, 1.0, queued, "one source waits for a slot")
-	first := synced(src.Name, gen)
-	require.True(t, first.Succeeded)
-	after := synced(second.Name, 1)
-	require.True(t, after.Succeeded, "the queued one runs after")
-	assert.False(t, after.StartTime.Before(first.EndTime), "it started once the first had ended")
-	assert.Equal(t, want, harness.Tree(t, get(dst2.Name).Status.MountPath))
 
-	// copyMethod Direct with a pod on node A using the source PVC: the
-	// agent binds kubelet's mount of it read-only instead of staging the
-	// volume again, pushes, and leaves the pod's mount alone.
-	podMount := filepath.Join(nodeA.KubeletDir, "pods", "4a5b6c7d-pod", "volumes", "kubernetes.io~csi", data.Name, "mount")
-	unmountPod, err := cluster.MountVolumeAt(ctx, nodeA.PluginSocket(cluster.DriverName), data.Spec.CSI.VolumeHandle,
-		filepath.Join(nodeA.KubeletDir, "plugins", "kubernetes.io", "csi", cluster.DriverName, "globalmount-data"), podMount, false, nil)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(podMount, "written-by-the-pod"), []byte("live data"), 0o644))
-	wantDirect := harness.Tree(t, podMount)
-	update(dst2.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration++ })
-	testenv.Eventually(t, "the second destination to be released", time.Minute, func() bool {
-		return get(dst2.Name).Status.Phase == agentv1alpha1.PhaseMounted
+	t.Run("kill -9 of the destination's agent mid-transfer", func(t *testing.T) {
+		// Kill -9 the destination's agent mid-transfer.
+		gen = bigSyncUnderWay(t, 2)
+		agentB.Kill()
+		agentB.Start()
+		require.Equal(t, replicaDir, get(t, dst.Name).Status.MountPath, "the restarted agent adopts the same mount")
+		require.Equal(t, ep.Port, get(t, dst.Name).Status.Endpoint.Port, "and serves it on the same port")
+		if res = synced(t, src.Name, gen); !res.Succeeded {
+			// The source's retries may run out while the destination restarts;
+			// then the next sync must succeed.
+			t.Logf("sync %d failed across the destination's restart (%s)", gen, res.Error)
+			nextSucceeds(t, gen, "the destination's kill")
+		}
+		require.True(t, get(t, dst.Name).Status.LastSync.Succeeded)
+		assert.Equal(t, want, harness.Tree(t, replicaDir))
 	})
-	direct := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-direct", Namespace: ferryNamespace}, Spec: *get(second.Name).Spec.DeepCopy()}
-	direct.Spec.Volume, direct.Spec.SyncGeneration = volumeOf(data), 1
-	direct.Spec.Volume.ReuseKubeletMount = true
-	require.NoError(t, k.Create(ctx, direct))
-	require.True(t, synced(direct.Name, 1).Succeeded)
-	assert.Equal(t, wantDirect, harness.Tree(t, get(dst2.Name).Status.MountPath), "the replica has what the pod sees")
-	mounted, err := mount.IsMountPoint(podMount)
-	require.NoError(t, err)
-	assert.True(t, mounted, "the pod's mount stays")
-	assertNotMounted(t, nodeA, direct.Name)
-	require.NoError(t, unmountPod())
-	assert.Contains(t, agentA.Logs(), `"mount":"`+podMount+`"`, "published by binding kubelet's mount")
 
-	// A destination whose driver requires attach waits for the
-	// controller's attachment, then serves; detached and attached again
-	// (a new attachment UID), it is published anew with its data.
-	attachedClaim := pvc("app", "replica-attached", nil, rd)
-	attachedClaim.Spec.StorageClassName = ptr.To(cluster.AttachStorageClass)
-	attachedPV := bound(t, c, attachedClaim)
-	dst3 := dst.DeepCopy()
-	dst3.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-attached", Namespace: ferryNamespace}
-	dst3.Spec.Volume, dst3.Status = volumeOf(attachedPV), agentv1alpha1.MountAssignmentStatus{}
-	require.NoError(t, k.Create(ctx, dst3))
-	testenv.Eventually(t, "the destination to wait for its attachment", time.Minute, func() bool {
-		cond := meta.FindStatusCondition(get(dst3.Name).Status.Conditions, agentv1alpha1.ConditionReady)
-		return cond != nil && cond.Reason == agentv1alpha1.ReasonWaitingForAttach
+	t.Run("SIGTERM of the source's agent mid-transfer", func(t *testing.T) {
+		// SIGTERM mid-transfer: the agent finishes the sync or aborts it
+		// within its grace period, reports which, and unmounts.
+		gen = bigSyncUnderWay(t, 3)
+		took, err := agentA.Stop()
+		require.NoError(t, err, "the agent exits cleanly on SIGTERM")
+		assert.Less(t, took, 15*time.Second, "within the 10 s grace period and a margin")
+		res = get(t, src.Name).Status.LastSync
+		require.NotNil(t, res)
+		require.Equal(t, gen, res.Generation, "the sync's end is reported before the agent exits")
+		if !res.Succeeded {
+			assert.Contains(t, res.Error, "aborted")
+		}
+		t.Logf("SIGTERM mid-transfer: stopped in %v, sync succeeded=%v %s", took, res.Succeeded, res.Error)
+		assertNotMounted(t, nodeA, src.Name)
+		agentA.Start()
 	})
-	attach := func() {
-		t.Helper()
-		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
-		va, err := csi.WaitAttached(wctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, attachedPV.Name, nodeB.Name)
+
+	t.Run("a second source queues for the node's one slot", func(t *testing.T) {
+		// With one transfer slot on node A, a second source waits, Queued,
+		// while the first sends, then runs.
+		replica2 := bound(t, c, pvc("app", "replica-2", nil, rd))
+		dst2 = dst.DeepCopy()
+		dst2.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-2", Namespace: ferryNamespace}
+		dst2.Spec.Volume, dst2.Status = volumeOf(replica2), agentv1alpha1.MountAssignmentStatus{}
+		require.NoError(t, k.Create(ctx, dst2))
+		var ep2 *agentv1alpha1.Endpoint
+		testenv.Eventually(t, "the second destination to be served", time.Minute, func() bool {
+			ep2 = get(t, dst2.Name).Status.Endpoint
+			return ep2 != nil
+		})
+		gen = bigSyncUnderWay(t, 4)
+		second = &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-data-2", Namespace: ferryNamespace}, Spec: *get(t, src.Name).Spec.DeepCopy()}
+		second.Spec.Source.Port, second.Spec.SyncGeneration = ep2.Port, 1
+		require.NoError(t, k.Create(ctx, second))
+		testenv.Eventually(t, "the second source to queue", time.Minute, func() bool {
+			return get(t, second.Name).Status.Phase == agentv1alpha1.PhaseQueued
+		})
+		// The gauge counts it while it waits: read while the first still sends
+		// (so the second cannot have its slot yet).
+		queued := agentA.Metric("ferry_agent_queued_transfers", map[string]string{"node": nodeA.Name})
+		require.NotNil(t, get(t, src.Name).Status.CurrentSync, "the first transfer still runs after the gauge was read")
+		assert.Equal(t, 1.0, queued, "one source waits for a slot")
+		first := synced(t, src.Name, gen)
+		require.True(t, first.Succeeded)
+		after := synced(t, second.Name, 1)
+		require.True(t, after.Succeeded, "the queued one runs after")
+		assert.False(t, after.StartTime.Before(first.EndTime), "it started once the first had ended")
+		assert.Equal(t, want, harness.Tree(t, get(t, dst2.Name).Status.MountPath))
+	})
+
+	t.Run("copyMethod Direct binds kubelet's mount of the pod's volume", func(t *testing.T) {
+		// copyMethod Direct with a pod on node A using the source PVC: the
+		// agent binds kubelet's mount of it read-only instead of staging the
+		// volume again, pushes, and leaves the pod's mount alone.
+		podMount := filepath.Join(nodeA.KubeletDir, "pods", "4a5b6c7d-pod", "volumes", "kubernetes.io~csi", data.Name, "mount")
+		unmountPod, err := cluster.MountVolumeAt(ctx, nodeA.PluginSocket(cluster.DriverName), data.Spec.CSI.VolumeHandle,
+			filepath.Join(nodeA.KubeletDir, "plugins", "kubernetes.io", "csi", cluster.DriverName, "globalmount-data"), podMount, false, nil)
 		require.NoError(t, err)
-		update(dst3.Name, func(ma *agentv1alpha1.MountAssignment) {
-			ma.Spec.Volume.Attachment = &agentv1alpha1.Attachment{Name: va.Name, UID: string(va.UID), Metadata: va.Status.AttachmentMetadata}
+		require.NoError(t, os.WriteFile(filepath.Join(podMount, "written-by-the-pod"), []byte("live data"), 0o644))
+		wantDirect := harness.Tree(t, podMount)
+		update(t, dst2.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration++ })
+		testenv.Eventually(t, "the second destination to be released", time.Minute, func() bool {
+			return get(t, dst2.Name).Status.Phase == agentv1alpha1.PhaseMounted
 		})
-		testenv.Eventually(t, "the attached destination to be served", time.Minute, func() bool {
-			ma := get(dst3.Name)
-			return ma.Status.Phase == agentv1alpha1.PhaseMounted && ma.Status.ObservedGeneration == ma.Generation
-		})
-	}
-	attach()
-	attachedDir := get(dst3.Name).Status.MountPath
-	require.NoError(t, os.WriteFile(filepath.Join(attachedDir, "kept"), []byte("across a re-attach"), 0o600))
-	require.NoError(t, csi.Detach(ctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, nodeB.Name))
-	attach()
-	got, err := os.ReadFile(filepath.Join(get(dst3.Name).Status.MountPath, "kept"))
-	require.NoError(t, err)
-	assert.Equal(t, "across a re-attach", string(got))
-	record, err := os.ReadFile(filepath.Join(csi.DefaultRoot(nodeB.KubeletDir), dst3.Name, "volume.json"))
-	require.NoError(t, err)
-	assert.Contains(t, string(record), get(dst3.Name).Spec.Volume.Attachment.UID, "published anew for the new attachment")
-
-	// An assignment for a PV no Ferry CR owns.
-	stray := bound(t, c, pvc("app", "not-replicated", nil, nil))
-	refused := &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "stray", Namespace: ferryNamespace},
-		Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeA.Name,
-			Owner:  agentv1alpha1.OwnerReference{Kind: "ReplicationSource", Namespace: "app", Name: "rs", UID: string(rs.UID)},
-			Volume: volumeOf(stray),
-			Source: &agentv1alpha1.SourceRole{Address: ep.Address, Port: ep.Port,
-				KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rs-keys"}},
-			SyncGeneration: 1}}
-	require.NoError(t, k.Create(ctx, refused))
-	testenv.Eventually(t, "the stray assignment to be refused", time.Minute, func() bool {
-		return get(refused.Name).Status.Phase == agentv1alpha1.PhaseRefused
+		direct = &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "rs-direct", Namespace: ferryNamespace}, Spec: *get(t, second.Name).Spec.DeepCopy()}
+		direct.Spec.Volume, direct.Spec.SyncGeneration = volumeOf(data), 1
+		direct.Spec.Volume.ReuseKubeletMount = true
+		require.NoError(t, k.Create(ctx, direct))
+		require.True(t, synced(t, direct.Name, 1).Succeeded)
+		assert.Equal(t, wantDirect, harness.Tree(t, get(t, dst2.Name).Status.MountPath), "the replica has what the pod sees")
+		mounted, err := mount.IsMountPoint(podMount)
+		require.NoError(t, err)
+		assert.True(t, mounted, "the pod's mount stays")
+		assertNotMounted(t, nodeA, direct.Name)
+		require.NoError(t, unmountPod())
+		assert.Contains(t, agentA.Logs(), `"mount":"`+podMount+`"`, "published by binding kubelet's mount")
 	})
-	cond := meta.FindStatusCondition(get(refused.Name).Status.Conditions, agentv1alpha1.ConditionReady)
-	require.NotNil(t, cond)
-	assert.Contains(t, cond.Message, "neither owned nor named by ReplicationSource rs")
-	assertNotMounted(t, nodeA, refused.Name)
-	assert.Nil(t, get(refused.Name).Status.LastSync, "nothing ran")
-	// What kubectl describe shows: events on the assignments.
-	for name, reason := range map[string]string{refused.Name: agentv1alpha1.ReasonRefused, src.Name: agentv1alpha1.ReasonSyncSucceeded, dst.Name: agentv1alpha1.ReasonServing} {
-		testenv.Eventually(t, "a "+reason+" event on "+name, 30*time.Second, func() bool {
-			list := &eventsv1.EventList{}
-			require.NoError(t, k.List(ctx, list, client.InNamespace(ferryNamespace)))
-			for _, e := range list.Items {
-				if e.Regarding.Name == name && e.Reason == reason {
-					return true
+
+	t.Run("an attach-required destination waits for its attachment and survives a re-attach", func(t *testing.T) {
+		// A destination whose driver requires attach waits for the
+		// controller's attachment, then serves; detached and attached again
+		// (a new attachment UID), it is published anew with its data.
+		attachedClaim := pvc("app", "replica-attached", nil, rd)
+		attachedClaim.Spec.StorageClassName = ptr.To(cluster.AttachStorageClass)
+		attachedPV = bound(t, c, attachedClaim)
+		dst3 = dst.DeepCopy()
+		dst3.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-attached", Namespace: ferryNamespace}
+		dst3.Spec.Volume, dst3.Status = volumeOf(attachedPV), agentv1alpha1.MountAssignmentStatus{}
+		require.NoError(t, k.Create(ctx, dst3))
+		testenv.Eventually(t, "the destination to wait for its attachment", time.Minute, func() bool {
+			cond := meta.FindStatusCondition(get(t, dst3.Name).Status.Conditions, agentv1alpha1.ConditionReady)
+			return cond != nil && cond.Reason == agentv1alpha1.ReasonWaitingForAttach
+		})
+		attach := func(t *testing.T) {
+			t.Helper()
+			wctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			va, err := assign.WaitAttached(wctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, attachedPV.Name, nodeB.Name)
+			require.NoError(t, err)
+			update(t, dst3.Name, func(ma *agentv1alpha1.MountAssignment) {
+				ma.Spec.Volume.Attachment = &agentv1alpha1.Attachment{Name: va.Name, UID: string(va.UID), Metadata: va.Status.AttachmentMetadata}
+			})
+			testenv.Eventually(t, "the attached destination to be served", time.Minute, func() bool {
+				ma := get(t, dst3.Name)
+				return ma.Status.Phase == agentv1alpha1.PhaseMounted && ma.Status.ObservedGeneration == ma.Generation
+			})
+		}
+		attach(t)
+		attachedDir := get(t, dst3.Name).Status.MountPath
+		require.NoError(t, os.WriteFile(filepath.Join(attachedDir, "kept"), []byte("across a re-attach"), 0o600))
+		require.NoError(t, assign.Detach(ctx, k, attachedPV.Name, ""))
+		attach(t)
+		got, err := os.ReadFile(filepath.Join(get(t, dst3.Name).Status.MountPath, "kept"))
+		require.NoError(t, err)
+		assert.Equal(t, "across a re-attach", string(got))
+		record, err := os.ReadFile(filepath.Join(csi.DefaultRoot(nodeB.KubeletDir), dst3.Name, "volume.json"))
+		require.NoError(t, err)
+		assert.Contains(t, string(record), get(t, dst3.Name).Spec.Volume.Attachment.UID, "published anew for the new attachment")
+	})
+
+	t.Run("an assignment for a PV no Ferry CR owns is refused", func(t *testing.T) {
+		// An assignment for a PV no Ferry CR owns.
+		stray := bound(t, c, pvc("app", "not-replicated", nil, nil))
+		refused = &agentv1alpha1.MountAssignment{ObjectMeta: metav1.ObjectMeta{Name: "stray", Namespace: ferryNamespace},
+			Spec: agentv1alpha1.MountAssignmentSpec{NodeName: nodeA.Name,
+				Owner:  agentv1alpha1.OwnerReference{Kind: "ReplicationSource", Namespace: "app", Name: "rs", UID: string(rs.UID)},
+				Volume: volumeOf(stray),
+				Source: &agentv1alpha1.SourceRole{Address: ep.Address, Port: ep.Port,
+					KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rs-keys"}},
+				SyncGeneration: 1}}
+		require.NoError(t, k.Create(ctx, refused))
+		testenv.Eventually(t, "the stray assignment to be refused", time.Minute, func() bool {
+			return get(t, refused.Name).Status.Phase == agentv1alpha1.PhaseRefused
+		})
+		cond := meta.FindStatusCondition(get(t, refused.Name).Status.Conditions, agentv1alpha1.ConditionReady)
+		require.NotNil(t, cond)
+		assert.Contains(t, cond.Message, "neither owned nor named by ReplicationSource rs")
+		assertNotMounted(t, nodeA, refused.Name)
+		assert.Nil(t, get(t, refused.Name).Status.LastSync, "nothing ran")
+		// What kubectl describe shows: events on the assignments.
+		for name, reason := range map[string]string{refused.Name: agentv1alpha1.ReasonRefused, src.Name: agentv1alpha1.ReasonSyncSucceeded, dst.Name: agentv1alpha1.ReasonServing} {
+			testenv.Eventually(t, "a "+reason+" event on "+name, 30*time.Second, func() bool {
+				list := &eventsv1.EventList{}
+				require.NoError(t, k.List(ctx, list, client.InNamespace(ferryNamespace)))
+				for _, e := range list.Items {
+					if e.Regarding.Name == name && e.Reason == reason {
+						return true
+					}
 				}
-			}
-			return false
-		})
-	}
-
-	// Deleting the assignments unmounts everything; the agents stop cleanly.
-	for _, name := range []string{src.Name, dst.Name, second.Name, direct.Name, dst2.Name, dst3.Name, refused.Name} {
-		require.NoError(t, k.Delete(ctx, get(name)))
-	}
-	testenv.Eventually(t, "the assignments to be released and gone", time.Minute, func() bool {
-		list := &agentv1alpha1.MountAssignmentList{}
-		require.NoError(t, k.List(ctx, list, client.InNamespace(ferryNamespace)))
-		return len(list.Items) == 0
+				return false
+			})
+		}
 	})
-	for _, n := range []cluster.Node{nodeA, nodeB} {
-		mounts, err := mount.Under(csi.DefaultRoot(n.KubeletDir))
-		require.NoError(t, err)
-		assert.Empty(t, mounts, "mounts left on %s", n.Name)
-	}
-	for _, a := range []*harness.Proc{agentA, agentB} {
-		took, err := a.Stop()
-		assert.NoError(t, err, "the agent exits cleanly on SIGTERM")
-		assert.Less(t, took, 15*time.Second)
-	}
-	assert.Empty(t, testenv.Processes(t, "rsync --server"), "rsync processes left behind")
-	testenv.NoLoopDevices(t, c.Dir)
-	require.NoError(t, csi.Detach(ctx, k, attachedPV.Spec.CSI.Driver, attachedPV.Spec.CSI.VolumeHandle, nodeB.Name))
+
+	t.Run("deleting the assignments unmounts everything; the agents stop cleanly", func(t *testing.T) {
+		// Deleting the assignments unmounts everything; the agents stop cleanly.
+		for _, ma := range []*agentv1alpha1.MountAssignment{src, dst, second, direct, dst2, dst3, refused} {
+			if ma != nil { // nil: its subtest failed before making it
+				require.NoError(t, client.IgnoreNotFound(k.Delete(ctx, ma)))
+			}
+		}
+		testenv.Eventually(t, "the assignments to be released and gone", time.Minute, func() bool {
+			list := &agentv1alpha1.MountAssignmentList{}
+			require.NoError(t, k.List(ctx, list, client.InNamespace(ferryNamespace)))
+			return len(list.Items) == 0
+		})
+		for _, n := range []cluster.Node{nodeA, nodeB} {
+			mounts, err := mount.Under(csi.DefaultRoot(n.KubeletDir))
+			require.NoError(t, err)
+			assert.Empty(t, mounts, "mounts left on %s", n.Name)
+		}
+		for _, a := range []*harness.Proc{agentA, agentB} {
+			took, err := a.Stop()
+			assert.NoError(t, err, "the agent exits cleanly on SIGTERM")
+			assert.Less(t, took, 15*time.Second)
+		}
+		// This test's own: other packages run transfers meanwhile. The source's
+		// rsync and the remote-shell helpers name the binaries' directory.
+		assert.Empty(t, testenv.Processes(t, bins.Dir), "transfer processes left behind")
+		testenv.NoLoopDevices(t, c.Dir)
+		if attachedPV != nil {
+			require.NoError(t, assign.Detach(ctx, k, attachedPV.Name, ""))
+		}
+	})
 }
 
 // assertNotMounted checks that nothing of an assignment is mounted on the

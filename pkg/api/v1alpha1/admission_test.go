@@ -2,6 +2,7 @@ package v1alpha1_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -202,16 +203,11 @@ func TestExplainDescribesEveryRsyncField(t *testing.T) {
 			// CRD is established: poll, with a deadline.
 			var out []byte
 			var err error
-			deadline := time.Now().Add(30 * time.Second)
-			for {
+			testenv.Eventually(t, "kubectl explain "+tc.resource, 30*time.Second, func() bool {
 				out, err = exec.Command(filepath.Join(env.BinDir, "kubectl"), "--kubeconfig", env.Kubeconfig,
 					"explain", tc.resource).CombinedOutput()
-				if err == nil || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(200 * time.Millisecond)
-			}
-			require.NoError(t, err, string(out))
+				return err == nil
+			}, func() string { return fmt.Sprintf("%v: %s", err, out) })
 			described := explainedFields(string(out))
 			for _, f := range tc.fields {
 				assert.Truef(t, described[f], "kubectl explain %s: field %s missing or without description:\n%s", tc.resource, f, out)

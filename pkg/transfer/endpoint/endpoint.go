@@ -18,6 +18,8 @@
 package endpoint
 
 import (
+	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
+
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -48,8 +50,15 @@ type Destination struct {
 	Privileged bool
 	// ListenAddr is where to listen, "host:port"; port 0 picks a free one.
 	ListenAddr string
-	// Events, when set, receives what happens on this destination. It is
-	// called from connection goroutines and must not block for long.
+	// HoldOnShutdown holds the destination (see Server.Hold) the moment a
+	// source says `shutdown 0`, before the reply goes back: no transfer can
+	// start between the end of a sync and the snapshot of it, however slow
+	// the one who lifts the hold is to hear of it.
+	HoldOnShutdown bool
+	// Events, when set, receives what happens on this destination, in order,
+	// on a goroutine of its own: a slow receiver (one that writes to the
+	// apiserver) never delays a transfer. Events queued when the
+	// destination is removed are still delivered before Remove returns.
 	Events func(Event)
 }
 
@@ -120,7 +129,17 @@ type listener struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	held   atomic.Bool
+	// events feeds the destination's Events callback; delivered is closed
+	// once the last one is delivered.
+	events    chan Event
+	delivered chan struct{}
+	// ending counts `shutdown` requests whose SyncEnded is not delivered yet.
+	ending atomic.Int32
 }
+
+// eventQueue bounds the events waiting for delivery; a transfer waits when
+// the receiver is this far behind.
+const eventQueue = 256
 
 // Add starts serving d and returns the address it listens on. Adding an ID
 // that is already served is an error; Remove it first to change it.
@@ -139,6 +158,18 @@ func (s *Server) Add(d Destination) (net.Addr, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &listener{dest: d, ln: ln, config: serverConfig(d), ctx: ctx, cancel: cancel}
+	if d.Events != nil {
+		l.events, l.delivered = make(chan Event, eventQueue), make(chan struct{})
+		go func() {
+			defer close(l.delivered)
+			for e := range l.events {
+				d.Events(e)
+				if e.Kind == SyncEnded {
+					l.ending.Add(-1)
+				}
+			}
+		}()
+	}
 	s.dests[d.ID] = l
 	l.wg.Add(1)
 	go s.accept(l)
@@ -160,6 +191,10 @@ func (s *Server) Remove(id string) {
 	l.cancel()
 	_ = l.ln.Close()
 	l.wg.Wait()
+	if l.events != nil {
+		close(l.events)
+		<-l.delivered
+	}
 	s.log.Info("stopped serving destination", "destination", id)
 }
 
@@ -173,6 +208,16 @@ func (s *Server) Hold(id string, held bool) {
 	if l, ok := s.dests[id]; ok {
 		l.held.Store(held)
 	}
+}
+
+// Ending says whether a destination's `shutdown` has not been delivered to
+// its Events yet: until it has, whoever lifts holds must not lift the one
+// that shutdown set, for it does not know of that sync yet.
+func (s *Server) Ending(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.dests[id]
+	return ok && l.ending.Load() > 0
 }
 
 // Close removes every destination.
@@ -201,15 +246,9 @@ func serverConfig(d Destination) *ssh.ServerConfig {
 		},
 		ServerVersion: "SSH-2.0-Ferry",
 	}
-	cfg.Ciphers = preferredCiphers
+	algorithms.Apply(&cfg.Config)
 	cfg.AddHostKey(d.Keys.HostKey)
 	return cfg
-}
-
-// preferredCiphers puts AES-GCM first; chacha20-poly1305 is slower in Go.
-var preferredCiphers = []string{
-	"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-	"aes128-ctr", "aes192-ctr", "aes256-ctr",
 }
 
 func (s *Server) accept(l *listener) {
@@ -298,10 +337,14 @@ func (s *Server) serveSession(l *listener, log logr.Logger, ch ssh.Channel, reqs
 	}
 }
 
+// emit queues an event for the destination's Events callback.
 func emit(l *listener, e Event) {
-	if l.dest.Events != nil {
+	if l.events != nil {
 		e.Time = time.Now()
-		l.dest.Events(e)
+		if e.Kind == SyncEnded {
+			l.ending.Add(1)
+		}
+		l.events <- e
 	}
 }
 

@@ -25,6 +25,9 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 	switch r := req.(type) {
 	case servercmd.Shutdown:
 		log.Info("sync ended by source", "result", r.Code)
+		if r.Code == 0 && l.dest.HoldOnShutdown {
+			l.held.Store(true)
+		}
 		emit(l, Event{Kind: SyncEnded, ExitCode: r.Code})
 		return 0
 	case *servercmd.Rsync:
@@ -69,7 +72,6 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	defer stdinR.Close()
 	stream.Grow(stdin)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, out, ch.Stderr()
-	emit(l, Event{Kind: RsyncStarted})
 	err = cmd.Start()
 	_ = stdinR.Close() // rsync holds it now
 	if err != nil {
@@ -78,6 +80,7 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 		log.Error(err, "cannot start rsync")
 		return 1
 	}
+	emit(l, Event{Kind: RsyncStarted})
 	// Not waited for: it ends when the channel closes after rsync exits.
 	go func() {
 		_, _ = stream.Copy(stdin, in)

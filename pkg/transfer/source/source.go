@@ -28,6 +28,8 @@
 package source
 
 import (
+	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
+
 	"bytes"
 	"context"
 	"errors"
@@ -316,7 +318,7 @@ func (c *connection) get() (*ssh.Client, error) {
 		HostKeyAlgorithms: []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA},
 		Timeout:           30 * time.Second,
 	}
-	cfg.Ciphers = []string{"aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr"}
+	algorithms.Apply(&cfg.Config)
 	if algo := c.opts.Keys.HostKey.Type(); algo != ssh.KeyAlgoRSA {
 		cfg.HostKeyAlgorithms = []string{algo}
 	}

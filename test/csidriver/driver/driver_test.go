@@ -37,14 +37,8 @@ func start(t *testing.T, dataDir, node string, attach bool) string {
 		require.NoError(t, <-done)
 		_ = os.RemoveAll(dir)
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			return sock
-		}
-		require.True(t, time.Now().Before(deadline), "driver socket did not appear")
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, "the driver's socket", 10*time.Second, func() bool { _, err := os.Stat(sock); return err == nil })
+	return sock
 }
 
 // requireNoLeaks fails when a loop device or mount of dataDir or under
