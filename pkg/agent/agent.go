@@ -13,6 +13,8 @@
 package agent
 
 import (
+	"sync"
+
 	"github.com/ferrysync/ferry/pkg/api/scheme"
 
 	"context"
@@ -117,15 +119,16 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if cfg.Rsync != "" {
 		opts = append(opts, endpoint.WithRsync(cfg.Rsync))
 	}
-	runCtx, cancelRuns := context.WithCancel(context.Background())
-	defer cancelRuns()
+	aborted := make(chan struct{})
+	abort := sync.OnceFunc(func() { close(aborted) })
+	defer abort()
 	r := &Reconciler{
 		cfg: cfg, client: mgr.GetClient(), api: mgr.GetAPIReader(),
 		publisher: csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi")),
 		server:    endpoint.New(scratch, opts...),
 		slots:     make(chan struct{}, cfg.MaxTransfers),
 		events:    mgr.GetEventRecorder("ferry-nodeagent"),
-		log:       log, runCtx: runCtx, states: map[types.NamespacedName]*state{},
+		log:       log, aborted: aborted, states: map[types.NamespacedName]*state{},
 	}
 	defer r.publisher.Close()
 	defer r.server.Close()
@@ -169,7 +172,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		case <-done:
 		case <-time.After(cfg.GracePeriod):
 			log.Info("grace period over; aborting running transfers")
-			cancelRuns()
+			abort()
 			<-done
 		}
 		return nil

@@ -53,9 +53,10 @@ type Reconciler struct {
 	events    events.EventRecorder
 	log       logr.Logger
 
-	// runCtx ends a grace period after shutdown begins; transfers use it.
-	runCtx context.Context
-	runs   sync.WaitGroup
+	// aborted is closed a grace period after shutdown begins: running
+	// transfers end then.
+	aborted <-chan struct{}
+	runs    sync.WaitGroup
 
 	mu     sync.Mutex
 	states map[types.NamespacedName]*state

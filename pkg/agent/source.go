@@ -62,9 +62,10 @@ func (r *Reconciler) reconcileSource(ctx context.Context, ma *agentv1alpha1.Moun
 	if err != nil {
 		return err
 	}
-	// The transfer outlives this reconcile (it ends with the agent's grace
-	// period, not the reconcile) but keeps its logger.
-	runCtx, cancel := context.WithCancel(log.IntoContext(r.runCtx, log.FromContext(ctx)))
+	// The transfer outlives this reconcile (it ends when the assignment is
+	// released or the agent's grace period is over, not with the
+	// reconcile) but keeps its logger.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.mu.Lock()
 	s.running, s.cancel, s.done = gen, cancel, make(chan struct{})
 	done := s.done
@@ -74,6 +75,13 @@ func (r *Reconciler) reconcileSource(ctx context.Context, ma *agentv1alpha1.Moun
 		defer r.runs.Done()
 		defer close(done)
 		defer cancel()
+		go func() {
+			select {
+			case <-r.aborted:
+				cancel()
+			case <-runCtx.Done():
+			}
+		}()
 		ended := r.runSource(runCtx, ma.DeepCopy(), func(ctx context.Context) (string, error) {
 			return r.publish(ctx, key, v, "source")
 		}, keys)

@@ -106,10 +106,10 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	shell := cycle.Shell{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recheck: cfg.Recheck, PrivilegedGate: cfg.PrivilegedGate, Options: cycle.Options{
 		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Events: mgr.GetEventRecorder("ferry-controller")}}
 	assignments := assign.Store{Reader: mgr.GetAPIReader(), Client: mgr.GetClient(), Namespace: cfg.Namespace}
-	if err := (&destination.Reconciler{Shell: shell, Namespace: cfg.Namespace, Assignments: assignments}).SetupWithManager(mgr); err != nil {
+	if err := (&destination.Reconciler{Shell: shell, Assignments: assignments}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationDestination reconciler: %w", err)
 	}
-	if err := (&source.Reconciler{Shell: shell, Namespace: cfg.Namespace, Assignments: assignments}).SetupWithManager(mgr); err != nil {
+	if err := (&source.Reconciler{Shell: shell, Assignments: assignments}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationSource reconciler: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
@@ -93,7 +95,9 @@ func direct(e *env) {
 		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
 			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodDirect,
 				DestinationPVC: ptr.To("replica")},
-			SSHKeys: ptr.To("keys"), ServiceType: ptr.To(corev1.ServiceTypeLoadBalancer), Port: ptr.To(int32(2022))}}}
+			SSHKeys: ptr.To("keys"), ServiceType: ptr.To(corev1.ServiceTypeLoadBalancer), Port: ptr.To(int32(2022)),
+			MoverConfig: volsyncv1alpha1.MoverConfig{MoverSecurityContext: &corev1.PodSecurityContext{
+				RunAsUser: ptr.To(int64(1000)), FSGroup: ptr.To(int64(2000))}}}}}
 	require.NoError(t, k.Create(ctx, rd))
 
 	// Play the cloud's load-balancer controller.
@@ -117,6 +121,9 @@ func direct(e *env) {
 	assert.Equal(t, int32(2022), *rd.Status.Rsync.Port)
 	assert.Nil(t, rd.Status.Rsync.SSHKeys, "user-given keys: nothing generated")
 	assert.Contains(t, condition(&rd.Status.SyncStatus, volsyncv1alpha1.ConditionReconciled).Message, "transfers run unprivileged")
+	var ma agentv1alpha1.MountAssignment
+	require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: harness.Namespace, Name: "rd-" + string(rd.UID)}, &ma))
+	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 2000}, ma.Spec.Destination.RunAs, "moverSecurityContext reaches the agent")
 
 	e.claim("direct-src", "app", "1Gi", nil)
 	e.onVolume("direct-src", "app", false, func(dir string) {
@@ -149,8 +156,11 @@ func direct(e *env) {
 	assert.Equal(t, "1", rs.Status.LastManualSync, "no sync while paused")
 
 	// Paused: the volume is released, and the user can use it.
-	rd.Spec.Paused = true
-	require.NoError(t, k.Update(ctx, rd))
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		rd = e.rd("direct-dst", "rd")
+		rd.Spec.Paused = true
+		return k.Update(ctx, rd)
+	}))
 	testenv.Eventually(t, "the paused destination's volume to be released", time.Minute, func() bool {
 		return len(e.leftovers(string(rd.UID), replicaPV.Name)) == 1 // the key copy stays
 	})

@@ -167,3 +167,21 @@ func EnqueueOwner(kind string) handler.EventHandler {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: l[LabelOwnerNamespace], Name: l[LabelOwnerName]}}}
 	})
 }
+
+// RunAs is the user and group an unprivileged receiver runs as, from a
+// CR's moverSecurityContext, as VolSync's unprivileged movers take it:
+// runAsUser, and runAsGroup, else fsGroup, else the same number. Nil
+// without a runAsUser.
+func RunAs(psc *corev1.PodSecurityContext) *agentv1alpha1.RunAs {
+	if psc == nil || psc.RunAsUser == nil {
+		return nil
+	}
+	r := &agentv1alpha1.RunAs{UID: *psc.RunAsUser, GID: *psc.RunAsUser}
+	switch {
+	case psc.RunAsGroup != nil:
+		r.GID = *psc.RunAsGroup
+	case psc.FSGroup != nil:
+		r.GID = *psc.FSGroup
+	}
+	return r
+}

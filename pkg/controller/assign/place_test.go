@@ -3,6 +3,7 @@ package assign
 import (
 	"testing"
 
+	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
@@ -65,4 +66,13 @@ func TestPlace(t *testing.T) {
 			assert.Equal(t, got, again, "the same volume lands on the same node")
 		})
 	}
+}
+
+func TestRunAs(t *testing.T) {
+	id := func(n int64) *int64 { return &n }
+	assert.Nil(t, RunAs(nil))
+	assert.Nil(t, RunAs(&corev1.PodSecurityContext{FSGroup: id(5)}), "no user: the agent's default")
+	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 1000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000)}))
+	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 2000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000), FSGroup: id(2000)}))
+	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 3000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000), RunAsGroup: id(3000), FSGroup: id(2000)}))
 }

@@ -31,9 +31,8 @@ import (
 // Reconciler reconciles ReplicationDestinations.
 type Reconciler struct {
 	cycle.Shell
-	// Namespace is Ferry's namespace (assignments, key copies).
-	Namespace string
-	// Assignments reads (uncached) and writes the CRs' assignments.
+	// Assignments reads (uncached) and writes the CRs' assignments, in
+	// Ferry's namespace, where their key copies go too.
 	Assignments assign.Store
 }
 
@@ -85,7 +84,7 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := keys.Mirror(ctx, c, w.r.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Destination); err != nil {
+	if err := keys.Mirror(ctx, c, w.r.Assignments.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Destination); err != nil {
 		return 0, err
 	}
 	if w.ma, err = w.r.Assignments.Get(ctx, w.owner); err != nil {
@@ -188,8 +187,8 @@ func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
 	}
 	spec := agentv1alpha1.MountAssignmentSpec{NodeName: node, Owner: w.owner.Ref(), Volume: vol, SyncGeneration: 1,
 		Destination: &agentv1alpha1.DestinationRole{
-			KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Namespace, Name: w.owner.KeysName()},
-			Privileged: w.r.Privileged(ns)}}
+			KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()},
+			Privileged: w.r.Privileged(ns), RunAs: assign.RunAs(w.rd.Spec.Rsync.MoverSecurityContext)}}
 	w.ma, err = w.r.Assignments.Ensure(ctx, w.owner, spec)
 	return err
 }
@@ -225,5 +224,5 @@ func (w *work) finalize(ctx context.Context) (bool, error) {
 		}
 	}
 	w.metrics().Forget()
-	return true, keys.Delete(ctx, w.r.Client, w.r.Namespace, w.owner.KeysName())
+	return true, keys.Delete(ctx, w.r.Client, w.r.Assignments.Namespace, w.owner.KeysName())
 }

@@ -30,9 +30,8 @@ import (
 // Reconciler reconciles ReplicationSources.
 type Reconciler struct {
 	cycle.Shell
-	// Namespace is Ferry's namespace (assignments, key copies).
-	Namespace string
-	// Assignments reads (uncached) and writes the CRs' assignments.
+	// Assignments reads (uncached) and writes the CRs' assignments, in
+	// Ferry's namespace, where their key copies go too.
 	Assignments assign.Store
 }
 
@@ -85,7 +84,7 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := keys.Mirror(ctx, c, w.r.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Source); err != nil {
+	if err := keys.Mirror(ctx, c, w.r.Assignments.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Source); err != nil {
 		return 0, err
 	}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: rs.Namespace, Name: rs.Spec.SourcePVC}, &corev1.PersistentVolumeClaim{}); err != nil {
@@ -129,7 +128,7 @@ func (w *work) finalize(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	w.metrics().Forget()
-	return true, keys.Delete(ctx, w.r.Client, w.r.Namespace, w.owner.KeysName())
+	return true, keys.Delete(ctx, w.r.Client, w.r.Assignments.Namespace, w.owner.KeysName())
 }
 
 // release deletes the assignment and, once the agent has unmounted the

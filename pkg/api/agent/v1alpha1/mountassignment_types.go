@@ -115,6 +115,21 @@ type DestinationRole struct {
 	// nodes (the namespace allows privileged movers).
 	// +optional
 	Privileged bool `json:"privileged,omitempty"`
+	// runAs is the user and group an unprivileged receiver runs as, from
+	// the CR's moverSecurityContext (runAsUser; runAsGroup, else fsGroup,
+	// else the user). Unset: the agent's default. Ignored when privileged.
+	// +optional
+	RunAs *RunAs `json:"runAs,omitempty"`
+}
+
+// RunAs is a numeric user and group.
+type RunAs struct {
+	// uid of the user.
+	// +kubebuilder:validation:Minimum=0
+	UID int64 `json:"uid"`
+	// gid of the group.
+	// +kubebuilder:validation:Minimum=0
+	GID int64 `json:"gid"`
 }
 
 // MountAssignmentSpec is what the controller asks of one node's agent.
