@@ -84,6 +84,14 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 test: need-root deps testenv $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
 	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
 
+.PHONY: demo
+demo: need-root deps testenv ## Two local clusters replicating a volume with the spec's manifests, end to end (root; Ctrl-C tears down).
+	go run ./test/demo/cmd/ferry-demo
+
+.PHONY: demo-down
+demo-down: ## Remove what a killed demo left behind (processes, mounts, loop devices, network namespaces).
+	go run ./test/demo/cmd/ferry-demo --down
+
 .PHONY: cluster
 cluster: deps testenv ## Start two local clusters (control plane, CSI driver, sidecars, kube-proxy in node namespaces) until Ctrl-C (root).
 	go run ./test/cluster/cmd/ferry-cluster

@@ -230,11 +230,18 @@ func Processes(t testing.TB, parts ...string) []string {
 	return out
 }
 
+// Fataler is what Eventually needs of a test: *testing.T, or a program
+// that plays one (the demo).
+type Fataler interface {
+	Helper()
+	Fatal(args ...any)
+}
+
 // Eventually polls cond until it holds, failing the test when the deadline
 // passes first: integration tests wait for outcomes this way, never by
 // sleeping, and through this one helper. detail, when given, says what was
 // last seen, for the failure message.
-func Eventually(t testing.TB, what string, timeout time.Duration, cond func() bool, detail ...func() string) {
+func Eventually(t Fataler, what string, timeout time.Duration, cond func() bool, detail ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

@@ -22,7 +22,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -33,6 +32,16 @@ import (
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/test/cluster"
 )
+
+// T is what the harness needs of a test: *testing.T satisfies it, and so
+// can a program that plays one (the demo), failing by panicking after its
+// cleanups.
+type T interface {
+	require.TestingT
+	Helper()
+	Fatal(args ...any)
+	Cleanup(func())
+}
 
 // Namespace is Ferry's namespace in the tests, as deploy/ names it.
 const Namespace = "ferry-system"
@@ -69,7 +78,7 @@ func (b *Binaries) Remove() { os.RemoveAll(b.Dir) }
 
 // Proc is one of Ferry's programs running as a process.
 type Proc struct {
-	t     *testing.T
+	t     T
 	name  string
 	path  string
 	args  []string
@@ -85,7 +94,7 @@ type Proc struct {
 // StartAgent runs the node agent of node, acting as the ferry-nodeagent
 // ServiceAccount; extra flags are appended. It is stopped when the test
 // ends.
-func (b *Binaries) StartAgent(t *testing.T, c *cluster.Cluster, node cluster.Node, extra ...string) *Proc {
+func (b *Binaries) StartAgent(t T, c *cluster.Cluster, node cluster.Node, extra ...string) *Proc {
 	t.Helper()
 	kc := Kubeconfig(t, c, "nodeagent", "ferry-nodeagent")
 	p := &Proc{t: t, name: "nodeagent-" + node.Name, path: "nsenter",
@@ -107,7 +116,7 @@ func (b *Binaries) StartAgent(t *testing.T, c *cluster.Cluster, node cluster.Nod
 // StartController runs the controller on the host, acting as the
 // ferry-controller ServiceAccount, with fast polls for tests; extra flags
 // are appended. It is stopped when the test ends.
-func (b *Binaries) StartController(t *testing.T, c *cluster.Cluster, port int, extra ...string) *Proc {
+func (b *Binaries) StartController(t T, c *cluster.Cluster, port int, extra ...string) *Proc {
 	t.Helper()
 	kc := Kubeconfig(t, c, "controller", "ferry-controller")
 	addr := "127.0.0.1:" + strconv.Itoa(port)
@@ -212,7 +221,7 @@ func (p *Proc) Metric(name string, labels map[string]string) float64 {
 // deploy/<component>/rbac has them (generated from the markers) and returns
 // a kubeconfig that acts as that ServiceAccount from the nodes' network:
 // Ferry's programs run in the tests with the permissions they ship with.
-func Kubeconfig(t *testing.T, c *cluster.Cluster, component, serviceAccount string) string {
+func Kubeconfig(t T, c *cluster.Cluster, component, serviceAccount string) string {
 	t.Helper()
 	path := filepath.Join(c.Dir, "kubeconfig-"+component)
 	if _, err := os.Stat(path); err == nil {
@@ -248,7 +257,7 @@ func Kubeconfig(t *testing.T, c *cluster.Cluster, component, serviceAccount stri
 }
 
 // WriteRandom writes n random bytes to path.
-func WriteRandom(t *testing.T, path string, n int64) {
+func WriteRandom(t T, path string, n int64) {
 	t.Helper()
 	f, err := os.Create(path)
 	require.NoError(t, err)
@@ -260,7 +269,7 @@ func WriteRandom(t *testing.T, path string, n int64) {
 // Tree describes every entry under root by type, mode, owner, size, content
 // hash, mtime, hard-link count and link target: what a replica must
 // reproduce.
-func Tree(t *testing.T, root string) map[string]string {
+func Tree(t T, root string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	require.NoError(t, filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {

@@ -1,0 +1,360 @@
+// Package demo walks the spec's replication flow on two local clusters with
+// Ferry running, for a person to watch (`make demo`). It drives Ferry only as
+// a user would: manifests applied, a Secret copied, status read with kubectl.
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/csi"
+	"github.com/ferrysync/ferry/test/cluster"
+	"github.com/ferrysync/ferry/test/harness"
+)
+
+// failNow ends the demo at a failed step; Run turns it into an error after
+// tearing everything down.
+type failNow struct{}
+
+// runner plays a test for the harness: a failed check prints and ends the
+// demo, cleanups run at the end in reverse order.
+type runner struct {
+	ctx      context.Context
+	out      io.Writer
+	cleanups []func()
+	failed   bool
+	start    time.Time
+}
+
+func (r *runner) Errorf(format string, args ...any) {
+	r.failed = true
+	fmt.Fprintf(r.out, "FAILED: "+format+"\n", args...)
+}
+func (r *runner) FailNow()          { panic(failNow{}) }
+func (r *runner) Helper()           {}
+func (r *runner) Fatal(args ...any) { r.Errorf("%s", fmt.Sprint(args...)); r.FailNow() }
+func (r *runner) Cleanup(f func())  { r.cleanups = append(r.cleanups, f) }
+
+// step announces a step, or ends the demo when it was interrupted.
+func (r *runner) step(format string, args ...any) {
+	if r.ctx.Err() != nil {
+		fmt.Fprintln(r.out, "\ninterrupted; tearing down")
+		r.FailNow()
+	}
+	fmt.Fprintf(r.out, "\n[%5.1fs] ==> %s\n", time.Since(r.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func (r *runner) say(format string, args ...any) { fmt.Fprintf(r.out, "    "+format+"\n", args...) }
+
+// check fails the demo on err.
+func (r *runner) check(err error, what string) {
+	if err != nil {
+		r.Fatal(what + ": " + err.Error())
+	}
+}
+
+// Run walks the flow; everything it started is gone when it returns.
+func Run(ctx context.Context, out io.Writer) (err error) {
+	r := &runner{ctx: ctx, out: out, start: time.Now()}
+	defer func() {
+		if p := recover(); p != nil {
+			if _, ok := p.(failNow); !ok {
+				panic(p)
+			}
+			err = errors.New("the demo did not finish")
+		}
+		fmt.Fprintln(out, "\n==> tearing down: agents, controllers, clusters, mounts, loop devices, namespaces, bridge")
+		for i := len(r.cleanups) - 1; i >= 0; i-- {
+			r.cleanups[i]()
+		}
+		if err == nil && r.failed {
+			err = errors.New("a check failed")
+		}
+		if err == nil {
+			fmt.Fprintf(out, "done in %.0fs\n", time.Since(r.start).Seconds())
+		}
+	}()
+	r.run()
+	return nil
+}
+
+// Ports of the two controllers' metrics and probes.
+const (
+	sourcePort = 18180
+	destPort   = 18190
+)
+
+func (r *runner) run() {
+	r.step("building Ferry's controller, node agent and helper")
+	bins, err := harness.Build()
+	r.check(err, "build")
+	r.Cleanup(bins.Remove)
+	r.check(remember(bins.Dir), "state")
+	r.Cleanup(func() { _ = os.Remove(stateFile) })
+
+	r.step("starting two clusters on this machine, joined on one node network")
+	network, err := cluster.NewNetwork(networkName, "10.249.0")
+	r.check(err, "network")
+	r.Cleanup(func() { _ = network.Close() })
+	src := r.cluster(network, "source", "10.96.0.0/24", "10.98.0.0/24")
+	dst := r.cluster(network, "dest", "10.97.0.0/24", "10.99.0.0/24")
+	r.check(cluster.Connect(src, dst), "join the clusters")
+	r.say("source cluster: KUBECONFIG=%s", src.Kubeconfig)
+	r.say("destination cluster: KUBECONFIG=%s", dst.Kubeconfig)
+
+	r.step("starting Ferry in each: the controller, and a node agent on each node")
+	for i, c := range []*cluster.Cluster{src, dst} {
+		r.check(c.Client.Create(r.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: harness.Namespace}}), "namespace")
+		for _, n := range c.Nodes {
+			bins.StartAgent(r, c, n)
+			r.say("agent on %s (%s), metrics at http://%s:9810/metrics", n.Name, n.Net.IP, n.Net.IP)
+		}
+		p := bins.StartController(r, c, []int{sourcePort, destPort}[i])
+		r.say("controller of the %s cluster, metrics at %s", []string{"source", "destination"}[i], p.Metrics)
+		// Before the agents stop: every CR goes, so no volume stays mounted.
+		r.Cleanup(func() { deleteAll(r, c) })
+	}
+
+	r.step("the source cluster: a database volume, mysql-pv-claim in namespace source")
+	privileged := map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"}
+	r.kubectl(src, "create", "namespace", "source")
+	r.kubectl(src, "annotate", "namespace", "source", volsyncv1alpha1.PrivilegedMoversAnnotation+"=true")
+	_, err = src.Bind(r.ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "source", Name: "mysql-pv-claim"},
+		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}}})
+	r.check(err, "source claim")
+	r.onVolume(src, "source", "mysql-pv-claim", false, func(dir string) { writeDatabase(r, dir, 1) })
+	r.say("wrote a database's files: tables, a binlog, an owned config with a hard link, a sparse file")
+
+	r.step("the destination cluster: the spec's ReplicationDestination (examples/volsync/destination.yaml)")
+	r.check(dst.Client.Create(r.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dest", Annotations: privileged}}), "namespace")
+	r.kubectl(dst, "apply", "-f", example("destination.yaml"))
+	var rd volsyncv1alpha1.ReplicationDestination
+	testenv.Eventually(r, "the destination's address and key Secret", 2*time.Minute, func() bool {
+		r.check(dst.Client.Get(r.ctx, client.ObjectKey{Namespace: "dest", Name: "database-destination"}, &rd), "get")
+		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
+	})
+	r.kubectl(dst, "get", "replicationdestination", "-n", "dest", "-o", "wide")
+	r.say("status.rsync.address=%s status.rsync.sshKeys=%s", *rd.Status.Rsync.Address, *rd.Status.Rsync.SSHKeys)
+
+	r.step("copying the SSH key Secret to the source cluster, as the spec's \"Copying the SSH key secret\" does")
+	secret := &corev1.Secret{}
+	r.check(dst.Client.Get(r.ctx, client.ObjectKey{Namespace: "dest", Name: *rd.Status.Rsync.SSHKeys}, secret), "get Secret")
+	r.say("kubectl -n dest get secret %s -o yaml > secret.yaml; (remove namespace, uid, ownerReferences...); kubectl -n source create -f secret.yaml", secret.Name)
+	r.check(src.Client.Create(r.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "source", Name: secret.Name},
+		Type: secret.Type, Data: secret.Data}), "create Secret")
+
+	r.step("the source: the spec's ReplicationSource (examples/volsync/source.yaml), address from the destination")
+	rs := &volsyncv1alpha1.ReplicationSource{}
+	raw, err := os.ReadFile(example("source.yaml"))
+	r.check(err, "read source.yaml")
+	r.check(yaml.UnmarshalStrict(raw, rs), "parse source.yaml")
+	rs.Spec.Rsync.Address = rd.Status.Rsync.Address
+	// Triggered now rather than at the example's next ten-minute mark.
+	rs.Spec.Trigger = &volsyncv1alpha1.TriggerSpec{Manual: "first"}
+	shown, _ := yaml.Marshal(rs.Spec)
+	r.say("spec:\n        %s", strings.ReplaceAll(strings.TrimSpace(string(shown)), "\n", "\n        "))
+	triggered := time.Now()
+	r.check(src.Client.Create(r.ctx, rs), "create the source")
+	r.waitSynced(src, "first")
+	r.say("trigger → lastSyncTime: %.2fs (the spec's example shows VolSync's source at 7.8 s)", time.Since(triggered).Seconds())
+	img := r.waitImage(dst, "")
+	r.kubectl(src, "get", "replicationsource", "-n", "source", "-o", "wide")
+	r.kubectl(dst, "get", "replicationdestination", "-n", "dest", "-o", "wide")
+	r.events(src, "replicationsource", "source", "database-source")
+	r.events(dst, "replicationdestination", "dest", "database-destination")
+	r.say("bytes sent by the source cluster's agents: %.0f", sentBytes(r, src))
+
+	r.step("proving it: a claim restored from latestImage (%s) holds exactly the source's data", img)
+	r.compare(src, dst, img)
+
+	r.step("changing the data (a new binlog segment, a row in a table) and syncing again")
+	r.onVolume(src, "source", "mysql-pv-claim", false, func(dir string) { writeDatabase(r, dir, 2) })
+	before := sentBytes(r, src)
+	triggered = time.Now()
+	r.check(patchManual(r, src, "second"), "trigger")
+	synced := r.waitSynced(src, "second")
+	r.say("trigger → lastSyncTime: %.2fs", time.Since(triggered).Seconds())
+	r.say("the source sent %.0f bytes this time, for %d bytes changed: only the change moved", sentBytes(r, src)-before, changedBytes)
+	r.say("latestMoverStatus: %s", strings.SplitN(synced.Status.LatestMoverStatus.Logs, "\n", 2)[0])
+	img = r.waitImage(dst, img)
+	r.kubectl(dst, "get", "volumesnapshot", "-n", "dest")
+	r.compare(src, dst, img)
+}
+
+// networkName names the demo's network: its namespaces and bridge.
+const networkName = "fd"
+
+// cluster starts one of the two clusters, stopped at the end.
+func (r *runner) cluster(network *cluster.Network, name, services, balancers string) *cluster.Cluster {
+	c, err := cluster.Start(r.ctx, cluster.Options{Network: network, ServiceCIDR: services, LoadBalancerCIDR: balancers,
+		Nodes: []string{name + "-node-a", name + "-node-b"}, Log: logr.Discard()})
+	r.check(err, "start the "+name+" cluster")
+	r.check(remember(c.Dir), "state")
+	r.Cleanup(func() {
+		for _, n := range c.Nodes {
+			p := csi.NewPublisher(csi.DefaultRoot(n.KubeletDir), n.KubeletDir, logr.Discard())
+			_ = p.Recover(context.Background(), func(string) bool { return false })
+			_ = p.Close()
+		}
+		if err := c.Stop(); err != nil {
+			fmt.Fprintln(r.out, "stop cluster:", err)
+		}
+	})
+	return c
+}
+
+// kubectl runs the real kubectl against a cluster and shows its output.
+func (r *runner) kubectl(c *cluster.Cluster, args ...string) {
+	cmd := exec.Command(filepath.Join(c.BinDir, "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	fmt.Fprintf(r.out, "    $ kubectl %s\n", strings.Join(args, " "))
+	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		fmt.Fprintf(r.out, "      %s\n", l)
+	}
+	r.check(err, "kubectl "+strings.Join(args, " "))
+}
+
+// events shows the Events section of kubectl describe.
+func (r *runner) events(c *cluster.Cluster, kind, ns, name string) {
+	out, err := exec.Command(filepath.Join(c.BinDir, "kubectl"), "--kubeconfig", c.Kubeconfig, "describe", kind, "-n", ns, name).CombinedOutput()
+	r.check(err, "kubectl describe")
+	fmt.Fprintf(r.out, "    $ kubectl describe %s -n %s %s   (events)\n", kind, ns, name)
+	if i := strings.Index(string(out), "Events:"); i >= 0 {
+		for _, l := range strings.Split(strings.TrimRight(string(out[i:]), "\n"), "\n") {
+			fmt.Fprintf(r.out, "      %s\n", l)
+		}
+	}
+}
+
+// waitSynced waits until the source has completed manual sync value,
+// showing its progress.
+func (r *runner) waitSynced(c *cluster.Cluster, value string) *volsyncv1alpha1.ReplicationSource {
+	rs := &volsyncv1alpha1.ReplicationSource{}
+	last := ""
+	testenv.Eventually(r, "the source's sync "+value, 3*time.Minute, func() bool {
+		r.check(c.Client.Get(r.ctx, client.ObjectKey{Namespace: "source", Name: "database-source"}, rs), "get")
+		for _, cond := range rs.Status.Conditions {
+			if cond.Type == volsyncv1alpha1.ConditionSynchronizing && cond.Message != last {
+				last = cond.Message
+				r.say("%-16s %s", cond.Reason, cond.Message)
+			}
+		}
+		return rs.Status.LastManualSync == value
+	})
+	if rs.Status.LatestMoverStatus.Result != volsyncv1alpha1.MoverResultSuccessful {
+		r.Fatal("the sync failed: " + rs.Status.LatestMoverStatus.Logs)
+	}
+	return rs
+}
+
+// waitImage waits until the destination names an image other than prev.
+func (r *runner) waitImage(c *cluster.Cluster, prev string) string {
+	rd := &volsyncv1alpha1.ReplicationDestination{}
+	testenv.Eventually(r, "the destination's new image", 2*time.Minute, func() bool {
+		r.check(c.Client.Get(r.ctx, client.ObjectKey{Namespace: "dest", Name: "database-destination"}, rd), "get")
+		return rd.Status.LatestImage != nil && rd.Status.LatestImage.Name != prev && rd.Status.LastSyncTime != nil
+	})
+	return rd.Status.LatestImage.Name
+}
+
+// compare restores img in the destination cluster and compares checksum
+// listings of it and of the source's volume.
+func (r *runner) compare(src, dst *cluster.Cluster, img string) {
+	name := "restored-" + img
+	_, err := dst.Bind(r.ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "dest", Name: name},
+		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources:  corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("2Gi")}},
+			DataSource: &corev1.TypedLocalObjectReference{APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: img}}})
+	r.check(err, "restore "+img)
+	var want, got map[string]string
+	r.onVolume(src, "source", "mysql-pv-claim", true, func(dir string) { want = harness.Tree(r, dir) })
+	r.onVolume(dst, "dest", name, true, func(dir string) { got = harness.Tree(r, dir) })
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	same := 0
+	for _, k := range keys {
+		mark := "="
+		if got[k] == want[k] {
+			same++
+		} else {
+			mark = "≠"
+		}
+		r.say("%s %-34s %s", mark, k, want[k])
+	}
+	if same != len(want) || len(got) != len(want) {
+		r.Fatal(fmt.Sprintf("the replica differs: %d of %d entries identical, %d in the replica", same, len(want), len(got)))
+	}
+	r.say("identical: all %d entries (type, mode, owner, size, sha256, mtime, hard links, link targets)", same)
+}
+
+// onVolume mounts a bound claim through its cluster's first node's plugin
+// (read-only when asked), runs fn and unmounts it.
+func (r *runner) onVolume(c *cluster.Cluster, ns, claim string, readOnly bool, fn func(dir string)) {
+	pvc := &corev1.PersistentVolumeClaim{}
+	r.check(c.Client.Get(r.ctx, client.ObjectKey{Namespace: ns, Name: claim}, pvc), "get claim")
+	pv := &corev1.PersistentVolume{}
+	r.check(c.Client.Get(r.ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv), "get volume")
+	work, err := os.MkdirTemp("", "ferry-demo-mount-")
+	r.check(err, "mount dir")
+	defer os.RemoveAll(work)
+	dir, unmount, err := cluster.MountVolume(r.ctx, c.Nodes[0].PluginSocket(pv.Spec.CSI.Driver), pv.Spec.CSI.VolumeHandle, work, readOnly, nil)
+	r.check(err, "mount "+claim)
+	defer func() { r.check(unmount(), "unmount "+claim) }()
+	fn(dir)
+}
+
+// patchManual sets the source's manual trigger.
+func patchManual(r *runner, c *cluster.Cluster, value string) error {
+	rs := &volsyncv1alpha1.ReplicationSource{}
+	if err := c.Client.Get(r.ctx, client.ObjectKey{Namespace: "source", Name: "database-source"}, rs); err != nil {
+		return err
+	}
+	patch := client.MergeFrom(rs.DeepCopy())
+	rs.Spec.Trigger.Manual = value
+	return c.Client.Patch(r.ctx, rs, patch)
+}
+
+// deleteAll deletes every ReplicationSource and ReplicationDestination and
+// waits until Ferry has released their volumes.
+func deleteAll(r *runner, c *cluster.Cluster) {
+	ctx := context.Background()
+	_ = c.Client.DeleteAllOf(ctx, &volsyncv1alpha1.ReplicationSource{}, client.InNamespace("source"))
+	_ = c.Client.DeleteAllOf(ctx, &volsyncv1alpha1.ReplicationDestination{}, client.InNamespace("dest"))
+	_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var rss volsyncv1alpha1.ReplicationSourceList
+		var rds volsyncv1alpha1.ReplicationDestinationList
+		return c.Client.List(ctx, &rss) == nil && c.Client.List(ctx, &rds) == nil && len(rss.Items)+len(rds.Items) == 0, nil
+	})
+}
+
+// example is the path of one of the spec's examples.
+func example(name string) string {
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return name
+	}
+	return filepath.Join(root, "examples", "volsync", name)
+}
