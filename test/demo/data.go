@@ -33,7 +33,7 @@ func writeDatabase(r *runner, dir string, round int) {
 		must(os.Symlink("binlog.000001", filepath.Join(data, "binlog.current")))
 		f, err := os.Create(filepath.Join(data, "ibtmp1"))
 		must(err)
-		must(f.Truncate(256 << 20)) // sparse: 256 MiB that take no space
+		must(f.Truncate(64 << 20)) // sparse: 64 MiB that take no space
 		must(f.Close())
 	}
 	writeRandom(r, filepath.Join(data, fmt.Sprintf("binlog.%06d", round)), 1<<20)

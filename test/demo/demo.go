@@ -26,9 +26,11 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/snapshot"
 	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/test/cluster"
 	"github.com/ferrysync/ferry/test/harness"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
 
 // failNow ends the demo at a failed step; Run turns it into an error after
@@ -196,7 +198,12 @@ func (r *runner) run() {
 	r.say("trigger → lastSyncTime: %.2fs", time.Since(triggered).Seconds())
 	r.say("the source sent %.0f bytes this time, for %d bytes changed: only the change moved", sentBytes(r, src)-before, changedBytes)
 	r.say("latestMoverStatus: %s", strings.SplitN(synced.Status.LatestMoverStatus.Logs, "\n", 2)[0])
+	prev := img
 	img = r.waitImage(dst, img)
+	testenv.Eventually(r, "the previous image to be deleted", time.Minute, func() bool {
+		return apierrors.IsNotFound(dst.Client.Get(r.ctx, client.ObjectKey{Namespace: "dest", Name: prev}, snapshot.New()))
+	})
+	r.say("the new image replaced the previous one, which is deleted:")
 	r.kubectl(dst, "get", "volumesnapshot", "-n", "dest")
 	r.compare(src, dst, img)
 }

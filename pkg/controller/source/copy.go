@@ -3,6 +3,7 @@ package source
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,6 +23,10 @@ import (
 // CleanupLabel marks a sync's temporary objects with the CR's UID, as
 // VolSync marks them; they are deleted when the sync ends.
 const CleanupLabel = "volsync.backube/cleanup"
+
+// slowClone is how long a clone may wait to be bound before the condition
+// suggests the driver may not clone at all.
+const slowClone = time.Minute
 
 // Event reasons of a source's sync.
 const (
@@ -207,7 +212,11 @@ func (w *work) checkBinding(ctx context.Context, pvc *corev1.PersistentVolumeCla
 		return fmt.Sprintf("copy %s cannot be bound: %v", pvc.Name, err)
 	}
 	if pvc.Spec.DataSource != nil && pvc.Spec.DataSource.Kind == "PersistentVolumeClaim" {
-		return fmt.Sprintf("waiting for clone %s of %s to be bound (the CSI driver must support cloning)", pvc.Name, pvc.Spec.DataSource.Name)
+		msg := fmt.Sprintf("waiting for clone %s of %s to be bound", pvc.Name, pvc.Spec.DataSource.Name)
+		if time.Since(pvc.CreationTimestamp.Time) > slowClone {
+			msg += ": its CSI driver must support cloning (see the claim's events), or use copyMethod Snapshot"
+		}
+		return msg
 	}
 	return "waiting for copy " + pvc.Name + " to be bound"
 }
