@@ -69,6 +69,10 @@ func (r *runner) say(format string, args ...any) { fmt.Fprintf(r.out, "    "+for
 
 // check fails the demo on err.
 func (r *runner) check(err error, what string) {
+	if err != nil && r.ctx.Err() != nil {
+		fmt.Fprintln(r.out, "\ninterrupted; tearing down")
+		r.FailNow()
+	}
 	if err != nil {
 		r.Fatal(what + ": " + err.Error())
 	}
