@@ -72,7 +72,13 @@ const (
 	anyArg                   // an argument that cannot name a path
 	inRootArg                // a path that must stay inside the root
 	dashArg                  // only "-" (read from the protocol stream)
+	allocArg                 // a size that keeps rsync's allocation limit
 )
+
+// maxAlloc is the most a client may set --max-alloc to: rsync's own
+// default. The limit bounds what a hostile peer can make the receiver
+// allocate; 0 (no limit) or more is refused.
+const maxAlloc = 1 << 30
 
 // longOptions are the long options a receiving server accepts. Anything else
 // is refused.
@@ -90,8 +96,8 @@ var longOptions = map[string]optKind{
 	"specials": noArg, "stats": noArg, "super": noArg, "times": noArg, "use-qsort": noArg,
 
 	"block-size": anyArg, "bwlimit": anyArg, "checksum-choice": anyArg, "checksum-seed": anyArg,
-	"compress-choice": anyArg, "compress-level": anyArg, "compress-threads": anyArg, "debug": anyArg,
-	"groupmap": anyArg, "iconv": anyArg, "info": anyArg, "log-format": anyArg, "max-alloc": anyArg,
+	"compress-choice": anyArg, "compress-level": anyArg, "compress-threads": anyArg,
+	"groupmap": anyArg, "iconv": anyArg, "info": anyArg, "log-format": anyArg, "max-alloc": allocArg,
 	"max-delete": anyArg, "max-size": anyArg, "min-size": anyArg, "modify-window": anyArg,
 	"skip-compress": anyArg, "stderr": anyArg, "suffix": anyArg, "timeout": anyArg, "usermap": anyArg,
 
@@ -119,6 +125,7 @@ var refusedWhy = map[string]string{
 	"keep-dirlinks":       "it follows symlinked directories on the receiver",
 	"copy-links":          "it follows symlinks",
 	"copy-dirlinks":       "it follows symlinked directories",
+	"debug":               "it reports the server's internals to the client (rrsync refuses it too)",
 }
 
 var (
@@ -173,6 +180,9 @@ func parseRsync(words []string) (Request, error) {
 	i := 2
 	for ; i < len(words) && words[i] != "."; i++ {
 		w := words[i]
+		if w == "-" {
+			return nil, refuse("a bare \"-\" argument is not allowed")
+		}
 		if shortFlags.MatchString(w) || shortNum.MatchString(w) {
 			r.Options = append(r.Options, w)
 			continue
@@ -216,6 +226,9 @@ func parseRsync(words []string) (Request, error) {
 		return nil, refuse("invalid rsync server command: no \".\" argument")
 	}
 	for _, p := range words[i+1:] {
+		if p == "-" {
+			return nil, refuse("a bare \"-\" argument is not allowed")
+		}
 		clean, err := inRoot(p)
 		if err != nil {
 			return nil, err
@@ -240,8 +253,34 @@ func checkOptionArg(name string, kind optKind, value string) (string, error) {
 		if value != "-" {
 			return "", refuse("option --%s=%s is not allowed: the endpoint does not read its own files; send the list (--files-from=-)", name, value)
 		}
+	case allocArg:
+		if n, ok := parseSize(value); !ok || n <= 0 || n > maxAlloc {
+			return "", refuse("option --%s=%s is not allowed: it must be a size from 1 to 1G (rsync's default); 0 would lift the limit", name, value)
+		}
 	}
 	return value, nil
+}
+
+// parseSize reads an rsync size: a number with an optional K, M or G
+// suffix (powers of 1024; "b" or "B" after it allowed).
+func parseSize(s string) (int64, bool) {
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "b"), "B")
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mult, s = 1<<10, s[:n-1]
+		case 'm', 'M':
+			mult, s = 1<<20, s[:n-1]
+		case 'g', 'G':
+			mult, s = 1<<30, s[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, false
+	}
+	return v * mult, true
 }
 
 // inRoot makes a client path relative to the root: a leading "/" means the

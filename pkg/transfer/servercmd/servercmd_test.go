@@ -24,6 +24,8 @@ func TestParseAccepts(t *testing.T) {
 			[]string{"--server", "-B4096", "--partial-dir=.p", "--temp-dir=tmp", "--", ".", "."}},
 		{`rsync --server -r --files-from=- --from0 .`,
 			[]string{"--server", "-r", "--files-from=-", "--from0", "--", ".", "."}},
+		{`rsync --server -r --max-alloc=512M . .`,
+			[]string{"--server", "-r", "--max-alloc=512M", "--", ".", "."}},
 	}
 	for _, tc := range cases {
 		req, err := Parse(tc.line)
@@ -75,6 +77,12 @@ func TestParseRefuses(t *testing.T) {
 		"rsync --server -r":                                        `no "." argument`,
 		"rsync --server -r . x\\":                                  "ends in a backslash",
 		"rsync --server -r . a\nb":                                 "control character",
+		"rsync --server -r --debug=ALL . .":                        "--debug is not allowed",
+		"rsync --server -r --max-alloc=0 . .":                      "--max-alloc=0 is not allowed",
+		"rsync --server -r --max-alloc=8G . .":                     "--max-alloc=8G is not allowed",
+		"rsync --server -r --max-alloc=lots . .":                   "--max-alloc=lots is not allowed",
+		"rsync --server -r - . .":                                  `bare "-" argument`,
+		"rsync --server -r . -":                                    `bare "-" argument`,
 	}
 	for line, want := range cases {
 		_, err := Parse(line)
