@@ -12,6 +12,7 @@
 package rsh
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -89,16 +90,28 @@ type message struct {
 	Args []string `json:"args"`
 }
 
-// Accept waits for rsync's remote shell to connect and hand over.
-func (l *Listener) Accept(ctx context.Context) (*Request, error) {
+// Accept waits for rsync's remote shell to connect and hand over. Only the
+// remote shell of the rsync with process id parent counts (the socket's
+// peer credentials name its process, whose parent must be that rsync, and
+// its user, which must be ours): anyone else who reaches the socket first
+// is turned away and the wait goes on.
+func (l *Listener) Accept(ctx context.Context, parent int) (*Request, error) {
 	stop := context.AfterFunc(ctx, func() { _ = l.ln.Close() })
 	defer stop()
-	conn, err := l.ln.AcceptUnix()
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+	var conn *net.UnixConn
+	for conn == nil {
+		c, err := l.ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("accept rsync's remote shell: %w", err)
 		}
-		return nil, fmt.Errorf("accept rsync's remote shell: %w", err)
+		if err := checkPeer(c, parent); err != nil {
+			c.Close()
+			continue
+		}
+		conn = c
 	}
 	buf := make([]byte, 64<<10)
 	oob := make([]byte, unix.CmsgSpace(2*4))
@@ -124,6 +137,52 @@ func (l *Listener) Accept(ctx context.Context) (*Request, error) {
 		return nil, err
 	}
 	return req, nil
+}
+
+// checkPeer makes sure the process at the other end of c is a child of
+// parent running as this process's user.
+func checkPeer(c *net.UnixConn, parent int) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return fmt.Errorf("peer credentials: %w", errors.Join(err, cerr))
+	}
+	if int(cred.Uid) != os.Getuid() {
+		return fmt.Errorf("remote-shell peer runs as uid %d, not %d", cred.Uid, os.Getuid())
+	}
+	ppid, err := parentOf(int(cred.Pid))
+	if err != nil {
+		return err
+	}
+	if ppid != parent {
+		return fmt.Errorf("remote-shell peer %d is a child of %d, not of rsync %d", cred.Pid, ppid, parent)
+	}
+	return nil
+}
+
+// parentOf reads a process's parent from /proc/<pid>/stat (after the
+// command name, which may itself hold spaces and parentheses).
+func parentOf(pid int) (int, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read peer process: %w", err)
+	}
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	var state string
+	var ppid int
+	if _, err := fmt.Sscanf(string(raw[i+1:]), " %s %d", &state, &ppid); err != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+	}
+	return ppid, nil
 }
 
 func parseRights(oob []byte) ([]int, error) {

@@ -224,7 +224,7 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	remote.Add(1)
 	go func() {
 		defer remote.Done()
-		serveRemote(ctx, ln, client, o.Log)
+		serveRemote(ctx, ln, cmd.Process.Pid, client, o.Log)
 	}()
 	stats := parseOutput(pr, throttle(o, attempt))
 	werr := <-waited
@@ -239,8 +239,8 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 
 // serveRemote waits for rsync's remote shell and runs its command on a new
 // session of the connection.
-func serveRemote(ctx context.Context, ln *rsh.Listener, client *ssh.Client, log logr.Logger) {
-	req, err := ln.Accept(ctx)
+func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.Client, log logr.Logger) {
+	req, err := ln.Accept(ctx, rsync)
 	if err != nil {
 		return
 	}
