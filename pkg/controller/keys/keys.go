@@ -182,7 +182,7 @@ func Read(ctx context.Context, c client.Reader, namespace, name string, side Sid
 		return nil, fmt.Errorf("get key Secret %s/%s: %w", namespace, name, err)
 	}
 	if err := Check(s.Data, side); err != nil {
-		return nil, fmt.Errorf("Secret %s/%s: %w", namespace, name, err)
+		return nil, fmt.Errorf("key Secret %s/%s (spec.rsync.sshKeys): %w", namespace, name, err)
 	}
 	return pick(s.Data, side.Fields()), nil
 }
