@@ -185,7 +185,9 @@ func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Eve
 	case endpoint.SyncEnded:
 		result := agentv1alpha1.SyncResult{Generation: gen, StartTime: timePtr(s.start), EndTime: timePtr(e.Time),
 			BytesReceived: s.received, BytesSent: s.sent, ExitCode: int32(e.ExitCode), Succeeded: e.ExitCode == 0}
-		if e.ExitCode != 0 {
+		if e.Message != "" {
+			result.Error = e.Message
+		} else if e.ExitCode != 0 {
 			result.Error = fmt.Sprintf("the source ended the sync with status %d", e.ExitCode)
 		} else if err := syncfs(s.path); err != nil {
 			result.Succeeded, result.Error = false, err.Error()

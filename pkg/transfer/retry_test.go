@@ -131,3 +131,51 @@ func TestShutdownHoldsAtOnce(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "first sync", string(got))
 }
+
+// TestShutdownEndsLiveTransfers: a source starts a transfer on one session
+// that never finishes (as a slow or hostile writer would) and says
+// `shutdown 0` on another. The destination ends that transfer before it
+// reports the sync, reports the sync failed, and does not hold: nothing
+// writes once a sync is said to be over, and latestImage never names it.
+func TestShutdownEndsLiveTransfers(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "shutdownlive")
+	dst := t.TempDir()
+	var ev events
+	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.New(t)))
+	t.Cleanup(srv.Close)
+	addr, err := srv.Add(endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: dst, Privileged: true,
+		ListenAddr: "127.0.0.1:0", HoldOnShutdown: true, Events: ev.add})
+	require.NoError(t, err)
+	port := addr.(*net.TCPAddr).Port
+
+	writer, err := dial(t, port, k.src.Identity, k.src.HostKey)
+	require.NoError(t, err)
+	defer writer.Close()
+	sess, err := writer.NewSession()
+	require.NoError(t, err)
+	defer sess.Close()
+	stdin, err := sess.StdinPipe() // held open: the transfer waits for data
+	require.NoError(t, err)
+	defer stdin.Close()
+	require.NoError(t, sess.Start("rsync --server -logDtpre.iLsfxCIvu . ."))
+	ev.waitFor(t, endpoint.RsyncStarted)
+
+	ender, err := dial(t, port, k.src.Identity, k.src.HostKey)
+	require.NoError(t, err)
+	defer ender.Close()
+	_, code := execute(t, ender, "shutdown 0")
+	require.Equal(t, 0, code)
+	ended := ev.waitFor(t, endpoint.SyncEnded)
+	assert.NotEqual(t, 0, ended.ExitCode, "a sync cut short is not reported complete")
+	assert.Contains(t, ended.Message, "still wrote when the source ended the sync")
+	ev.mu.Lock()
+	var order []endpoint.EventKind
+	for _, e := range ev.all {
+		order = append(order, e.Kind)
+	}
+	ev.mu.Unlock()
+	assert.Equal(t, []endpoint.EventKind{endpoint.RsyncStarted, endpoint.RsyncEnded, endpoint.SyncEnded}, order,
+		"the transfer had ended before the sync was reported")
+	assert.Error(t, sess.Wait(), "the writer's transfer was stopped")
+}

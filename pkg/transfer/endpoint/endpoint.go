@@ -18,6 +18,8 @@
 package endpoint
 
 import (
+	"os"
+
 	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
 
 	"context"
@@ -53,7 +55,9 @@ type Destination struct {
 	// HoldOnShutdown holds the destination (see Server.Hold) the moment a
 	// source says `shutdown 0`, before the reply goes back: no transfer can
 	// start between the end of a sync and the snapshot of it, however slow
-	// the one who lifts the hold is to hear of it.
+	// the one who lifts the hold is to hear of it. Transfers still running
+	// then (on another channel or connection) are ended first and the sync
+	// is reported failed: nothing writes once a sync is said to be over.
 	HoldOnShutdown bool
 	// Events, when set, receives what happens on this destination, in order,
 	// on a goroutine of its own: a slow receiver (one that writes to the
@@ -135,7 +139,60 @@ type listener struct {
 	delivered chan struct{}
 	// ending counts `shutdown` requests whose SyncEnded is not delivered yet.
 	ending atomic.Int32
+	// running are the rsync processes of this destination, each with a
+	// channel closed when it has exited.
+	runMu   sync.Mutex
+	running map[*os.Process]chan struct{}
 }
+
+// track records a running rsync; the returned func says it has exited.
+func (l *listener) track(p *os.Process) func() {
+	done := make(chan struct{})
+	l.runMu.Lock()
+	if l.running == nil {
+		l.running = map[*os.Process]chan struct{}{}
+	}
+	l.running[p] = done
+	l.runMu.Unlock()
+	return func() {
+		l.runMu.Lock()
+		delete(l.running, p)
+		l.runMu.Unlock()
+		close(done)
+	}
+}
+
+// endRunning waits up to grace for the destination's running rsync
+// processes to exit (one whose client has just finished may still be
+// exiting), kills those still running, waits until they have exited, and
+// returns how many it killed.
+func (l *listener) endRunning(grace time.Duration) int {
+	l.runMu.Lock()
+	running := make(map[*os.Process]chan struct{}, len(l.running))
+	for p, done := range l.running {
+		running[p] = done
+	}
+	l.runMu.Unlock()
+	expired := make(chan struct{})
+	timer := time.AfterFunc(grace, func() { close(expired) })
+	defer timer.Stop()
+	killed := 0
+	for p, done := range running {
+		select {
+		case <-done:
+			continue
+		case <-expired:
+		}
+		_ = p.Kill()
+		killed++
+		<-done
+	}
+	return killed
+}
+
+// shutdownGrace is how long a shutdown waits for transfers that are
+// finishing before it ends them.
+const shutdownGrace = 2 * time.Second
 
 // eventQueue bounds the events waiting for delivery; a transfer waits when
 // the receiver is this far behind.

@@ -25,10 +25,21 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 	switch r := req.(type) {
 	case servercmd.Shutdown:
 		log.Info("sync ended by source", "result", r.Code)
-		if r.Code == 0 && l.dest.HoldOnShutdown {
-			l.held.Store(true)
+		e := Event{Kind: SyncEnded, ExitCode: r.Code}
+		if l.dest.HoldOnShutdown {
+			if r.Code == 0 {
+				l.held.Store(true)
+			}
+			if n := l.endRunning(shutdownGrace); n > 0 {
+				e.Message = fmt.Sprintf("%d transfer(s) still wrote when the source ended the sync; they were stopped and the sync is incomplete", n)
+				log.Info("ended transfers still running at shutdown", "count", n)
+				if e.ExitCode == 0 {
+					e.ExitCode = 1
+				}
+				l.held.Store(false)
+			}
 		}
-		emit(l, Event{Kind: SyncEnded, ExitCode: r.Code})
+		emit(l, e)
 		return 0
 	case *servercmd.Rsync:
 		if l.held.Load() {
@@ -80,6 +91,7 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 		log.Error(err, "cannot start rsync")
 		return 1
 	}
+	exited := l.track(cmd.Process)
 	emit(l, Event{Kind: RsyncStarted})
 	// Not waited for: it ends when the channel closes after rsync exits.
 	go func() {
@@ -95,6 +107,9 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 		}
 	}()
 	err = cmd.Wait()
+	// Reported exited only once RsyncEnded is queued, so a shutdown that
+	// waits for it reports the sync after the transfer.
+	defer exited()
 	close(stop)
 	code := exitcode.Of(err)
 	log.Info("rsync ended", "exitCode", code, "bytesReceived", in.n.Load(), "bytesSent", out.n.Load())
