@@ -9,6 +9,11 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The agent refuses rsync older than 3.5.0 (it fixes receiver heap writes
+# a hostile peer can reach); Debian 12 serves 3.5.0 from bookworm-security.
+if command -v rsync >/dev/null && ! rsync --version | awk 'NR==1 { split($3, v, "."); exit !(v[1] > 3 || (v[1] == 3 && v[2] >= 5)) }'; then
+  missing+=(rsync)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing packages: ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2

@@ -43,6 +43,7 @@ import (
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/csi"
+	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 )
 
@@ -88,6 +89,9 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	}
 	if cfg.MaxTransfers < 1 {
 		return fmt.Errorf("agent: max transfers must be at least 1, not %d", cfg.MaxTransfers)
+	}
+	if err := confine.CheckRsync(cfg.Rsync); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	s, err := scheme.New()
 	if err != nil {
