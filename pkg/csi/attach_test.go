@@ -109,7 +109,7 @@ func TestAttachAcrossControllerManagerRestart(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "after"), []byte("x"), 0o644))
 
 	require.NoError(t, p.Unpublish(ctx, pv.Name))
-	require.NoError(t, assign.Detach(ctx, c.Client, pv.Name, ""))
+	require.NoError(t, assign.Detach(ctx, c.Client, pv.Name))
 	testenv.Eventually(t, "Ferry's attachment to go", time.Minute, func() bool {
 		return apierrors.IsNotFound(c.Client.Get(ctx, client.ObjectKeyFromObject(again), &storagev1.VolumeAttachment{}))
 	})

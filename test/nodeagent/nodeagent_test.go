@@ -398,7 +398,7 @@ func TestAgentsReplicate(t *testing.T) {
 		attach(t)
 		attachedDir := get(t, dst3.Name).Status.MountPath
 		require.NoError(t, os.WriteFile(filepath.Join(attachedDir, "kept"), []byte("across a re-attach"), 0o600))
-		require.NoError(t, assign.Detach(ctx, k, attachedPV.Name, ""))
+		require.NoError(t, assign.Detach(ctx, k, attachedPV.Name))
 		attach(t)
 		got, err := os.ReadFile(filepath.Join(get(t, dst3.Name).Status.MountPath, "kept"))
 		require.NoError(t, err)
@@ -469,7 +469,7 @@ func TestAgentsReplicate(t *testing.T) {
 		assert.Empty(t, testenv.Processes(t, bins.Dir), "transfer processes left behind")
 		testenv.NoLoopDevices(t, c.Dir)
 		if attachedPV != nil {
-			require.NoError(t, assign.Detach(ctx, k, attachedPV.Name, ""))
+			require.NoError(t, assign.Detach(ctx, k, attachedPV.Name))
 		}
 	})
 }

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 )
 
 // Labels on everything the controller keeps in Ferry's namespace for a CR
@@ -184,4 +185,15 @@ func RunAs(psc *corev1.PodSecurityContext) *agentv1alpha1.RunAs {
 		r.GID = *psc.FSGroup
 	}
 	return r
+}
+
+// Progress is an assignment's running sync as a CR's status.progress shows
+// it; nil when none runs.
+func Progress(ma *agentv1alpha1.MountAssignment) *volsyncv1alpha1.TransferProgress {
+	cs := ma.Status.CurrentSync
+	if cs == nil {
+		return nil
+	}
+	return &volsyncv1alpha1.TransferProgress{Node: ma.Spec.NodeName, BytesDone: cs.BytesDone,
+		FilesDone: cs.FilesDone, BytesPerSecond: cs.BytesPerSecond, Attempt: cs.Attempt}
 }

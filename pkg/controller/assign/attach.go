@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -60,16 +62,32 @@ func Attach(ctx context.Context, c client.Client, v agentv1alpha1.Volume, node s
 	return &agentv1alpha1.Attachment{Name: va.Name, UID: string(va.UID), Metadata: md}, true, nil
 }
 
-// Detach deletes Ferry's attachments of a PV to every node but keep (""
-// for all). Call it once no assignment mounts the volume there.
-func Detach(ctx context.Context, c client.Client, pv, keep string) error {
+// DetachClaim deletes Ferry's attachments of the PV a claim is bound to;
+// a claim that is gone or not bound has none.
+func DetachClaim(ctx context.Context, c client.Client, namespace, claim string) error {
+	pvc := &corev1.PersistentVolumeClaim{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: claim}, pvc); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return nil
+		}
+		return fmt.Errorf("get claim %s: %w", claim, err)
+	}
+	if pvc.Spec.VolumeName == "" {
+		return nil
+	}
+	return Detach(ctx, c, pvc.Spec.VolumeName)
+}
+
+// Detach deletes Ferry's attachments of a PV, to whatever node. Call it
+// once no assignment mounts the volume.
+func Detach(ctx context.Context, c client.Client, pv string) error {
 	list := &storagev1.VolumeAttachmentList{}
 	if err := c.List(ctx, list, client.MatchingLabels{ManagedByLabel: ManagedBy}); err != nil {
 		return fmt.Errorf("list VolumeAttachments: %w", err)
 	}
 	for _, va := range list.Items {
 		src := va.Spec.Source.PersistentVolumeName
-		if src == nil || *src != pv || va.Spec.NodeName == keep {
+		if src == nil || *src != pv {
 			continue
 		}
 		if err := client.IgnoreNotFound(c.Delete(ctx, &va)); err != nil {

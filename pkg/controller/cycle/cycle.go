@@ -14,6 +14,7 @@ package cycle
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -142,11 +143,11 @@ func Step(ctx context.Context, cr CR, m Mover, o Options) (time.Duration, error)
 	finish(cr, now, ok, o)
 	// Set the waiting reason and the next time now; when syncs run back to
 	// back, the next starts in the next pass, after this status is written.
-	if d, wait := idle(cr, now, o); d.Start {
+	d, wait := idle(cr, now, o)
+	if d.Start {
 		return time.Millisecond, nil
-	} else {
-		return wait, nil
 	}
+	return wait, nil
 }
 
 // idle decides whether a sync is due and, if not, records what the CR waits
@@ -190,12 +191,13 @@ func finish(cr CR, now time.Time, ok bool, o Options) {
 	st.LastManualSync = c.LastManualSync
 	st.Progress = nil
 	if ok {
+		firstLine, _, _ := strings.Cut(st.LatestMoverStatus.Logs, "\n")
 		d := now.Sub(start)
 		st.LastSyncTime = &metav1.Time{Time: now}
 		st.LastSyncDuration = &metav1.Duration{Duration: d}
 		cr.Metrics.Synced(d)
 		o.Events.Eventf(cr.Object, nil, corev1.EventTypeNormal, EventSyncCompleted, "Sync", "sync completed in %s: %s",
-			d.Round(time.Millisecond), firstLine(st.LatestMoverStatus.Logs))
+			d.Round(time.Millisecond), firstLine)
 	} else {
 		cr.Metrics.OutOfSync()
 		o.Events.Eventf(cr.Object, nil, corev1.EventTypeWarning, EventSyncFailed, "Sync", "sync failed: %s", st.LatestMoverStatus.Logs)
@@ -245,15 +247,6 @@ func timePtr(t *time.Time) *metav1.Time {
 		return nil
 	}
 	return &metav1.Time{Time: *t}
-}
-
-func firstLine(s string) string {
-	for i, r := range s {
-		if r == '\n' {
-			return s[:i]
-		}
-	}
-	return s
 }
 
 // Pause ends a sync that is waiting for data (nothing is moving) when the

@@ -201,7 +201,7 @@ func (w *work) release(ctx context.Context, pv string) (bool, error) {
 		return false, err
 	}
 	w.ma = nil
-	return true, assign.Detach(ctx, w.r.Client, pv, "")
+	return true, assign.Detach(ctx, w.r.Client, pv)
 }
 
 // finalize removes what lives outside the CR's namespace: the assignment
@@ -213,15 +213,8 @@ func (w *work) finalize(ctx context.Context) (bool, error) {
 	}
 	// The claim is still there: it goes with the CR, which the finalizer
 	// keeps.
-	pvc := &corev1.PersistentVolumeClaim{}
-	err = w.r.Client.Get(ctx, client.ObjectKey{Namespace: w.rd.Namespace, Name: claimName(w.rd)}, pvc)
-	if client.IgnoreNotFound(err) != nil {
-		return false, fmt.Errorf("get claim %s: %w", claimName(w.rd), err)
-	}
-	if err == nil && pvc.Spec.VolumeName != "" {
-		if err := assign.Detach(ctx, w.r.Client, pvc.Spec.VolumeName, ""); err != nil {
-			return false, err
-		}
+	if err := assign.DetachClaim(ctx, w.r.Client, w.rd.Namespace, claimName(w.rd)); err != nil {
+		return false, err
 	}
 	w.metrics().Forget()
 	return true, keys.Delete(ctx, w.r.Client, w.r.Assignments.Namespace, w.owner.KeysName())

@@ -6,10 +6,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
-	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
@@ -74,11 +74,7 @@ func outcome(ma *agentv1alpha1.MountAssignment, start *metav1.Time) cycle.Result
 			return cycle.Result{Done: true, Logs: ls.Error}
 		}
 	}
-	res := cycle.Result{}
-	if cs := ma.Status.CurrentSync; cs != nil {
-		res.Progress = &volsyncv1alpha1.TransferProgress{Node: ma.Spec.NodeName, BytesDone: cs.BytesDone,
-			FilesDone: cs.FilesDone, BytesPerSecond: cs.BytesPerSecond, Attempt: cs.Attempt}
-	}
+	res := cycle.Result{Progress: assign.Progress(ma)}
 	switch ma.Status.Phase {
 	case agentv1alpha1.PhaseTransferring:
 		res.Waiting = "receiving data on node " + ma.Spec.NodeName
@@ -88,20 +84,11 @@ func outcome(ma *agentv1alpha1.MountAssignment, start *metav1.Time) cycle.Result
 		res.Waiting = "waiting for the agent to accept the next sync"
 	default:
 		res.Waiting = fmt.Sprintf("waiting for the agent on node %s to serve the volume", ma.Spec.NodeName)
-		if c := readyCondition(ma); c != nil && c.Status != metav1.ConditionTrue {
+		if c := meta.FindStatusCondition(ma.Status.Conditions, agentv1alpha1.ConditionReady); c != nil && c.Status != metav1.ConditionTrue {
 			res.Waiting += ": " + c.Message
 		}
 	}
 	return res
-}
-
-func readyCondition(ma *agentv1alpha1.MountAssignment) *metav1.Condition {
-	for i := range ma.Status.Conditions {
-		if ma.Status.Conditions[i].Type == agentv1alpha1.ConditionReady {
-			return &ma.Status.Conditions[i]
-		}
-	}
-	return nil
 }
 
 // snapshotName names the image of the sync that started at start:

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -74,10 +75,8 @@ func outcome(ma *agentv1alpha1.MountAssignment) cycle.Result {
 		}
 		return cycle.Result{Done: true, Logs: logs}
 	}
-	res := cycle.Result{}
+	res := cycle.Result{Progress: assign.Progress(ma)}
 	if cs := ma.Status.CurrentSync; cs != nil {
-		res.Progress = &volsyncv1alpha1.TransferProgress{Node: ma.Spec.NodeName, BytesDone: cs.BytesDone,
-			FilesDone: cs.FilesDone, BytesPerSecond: cs.BytesPerSecond, Attempt: cs.Attempt}
 		res.Waiting = fmt.Sprintf("sending from node %s: %d bytes, %d files so far (try %d)", ma.Spec.NodeName,
 			cs.BytesDone, cs.FilesDone, cs.Attempt)
 		return res
@@ -86,20 +85,15 @@ func outcome(ma *agentv1alpha1.MountAssignment) cycle.Result {
 	case agentv1alpha1.PhaseQueued:
 		res.Waiting = fmt.Sprintf("queued on node %s: its transfer slots are busy", ma.Spec.NodeName)
 	case agentv1alpha1.PhaseRefused, agentv1alpha1.PhaseFailed:
-		res.Waiting = fmt.Sprintf("the agent on node %s: %s", ma.Spec.NodeName, readyMessage(ma))
+		why := string(ma.Status.Phase)
+		if c := meta.FindStatusCondition(ma.Status.Conditions, agentv1alpha1.ConditionReady); c != nil {
+			why = c.Message
+		}
+		res.Waiting = fmt.Sprintf("the agent on node %s: %s", ma.Spec.NodeName, why)
 	default:
 		res.Waiting = fmt.Sprintf("waiting for the agent on node %s to start the transfer", ma.Spec.NodeName)
 	}
 	return res
-}
-
-func readyMessage(ma *agentv1alpha1.MountAssignment) string {
-	for _, c := range ma.Status.Conditions {
-		if c.Type == agentv1alpha1.ConditionReady {
-			return c.Message
-		}
-	}
-	return string(ma.Status.Phase)
 }
 
 // pointInTime makes the sync's copy of the source and returns its claim

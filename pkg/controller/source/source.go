@@ -134,28 +134,17 @@ func (w *work) finalize(ctx context.Context) (bool, error) {
 // release deletes the assignment and, once the agent has unmounted the
 // copy, Ferry's attachment of it.
 func (w *work) release(ctx context.Context) (bool, error) {
-	ma, err := w.r.Assignments.Get(ctx, w.owner)
-	if err != nil {
+	done, err := w.r.Assignments.Release(ctx, w.owner)
+	if err != nil || !done {
 		return false, err
 	}
-	if ma != nil {
-		return false, w.r.Assignments.Delete(ctx, ma)
-	}
 	w.ma = nil
-	pvc := &corev1.PersistentVolumeClaim{}
-	err = w.r.Client.Get(ctx, client.ObjectKey{Namespace: w.rs.Namespace, Name: w.copyName()}, pvc)
-	if client.IgnoreNotFound(err) != nil {
-		return false, fmt.Errorf("get copy %s: %w", w.copyName(), err)
-	}
-	if err != nil || pvc.Spec.VolumeName == "" {
-		return true, nil
-	}
 	if w.rs.Spec.Rsync != nil && w.rs.Spec.Rsync.CopyMethod.IsDirect() {
 		// Detaching Ferry's attachment detaches the volume from the node,
 		// also for a pod there that uses it now: leave it to Kubernetes.
-		if node, err := usedOn(ctx, w.r.Client, w.rs.Namespace, pvc.Name); err != nil || node != "" {
+		if node, err := usedOn(ctx, w.r.Client, w.rs.Namespace, w.copyName()); err != nil || node != "" {
 			return err == nil, err
 		}
 	}
-	return true, assign.Detach(ctx, w.r.Client, pvc.Spec.VolumeName, "")
+	return true, assign.DetachClaim(ctx, w.r.Client, w.rs.Namespace, w.copyName())
 }
