@@ -89,7 +89,7 @@ func specFlow(e *env) {
 	e.onVolume("source", "mysql-pv-claim", false, func(dir string) { writeApp(t, dir, "1") })
 
 	rd := &volsyncv1alpha1.ReplicationDestination{}
-	example(t, "destination.yaml", rd)
+	harness.Example(t, "destination.yaml", rd)
 	require.NoError(t, k.Create(ctx, rd))
 	testenv.Eventually(t, "the destination's address and keys", time.Minute, func() bool {
 		rd = e.rd("dest", "database-destination")
@@ -112,7 +112,7 @@ func specFlow(e *env) {
 	require.NoError(t, k.Create(ctx, copied))
 
 	rs := &volsyncv1alpha1.ReplicationSource{}
-	example(t, "source.yaml", rs)
+	harness.Example(t, "source.yaml", rs)
 	rs.Spec.Rsync.Address = rd.Status.Rsync.Address
 	// A manual trigger in place of the example's ten-minute schedule.
 	rs.Spec.Trigger = &volsyncv1alpha1.TriggerSpec{Manual: "first"}

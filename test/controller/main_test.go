@@ -15,7 +15,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +31,6 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
@@ -158,16 +156,6 @@ func (e *env) namespace(name string, annotations map[string]string) {
 	require.NoError(e.t, e.k.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations}}))
 }
 
-// example reads one of the spec's examples (examples/volsync) into obj.
-func example(t *testing.T, file string, obj client.Object) {
-	t.Helper()
-	root, err := testenv.RepoRoot()
-	require.NoError(t, err)
-	raw, err := os.ReadFile(filepath.Join(root, "examples", "volsync", file))
-	require.NoError(t, err)
-	require.NoError(t, yaml.UnmarshalStrict(raw, obj))
-}
-
 // claim creates a PVC of size in ns and waits until it is bound.
 func (e *env) claim(ns, name, size string, source *corev1.TypedLocalObjectReference) *corev1.PersistentVolume {
 	e.t.Helper()
@@ -188,15 +176,7 @@ func (e *env) claim(ns, name, size string, source *corev1.TypedLocalObjectRefere
 // node's plugin (read-only when asked), runs fn on it and unmounts it.
 func (e *env) onVolume(ns, claim string, readOnly bool, fn func(dir string)) {
 	e.t.Helper()
-	ctx := context.Background()
-	pvc := &corev1.PersistentVolumeClaim{}
-	require.NoError(e.t, e.k.Get(ctx, client.ObjectKey{Namespace: ns, Name: claim}, pvc))
-	pv := &corev1.PersistentVolume{}
-	require.NoError(e.t, e.k.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv))
-	dir, unmount, err := cluster.MountVolume(ctx, e.c.Nodes[0].PluginSocket(pv.Spec.CSI.Driver), pv.Spec.CSI.VolumeHandle, e.work, readOnly, nil)
-	require.NoError(e.t, err)
-	defer func() { require.NoError(e.t, unmount()) }()
-	fn(dir)
+	harness.OnVolume(e.t, e.c, ns, claim, e.work, readOnly, fn)
 }
 
 // tree describes a claim's data as a replica must reproduce it.

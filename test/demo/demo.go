@@ -128,10 +128,13 @@ func (r *runner) run() {
 	r.say("destination cluster: KUBECONFIG=%s", dst.Kubeconfig)
 
 	r.step("starting Ferry in each: the controller, and a node agent on each node")
+	var srcAgents []*harness.Proc
 	for i, c := range []*cluster.Cluster{src, dst} {
 		r.check(c.Client.Create(r.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: harness.Namespace}}), "namespace")
 		for _, n := range c.Nodes {
-			bins.StartAgent(r, c, n)
+			if p := bins.StartAgent(r, c, n); c == src {
+				srcAgents = append(srcAgents, p)
+			}
 			r.say("agent on %s (%s), metrics at http://%s:9810/metrics", n.Name, n.Net.IP, n.Net.IP)
 		}
 		p := bins.StartController(r, c, []int{sourcePort, destPort}[i])
@@ -153,7 +156,7 @@ func (r *runner) run() {
 
 	r.step("the destination cluster: the spec's ReplicationDestination (examples/volsync/destination.yaml)")
 	r.check(dst.Client.Create(r.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dest", Annotations: privileged}}), "namespace")
-	r.kubectl(dst, "apply", "-f", example("destination.yaml"))
+	r.kubectl(dst, "apply", "-f", harness.ExamplePath(r, "destination.yaml"))
 	var rd volsyncv1alpha1.ReplicationDestination
 	testenv.Eventually(r, "the destination's address and key Secret", 2*time.Minute, func() bool {
 		r.check(dst.Client.Get(r.ctx, client.ObjectKey{Namespace: "dest", Name: "database-destination"}, &rd), "get")
@@ -171,9 +174,7 @@ func (r *runner) run() {
 
 	r.step("the source: the spec's ReplicationSource (examples/volsync/source.yaml), address from the destination")
 	rs := &volsyncv1alpha1.ReplicationSource{}
-	raw, err := os.ReadFile(example("source.yaml"))
-	r.check(err, "read source.yaml")
-	r.check(yaml.UnmarshalStrict(raw, rs), "parse source.yaml")
+	harness.Example(r, "source.yaml", rs)
 	rs.Spec.Rsync.Address = rd.Status.Rsync.Address
 	// Triggered now rather than at the example's next ten-minute mark.
 	rs.Spec.Trigger = &volsyncv1alpha1.TriggerSpec{Manual: "first"}
@@ -188,19 +189,19 @@ func (r *runner) run() {
 	r.kubectl(dst, "get", "replicationdestination", "-n", "dest", "-o", "wide")
 	r.events(src, "replicationsource", "source", "database-source")
 	r.events(dst, "replicationdestination", "dest", "database-destination")
-	r.say("bytes sent by the source cluster's agents: %.0f", sentBytes(r, src))
+	r.say("bytes sent by the source cluster's agents: %.0f", sentBytes(srcAgents))
 
 	r.step("proving it: a claim restored from latestImage (%s) holds exactly the source's data", img)
 	r.compare(src, dst, img)
 
 	r.step("changing the data (a new binlog segment, a row in a table) and syncing again")
 	r.onVolume(src, "source", "mysql-pv-claim", false, func(dir string) { writeDatabase(r, dir, 2) })
-	before := sentBytes(r, src)
+	before := sentBytes(srcAgents)
 	triggered = time.Now()
 	r.check(patchManual(r, src, "second"), "trigger")
 	synced := r.waitSynced(src, "second")
 	r.say("trigger → lastSyncTime: %.2fs", time.Since(triggered).Seconds())
-	r.say("the source sent %.0f bytes this time, for %d bytes changed: only the change moved", sentBytes(r, src)-before, changedBytes)
+	r.say("the source sent %.0f bytes this time, for %d bytes changed: only the change moved", sentBytes(srcAgents)-before, changedBytes)
 	r.say("latestMoverStatus: %s", strings.SplitN(synced.Status.LatestMoverStatus.Logs, "\n", 2)[0])
 	prev := img
 	img = r.waitImage(dst, img)
@@ -324,17 +325,10 @@ func (r *runner) compare(src, dst *cluster.Cluster, img string) {
 // onVolume mounts a bound claim through its cluster's first node's plugin
 // (read-only when asked), runs fn and unmounts it.
 func (r *runner) onVolume(c *cluster.Cluster, ns, claim string, readOnly bool, fn func(dir string)) {
-	pvc := &corev1.PersistentVolumeClaim{}
-	r.check(c.Client.Get(r.ctx, client.ObjectKey{Namespace: ns, Name: claim}, pvc), "get claim")
-	pv := &corev1.PersistentVolume{}
-	r.check(c.Client.Get(r.ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv), "get volume")
 	work, err := os.MkdirTemp("", "ferry-demo-mount-")
 	r.check(err, "mount dir")
 	defer os.RemoveAll(work)
-	dir, unmount, err := cluster.MountVolume(r.ctx, c.Nodes[0].PluginSocket(pv.Spec.CSI.Driver), pv.Spec.CSI.VolumeHandle, work, readOnly, nil)
-	r.check(err, "mount "+claim)
-	defer func() { r.check(unmount(), "unmount "+claim) }()
-	fn(dir)
+	harness.OnVolume(r, c, ns, claim, work, readOnly, fn)
 }
 
 // patchManual sets the source's manual trigger.
@@ -359,13 +353,4 @@ func deleteAll(r *runner, c *cluster.Cluster) {
 		var rds volsyncv1alpha1.ReplicationDestinationList
 		return c.Client.List(ctx, &rss) == nil && c.Client.List(ctx, &rds) == nil && len(rss.Items)+len(rds.Items) == 0, nil
 	})
-}
-
-// example is the path of one of the spec's examples.
-func example(name string) string {
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		return name
-	}
-	return filepath.Join(root, "examples", "volsync", name)
 }

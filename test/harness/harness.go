@@ -24,6 +24,9 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/tools/clientcmd"
@@ -254,6 +257,40 @@ func Kubeconfig(t T, c *cluster.Cluster, component, serviceAccount string) strin
 	}
 	require.NoError(t, clientcmd.WriteToFile(*cfg, path))
 	return path
+}
+
+// OnVolume mounts a bound claim's volume on the host through the first
+// node's CSI plugin, under work (read-only when asked), runs fn on its
+// root and unmounts it: how tests and the demo look at a volume's bytes.
+func OnVolume(t T, c *cluster.Cluster, ns, claim, work string, readOnly bool, fn func(dir string)) {
+	t.Helper()
+	ctx := context.Background()
+	pvc := &corev1.PersistentVolumeClaim{}
+	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: claim}, pvc))
+	pv := &corev1.PersistentVolume{}
+	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv))
+	dir, unmount, err := cluster.MountVolume(ctx, c.Nodes[0].PluginSocket(pv.Spec.CSI.Driver), pv.Spec.CSI.VolumeHandle, work, readOnly, nil)
+	require.NoError(t, err, "mount claim %s/%s", ns, claim)
+	defer func() { require.NoError(t, unmount(), "unmount claim %s/%s", ns, claim) }()
+	fn(dir)
+}
+
+// ExamplePath is the path of one of the spec's examples (examples/volsync),
+// which tests and the demo apply as written.
+func ExamplePath(t T, file string) string {
+	t.Helper()
+	root, err := testenv.RepoRoot()
+	require.NoError(t, err)
+	return filepath.Join(root, "examples", "volsync", file)
+}
+
+// Example reads one of the spec's examples into obj; a field obj does not
+// know fails.
+func Example(t T, file string, obj client.Object) {
+	t.Helper()
+	raw, err := os.ReadFile(ExamplePath(t, file))
+	require.NoError(t, err)
+	require.NoError(t, yaml.UnmarshalStrict(raw, obj))
 }
 
 // WriteRandom writes n random bytes to path.
