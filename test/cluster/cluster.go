@@ -26,7 +26,7 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/internal/testenv/apiserver"
 	"github.com/ferrysync/ferry/test/csidriver/driver"
 )
 
@@ -74,7 +74,7 @@ func (n Node) PluginSocket(driverName string) string {
 
 // Cluster is a running cluster.
 type Cluster struct {
-	*testenv.Env
+	*apiserver.Env
 	// Dir holds the cluster's state, sockets and logs.
 	Dir string
 	// Nodes are the simulated nodes.
@@ -121,12 +121,12 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: state dir: %w", err)
 	}
-	envOpts := []testenv.Option{testenv.WithCRDs(filepath.Join(bin, "snapshot-crds")),
-		testenv.WithAPIServerFlag("service-cluster-ip-range", o.ServiceCIDR)}
+	envOpts := []apiserver.Option{apiserver.WithCRDs(filepath.Join(bin, "snapshot-crds")),
+		apiserver.WithAPIServerFlag("service-cluster-ip-range", o.ServiceCIDR)}
 	if o.Network != nil {
-		envOpts = append(envOpts, testenv.WithAPIServerFlag("bind-address", "0.0.0.0"))
+		envOpts = append(envOpts, apiserver.WithAPIServerFlag("bind-address", "0.0.0.0"))
 	}
-	env, err := testenv.Start(envOpts...)
+	env, err := apiserver.Start(envOpts...)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err

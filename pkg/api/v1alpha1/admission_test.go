@@ -20,11 +20,12 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/internal/testenv/apiserver"
 )
 
-var env *testenv.Env
+var env *apiserver.Env
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
+func TestMain(m *testing.M) { os.Exit(apiserver.Main(m, &env)) }
 
 // apply sends a manifest the way `kubectl apply --server-side` does, with
 // which refuses fields the schema does not declare.
@@ -47,7 +48,7 @@ func ensureNamespace(t *testing.T, name string) {
 
 // TestSpecExamplesAreAccepted applies every example of the spec unchanged.
 func TestSpecExamplesAreAccepted(t *testing.T) {
-	testenv.Need(t, env)
+	apiserver.Need(t, env)
 	root, err := testenv.RepoRoot()
 	require.NoError(t, err)
 	files, err := filepath.Glob(filepath.Join(root, "examples", "volsync", "*.yaml"))
@@ -85,7 +86,7 @@ func TestExamplesMatchSpec(t *testing.T) {
 // pod fields Ferry accepts without effect, and a mover Ferry does not serve
 // (accepted here, refused later in a condition).
 func TestValidManifestsAreAccepted(t *testing.T) {
-	testenv.Need(t, env)
+	apiserver.Need(t, env)
 	cases := map[string]string{
 		"hourly macro": source("good-hourly", `trigger: {schedule: "@hourly"}`, `copyMethod: Clone`),
 		"ranges lists and names": source("good-cron", `trigger: {schedule: "0,30 8-18/2 * JAN-DEC MON-FRI"}`,
@@ -125,7 +126,7 @@ spec:
 // TestInvalidManifestsAreRejected checks that each bad manifest is refused
 // at admission with a message that names the field and says what to fix.
 func TestInvalidManifestsAreRejected(t *testing.T) {
-	testenv.Need(t, env)
+	apiserver.Need(t, env)
 	cases := []struct {
 		name     string
 		manifest string
@@ -186,7 +187,7 @@ spec:
 // TestExplainDescribesEveryRsyncField runs `kubectl explain` against the
 // apiserver: every field of spec.rsync is listed with a description.
 func TestExplainDescribesEveryRsyncField(t *testing.T) {
-	testenv.Need(t, env)
+	apiserver.Need(t, env)
 	for _, tc := range []struct {
 		resource string
 		fields   []string

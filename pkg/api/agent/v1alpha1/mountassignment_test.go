@@ -11,13 +11,13 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/internal/testenv/apiserver"
 	agentv1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 )
 
-var env *testenv.Env
+var env *apiserver.Env
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
+func TestMain(m *testing.M) { os.Exit(apiserver.Main(m, &env)) }
 
 func assignment(name, node string) *agentv1.MountAssignment {
 	return &agentv1.MountAssignment{
@@ -34,7 +34,7 @@ func assignment(name, node string) *agentv1.MountAssignment {
 // TestRolesAndNode checks the rules the agent relies on: exactly one role,
 // a fixed node, and a field selector on the node name for its cache.
 func TestRolesAndNode(t *testing.T) {
-	testenv.Need(t, env)
+	apiserver.Need(t, env)
 	ctx := context.Background()
 	c := env.Client
 
