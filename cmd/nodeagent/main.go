@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -37,6 +38,9 @@ func main() {
 	flag.DurationVar(&cfg.GracePeriod, "grace-period", 30*time.Second, "how long running transfers may finish after SIGTERM before they are aborted")
 	flag.DurationVar(&cfg.ProgressInterval, "progress-interval", 2*time.Second, "how often a running transfer's progress is written to its assignment")
 	flag.DurationVar(&cfg.RetryBackoff, "retry-backoff", 2*time.Second, "first pause between a transfer's tries, doubled each time")
+	flag.BoolVar(&cfg.PrivilegedGate, "privileged-movers-gate", true, "receive with owners, setuid bits and devices only for CRs in namespaces annotated volsync.backube/privileged-movers=true, checked again here whatever the assignment says (set as the controller's flag)")
+	memory := flag.String("transfer-memory-limit", "2Gi", "memory limit of each transfer's own cgroup (rsync and its page cache); past it the transfer is killed and says so; 0: none")
+	flag.Int64Var(&cfg.Transfer.Pids, "transfer-pids-limit", 64, "limit on processes and threads of each transfer's own cgroup; 0: none")
 	flag.StringVar(&cfg.Rsync, "rsync", "", "the rsync binary, under /usr (default: rsync from PATH)")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -48,6 +52,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "nodeagent:", err)
 		os.Exit(2)
 	}
+	q, err := resource.ParseQuantity(*memory)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nodeagent: --transfer-memory-limit %q: %v\n", *memory, err)
+		os.Exit(2)
+	}
+	cfg.Transfer.MemoryBytes = q.Value()
 	if cfg.SSHAdvertiseAddress == "" {
 		cfg.SSHAdvertiseAddress = cfg.SSHBindAddress
 	}

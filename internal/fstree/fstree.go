@@ -1,7 +1,7 @@
 // Package fstree builds file trees with every kind of metadata rsync must
 // keep, and compares two trees by what a user of a replica cares about:
 // content, type, mode, owner, ACLs, hard-link groups, mtimes, symlink targets
-// and sparseness. It serves the data plane's fidelity tests.
+// and sparseness. It serves the data plane's fidelity tests and the end-to-end tests.
 package fstree
 
 import (

@@ -43,6 +43,7 @@ import (
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/csi"
+	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 )
@@ -79,6 +80,14 @@ type Config struct {
 	RetryBackoff time.Duration
 	// Rsync is the rsync binary ("" for rsync from PATH).
 	Rsync string
+	// Transfer limits each transfer's own cgroup (memory, processes);
+	// zero: no cgroups.
+	Transfer cgroup.Limits
+	// PrivilegedGate makes a destination privileged only if its CR's
+	// namespace carries the privileged-movers annotation, whatever its
+	// assignment says; off, as the assignment says (the controller's
+	// flag of the same name).
+	PrivilegedGate bool
 }
 
 // Run runs the agent until ctx ends, then lets transfers finish for the
@@ -119,7 +128,15 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err := os.MkdirAll(scratch, 0o700); err != nil {
 		return fmt.Errorf("agent: state directory: %w", err)
 	}
-	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint"))}
+	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint")),
+		endpoint.WithRefusals(func(cause string) { refusedTotal.WithLabelValues(cfg.NodeName, cause).Inc() })}
+	var cgroups *cgroup.Pool
+	if cfg.Transfer != (cgroup.Limits{}) {
+		if cgroups, err = cgroup.New("ferry-transfers", cfg.Transfer); err != nil {
+			return fmt.Errorf("agent: transfer limits: %w (zero limits run transfers without cgroups)", err)
+		}
+		opts = append(opts, endpoint.WithCgroups(cgroups))
+	}
 	if cfg.Rsync != "" {
 		opts = append(opts, endpoint.WithRsync(cfg.Rsync))
 	}
@@ -129,10 +146,10 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	r := &Reconciler{
 		cfg: cfg, client: mgr.GetClient(), api: mgr.GetAPIReader(),
 		publisher: csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi")),
-		server:    endpoint.New(scratch, opts...),
-		slots:     make(chan struct{}, cfg.MaxTransfers),
-		events:    mgr.GetEventRecorder("ferry-nodeagent"),
-		log:       log, aborted: aborted, states: map[types.NamespacedName]*state{},
+		server:    endpoint.New(scratch, opts...), scratch: scratch, cgroups: cgroups,
+		slots:  make(chan struct{}, cfg.MaxTransfers),
+		events: mgr.GetEventRecorder("ferry-nodeagent"),
+		log:    log, aborted: aborted, states: map[types.NamespacedName]*state{},
 	}
 	defer r.publisher.Close()
 	defer r.server.Close()

@@ -17,6 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
@@ -50,7 +52,11 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 	if err != nil {
 		return fmt.Errorf("mount the volume read-write: %w", err)
 	}
-	addr, err := r.serve(ma, path, keys)
+	privileged, err := r.privileged(ctx, ma)
+	if err != nil {
+		return err
+	}
+	addr, err := r.serve(ma, path, keys, privileged)
 	if err != nil {
 		return err
 	}
@@ -96,14 +102,38 @@ func (r *Reconciler) attachRequired(ctx context.Context, driver string) (bool, e
 	return d.Spec.AttachRequired == nil || *d.Spec.AttachRequired, nil
 }
 
+// privileged is whether the destination's syncs may keep owners, setuid
+// bits and devices: its assignment says so and, behind the gate, its CR's
+// namespace carries the annotation. Read from the namespace, not trusted
+// from the assignment, so that whoever can write assignments cannot
+// grant it.
+func (r *Reconciler) privileged(ctx context.Context, ma *agentv1alpha1.MountAssignment) (bool, error) {
+	if !ma.Spec.Destination.Privileged || !r.cfg.PrivilegedGate {
+		return ma.Spec.Destination.Privileged, nil
+	}
+	ns := &corev1.Namespace{}
+	if err := r.api.Get(ctx, client.ObjectKey{Name: ma.Spec.Owner.Namespace}, ns); err != nil {
+		return false, fmt.Errorf("read namespace %s for its privileged-movers annotation: %w", ma.Spec.Owner.Namespace, err)
+	}
+	return volsyncv1alpha1.PrivilegedMovers(ns), nil
+}
+
+// runAs is the user an unprivileged destination's rsync runs as.
+func runAs(ma *agentv1alpha1.MountAssignment) *confine.Identity {
+	if id := ma.Spec.Destination.RunAs; id != nil {
+		return &confine.Identity{UID: id.UID, GID: id.GID}
+	}
+	return nil
+}
+
 // serve registers the destination with the endpoint, again if its volume
-// path or keys changed, on the port it had before if it can (the
+// path, keys or rights changed, on the port it had before if it can (the
 // controller's Service points there).
-func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Destination) (*agentv1alpha1.Endpoint, error) {
+func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Destination, privileged bool) (*agentv1alpha1.Endpoint, error) {
 	key := client.ObjectKeyFromObject(ma)
 	id := key.String()
-	fingerprint := fmt.Sprintf("%s|%s|%s|%t", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
-		ssh.FingerprintSHA256(keys.Authorized), ma.Spec.Destination.Privileged)
+	fingerprint := fmt.Sprintf("%s|%s|%s|%t|%v", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
+		ssh.FingerprintSHA256(keys.Authorized), privileged, ma.Spec.Destination.RunAs)
 	s := r.state(ma)
 	s.mu.Lock()
 	served, ep := s.served, s.endpoint
@@ -112,7 +142,7 @@ func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys 
 		return ep, nil
 	}
 	r.server.Remove(id)
-	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: ma.Spec.Destination.Privileged,
+	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: privileged, RunAs: runAs(ma),
 		HoldOnShutdown: true, Events: func(e endpoint.Event) { r.onDestinationEvent(key, e) }}
 	// After a restart, listen where the controller's Service points;
 	// otherwise on the first free port of the range.

@@ -7,6 +7,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 )
 
 // Metric labels: every series carries the node, so that one query across
@@ -50,9 +51,14 @@ var (
 		Name: "ferry_agent_errors_total",
 		Help: "Errors on this node by cause: " + strings.Join(agentv1alpha1.Causes, ", ") + ".",
 	}, append(crLabels, "cause"))
+	refusedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_agent_refused_total",
+		Help: "Connections, handshakes, channels and transfers this node's ssh endpoint refused past its limits, by cause (" +
+			strings.Join([]string{endpoint.RefusedConnections, endpoint.RefusedHandshakes, endpoint.RefusedChannels, endpoint.RefusedTransfers}, ", ") + ").",
+	}, []string{"node", "cause"})
 )
 
 func init() {
 	metrics.Registry.MustRegister(bytesTotal, filesTotal, syncsTotal, transferSeconds, publishSeconds,
-		activeTransfers, queuedTransfers, errorsTotal)
+		activeTransfers, queuedTransfers, errorsTotal, refusedTotal)
 }

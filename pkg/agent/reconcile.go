@@ -20,6 +20,7 @@ import (
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/pkg/mount"
+	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 )
 
@@ -37,6 +38,7 @@ import (
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get
 // +kubebuilder:rbac:groups=volsync.backube,resources=replicationsources;replicationdestinations,verbs=get
 // +kubebuilder:rbac:groups=storage.k8s.io,resources=csidrivers,verbs=get
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,namespace=ferry-system,resources=events,verbs=create;patch
 
 // Reconciler carries out this node's MountAssignments. Reconcile itself is
@@ -49,6 +51,8 @@ type Reconciler struct {
 	api       client.Reader // uncached: PVs, claims, CRs, Secrets, fresh status
 	publisher *csi.Publisher
 	server    *endpoint.Server
+	scratch   string        // where confinements mount their roots
+	cgroups   *cgroup.Pool  // each transfer's limits; nil: none
 	slots     chan struct{} // one per concurrent transfer
 	events    events.EventRecorder
 	log       logr.Logger

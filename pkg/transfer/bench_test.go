@@ -146,7 +146,7 @@ func (b *bench) run(method, src string) int64 {
 	t := b.t
 	switch method {
 	case "ferry":
-		res, err := source.Push(context.Background(), source.Options{Address: "127.0.0.1", Port: b.port, Keys: b.k.src,
+		res, err := source.Push(context.Background(), source.Options{Address: "127.0.0.1", Port: b.port, Keys: b.k.src, Scratch: t.TempDir(),
 			Volume: src, Attempts: 1})
 		require.NoError(t, err, res.Errors)
 		return res.BytesSent + res.BytesReceived
@@ -192,7 +192,7 @@ func (b *bench) concurrentRSS(n int) int64 {
 		go func() {
 			defer wg.Done()
 			res, err := source.Push(context.Background(), source.Options{Address: "127.0.0.1", Port: addr.(*net.TCPAddr).Port,
-				Keys: k.src, Volume: src, Attempts: 1})
+				Keys: k.src, Volume: src, Scratch: t.TempDir(), Attempts: 1})
 			require.NoError(t, err, res.Errors)
 		}()
 	}

@@ -7,9 +7,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/fstree"
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 
@@ -72,7 +72,7 @@ func TestUnprivilegedDestination(t *testing.T) {
 		assert.Equal(t, w.SHA256, g.SHA256, p)
 		assert.Equal(t, w.Target, g.Target, p)
 		assert.Equal(t, w.Type, g.Type, p)
-		assert.Equal(t, uint32(0), g.UID, "%s: owned by the receiver", p)
+		assert.Equal(t, uint32(endpoint.DefaultRunAs.UID), g.UID, "%s: owned by the receiver's ordinary user", p)
 		if w.Type == "file" {
 			assert.Equal(t, w.MTimeNS, g.MTimeNS, p)
 			assert.Equal(t, w.Mode&0o777, g.Mode&0o777, p)

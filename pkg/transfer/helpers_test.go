@@ -12,9 +12,9 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/fstree"
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
 	"github.com/ferrysync/ferry/pkg/transfer/reexec"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
@@ -101,7 +101,7 @@ func serve(t *testing.T, k *keyset, volume string, ev *events) (*endpoint.Server
 // push runs Ferry's source against a local endpoint.
 func push(t *testing.T, k *sshkeys.Source, port int, src string, mod func(*source.Options)) (source.Result, error) {
 	t.Helper()
-	o := source.Options{Address: "127.0.0.1", Port: port, Keys: k, Volume: src, Attempts: 1, Log: testr.New(t)}
+	o := source.Options{Address: "127.0.0.1", Port: port, Keys: k, Volume: src, Scratch: t.TempDir(), Attempts: 1, Log: testr.New(t)}
 	if mod != nil {
 		mod(&o)
 	}

@@ -9,9 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/testr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
@@ -158,4 +160,129 @@ func TestKeysOpenExactlyOneDestination(t *testing.T) {
 	srv.Remove("a")
 	_, err = dial(t, portA, a.src.Identity, a.dst.HostKey.PublicKey())
 	assert.Error(t, err)
+}
+
+// TestSenderReadsNothingOutsideTheVolume: while a Direct sync of 50,000
+// files runs, the "pod" that owns the live volume keeps swapping d/ for a
+// symlink to a host directory whose files have the same names and hold a
+// secret. The sender opens files by path; confined, the symlink resolves
+// inside its own root, where the host directory does not exist, so the
+// destination never receives the secret.
+func TestSenderReadsNothingOutsideTheVolume(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "swap")
+	src, dst, secrets := t.TempDir(), t.TempDir(), t.TempDir()
+	const files = 50000
+	require.NoError(t, os.Mkdir(filepath.Join(src, "d"), 0o755))
+	for i := range files {
+		name := fmt.Sprintf("f%05d", i)
+		require.NoError(t, os.WriteFile(filepath.Join(src, "d", name), []byte("public"), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(secrets, name), []byte("SECRET"), 0o600))
+	}
+	var ev events
+	_, port := serve(t, k, dst, &ev)
+
+	stop := make(chan struct{})
+	swapped := make(chan int)
+	go func() { // the tenant's pod
+		n := 0
+		d, real := filepath.Join(src, "d"), filepath.Join(src, "d.real")
+		for {
+			select {
+			case <-stop:
+				swapped <- n
+				return
+			default:
+			}
+			if os.Rename(d, real) == nil {
+				_ = os.Symlink(secrets, d)
+				n++
+				_ = os.Remove(d)
+				_ = os.Rename(real, d)
+			}
+		}
+	}()
+	res, err := push(t, k.src, port, src, nil)
+	close(stop)
+	t.Logf("the pod swapped d/ %d times during the sync", <-swapped)
+	if err != nil {
+		// Files read through the symlink are missing inside the confinement:
+		// rsync reports them vanished (24) or unreadable (23).
+		assert.Contains(t, []int{23, 24}, res.ExitCode, "only missing files may fail the sync: %v", err)
+	}
+	received := 0
+	require.NoError(t, filepath.WalkDir(dst, func(p string, e os.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		received++
+		data, err := os.ReadFile(p)
+		require.NoError(t, err)
+		assert.NotEqual(t, "SECRET", string(data), "%s came from outside the volume", p)
+		return nil
+	}))
+	assert.Greater(t, received, files/10, "the sync ran")
+}
+
+// TestUnprivilegedDestinationPlantsNoRootFiles: into a destination whose
+// namespace does not allow privileged movers, a sender pushes a setuid
+// binary owned by root and a device node. On the volume the binary belongs
+// to the receiver's ordinary user, and no device exists.
+func TestUnprivilegedDestinationPlantsNoRootFiles(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "setuid")
+	src, dst := t.TempDir(), t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "sh"), []byte("#!/bin/sh\nid\n"), 0o755))
+	require.NoError(t, os.Chmod(filepath.Join(src, "sh"), 0o6755))
+	require.NoError(t, unix.Mknod(filepath.Join(src, "mem"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 1))))
+	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.New(t)))
+	t.Cleanup(srv.Close)
+	addr, err := srv.Add(endpoint.Destination{ID: "u", Keys: k.dst, Volume: dst, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	_, _ = push(t, k.src, addr.(*net.TCPAddr).Port, src, nil) // rsync reports the skipped device
+
+	var st unix.Stat_t
+	require.NoError(t, unix.Lstat(filepath.Join(dst, "sh"), &st))
+	assert.Equal(t, uint32(endpoint.DefaultRunAs.UID), st.Uid, "the binary is the receiver's, not root's")
+	assert.NotZero(t, st.Uid)
+	assert.NoFileExists(t, filepath.Join(dst, "mem"), "no device made")
+	_, err = os.Lstat(filepath.Join(dst, "mem"))
+	assert.True(t, os.IsNotExist(err), "nothing at all in the device's place: %v", err)
+	require.NoError(t, unix.Lstat(dst, &st))
+	assert.Equal(t, uint32(endpoint.DefaultRunAs.UID), st.Uid, "the volume root is given to the receiver's user")
+}
+
+// TestDevSymlinkLeavesHostDevicesAlone: a privileged destination receives a
+// symlink dv -> /dev, then a device file sent into dv/ (through the remote
+// path and as a directory of the same name). The host's /dev/null is
+// unchanged: inside the confinement /dev holds only a read-only /dev/null.
+func TestDevSymlinkLeavesHostDevicesAlone(t *testing.T) {
+	testenv.NeedRoot(t)
+	var before unix.Stat_t
+	require.NoError(t, unix.Stat("/dev/null", &before))
+	k := keys(t, "devlink")
+	dst := t.TempDir()
+	var ev events
+	_, port := serve(t, k, dst, &ev)
+
+	link := t.TempDir()
+	require.NoError(t, os.Symlink("/dev", filepath.Join(link, "dv")))
+	res, err := push(t, k.src, port, link, nil)
+	require.NoError(t, err, res.Errors)
+
+	dev := t.TempDir()
+	require.NoError(t, unix.Mknod(filepath.Join(dev, "null"), unix.S_IFCHR|0o777, int(unix.Mkdev(1, 5))))
+	require.NoError(t, os.Lchown(filepath.Join(dev, "null"), 4242, 4242))
+	_, _ = push(t, k.src, port, dev, func(o *source.Options) { o.Path = "dv/" })
+	nested := t.TempDir()
+	require.NoError(t, os.Mkdir(filepath.Join(nested, "dv"), 0o755))
+	require.NoError(t, unix.Mknod(filepath.Join(nested, "dv", "null"), unix.S_IFCHR|0o777, int(unix.Mkdev(1, 5))))
+	_, _ = push(t, k.src, port, nested, func(o *source.Options) { o.Path = "/" })
+
+	var after unix.Stat_t
+	require.NoError(t, unix.Stat("/dev/null", &after))
+	assert.Equal(t, before.Ino, after.Ino, "host /dev/null is the same inode")
+	assert.Equal(t, before.Mode, after.Mode, "host /dev/null mode")
+	assert.Equal(t, before.Uid, after.Uid, "host /dev/null owner")
+	assert.Equal(t, before.Rdev, after.Rdev, "host /dev/null device")
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/fstree"
 	"github.com/ferrysync/ferry/internal/testenv"
-	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 

@@ -7,9 +7,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ferrysync/ferry/internal/fstree"
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/internal/fstree"
 )
 
 // TestVolSyncSourceToFerryEndpoint acts exactly like VolSync's rsync source

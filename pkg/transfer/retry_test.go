@@ -26,7 +26,7 @@ func TestPushRetriesThenGivesUp(t *testing.T) {
 	require.NoError(t, err)
 	port := ln.Addr().(*net.TCPAddr).Port
 	require.NoError(t, ln.Close())
-	res, err := source.Push(context.Background(), source.Options{Address: "127.0.0.1", Port: port, Keys: k.src,
+	res, err := source.Push(context.Background(), source.Options{Address: "127.0.0.1", Port: port, Keys: k.src, Scratch: t.TempDir(),
 		Volume: t.TempDir(), Attempts: 3, Backoff: 10 * time.Millisecond, Log: testr.New(t)})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "connection refused")
@@ -48,7 +48,7 @@ func TestPushCancels(t *testing.T) {
 	started := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		_, err := source.Push(ctx, source.Options{Address: "127.0.0.1", Port: port, Keys: k.src, Volume: src,
+		_, err := source.Push(ctx, source.Options{Address: "127.0.0.1", Port: port, Keys: k.src, Volume: src, Scratch: t.TempDir(),
 			ProgressInterval: time.Millisecond, Progress: func(p source.Progress) {
 				if p.BytesDone > 0 {
 					select {

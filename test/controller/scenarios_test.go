@@ -179,7 +179,7 @@ func direct(e *env) {
 		}
 	})
 	assert.Equal(t, len(src), len(got), "every entry arrived")
-	assert.NotContains(t, owners, uint32(999), "unprivileged: the sender's owners are not kept")
+	assert.Equal(t, []uint32{1000, 1000}, owners, "unprivileged: files belong to moverSecurityContext's runAsUser, not the sender's owners")
 
 	require.NoError(t, k.Delete(ctx, rs))
 	require.NoError(t, k.Delete(ctx, rd))

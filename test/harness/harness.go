@@ -99,7 +99,7 @@ type Proc struct {
 // ends.
 func (b *Binaries) StartAgent(t T, c *cluster.Cluster, node cluster.Node, extra ...string) *Proc {
 	t.Helper()
-	kc := Kubeconfig(t, c, "nodeagent", "ferry-nodeagent")
+	kc := AgentKubeconfig(t, c, node.Name)
 	p := &Proc{t: t, name: "nodeagent-" + node.Name, path: "nsenter",
 		logs:    filepath.Join(c.Dir, "logs", "nodeagent-"+node.Name+".log"),
 		ready:   "http://" + node.Net.IP + ":9811/readyz",
@@ -254,6 +254,25 @@ func Kubeconfig(t T, c *cluster.Cluster, component, serviceAccount string) strin
 	require.NoError(t, err)
 	for _, user := range cfg.AuthInfos {
 		user.Impersonate = "system:serviceaccount:" + Namespace + ":" + serviceAccount
+	}
+	require.NoError(t, clientcmd.WriteToFile(*cfg, path))
+	return path
+}
+
+// NodeNameExtra is the user-info extra a pod's bound ServiceAccount token
+// carries: the name of the node the pod runs on.
+const NodeNameExtra = "authentication.kubernetes.io/node-name"
+
+// AgentKubeconfig is the node agent's kubeconfig for node: the
+// ferry-nodeagent ServiceAccount with the node name its pod's bound token
+// would carry, which the own-node admission policy checks.
+func AgentKubeconfig(t T, c *cluster.Cluster, node string) string {
+	t.Helper()
+	path := filepath.Join(c.Dir, "kubeconfig-nodeagent-"+node)
+	cfg, err := clientcmd.LoadFromFile(Kubeconfig(t, c, "nodeagent", "ferry-nodeagent"))
+	require.NoError(t, err)
+	for _, user := range cfg.AuthInfos {
+		user.ImpersonateUserExtra = map[string][]string{NodeNameExtra: {node}}
 	}
 	require.NoError(t, clientcmd.WriteToFile(*cfg, path))
 	return path

@@ -5,6 +5,8 @@
 package nodeagent_test
 
 import (
+	"syscall"
+
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 
 	"context"
@@ -24,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -32,6 +35,7 @@ import (
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/pkg/mount"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/test/cluster"
 	"github.com/ferrysync/ferry/test/harness"
@@ -85,9 +89,10 @@ func TestAgentsReplicate(t *testing.T) {
 
 	// What the controller would have made: the CRs, key Secrets, the
 	// replica PVC and the source's point-in-time copy.
-	for _, ns := range []string{"app", ferryNamespace} {
-		require.NoError(t, k.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
-	}
+	// "app" allows privileged movers: the replica keeps owners.
+	privileged := map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"}
+	require.NoError(t, k.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "app", Annotations: privileged}}))
+	require.NoError(t, k.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ferryNamespace}}))
 	rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Name: "rs", Namespace: "app"},
 		Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "data",
 			Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot}}}}
@@ -163,13 +168,20 @@ func TestAgentsReplicate(t *testing.T) {
 			Volume:         volumeOf(replica),
 			Destination:    &agentv1alpha1.DestinationRole{KeySecret: agentv1alpha1.SecretReference{Namespace: ferryNamespace, Name: "rd-keys"}, Privileged: true},
 			SyncGeneration: 1}}
+	// served waits until a destination assignment is served and returns
+	// where.
+	served := func(t *testing.T, name string) *agentv1alpha1.Endpoint {
+		t.Helper()
+		var ep *agentv1alpha1.Endpoint
+		testenv.Eventually(t, name+" to be served", time.Minute, func() bool {
+			ma := get(t, name)
+			ep = ma.Status.Endpoint
+			return ma.Status.Phase == agentv1alpha1.PhaseMounted && ep != nil
+		})
+		return ep
+	}
 	require.NoError(t, k.Create(ctx, dst))
-	var ep *agentv1alpha1.Endpoint
-	testenv.Eventually(t, "the destination to be served", time.Minute, func() bool {
-		ma := get(t, dst.Name)
-		ep = ma.Status.Endpoint
-		return ma.Status.Phase == agentv1alpha1.PhaseMounted && ep != nil
-	})
+	ep := served(t, dst.Name)
 	require.Equal(t, nodeB.Net.IP, ep.Address)
 	replicaDir := get(t, dst.Name).Status.MountPath
 
@@ -366,6 +378,49 @@ func TestAgentsReplicate(t *testing.T) {
 		assert.Contains(t, agentA.Logs(), `"mount":"`+podMount+`"`, "published by binding kubelet's mount")
 	})
 
+	var dstUnpriv, srcUnpriv *agentv1alpha1.MountAssignment
+	t.Run("an assignment that says privileged in a namespace that does not allow it receives as an ordinary user", func(t *testing.T) {
+		// Whoever can write assignments (a compromised controller, or
+		// another node's agent) cannot grant what the namespace does not:
+		// the agent reads the annotation itself.
+		setAnnotations := func(a map[string]string) {
+			ns := &corev1.Namespace{}
+			require.NoError(t, k.Get(ctx, client.ObjectKey{Name: "app"}, ns))
+			ns.Annotations = a
+			require.NoError(t, k.Update(ctx, ns))
+		}
+		setAnnotations(nil)
+		defer setAnnotations(privileged)
+		replicaPV := bound(t, c, pvc("app", "replica-unprivileged", nil, rd))
+		dstUnpriv = dst.DeepCopy()
+		dstUnpriv.ObjectMeta = metav1.ObjectMeta{Name: "rd-replica-unprivileged", Namespace: ferryNamespace}
+		dstUnpriv.Spec.Volume, dstUnpriv.Spec.SyncGeneration, dstUnpriv.Status = volumeOf(replicaPV), 1, agentv1alpha1.MountAssignmentStatus{}
+		require.True(t, dstUnpriv.Spec.Destination.Privileged, "the assignment claims privileged")
+		require.NoError(t, k.Create(ctx, dstUnpriv))
+		ep := served(t, dstUnpriv.Name)
+		srcUnpriv = src.DeepCopy()
+		srcUnpriv.ObjectMeta = metav1.ObjectMeta{Name: "rs-unprivileged", Namespace: ferryNamespace}
+		srcUnpriv.Spec.Source.Port, srcUnpriv.Spec.SyncGeneration, srcUnpriv.Status = ep.Port, 1, agentv1alpha1.MountAssignmentStatus{}
+		require.NoError(t, k.Create(ctx, srcUnpriv))
+		res := synced(t, srcUnpriv.Name, 1)
+		require.True(t, res.Succeeded, res.Error)
+		dir := get(t, dstUnpriv.Name).Status.MountPath
+		files := 0
+		require.NoError(t, filepath.WalkDir(dir, func(p string, e os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			fi, err := os.Lstat(p)
+			require.NoError(t, err)
+			st := fi.Sys().(*syscall.Stat_t)
+			assert.Equal(t, uint32(endpoint.DefaultRunAs.UID), st.Uid, "%s is the ordinary user's", p)
+			assert.Zero(t, fi.Mode()&(os.ModeSetuid|os.ModeDevice), "%s: no setuid-root file, no device", p)
+			files++
+			return nil
+		}))
+		assert.Greater(t, files, 3)
+	})
+
 	t.Run("an attach-required destination waits for its attachment and survives a re-attach", func(t *testing.T) {
 		// A destination whose driver requires attach waits for the
 		// controller's attachment, then serves; detached and attached again
@@ -442,9 +497,40 @@ func TestAgentsReplicate(t *testing.T) {
 		}
 	})
 
+	t.Run("a node agent's credentials write only its own node's assignments, and no spec", func(t *testing.T) {
+		// What a compromised agent on node A could try with its token:
+		// the own-node admission policy (deploy/nodeagent/rbac) refuses it.
+		cfg, err := clientcmd.BuildConfigFromFlags("", harness.AgentKubeconfig(t, c, nodeA.Name))
+		require.NoError(t, err)
+		agentA, err := client.New(cfg, client.Options{Scheme: k.Scheme()})
+		require.NoError(t, err)
+		var denied error
+		testenv.Eventually(t, "node A's agent to be denied node B's assignment", 30*time.Second, func() bool {
+			ma := &agentv1alpha1.MountAssignment{}
+			require.NoError(t, agentA.Get(ctx, client.ObjectKeyFromObject(dst), ma), "agents may read")
+			ma.Status.Phase = agentv1alpha1.PhaseRefused
+			denied = agentA.Status().Update(ctx, ma)
+			return denied != nil
+		})
+		assert.ErrorContains(t, denied, "the node agent of node-a may write only its own node's MountAssignments")
+		assert.Equal(t, agentv1alpha1.PhaseHolding, get(t, dst.Name).Status.Phase, "node B's assignment is unchanged")
+
+		own := get(t, src.Name)
+		require.NoError(t, agentA.Status().Update(ctx, own.DeepCopy()), "its own node's status")
+		moved := get(t, src.Name)
+		moved.Spec.NodeName = nodeB.Name
+		assert.ErrorContains(t, agentA.Update(ctx, moved), "nodeName is immutable", "moving its assignment elsewhere")
+		finalizer := get(t, src.Name)
+		require.NoError(t, agentA.Update(ctx, finalizer), "its own node's assignment, spec unchanged (finalizers)")
+		changed := get(t, src.Name)
+		changed.Spec.Source.Address = "10.0.0.66"
+		assert.ErrorContains(t, agentA.Update(ctx, changed), "may not change a MountAssignment's spec", "redirecting its own transfer")
+		assert.Equal(t, ep.Address, get(t, src.Name).Spec.Source.Address)
+	})
+
 	t.Run("deleting the assignments unmounts everything; the agents stop cleanly", func(t *testing.T) {
 		// Deleting the assignments unmounts everything; the agents stop cleanly.
-		for _, ma := range []*agentv1alpha1.MountAssignment{src, dst, second, direct, dst2, dst3, refused} {
+		for _, ma := range []*agentv1alpha1.MountAssignment{src, dst, second, direct, dst2, dst3, refused, dstUnpriv, srcUnpriv} {
 			if ma != nil { // nil: its subtest failed before making it
 				require.NoError(t, client.IgnoreNotFound(k.Delete(ctx, ma)))
 			}

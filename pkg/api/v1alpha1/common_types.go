@@ -35,6 +35,14 @@ func (m CopyMethodType) IsDirect() bool {
 // VolSync's rsync mover requires it.
 const PrivilegedMoversAnnotation = "volsync.backube/privileged-movers"
 
+// PrivilegedMovers says whether namespace ns allows privileged transfers.
+// The controller decides with it and the node agent decides again, so that
+// an assignment written by someone else cannot grant what the namespace
+// does not.
+func PrivilegedMovers(ns *corev1.Namespace) bool {
+	return ns.Annotations[PrivilegedMoversAnnotation] == "true"
+}
+
 // Condition types and reasons, as VolSync sets them, so that tooling which
 // waits on them works against Ferry.
 const (

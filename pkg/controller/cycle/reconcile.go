@@ -44,7 +44,7 @@ type Shell struct {
 // Privileged says whether transfers for a CR in namespace ns may keep
 // owners, setuid bits and devices.
 func (s Shell) Privileged(ns *corev1.Namespace) bool {
-	return !s.PrivilegedGate || ns.Annotations[volsyncv1alpha1.PrivilegedMoversAnnotation] == "true"
+	return !s.PrivilegedGate || volsyncv1alpha1.PrivilegedMovers(ns)
 }
 
 // unprivilegedNote tells the user, in the Reconciled condition, what an

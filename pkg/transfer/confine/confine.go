@@ -9,20 +9,28 @@
 //   - a fresh tmpfs root, read-only, holding only /usr (and the /bin, /lib
 //     links or read-only binds a merged or split /usr needs), an empty /etc
 //     (so owners are kept by number, never mapped through the node's user
-//     names), /dev/null, and the volume at /data — read-write for a
-//     receiver, read-only for a sender — mounted nosuid and nodev. A symlink
-//     in the volume that points outside it resolves inside this root, where
-//     there is nothing to write to;
-//   - the capability bounding set cut to what `-aAHS` as root needs
-//     (chown, dac_override, dac_read_search, fowner, fsetid, mknod; without
-//     chown, fsetid and mknod when the transfer may not preserve ownership),
-//     no_new_privs, and death with the agent.
+//     names), a read-only /dev/null (writes vanish, its inode cannot be
+//     changed), what Binds name under /ferry (read-only), and the volume at
+//     /data — read-write for a receiver, read-only for a sender — mounted
+//     nosuid and nodev. A symlink in the volume that points outside it
+//     resolves inside this root, where there is nothing to write to;
+//   - a privileged receiver keeps only the capabilities `-aAHS` as root
+//     needs (chown, dac_override, fowner, fsetid, mknod); a sender only
+//     dac_override, to read every file; an unprivileged receiver runs as an
+//     ordinary user (RunAs) with none. Never dac_read_search: it allows
+//     open_by_handle_at, which reaches the whole filesystem behind a bind
+//     mount;
+//   - no_new_privs and a seccomp filter refusing what rsync never needs
+//     (mounts, namespaces, file handles, ptrace, bpf, keyrings, modules);
+//   - the cgroups the caller names (memory and pids limits), joined before
+//     rsync starts, and death with the agent.
 //
 // The confinement is set up by this executable itself, started again under
 // the name "ferry-confine" (see package reexec), which then execs rsync.
 package confine
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,14 +72,42 @@ type Spec struct {
 	Rsync string `json:"rsync"`
 	// Args are rsync's arguments.
 	Args []string `json:"args"`
+	// Binds are host files or directories shown read-only inside (the
+	// remote-shell helper a sender runs and its socket). Rsync may name a
+	// bound file; it then runs from its path inside.
+	Binds []Bind `json:"binds,omitempty"`
+	// RunAs makes rsync run as this ordinary user, without capabilities. A
+	// volume root owned by root (as a provisioner leaves it) is given to
+	// the user first. Required for a writable confinement that is not
+	// privileged.
+	RunAs *Identity `json:"runAs,omitempty"`
+	// Cgroups are cgroup directories (one per hierarchy) that the
+	// confinement joins before rsync starts.
+	Cgroups []string `json:"cgroups,omitempty"`
+}
+
+// Bind shows the host path Host at Path, which must lie under BindDir.
+type Bind struct {
+	Host string `json:"host"`
+	Path string `json:"path"`
+}
+
+// BindDir is where binds appear inside the confinement.
+const BindDir = "/ferry"
+
+// Identity is a numeric user and group.
+type Identity struct {
+	UID int64 `json:"uid"`
+	GID int64 `json:"gid"`
 }
 
 // DataDir is where the volume appears inside the confinement.
 const DataDir = "/data"
 
 // Command returns a command that runs rsync confined by spec; the caller sets
-// its standard streams and starts it. Killing the command kills rsync.
-func Command(spec Spec) (*exec.Cmd, error) {
+// its standard streams and starts it. Ending ctx or killing the command
+// kills rsync.
+func Command(ctx context.Context, spec Spec) (*exec.Cmd, error) {
 	if err := spec.validate(); err != nil {
 		return nil, err
 	}
@@ -79,15 +115,13 @@ func Command(spec Spec) (*exec.Cmd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode confinement spec: %w", err)
 	}
-	cmd := &exec.Cmd{
-		Path: reexec.Path(),
-		Args: []string{helperName},
-		Env:  []string{specEnv + "=" + string(raw)},
-		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWNET | syscall.CLONE_NEWPID |
-				syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
-			Pdeathsig: syscall.SIGKILL,
-		},
+	cmd := exec.CommandContext(ctx, reexec.Path())
+	cmd.Args = []string{helperName}
+	cmd.Env = []string{specEnv + "=" + string(raw)}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWNET | syscall.CLONE_NEWPID |
+			syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
+		Pdeathsig: syscall.SIGKILL,
 	}
 	return cmd, nil
 }
@@ -104,6 +138,21 @@ func (s *Spec) validate() error {
 			return fmt.Errorf("confine: dir %q must not contain a .. element", s.Dir)
 		}
 	}
+	if !s.ReadOnly && !s.Privileged && s.RunAs == nil {
+		return errors.New("confine: an unprivileged writable confinement needs a user to run as")
+	}
+	if s.RunAs != nil && (s.RunAs.UID <= 0 || s.RunAs.GID < 0) {
+		return fmt.Errorf("confine: run as uid %d gid %d: want an ordinary user (uid above 0)", s.RunAs.UID, s.RunAs.GID)
+	}
+	for _, b := range s.Binds {
+		if !filepath.IsAbs(b.Host) || path.Clean(b.Path) != b.Path || !strings.HasPrefix(b.Path, BindDir+"/") {
+			return fmt.Errorf("confine: bind %s at %s: want an absolute host path shown under %s", b.Host, b.Path, BindDir)
+		}
+	}
+	s.Dir = strings.TrimPrefix(path.Clean("/"+s.Dir), "/")
+	if s.bound() != "" {
+		return nil
+	}
 	if s.Rsync == "" {
 		p, err := exec.LookPath("rsync")
 		if err != nil {
@@ -119,6 +168,15 @@ func (s *Spec) validate() error {
 		return fmt.Errorf("confine: rsync binary %s must live under /usr: the confinement shows no other system tree", real)
 	}
 	s.Rsync = real
-	s.Dir = strings.TrimPrefix(path.Clean("/"+s.Dir), "/")
 	return nil
+}
+
+// bound is the path inside where Rsync is bound, if it is.
+func (s *Spec) bound() string {
+	for _, b := range s.Binds {
+		if s.Rsync != "" && b.Host == s.Rsync {
+			return b.Path
+		}
+	}
+	return ""
 }

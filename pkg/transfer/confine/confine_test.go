@@ -2,6 +2,7 @@ package confine_test
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) {
 func run(t *testing.T, spec confine.Spec) (string, error) {
 	t.Helper()
 	spec.Scratch = t.TempDir()
-	cmd, err := confine.Command(spec)
+	cmd, err := confine.Command(context.Background(), spec)
 	require.NoError(t, err)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -110,8 +111,11 @@ func TestRejectsBadSpecs(t *testing.T) {
 		"volume and scratch must be absolute paths":     {Volume: "vol", Scratch: "/tmp"},
 		"scratch must not be inside the volume":         {Volume: vol, Scratch: filepath.Join(vol, "s")},
 		`dir "a/../../b" must not contain a .. element`: {Volume: vol, Scratch: t.TempDir(), Dir: "a/../../b"},
+		"needs a user to run as":                        {Volume: vol, Scratch: t.TempDir()},
+		"want an ordinary user":                         {Volume: vol, Scratch: t.TempDir(), RunAs: &confine.Identity{}},
+		"shown under /ferry":                            {Volume: vol, Scratch: t.TempDir(), ReadOnly: true, Binds: []confine.Bind{{Host: "/bin/sh", Path: "/usr/bin/sh"}}},
 	} {
-		_, err := confine.Command(spec)
+		_, err := confine.Command(context.Background(), spec)
 		assert.ErrorContains(t, err, want)
 	}
 }

@@ -2,6 +2,7 @@ package confine
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,13 +14,15 @@ import (
 )
 
 // keepPrivileged are the capabilities rsync -aAHS needs as root to preserve
-// ownership, modes (setuid included), ACLs and device nodes.
-var keepPrivileged = []uintptr{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH,
+// ownership, modes (setuid included), ACLs and device nodes. Not
+// CAP_DAC_READ_SEARCH: dac_override covers reading and searching, and
+// dac_read_search alone allows open_by_handle_at.
+var keepPrivileged = []uintptr{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE,
 	unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_MKNOD}
 
-// keepUnprivileged lets rsync read and write every file of the volume, but
-// not give files away, keep setuid bits of others' files, or make devices.
-var keepUnprivileged = []uintptr{unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH, unix.CAP_FOWNER}
+// keepSender lets a sender read every file of the volume, and do nothing
+// else a root process could.
+var keepSender = []uintptr{unix.CAP_DAC_OVERRIDE}
 
 // systemDirs are shown read-only (or as the same symlink) in the new root so
 // that rsync and its libraries load.
@@ -37,7 +40,11 @@ func helperMain() {
 	}
 	argv := append([]string{"rsync"}, spec.Args...)
 	env := []string{"PATH=/usr/bin:/bin", "LC_ALL=C"}
-	fail(unix.Exec(spec.Rsync, argv, env))
+	exe := spec.Rsync
+	if b := spec.bound(); b != "" {
+		exe = b
+	}
+	fail(unix.Exec(exe, argv, env))
 }
 
 func fail(err error) {
@@ -57,6 +64,12 @@ func enter(spec *Spec) error {
 	if err != nil {
 		return fmt.Errorf("open volume: %w", err)
 	}
+	for _, cg := range spec.Cgroups {
+		// "0": the writer itself (PID namespaces make our own number 1).
+		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte("0"), 0); err != nil {
+			return fmt.Errorf("join cgroup: %w", err)
+		}
+	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
@@ -74,6 +87,11 @@ func enter(spec *Spec) error {
 	}
 	if err := os.Mkdir(filepath.Join(root, "etc"), 0o755); err != nil {
 		return fmt.Errorf("make /etc: %w", err)
+	}
+	for _, b := range spec.Binds {
+		if err := showBind(root, b); err != nil {
+			return err
+		}
 	}
 	data := filepath.Join(root, DataDir)
 	if err := os.Mkdir(data, 0o755); err != nil {
@@ -93,10 +111,66 @@ func enter(spec *Spec) error {
 	if err := pivot(root); err != nil {
 		return err
 	}
+	if spec.RunAs != nil {
+		if err := giveRoot(spec.RunAs); err != nil {
+			return err
+		}
+	}
+	if err := dropPrivileges(spec, last); err != nil {
+		return err
+	}
 	if err := enterDir(spec); err != nil {
 		return err
 	}
-	return dropPrivileges(spec.Privileged, last)
+	return loadSeccomp()
+}
+
+// giveRoot hands a volume root that root owns (as a provisioner leaves it)
+// to the user an unprivileged receiver runs as, so it can write there, and
+// the root's lost+found (as mkfs leaves it: root's, 0700), which a source
+// on the same kind of filesystem sends.
+func giveRoot(id *Identity) error {
+	for _, dir := range []string{DataDir, DataDir + "/lost+found"} {
+		var st unix.Stat_t
+		if err := unix.Lstat(dir, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) && dir != DataDir {
+				continue
+			}
+			return fmt.Errorf("inspect %s: %w", dir, err)
+		}
+		if st.Uid != 0 || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			continue
+		}
+		if err := unix.Lchown(dir, int(id.UID), int(id.GID)); err != nil {
+			return fmt.Errorf("give %s to uid %d: %w", dir, id.UID, err)
+		}
+		if err := unix.Chmod(dir, st.Mode&0o7777|0o700); err != nil {
+			return fmt.Errorf("open %s to its owner: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// showBind shows a host file or directory read-only at its path under
+// BindDir.
+func showBind(root string, b Bind) error {
+	fi, err := os.Stat(b.Host)
+	if err != nil {
+		return fmt.Errorf("inspect %s: %w", b.Host, err)
+	}
+	target := filepath.Join(root, b.Path)
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return fmt.Errorf("make %s: %w", filepath.Dir(b.Path), err)
+	}
+	if fi.IsDir() {
+		err = os.Mkdir(target, 0o755)
+	} else {
+		err = os.WriteFile(target, nil, 0o755)
+	}
+	if err != nil {
+		return fmt.Errorf("make %s: %w", b.Path, err)
+	}
+	return bindReadOnly(b.Host, target, 0)
 }
 
 // showSystemDir recreates /name in root: the same symlink, or a read-only
@@ -124,14 +198,15 @@ func showSystemDir(root, name string) error {
 	if err := os.Mkdir(target, 0o755); err != nil {
 		return fmt.Errorf("make %s: %w", target, err)
 	}
-	return bindReadOnly(host, target)
+	return bindReadOnly(host, target, unix.MS_NODEV)
 }
 
-func bindReadOnly(src, dst string) error {
+// bindReadOnly binds src at dst, read-only, nosuid and with extra flags.
+func bindReadOnly(src, dst string, flags uintptr) error {
 	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", src, err)
 	}
-	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|flags, ""); err != nil {
 		return fmt.Errorf("make %s read-only: %w", src, err)
 	}
 	return nil
@@ -146,10 +221,9 @@ func showDevNull(root string) error {
 	if err := os.WriteFile(null, nil, 0o666); err != nil {
 		return fmt.Errorf("make /dev/null: %w", err)
 	}
-	if err := unix.Mount("/dev/null", null, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind /dev/null: %w", err)
-	}
-	return nil
+	// Read-only: writes to the device still vanish, but its inode on the
+	// host's devtmpfs cannot be chmod'ed, chown'ed or replaced.
+	return bindReadOnly("/dev/null", null, unix.MS_NOEXEC)
 }
 
 // pivot makes root the new / and detaches the host's tree from this
@@ -189,11 +263,15 @@ func enterDir(spec *Spec) error {
 }
 
 // dropPrivileges cuts the bounding, inheritable and ambient capability sets
-// to what rsync needs, so that after exec rsync holds only those, and sets
-// no_new_privs.
-func dropPrivileges(privileged bool, last uintptr) error {
-	keep := keepUnprivileged
-	if privileged {
+// to what rsync needs, so that after exec rsync holds only those, and
+// becomes the ordinary user the spec names, if any, which leaves it none.
+func dropPrivileges(spec *Spec, last uintptr) error {
+	var keep []uintptr
+	switch {
+	case spec.RunAs != nil:
+	case spec.ReadOnly:
+		keep = keepSender
+	case spec.Privileged:
 		keep = keepPrivileged
 	}
 	kept := map[uintptr]bool{}
@@ -220,8 +298,17 @@ func dropPrivileges(privileged bool, last uintptr) error {
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("clear inheritable capabilities: %w", err)
 	}
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("set no_new_privs: %w", err)
+	if id := spec.RunAs; id != nil {
+		// This thread execs rsync, so its ids are the ones that count.
+		if err := unix.Setgroups([]int{int(id.GID)}); err != nil {
+			return fmt.Errorf("set groups: %w", err)
+		}
+		if err := unix.Setresgid(int(id.GID), int(id.GID), int(id.GID)); err != nil {
+			return fmt.Errorf("set gid %d: %w", id.GID, err)
+		}
+		if err := unix.Setresuid(int(id.UID), int(id.UID), int(id.UID)); err != nil {
+			return fmt.Errorf("set uid %d: %w", id.UID, err)
+		}
 	}
 	return nil
 }

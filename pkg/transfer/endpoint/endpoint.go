@@ -34,7 +34,10 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/time/rate"
 
+	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
+	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
 
@@ -50,6 +53,9 @@ type Destination struct {
 	Dir string
 	// Privileged lets syncs preserve ownership, setuid bits and devices.
 	Privileged bool
+	// RunAs is the ordinary user an unprivileged destination's rsync runs
+	// as (default DefaultRunAs). Ignored when Privileged.
+	RunAs *confine.Identity
 	// ListenAddr is where to listen, "host:port"; port 0 picks a free one.
 	ListenAddr string
 	// HoldOnShutdown holds the destination (see Server.Hold) the moment a
@@ -65,6 +71,12 @@ type Destination struct {
 	// destination is removed are still delivered before Remove returns.
 	Events func(Event)
 }
+
+// DefaultRunAs is the user and group an unprivileged destination's rsync
+// runs as when its CR's moverSecurityContext names none: 65532, the
+// "nonroot" user of distroless images, so files a tenant sends are never
+// root's.
+var DefaultRunAs = confine.Identity{UID: 65532, GID: 65532}
 
 // EventKind says what happened.
 type EventKind string
@@ -94,11 +106,51 @@ type Event struct {
 	Message string
 }
 
+// Limits bound what peers can make a node do, so that a flood against one
+// destination costs the node little and leaves other destinations served.
+// What goes past a limit is refused at once (the connection closed, the
+// channel or transfer rejected with a message) and counted (WithRefusals).
+type Limits struct {
+	// Conns is how many connections one destination holds at once.
+	Conns int
+	// Handshakes is how many unauthenticated handshakes one destination
+	// runs at once (each costs an RSA signature with the host key), and
+	// HandshakeRate how many it starts per second, in bursts of
+	// Handshakes.
+	Handshakes    int
+	HandshakeRate float64
+	// HandshakeTimeout ends a handshake that has not completed.
+	HandshakeTimeout time.Duration
+	// Channels is how many session channels one connection has open at
+	// once (a VolSync source uses two: rsync, then shutdown).
+	Channels int
+	// Transfers is how many rsync receivers run at once on the node.
+	Transfers int
+}
+
+// DefaultLimits are generous for any real source (one connection, a
+// channel or two, one transfer per destination) and small for a flood.
+var DefaultLimits = Limits{Conns: 8, Handshakes: 4, HandshakeRate: 10, HandshakeTimeout: 10 * time.Second,
+	Channels: 4, Transfers: 32}
+
+// Causes of refusals, as counted.
+const (
+	RefusedConnections = "connections"
+	RefusedHandshakes  = "handshakes"
+	RefusedChannels    = "channels"
+	RefusedTransfers   = "transfers"
+)
+
 // Server serves the node's destinations.
 type Server struct {
-	log     logr.Logger
-	scratch string
-	rsync   string
+	log      logr.Logger
+	scratch  string
+	rsync    string
+	limits   Limits
+	refusals func(cause string)
+	cgroups  *cgroup.Pool
+	// transfers holds a token per running rsync receiver.
+	transfers chan struct{}
 
 	mu    sync.Mutex
 	dests map[string]*listener
@@ -114,14 +166,32 @@ func WithLogger(l logr.Logger) Option { return func(s *Server) { s.log = l } }
 // under /usr, as the confinement shows nothing else of the host.
 func WithRsync(path string) Option { return func(s *Server) { s.rsync = path } }
 
+// WithLimits replaces DefaultLimits.
+func WithLimits(l Limits) Option { return func(s *Server) { s.limits = l } }
+
+// WithRefusals has fn called (synchronously: it must be quick, a counter)
+// with the cause of each refusal past a limit.
+func WithRefusals(fn func(cause string)) Option { return func(s *Server) { s.refusals = fn } }
+
+// WithCgroups runs each rsync receiver in a cgroup of its own from pool.
+func WithCgroups(pool *cgroup.Pool) Option { return func(s *Server) { s.cgroups = pool } }
+
 // New returns a server. scratch is an empty directory the agent owns, used as
 // the mount point of each confinement's private root.
 func New(scratch string, opts ...Option) *Server {
-	s := &Server{log: logr.Discard(), scratch: scratch, dests: map[string]*listener{}}
+	s := &Server{log: logr.Discard(), scratch: scratch, limits: DefaultLimits, dests: map[string]*listener{}}
 	for _, o := range opts {
 		o(s)
 	}
+	s.transfers = make(chan struct{}, s.limits.Transfers)
 	return s
+}
+
+// refuse counts a refusal.
+func (s *Server) refuse(cause string) {
+	if s.refusals != nil {
+		s.refusals(cause)
+	}
 }
 
 // listener is one destination's port and its live connections.
@@ -143,6 +213,11 @@ type listener struct {
 	// channel closed when it has exited.
 	runMu   sync.Mutex
 	running map[*os.Process]chan struct{}
+	// conns counts live connections; handshakes holds a token per running
+	// handshake, paced by handshakeRate.
+	conns         atomic.Int32
+	handshakes    chan struct{}
+	handshakeRate *rate.Limiter
 }
 
 // track records a running rsync; the returned func says it has exited.
@@ -214,7 +289,9 @@ func (s *Server) Add(d Destination) (net.Addr, error) {
 		return nil, fmt.Errorf("destination %s: listen on %s: %w", d.ID, d.ListenAddr, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &listener{dest: d, ln: ln, config: serverConfig(d), ctx: ctx, cancel: cancel}
+	l := &listener{dest: d, ln: ln, config: serverConfig(d), ctx: ctx, cancel: cancel,
+		handshakes:    make(chan struct{}, s.limits.Handshakes),
+		handshakeRate: rate.NewLimiter(rate.Limit(s.limits.HandshakeRate), s.limits.Handshakes)}
 	if d.Events != nil {
 		l.events, l.delivered = make(chan Event, eventQueue), make(chan struct{})
 		go func() {
@@ -318,12 +395,39 @@ func (s *Server) accept(l *listener) {
 			}
 			return
 		}
+		if cause := l.admit(s.limits); cause != "" {
+			_ = conn.Close()
+			s.refuse(cause)
+			continue
+		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
+			defer l.conns.Add(-1)
 			s.serveConn(l, conn)
 		}()
 	}
+}
+
+// admit takes a connection slot and a handshake token for a new
+// connection, or says which limit refuses it.
+func (l *listener) admit(lim Limits) string {
+	if int(l.conns.Add(1)) > lim.Conns {
+		l.conns.Add(-1)
+		return RefusedConnections
+	}
+	select {
+	case l.handshakes <- struct{}{}:
+	default:
+		l.conns.Add(-1)
+		return RefusedHandshakes
+	}
+	if !l.handshakeRate.Allow() {
+		<-l.handshakes
+		l.conns.Add(-1)
+		return RefusedHandshakes
+	}
+	return ""
 }
 
 func (s *Server) serveConn(l *listener, conn net.Conn) {
@@ -331,19 +435,26 @@ func (s *Server) serveConn(l *listener, conn net.Conn) {
 	stop := context.AfterFunc(l.ctx, func() { _ = conn.Close() })
 	defer stop()
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second)) // handshake only
+	_ = conn.SetDeadline(time.Now().Add(s.limits.HandshakeTimeout)) // handshake only
 	sconn, chans, reqs, err := ssh.NewServerConn(conn, l.config)
+	<-l.handshakes
 	if err != nil {
-		log.Info("ssh handshake failed", "reason", err.Error())
+		log.V(1).Info("ssh handshake failed", "reason", err.Error())
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
 	log.V(1).Info("ssh connection", "user", sconn.User(), "client", string(sconn.ClientVersion()))
 	go ssh.DiscardRequests(reqs) // global requests: port forwarding etc. answered "no"
 	var wg sync.WaitGroup
+	var open atomic.Int32
 	for nc := range chans {
 		if nc.ChannelType() != "session" {
 			_ = nc.Reject(ssh.Prohibited, "only session channels are served: this endpoint runs rsync, nothing else")
+			continue
+		}
+		if int(open.Load()) >= s.limits.Channels {
+			_ = nc.Reject(ssh.ResourceShortage, fmt.Sprintf("at most %d channels at once per connection", s.limits.Channels))
+			s.refuse(RefusedChannels)
 			continue
 		}
 		ch, chReqs, err := nc.Accept()
@@ -351,9 +462,11 @@ func (s *Server) serveConn(l *listener, conn net.Conn) {
 			log.Info("accept channel failed", "reason", err.Error())
 			continue
 		}
+		open.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer open.Add(-1)
 			s.serveSession(l, log, ch, chReqs)
 		}()
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
 	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
@@ -55,18 +56,45 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 
 // runRsync runs a confined rsync receiver wired to the channel.
 func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *servercmd.Rsync) int {
-	if !l.dest.Privileged {
-		// Without the privileged-movers permission rsync may not give files
-		// away or make devices: --no-super makes the receiver behave as an
-		// ordinary user would, while the client's -o, -g and -D keep framing
-		// the file list (turning those off on one side only would desync it).
-		r.Options = append(r.Options, "--no-super")
-	}
-	args := r.Args()
-	cmd, err := confine.Command(confine.Spec{
+	spec := confine.Spec{
 		Volume: l.dest.Volume, Dir: l.dest.Dir, Privileged: l.dest.Privileged,
-		Scratch: s.scratch, Rsync: s.rsync, Args: args,
-	})
+		Scratch: s.scratch, Rsync: s.rsync,
+	}
+	if !l.dest.Privileged {
+		// Without the privileged-movers permission rsync runs as an ordinary
+		// user: every file it writes is that user's, setgid bits of groups
+		// it is not in are cleared, and no device is made. --no-super says
+		// so to rsync, while the client's -o, -g and -D keep framing the
+		// file list (turning those off on one side only would desync it).
+		r.Options = append(r.Options, "--no-super")
+		spec.RunAs = &DefaultRunAs
+		if l.dest.RunAs != nil {
+			spec.RunAs = l.dest.RunAs
+		}
+	}
+	spec.Args = r.Args()
+	select {
+	case s.transfers <- struct{}{}:
+		defer func() { <-s.transfers }()
+	default:
+		msg := fmt.Sprintf("the node runs its maximum of %d transfers; try again shortly", s.limits.Transfers)
+		fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
+		s.refuse(RefusedTransfers)
+		emit(l, Event{Kind: Refused, Message: msg})
+		return 1
+	}
+	var group *cgroup.Group
+	if s.cgroups != nil {
+		g, err := s.cgroups.Make("destination")
+		if err != nil {
+			fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
+			log.Error(err, "cannot start rsync")
+			return 1
+		}
+		defer g.Remove()
+		group, spec.Cgroups = g, g.Dirs()
+	}
+	cmd, err := confine.Command(l.ctx, spec)
 	if err != nil {
 		fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
 		log.Error(err, "cannot start rsync")
@@ -98,21 +126,17 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 		_, _ = stream.Copy(stdin, in)
 		_ = stdin.Close()
 	}()
-	stop := make(chan struct{})
-	go func() { // a removed destination kills its transfers
-		select {
-		case <-l.ctx.Done():
-			_ = cmd.Process.Kill()
-		case <-stop:
-		}
-	}()
-	err = cmd.Wait()
+	err = cmd.Wait() // a removed destination (l.ctx) kills its transfers
 	// Reported exited only once RsyncEnded is queued, so a shutdown that
 	// waits for it reports the sync after the transfer.
 	defer exited()
-	close(stop)
 	code := exitcode.Of(err)
-	log.Info("rsync ended", "exitCode", code, "bytesReceived", in.n.Load(), "bytesSent", out.n.Load())
-	emit(l, Event{Kind: RsyncEnded, ExitCode: code, BytesReceived: in.n.Load(), BytesSent: out.n.Load()})
+	ended := Event{Kind: RsyncEnded, ExitCode: code, BytesReceived: in.n.Load(), BytesSent: out.n.Load()}
+	if group != nil && group.OOMKilled() {
+		ended.Message = cgroup.OOMMessage
+		fmt.Fprintf(ch.Stderr(), "ferry: %s\n", ended.Message)
+	}
+	log.Info("rsync ended", "exitCode", code, "bytesReceived", ended.BytesReceived, "bytesSent", ended.BytesSent, "message", ended.Message)
+	emit(l, ended)
 	return code
 }

@@ -54,20 +54,32 @@ func Listen(dir string) (*Listener, error) {
 // Close stops listening and removes the socket.
 func (l *Listener) Close() error { return l.ln.Close() }
 
-// Command is the value for rsync's -e option that reaches this listener.
-func (l *Listener) Command() (string, error) {
-	// rsync runs this through a shell: it needs a real path, not Self.
+// Socket is the listener's socket path on the host.
+func (l *Listener) Socket() string { return l.path }
+
+// Executable is the host path of the binary that runs the remote shell: the
+// helper binary, or this executable. rsync starts it by path (a confined
+// rsync from a bind of it), so it must be a real path, not reexec.Self.
+func Executable() (string, error) {
 	exe := reexec.Path()
-	if exe == reexec.Self {
-		var err error
-		if exe, err = os.Executable(); err != nil {
-			return "", fmt.Errorf("find own executable: %w", err)
-		}
+	if exe != reexec.Self {
+		return exe, nil
 	}
-	if strings.ContainsAny(exe+l.path, " \t'\"\\") {
-		return "", fmt.Errorf("paths %q and %q must not contain spaces or quotes (rsync splits -e)", exe, l.path)
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own executable: %w", err)
 	}
-	return exe + " " + helperName + " " + l.path, nil
+	return exe, nil
+}
+
+// Command is the value for rsync's -e option that starts the remote shell
+// binary exe (see Executable) and reaches the listener at socket, both as
+// rsync sees them.
+func Command(exe, socket string) (string, error) {
+	if strings.ContainsAny(exe+socket, " \t'\"\\") {
+		return "", fmt.Errorf("paths %q and %q must not contain spaces or quotes (rsync splits -e)", exe, socket)
+	}
+	return exe + " " + helperName + " " + socket, nil
 }
 
 // Request is one remote-shell start by rsync.

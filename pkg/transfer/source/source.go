@@ -4,7 +4,11 @@
 // against a stock VolSync destination alike.
 //
 // It runs the stock rsync 3.x client with VolSync's flags (-aAHSx --delete,
-// itemized changes and stats; compression optional) over a Go ssh connection
+// itemized changes and stats; compression optional), confined as the
+// destination's receiver is (package confine: the volume read-only at /data
+// and nothing else of the node, no network), so that a tenant who swaps a
+// directory for a symlink while it reads can only lead it to another place
+// in the volume. It speaks over a Go ssh connection
 // that authenticates with the "source" key and pins the destination's host
 // key (destination.pub). rsync's remote shell is Ferry's rsh helper, so the
 // bytes travel over the connection this package holds. A failed transfer is
@@ -37,7 +41,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -45,6 +49,8 @@ import (
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
+	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
 	"github.com/ferrysync/ferry/pkg/transfer/rsh"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
@@ -64,6 +70,12 @@ type Options struct {
 	Keys *sshkeys.Source
 	// Volume is the host path of the mounted source data.
 	Volume string
+	// Scratch is an empty directory the agent owns, where each try's
+	// confinement mounts its private root (see confine.Spec).
+	Scratch string
+	// Cgroups, when set, gives each try's rsync a cgroup of its own (its
+	// memory and pids limits).
+	Cgroups *cgroup.Pool
 	// Compress turns on rsync's -z (VolSync's default; it costs CPU and
 	// rarely pays on a cluster network).
 	Compress bool
@@ -76,7 +88,7 @@ type Options struct {
 	// ProgressInterval (default 1 s).
 	Progress         func(Progress)
 	ProgressInterval time.Duration
-	// Rsync is the rsync binary (default: rsync from PATH).
+	// Rsync is the rsync binary, under /usr (default: rsync from PATH).
 	Rsync string
 	// Log receives rsync's error output and the transfer's steps.
 	Log logr.Logger
@@ -94,6 +106,12 @@ type Result struct {
 	// Errors is rsync's error output of the last try (bounded).
 	Errors string
 }
+
+// Where the confined rsync finds the remote-shell helper and its socket.
+const (
+	rshBinary = confine.BindDir + "/rsh"
+	rshDir    = confine.BindDir + "/rsh.d"
+)
 
 // rsyncFlags are VolSync's, without -h (exact numbers in the stats) and with
 // --numeric-ids (owners are kept by number, whatever names the nodes know).
@@ -163,9 +181,6 @@ func (o *Options) defaults() {
 	if o.ProgressInterval <= 0 {
 		o.ProgressInterval = time.Second
 	}
-	if o.Rsync == "" {
-		o.Rsync = "rsync"
-	}
 	if o.Log.GetSink() == nil {
 		o.Log = logr.Discard()
 	}
@@ -188,7 +203,11 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		return err
 	}
 	defer ln.Close()
-	rshCmd, err := ln.Command()
+	exe, err := rsh.Executable()
+	if err != nil {
+		return err
+	}
+	rshCmd, err := rsh.Command(rshBinary, rshDir+"/"+filepath.Base(ln.Socket()))
 	if err != nil {
 		return err
 	}
@@ -196,8 +215,21 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	if o.Compress {
 		args = append(args, "-z")
 	}
-	args = append(args, "-e", rshCmd, trailingSlash(o.Volume), o.User+"@ferry-destination:"+o.Path)
-	cmd := exec.CommandContext(ctx, o.Rsync, args...)
+	args = append(args, "-e", rshCmd, confine.DataDir+"/", o.User+"@ferry-destination:"+o.Path)
+	spec := confine.Spec{Volume: o.Volume, ReadOnly: true, Scratch: o.Scratch, Rsync: o.Rsync, Args: args,
+		Binds: []confine.Bind{{Host: exe, Path: rshBinary}, {Host: dir, Path: rshDir}}}
+	var group *cgroup.Group
+	if o.Cgroups != nil {
+		if group, err = o.Cgroups.Make("source"); err != nil {
+			return err
+		}
+		defer group.Remove()
+		spec.Cgroups = group.Dirs()
+	}
+	cmd, err := confine.Command(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("confine rsync: %w", err)
+	}
 	// A pipe of our own: exec's StdoutPipe may not be read after Wait starts,
 	// and Wait must run concurrently so a dead rsync cancels the hand-over.
 	pr, pw, err := os.Pipe()
@@ -231,10 +263,13 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	remote.Wait()
 	res.Stats, res.Errors = stats, stderr.String()
 	res.ExitCode = exitcode.Of(werr)
-	if werr != nil {
-		return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, lastLine(res.Errors))
+	if werr == nil {
+		return nil
 	}
-	return nil
+	if group != nil && group.OOMKilled() {
+		return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, cgroup.OOMMessage)
+	}
+	return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, lastLine(res.Errors))
 }
 
 // serveRemote waits for rsync's remote shell and runs its command on a new
@@ -353,13 +388,6 @@ func (c *connection) close() {
 		_ = c.client.Close()
 		c.client = nil
 	}
-}
-
-func trailingSlash(p string) string {
-	if len(p) > 0 && p[len(p)-1] == '/' {
-		return p
-	}
-	return p + "/"
 }
 
 func lastLine(s string) string {

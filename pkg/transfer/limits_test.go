@@ -1,0 +1,134 @@
+package transfer_test
+
+import (
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+)
+
+// refusals counts an endpoint's refusals by cause.
+type refusals struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (r *refusals) add(cause string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == nil {
+		r.n = map[string]int{}
+	}
+	r.n[cause]++
+}
+
+func (r *refusals) get(cause string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[cause]
+}
+
+// TestFloodLeavesOthersServed: 500 parallel handshakes against destination
+// A (each would cost the node an RSA signature), then 100 channels on one
+// connection to A, while destination B's source syncs. The excess is
+// refused at once and counted, B's syncs succeed, and A serves its own
+// source afterwards.
+func TestFloodLeavesOthersServed(t *testing.T) {
+	testenv.NeedRoot(t)
+	a, b, stranger := keys(t, "dest-a"), keys(t, "dest-b"), keys(t, "stranger")
+	var refused refusals
+	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.New(t)), endpoint.WithRefusals(refused.add))
+	t.Cleanup(srv.Close)
+	dstA, dstB := t.TempDir(), t.TempDir()
+	addrA, err := srv.Add(endpoint.Destination{ID: "a", Keys: a.dst, Volume: dstA, Privileged: true, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	addrB, err := srv.Add(endpoint.Destination{ID: "b", Keys: b.dst, Volume: dstB, Privileged: true, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	portA, portB := addrA.(*net.TCPAddr).Port, addrB.(*net.TCPAddr).Port
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), []byte("data"), 0o644))
+
+	var flood sync.WaitGroup
+	for range 500 {
+		flood.Add(1)
+		go func() {
+			defer flood.Done()
+			if c, err := dial(t, portA, stranger.src.Identity, a.dst.HostKey.PublicKey()); err == nil {
+				c.Close()
+				t.Error("a stranger's key was let in")
+			}
+		}()
+	}
+	res, err := push(t, b.src, portB, src, nil)
+	require.NoError(t, err, "B syncs during the flood: %s", res.Errors)
+	flood.Wait()
+	assert.Greater(t, refused.get(endpoint.RefusedHandshakes), 400, "most of the flood is refused before any signature")
+
+	// One connection with A's own key, once the flood's rate has passed.
+	var c *ssh.Client
+	testenv.Eventually(t, "A to let its source in again", 10*time.Second, func() bool {
+		c, err = dial(t, portA, a.src.Identity, a.dst.HostKey.PublicKey())
+		return err == nil
+	})
+	defer c.Close()
+	var sessions []*ssh.Session
+	for range 100 {
+		if s, err := c.NewSession(); err == nil {
+			sessions = append(sessions, s)
+		}
+	}
+	assert.Len(t, sessions, endpoint.DefaultLimits.Channels, "channels open at once on one connection")
+	assert.Equal(t, 100-endpoint.DefaultLimits.Channels, refused.get(endpoint.RefusedChannels))
+	res, err = push(t, b.src, portB, src, nil)
+	require.NoError(t, err, "B syncs while A's connection holds its channels: %s", res.Errors)
+	for _, s := range sessions {
+		s.Close()
+	}
+	res, err = push(t, a.src, portA, src, nil)
+	require.NoError(t, err, "A serves its own source afterwards: %s", res.Errors)
+	assert.FileExists(t, filepath.Join(dstA, "f"))
+}
+
+// TestTransfersPerNodeAreBounded: past the node's limit of rsync receivers
+// a new transfer is refused with a message that says so.
+func TestTransfersPerNodeAreBounded(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "dest-a")
+	var refused refusals
+	lim := endpoint.DefaultLimits
+	lim.Transfers = 1
+	srv := endpoint.New(t.TempDir(), endpoint.WithLimits(lim), endpoint.WithRefusals(refused.add))
+	t.Cleanup(srv.Close)
+	addr, err := srv.Add(endpoint.Destination{ID: "a", Keys: k.dst, Volume: t.TempDir(), Privileged: true, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+	c, err := dial(t, addr.(*net.TCPAddr).Port, k.src.Identity, k.dst.HostKey.PublicKey())
+	require.NoError(t, err)
+	defer c.Close()
+	// A receiver that waits for its client's file list holds the one slot.
+	first, err := c.NewSession()
+	require.NoError(t, err)
+	defer first.Close()
+	stdin, err := first.StdinPipe()
+	require.NoError(t, err)
+	defer stdin.Close()
+	stdout, err := first.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, first.Start("rsync --server -logDtpre.iLsfxCIvu . ."))
+	_, err = io.ReadFull(stdout, make([]byte, 4)) // its protocol version: it runs
+	require.NoError(t, err)
+	stderr, code := execute(t, c, "rsync --server -logDtpre.iLsfxCIvu . .")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "maximum of 1 transfers")
+	assert.Positive(t, refused.get(endpoint.RefusedTransfers))
+}
