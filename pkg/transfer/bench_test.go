@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/internal/volsyncmover"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
@@ -96,8 +97,8 @@ type bench struct {
 	sshd   int
 	plain  *keyset
 	volDst string
-	ssh    *openssh
-	plainS *openssh
+	ssh    *volsyncmover.Source
+	plainS *volsyncmover.Source
 }
 
 func newBench(t *testing.T) *bench {
@@ -106,9 +107,9 @@ func newBench(t *testing.T) *bench {
 	var ev events
 	_, b.port = serve(t, b.k, b.dst, &ev)
 	b.volDst = b.dir("volsync-dst")
-	b.sshd = startSSHD(t, b.k, b.volDst, filepath.Join(b.root, "shutdown"), b.plain.srcData["source.pub"])
-	b.ssh = newOpenSSH(t, b.k, b.sshd)
-	b.plainS = newOpenSSH(t, b.plain, b.sshd)
+	b.sshd = volsyncDestination(t, b.k, b.volDst, b.plain.srcData["source.pub"]).Port
+	b.ssh = volsyncSource(t, b.k, b.sshd)
+	b.plainS = volsyncSource(t, b.plain, b.sshd)
 	return b
 }
 
@@ -151,19 +152,19 @@ func (b *bench) run(method, src string) int64 {
 		require.NoError(t, err, res.Errors)
 		return res.BytesSent + res.BytesReceived
 	case "volsync":
-		rsh := "ssh " + strings.Join(b.ssh.sshArgs(b.sshd), " ")
-		out := mustRun(t, "rsync", "-aAhHSxz", "--delete", "--itemize-changes", "--info=stats2,misc2", "--no-h",
-			"-e", rsh, src+"/", "root@127.0.0.1:.")
-		mustRun(t, "ssh", append(b.ssh.sshArgs(b.sshd), "root@127.0.0.1", "shutdown", "0")...)
+		out, err := b.ssh.Rsync(context.Background(), src, "--no-h")
+		require.NoError(t, err)
+		_, err = b.ssh.Shutdown(context.Background(), 0)
+		require.NoError(t, err)
 		return wireBytes(out)
 	case "rsync-aes":
 		rsh := fmt.Sprintf("ssh -c aes128-gcm@openssh.com -i %s -p %d -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -F /dev/null",
-			b.plainS.identity, b.sshd)
+			b.plainS.Identity(), b.sshd)
 		out := mustRun(t, "rsync", "-a", "--delete", "--stats", "-e", rsh, src+"/", "root@127.0.0.1:"+b.volDst+"/")
 		return wireBytes(out)
 	case "ceiling":
 		cmd := fmt.Sprintf("tar cf - -C %s . | ssh -c aes128-gcm@openssh.com -i %s -p %d -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -F /dev/null root@127.0.0.1 'cat >/dev/null'",
-			src, b.plainS.identity, b.sshd)
+			src, b.plainS.Identity(), b.sshd)
 		mustRun(t, "bash", "-o", "pipefail", "-c", cmd)
 		return 0
 	}

@@ -1,47 +1,48 @@
 package transfer_test
 
 import (
-	"fmt"
+	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/ferrysync/ferry/internal/volsyncmover"
 )
 
-// openssh holds the files a stock OpenSSH client needs to act as a VolSync
-// source: the source's identity and a known_hosts file pinning the
-// destination's host key.
-type openssh struct {
-	dir, identity, knownHosts string
-}
-
-func newOpenSSH(t *testing.T, k *keyset, port int) *openssh {
+// volsyncSource is a stock OpenSSH + rsync client set up like VolSync's
+// source against a destination on the loopback port.
+func volsyncSource(t *testing.T, k *keyset, port int) *volsyncmover.Source {
 	t.Helper()
 	// ControlPath is a unix socket: its path must stay short.
 	dir, err := os.MkdirTemp("/tmp", "ssh")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	o := &openssh{dir: dir, identity: filepath.Join(dir, "source"), knownHosts: filepath.Join(dir, "known_hosts")}
-	require.NoError(t, os.WriteFile(o.identity, k.srcData["source"], 0o600))
-	line := fmt.Sprintf("[127.0.0.1]:%d %s", port, k.srcData["destination.pub"])
-	require.NoError(t, os.WriteFile(o.knownHosts, []byte(line), 0o600))
-	return o
+	s, err := volsyncmover.NewSource(dir, k.srcData, "127.0.0.1", port)
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	return s
 }
 
-// sshArgs are VolSync's source ssh options: the pinned host key, its
-// identity, and ControlMaster connection sharing.
-func (o *openssh) sshArgs(port int) []string {
-	return []string{"-i", o.identity, "-p", fmt.Sprint(port),
-		"-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + o.knownHosts,
-		"-o", "ControlMaster=auto", "-o", "ControlPath=" + filepath.Join(o.dir, "cm"), "-o", "ControlPersist=5",
-		"-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-F", "/dev/null"}
+// volsyncDestination is a stock sshd + rrsync set up like VolSync's
+// destination, serving data; each of plainKeys may log in unrestricted.
+func volsyncDestination(t *testing.T, k *keyset, data string, plainKeys ...[]byte) *volsyncmover.Destination {
+	t.Helper()
+	d, err := volsyncmover.StartDestination(t.TempDir(), k.dstData, data, "127.0.0.1:0", func(s string) { t.Log(s) }, plainKeys...)
+	require.NoError(t, err)
+	t.Cleanup(d.Stop)
+	return d
 }
 
-func (o *openssh) closeMaster(port int) {
-	_ = exec.Command("ssh", append(o.sshArgs(port), "-O", "exit", "root@127.0.0.1")...).Run()
+// vsRsync runs a VolSync-style rsync and logs its output.
+func vsRsync(t *testing.T, s *volsyncmover.Source, dir string, extra ...string) string {
+	t.Helper()
+	out, err := s.Rsync(context.Background(), dir, extra...)
+	t.Logf("volsync rsync:\n%s", out)
+	require.NoError(t, err)
+	return out
 }
 
 func runLogged(t *testing.T, name string, args ...string) (string, error) {

@@ -1,7 +1,7 @@
 package transfer_test
 
 import (
-	"strings"
+	"context"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -21,21 +21,14 @@ func TestVolSyncSourceToFerryEndpoint(t *testing.T) {
 	src, dst := fixture(t), t.TempDir()
 	var ev events
 	_, port := serve(t, k, dst, &ev)
-	o := newOpenSSH(t, k, port)
-	defer o.closeMaster(port)
-	rsh := "ssh " + strings.Join(o.sshArgs(port), " ")
-	volsyncRsync := func() {
-		_, err := runLogged(t, "rsync", "-aAhHSxz", "--delete", "--itemize-changes", "--info=stats2,misc2",
-			"-e", rsh, src+"/", "root@127.0.0.1:.")
-		require.NoError(t, err)
-	}
-	volsyncRsync()
-	_, err := runLogged(t, "ssh", append(o.sshArgs(port), "root@127.0.0.1", "shutdown", "0")...)
+	s := volsyncSource(t, k, port)
+	vsRsync(t, s, src)
+	_, err := s.Shutdown(context.Background(), 0)
 	require.NoError(t, err)
 	requireSame(t, src, dst)
 	assert.Equal(t, 0, ev.waitFor(t, endpoint.SyncEnded).ExitCode)
 
 	require.NoError(t, fstree.Change(src))
-	volsyncRsync()
+	vsRsync(t, s, src)
 	requireSame(t, src, dst)
 }

@@ -22,9 +22,10 @@ import (
 	"github.com/ferrysync/ferry/test/harness"
 )
 
-// TestController runs the scenarios on one cluster with Ferry running.
+// TestController runs the scenarios with Ferry running on two clusters.
 func TestController(t *testing.T) {
-	e := setup(t)
+	e := setup(t, shared, 18080)
+	far := setup(t, remote, 18090)
 	t.Run("the spec's flow: Clone source into a Snapshot destination, generated keys, ClusterIP", func(t *testing.T) {
 		specFlow(e.with(t))
 	})
@@ -49,6 +50,18 @@ func TestController(t *testing.T) {
 	t.Run("bad input ends in a condition that says what to fix", func(t *testing.T) {
 		t.Parallel()
 		badInput(e.with(t))
+	})
+	t.Run("VolSync's own source (stock OpenSSH and rsync) into a Ferry destination in another cluster", func(t *testing.T) {
+		t.Parallel()
+		volsyncSourceIntoFerry(e.with(t), far.with(t))
+	})
+	t.Run("a Ferry source into VolSync's own destination (stock sshd and rrsync)", func(t *testing.T) {
+		t.Parallel()
+		ferryIntoVolSync(e.with(t))
+	})
+	t.Run("Snapshot source into a Direct destination in another cluster, LoadBalancer, the fidelity set", func(t *testing.T) {
+		t.Parallel()
+		snapshotIntoDirect(e.with(t), far.with(t))
 	})
 }
 

@@ -43,18 +43,24 @@ import (
 var (
 	bins    *harness.Binaries
 	network *cluster.Network
-	shared  *cluster.Cluster
+	// shared is the cluster most scenarios run in; remote is a second
+	// one, joined to it on the node network, for scenarios across clusters.
+	shared, remote *cluster.Cluster
 )
 
-// lbCIDR is where the test, playing the cloud's load-balancer controller,
-// takes ingress addresses from.
-const lbCIDR = "10.99.0.0/24"
+// lbCIDR and remoteLBCIDR are where the test, playing the cloud's
+// load-balancer controller, takes ingress addresses from in each cluster.
+const (
+	lbCIDR       = "10.99.0.0/24"
+	remoteLBCIDR = "10.98.0.0/24"
+	remoteLBIP   = "10.98.0.10"
+)
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
-func run(m *testing.M) int {
+func run(m *testing.M) (code int) {
 	flag.Parse()
 	if testing.Short() {
 		return m.Run() // the tests skip; nothing to start
@@ -79,21 +85,45 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	code := m.Run()
-	// Whatever a failed test left mounted goes before the cluster.
-	for _, n := range shared.Nodes {
+	defer func() {
+		if !stop(shared) {
+			code = 1
+		}
+	}()
+	if remote, err = cluster.Start(context.Background(), cluster.Options{Network: network, ServiceCIDR: "10.97.0.0/24",
+		LoadBalancerCIDR: remoteLBCIDR, Nodes: []string{"remote-node-a", "remote-node-b"}, Log: logr.Discard()}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() {
+		if !stop(remote) {
+			code = 1
+		}
+	}()
+	if err := cluster.Connect(shared, remote); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// stop takes down whatever a failed test left mounted, then the cluster;
+// it says whether all went well.
+func stop(c *cluster.Cluster) bool {
+	ok := true
+	for _, n := range c.Nodes {
 		p := csi.NewPublisher(csi.DefaultRoot(n.KubeletDir), n.KubeletDir, logr.Discard())
 		if err := p.Recover(context.Background(), func(string) bool { return false }); err != nil {
 			fmt.Fprintln(os.Stderr, "take down volumes:", err)
-			code = 1
+			ok = false
 		}
 		_ = p.Close()
 	}
-	if err := shared.Stop(); err != nil {
+	if err := c.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "stop cluster:", err)
-		code = 1
+		ok = false
 	}
-	return code
+	return ok
 }
 
 // env is the shared cluster with Ferry running on it.
@@ -105,21 +135,21 @@ type env struct {
 	work string
 }
 
-// setup starts the agents on both nodes and the controller; they stop when
-// the test ends, so scenarios share them as subtests of one test.
-func setup(t *testing.T) *env {
+// setup starts the agents on both nodes of c and its controller, whose
+// metrics listen on port; they stop when the test ends, so scenarios share
+// them as subtests of one test.
+func setup(t *testing.T, c *cluster.Cluster, port int) *env {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a cluster; runs in make test")
 	}
-	c := shared
 	k := c.Client
 	require.NoError(t, k.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: harness.Namespace}}))
 	for _, n := range c.Nodes {
 		bins.StartAgent(t, c, n)
 	}
 	e := &env{t: t, c: c, k: k, work: t.TempDir()}
-	e.ctrl = bins.StartController(t, c, 18080)
+	e.ctrl = bins.StartController(t, c, port)
 	// Runs before the controller and agents stop (cleanups run last
 	// first): every CR goes the way a user deletes it, and with it every
 	// assignment, so no volume stays mounted.
@@ -189,13 +219,21 @@ func (e *env) tree(ns, claim string) map[string]string {
 // restored restores a snapshot into a new claim and describes its data:
 // what a user recovering from latestImage gets.
 func (e *env) restored(ns, snapshot string) map[string]string {
+	var out map[string]string
+	e.withRestored(ns, snapshot, func(claim string) { out = e.tree(ns, claim) })
+	return out
+}
+
+// withRestored restores a snapshot into a new claim, runs fn with the
+// claim's name and deletes the claim.
+func (e *env) withRestored(ns, snapshot string, fn func(claim string)) {
 	e.t.Helper()
 	name := "restore-" + snapshot
 	e.claim(ns, name, "2Gi", &corev1.TypedLocalObjectReference{APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: snapshot})
 	defer func() {
 		require.NoError(e.t, e.k.Delete(context.Background(), &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}))
 	}()
-	return e.tree(ns, name)
+	fn(name)
 }
 
 func (e *env) rs(ns, name string) *volsyncv1alpha1.ReplicationSource {
