@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,7 +69,16 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	opts := strings.Join(req.GetVolumeCapability().GetMount().GetMountFlags(), ",")
-	if err := unix.Mount(dev, staging, "ext4", 0, opts); err != nil {
+	err = unix.Mount(dev, staging, "ext4", 0, opts)
+	if errors.Is(err, unix.EIO) || errors.Is(err, unix.EUCLEAN) {
+		// A loop device attached right after another image let go of it
+		// can, under many parallel test packages, still serve that image's
+		// blocks from its buffer cache (mount then fails with EIO once in
+		// a long while): drop them and try once more.
+		_ = run("blockdev", "--flushbufs", dev)
+		err = unix.Mount(dev, staging, "ext4", 0, opts)
+	}
+	if err != nil {
 		return nil, status.Errorf(codes.Internal, "mount %s at %s: %v", dev, staging, err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
