@@ -18,6 +18,7 @@ import (
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
@@ -118,6 +119,12 @@ func (r *Reconciler) privileged(ctx context.Context, ma *agentv1alpha1.MountAssi
 	return volsyncv1alpha1.PrivilegedMovers(ns), nil
 }
 
+// limits are the assignment's own limits on its transfers' cgroups (its
+// CR's moverResources), which lower the agent's.
+func limits(ma *agentv1alpha1.MountAssignment) cgroup.Limits {
+	return cgroup.Limits{MemoryBytes: ma.Spec.Limits.Memory().Value(), CPUMillis: ma.Spec.Limits.Cpu().MilliValue()}
+}
+
 // runAs is the user an unprivileged destination's rsync runs as.
 func runAs(ma *agentv1alpha1.MountAssignment) *confine.Identity {
 	if id := ma.Spec.Destination.RunAs; id != nil {
@@ -132,8 +139,8 @@ func runAs(ma *agentv1alpha1.MountAssignment) *confine.Identity {
 func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Destination, privileged bool) (*agentv1alpha1.Endpoint, error) {
 	key := client.ObjectKeyFromObject(ma)
 	id := key.String()
-	fingerprint := fmt.Sprintf("%s|%s|%s|%t|%v", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
-		ssh.FingerprintSHA256(keys.Authorized), privileged, ma.Spec.Destination.RunAs)
+	fingerprint := fmt.Sprintf("%s|%s|%s|%t|%v|%v", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
+		ssh.FingerprintSHA256(keys.Authorized), privileged, ma.Spec.Destination.RunAs, limits(ma))
 	s := r.state(ma)
 	s.mu.Lock()
 	served, ep := s.served, s.endpoint
@@ -142,7 +149,7 @@ func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys 
 		return ep, nil
 	}
 	r.server.Remove(id)
-	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: privileged, RunAs: runAs(ma),
+	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: privileged, RunAs: runAs(ma), Limits: limits(ma),
 		HoldOnShutdown: true, Events: func(e endpoint.Event) { r.onDestinationEvent(key, e) }}
 	// After a restart, listen where the controller's Service points;
 	// otherwise on the first free port of the range.

@@ -201,7 +201,7 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	var last source.Progress
 	lastAt := time.Now()
 	res, err := source.Push(ctx, source.Options{
-		Address: src.Address, Port: int(src.Port), User: src.User, Path: src.Path, Keys: keys, Volume: path, Scratch: r.scratch, Cgroups: r.cgroups,
+		Address: src.Address, Port: int(src.Port), User: src.User, Path: src.Path, Keys: keys, Volume: path, Scratch: r.scratch, Cgroups: r.cgroups, Limits: limits(ma),
 		Backoff: r.cfg.RetryBackoff, Rsync: r.cfg.Rsync, Log: logger, ProgressInterval: r.cfg.ProgressInterval,
 		Progress: func(p source.Progress) {
 			rate := int64(0)

@@ -61,14 +61,18 @@ func (e *env) restoredEntries(ns, snapshot string) map[string]fstree.Entry {
 	return out
 }
 
-// destination creates a Snapshot ReplicationDestination with generated
-// keys and waits for its address; it returns the CR.
-func (e *env) destination(ns string) *volsyncv1alpha1.ReplicationDestination {
+// destination creates a Snapshot ReplicationDestination "rd" with
+// generated keys (mods change it first) and waits for its address; it
+// returns the CR.
+func (e *env) destination(ns string, mods ...func(*volsyncv1alpha1.ReplicationDestination)) *volsyncv1alpha1.ReplicationDestination {
 	e.t.Helper()
 	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rd"},
 		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
 			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
 				Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
+	for _, mod := range mods {
+		mod(rd)
+	}
 	require.NoError(e.t, e.k.Create(context.Background(), rd))
 	testenv.Eventually(e.t, "the destination's address", time.Minute, func() bool {
 		rd = e.rd(ns, "rd")

@@ -47,6 +47,14 @@ func TestController(t *testing.T) {
 		t.Parallel()
 		attached(e.with(t))
 	})
+	t.Run("cleanupTempPVC: the provisioned claim goes after each sync, the next gets a new one", func(t *testing.T) {
+		t.Parallel()
+		tempClaim(e.with(t))
+	})
+	t.Run("moverResources: a transfer past its memory limit fails and says so", func(t *testing.T) {
+		t.Parallel()
+		limited(e.with(t))
+	})
 	t.Run("bad input ends in a condition that says what to fix", func(t *testing.T) {
 		t.Parallel()
 		badInput(e.with(t))

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,23 +34,92 @@ import (
 
 // pair makes, in namespace ns, a Snapshot
 // destination "rd" with generated keys and a source "rs" of copyMethod of
-// claim "data" into it, once the destination has an address.
-func (e *env) pair(ns string, method volsyncv1alpha1.CopyMethodType, trigger *volsyncv1alpha1.TriggerSpec) {
+// claim "data" into it, once the destination has an address; mods change
+// the source before it is created.
+func (e *env) pair(ns string, method volsyncv1alpha1.CopyMethodType, trigger *volsyncv1alpha1.TriggerSpec, mods ...func(*volsyncv1alpha1.ReplicationSource)) {
+	e.source(ns, e.destination(ns), method, trigger, mods...)
+}
+
+// source makes source "rs" of claim "data" into destination rd, in the same
+// namespace; mods change it before it is created.
+func (e *env) source(ns string, rd *volsyncv1alpha1.ReplicationDestination, method volsyncv1alpha1.CopyMethodType,
+	trigger *volsyncv1alpha1.TriggerSpec, mods ...func(*volsyncv1alpha1.ReplicationSource)) {
 	t, k, ctx := e.t, e.k, context.Background()
-	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rd"},
-		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
-			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
-				Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
-	require.NoError(t, k.Create(ctx, rd))
-	testenv.Eventually(t, "the destination's address", time.Minute, func() bool {
-		rd = e.rd(ns, "rd")
-		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
-	})
 	rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rs"},
 		Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "data", Trigger: trigger,
 			Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: method},
 				SSHKeys: rd.Status.Rsync.SSHKeys, Address: rd.Status.Rsync.Address}}}
+	for _, mod := range mods {
+		mod(rs)
+	}
 	require.NoError(t, k.Create(ctx, rs))
+}
+
+// tempClaim: with cleanupTempPVC the claim Ferry provisioned goes after
+// each successful sync, once its snapshot is latestImage; the next sync
+// gets a new claim and sends everything again.
+func tempClaim(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("tempclaim", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("tempclaim", "data", "1Gi", nil)
+	e.onVolume("tempclaim", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	want := e.tree("tempclaim", "data")
+	rd := e.destination("tempclaim", func(rd *volsyncv1alpha1.ReplicationDestination) { rd.Spec.Rsync.CleanupTempPVC = true })
+	claimUID := func() types.UID {
+		pvc := &corev1.PersistentVolumeClaim{}
+		if err := k.Get(ctx, client.ObjectKey{Namespace: "tempclaim", Name: "volsync-rd-dst"}, pvc); err != nil || pvc.DeletionTimestamp != nil {
+			return ""
+		}
+		return pvc.UID
+	}
+	first := claimUID()
+	require.NotEmpty(t, first, "the destination's claim is provisioned")
+	e.source("tempclaim", rd, volsyncv1alpha1.CopyMethodClone, &volsyncv1alpha1.TriggerSpec{Manual: "1"})
+	e.synced("tempclaim", "rs", "1")
+	img := e.image("tempclaim", "rd", "")
+	testenv.Eventually(t, "a new claim for the next sync", time.Minute, func() bool {
+		uid := claimUID()
+		return uid != "" && uid != first
+	})
+	assert.Equal(t, want, e.restored("tempclaim", img), "the image holds the sync")
+	res := e.trigger("tempclaim", "rs", "2")
+	assert.Contains(t, res.Status.LatestMoverStatus.Logs, "sent", "the second sync ran")
+	assert.Equal(t, want, e.restored("tempclaim", e.image("tempclaim", "rd", img)), "into a new claim, all of it")
+}
+
+// limited: a source whose moverResources allow 1 MiB of memory fails its
+// sync, and the status and the SyncFailed event say why; with the limit
+// raised, the next sync succeeds.
+func limited(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("limited", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("limited", "data", "1Gi", nil)
+	e.onVolume("limited", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	memory := func(q string) func(*volsyncv1alpha1.ReplicationSource) {
+		return func(rs *volsyncv1alpha1.ReplicationSource) {
+			rs.Spec.Rsync.MoverResources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(q)}}
+		}
+	}
+	e.pair("limited", volsyncv1alpha1.CopyMethodDirect, &volsyncv1alpha1.TriggerSpec{Manual: "small"}, memory("1Mi"))
+	var rs *volsyncv1alpha1.ReplicationSource
+	testenv.Eventually(t, "the limited sync to fail", 2*time.Minute, func() bool {
+		rs = e.rs("limited", "rs")
+		return rs.Status.LatestMoverStatus != nil
+	})
+	assert.Equal(t, volsyncv1alpha1.MoverResultFailed, rs.Status.LatestMoverStatus.Result)
+	assert.Contains(t, rs.Status.LatestMoverStatus.Logs, "exceeded its memory limit")
+	var notes []string
+	testenv.Eventually(t, "a SyncFailed event", 30*time.Second, func() bool {
+		notes = e.events(rs, cycle.EventSyncFailed)
+		return len(notes) > 0
+	})
+	assert.Contains(t, notes[0], "exceeded its memory limit")
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		rs := e.rs("limited", "rs")
+		memory("256Mi")(rs)
+		return k.Update(ctx, rs)
+	}))
+	e.trigger("limited", "rs", "enough")
 }
 
 // controllerKilled kills the controller with SIGKILL while a sync is in

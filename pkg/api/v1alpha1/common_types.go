@@ -96,8 +96,10 @@ type TriggerSpec struct {
 // effect.
 type MoverConfig struct {
 	// moverSecurityContext is VolSync's PodSecurityContext for its mover pod.
-	// Ferry runs no mover pod; ownership is preserved according to the
-	// namespace's volsync.backube/privileged-movers annotation instead.
+	// Ferry runs no mover pod: where the namespace does not allow privileged
+	// movers (volsync.backube/privileged-movers), a destination's rsync runs
+	// as runAsUser (group runAsGroup, else fsGroup), or 65532 without one;
+	// the other fields have no effect.
 	// +optional
 	MoverSecurityContext *corev1.PodSecurityContext `json:"moverSecurityContext,omitempty"`
 	// moverServiceAccount is VolSync's service account for its mover pod.
@@ -109,7 +111,10 @@ type MoverConfig struct {
 	// +optional
 	MoverPodLabels map[string]string `json:"moverPodLabels,omitempty"`
 	// moverResources limits the compute resources of a transfer. Ferry applies
-	// the limits to the cgroup of the transfer's processes on the node.
+	// the cpu and memory limits to the cgroup of the transfer's processes on
+	// the node (lowering the node agent's own limits, never raising them); a
+	// transfer past its memory limit fails and says so. Requests have no
+	// effect: there is no pod to schedule.
 	// +optional
 	MoverResources *corev1.ResourceRequirements `json:"moverResources,omitempty"`
 	// moverAffinity is VolSync's affinity for its mover pod. Ferry places a

@@ -44,8 +44,11 @@ type ReplicationDestinationVolumeOptions struct {
 	// +kubebuilder:validation:Enum=Block;Filesystem
 	// +optional
 	VolumeMode *corev1.PersistentVolumeMode `json:"volumeMode,omitempty"`
-	// cleanupTempPVC deletes the PVC Ferry provisioned when this
-	// ReplicationDestination is deleted. Defaults to false.
+	// cleanupTempPVC deletes the destination PVC Ferry provisioned
+	// (volsync-<name>-dst) at the end of each successful sync, once its
+	// snapshot is latestImage; the next sync gets a new one, and so
+	// receives all the data again. Ignored with destinationPVC or
+	// copyMethod Direct. Defaults to false.
 	// +optional
 	CleanupTempPVC bool `json:"cleanupTempPVC,omitempty"`
 }

@@ -187,6 +187,24 @@ func RunAs(psc *corev1.PodSecurityContext) *agentv1alpha1.RunAs {
 	return r
 }
 
+// Limits are the limits of a CR's moverResources that a transfer's cgroup
+// takes: cpu and memory. Requests have no effect (no pod to schedule).
+func Limits(mr *corev1.ResourceRequirements) corev1.ResourceList {
+	if mr == nil {
+		return nil
+	}
+	out := corev1.ResourceList{}
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if q, ok := mr.Limits[name]; ok {
+			out[name] = q
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
 // Progress is an assignment's running sync as a CR's status.progress shows
 // it; nil when none runs.
 func Progress(ma *agentv1alpha1.MountAssignment) *volsyncv1alpha1.TransferProgress {

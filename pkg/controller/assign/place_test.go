@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -75,4 +76,14 @@ func TestRunAs(t *testing.T) {
 	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 1000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000)}))
 	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 2000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000), FSGroup: id(2000)}))
 	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 3000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000), RunAsGroup: id(3000), FSGroup: id(2000)}))
+}
+
+func TestLimits(t *testing.T) {
+	assert.Nil(t, Limits(nil))
+	assert.Nil(t, Limits(&corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}),
+		"requests have no effect")
+	assert.Equal(t, corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi"), corev1.ResourceCPU: resource.MustParse("500m")},
+		Limits(&corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi"),
+			corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceEphemeralStorage: resource.MustParse("1Gi")}}),
+		"cpu and memory, not ephemeral storage (a transfer writes into its volume)")
 }

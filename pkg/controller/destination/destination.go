@@ -26,6 +26,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/controller/keys"
 	"github.com/ferrysync/ferry/pkg/controller/metrics"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
+	"github.com/ferrysync/ferry/pkg/controller/trigger"
 )
 
 // Reconciler reconciles ReplicationDestinations.
@@ -97,6 +98,9 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	switch {
 	case pv == nil:
 		// Not bound yet: the cycle reports w.waiting.
+	case dropsClaim(rd) && trigger.PhaseOf(&rd.Status.SyncStatus) == trigger.CleaningUp:
+		// The claim goes at the end of this cleanup (cleanupTempPVC):
+		// nothing is assigned on it again.
 	case rd.Spec.Paused && !transferring(w.ma):
 		// Paused: the volume goes back to Kubernetes (a running transfer
 		// finishes first).
@@ -186,6 +190,7 @@ func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
 		return fmt.Errorf("get namespace %s: %w", w.rd.Namespace, err)
 	}
 	spec := agentv1alpha1.MountAssignmentSpec{NodeName: node, Owner: w.owner.Ref(), Volume: vol, SyncGeneration: 1,
+		Limits: assign.Limits(w.rd.Spec.Rsync.MoverResources),
 		Destination: &agentv1alpha1.DestinationRole{
 			KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()},
 			Privileged: w.r.Privileged(ns), RunAs: assign.RunAs(w.rd.Spec.Rsync.MoverSecurityContext)}}

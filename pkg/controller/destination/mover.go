@@ -8,8 +8,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
@@ -141,6 +143,28 @@ func (w *work) Cleanup(ctx context.Context, succeeded bool) (bool, error) {
 		if err := snapshot.Delete(ctx, c, rd.Namespace, s.GetName()); err != nil {
 			return false, err
 		}
+	}
+	if dropsClaim(rd) && w.pvc != nil {
+		return w.dropClaim(ctx)
+	}
+	return true, nil
+}
+
+// dropsClaim: VolSync's cleanupTempPVC asks for the claim Ferry provisioned
+// to go after each successful sync (its data lives on in the image).
+func dropsClaim(rd *volsyncv1alpha1.ReplicationDestination) bool {
+	spec := rd.Spec.Rsync
+	return spec.CleanupTempPVC && spec.DestinationPVC == nil && !spec.CopyMethod.IsDirect()
+}
+
+// dropClaim releases the provisioned claim (unmounted, detached) and
+// deletes it; the next sync provisions a new one.
+func (w *work) dropClaim(ctx context.Context) (bool, error) {
+	if done, err := w.release(ctx, w.pvc.Spec.VolumeName); err != nil || !done {
+		return false, err
+	}
+	if err := w.r.Client.Delete(ctx, w.pvc); client.IgnoreNotFound(err) != nil {
+		return false, fmt.Errorf("delete claim %s (spec.rsync.cleanupTempPVC): %w", w.pvc.Name, err)
 	}
 	return true, nil
 }

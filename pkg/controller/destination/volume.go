@@ -71,6 +71,12 @@ func (w *work) volume(ctx context.Context) (*corev1.PersistentVolume, error) {
 		return nil, fmt.Errorf("get claim %s: %w", name, err)
 	}
 	w.pvc = pvc
+	if pvc.DeletionTimestamp != nil {
+		// Nothing is mounted from a claim on its way out (one that
+		// cleanupTempPVC dropped is provisioned anew once gone).
+		w.waiting = fmt.Sprintf("waiting for claim %s, which is being deleted, to go", name)
+		return nil, nil
+	}
 	var prefer string
 	if w.ma != nil {
 		prefer = w.ma.Spec.NodeName

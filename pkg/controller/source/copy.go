@@ -270,7 +270,7 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 		KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()},
 		Privileged: w.r.Privileged(ns)}
 	ma, err := w.r.Assignments.Ensure(ctx, w.owner, agentv1alpha1.MountAssignmentSpec{NodeName: node,
-		Owner: w.owner.Ref(), Volume: vol, Source: role, SyncGeneration: 1})
+		Owner: w.owner.Ref(), Volume: vol, Source: role, SyncGeneration: 1, Limits: assign.Limits(spec.MoverResources)})
 	if err != nil || ma == nil {
 		return "waiting for the previous assignment to go", err
 	}

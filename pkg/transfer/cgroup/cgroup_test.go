@@ -34,3 +34,16 @@ func TestSanitize(t *testing.T) {
 	assert.Equal(t, "ns_rd", sanitize("ns/rd"))
 	assert.Equal(t, "_a_b", sanitize(".a.b"))
 }
+
+func TestLowerNeverRaises(t *testing.T) {
+	node := Limits{MemoryBytes: 2 << 30, Pids: 64}
+	for name, tc := range map[string]struct{ cr, want Limits }{
+		"none":                          {cr: Limits{}, want: node},
+		"a lower memory limit":          {cr: Limits{MemoryBytes: 1 << 20}, want: Limits{MemoryBytes: 1 << 20, Pids: 64}},
+		"a higher memory limit":         {cr: Limits{MemoryBytes: 8 << 30}, want: node},
+		"a CPU limit, none on the node": {cr: Limits{CPUMillis: 500}, want: Limits{MemoryBytes: 2 << 30, Pids: 64, CPUMillis: 500}},
+	} {
+		assert.Equal(t, tc.want, node.Lower(tc.cr), name)
+	}
+	assert.Equal(t, Limits{MemoryBytes: 5}, Limits{}.Lower(Limits{MemoryBytes: 5}), "an unlimited node takes the CR's")
+}

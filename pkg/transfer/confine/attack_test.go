@@ -209,7 +209,7 @@ func TestTransferLimits(t *testing.T) {
 	self, err := os.Executable()
 	require.NoError(t, err)
 	confined := func(mode string) (*cgroup.Group, string, error) {
-		g, err := pool.Make("probe")
+		g, err := pool.Make("probe", cgroup.Limits{})
 		require.NoError(t, err)
 		t.Cleanup(g.Remove)
 		out, err := run(t, confine.Spec{Volume: volume(t), ReadOnly: true, Cgroups: g.Dirs(), Rsync: self,
@@ -220,6 +220,19 @@ func TestTransferLimits(t *testing.T) {
 	assert.Error(t, err, "killed past 64 MiB")
 	assert.NotContains(t, out, "allocated")
 	assert.True(t, g.OOMKilled(), "the group records the kill")
+
+	g, err = pool.Make("cpu", cgroup.Limits{CPUMillis: 250})
+	require.NoError(t, err)
+	t.Cleanup(g.Remove)
+	var quota string
+	for _, d := range g.Dirs() {
+		for _, f := range []string{"cpu.cfs_quota_us", "cpu.max"} {
+			if raw, err := os.ReadFile(filepath.Join(d, f)); err == nil {
+				quota = strings.TrimSpace(string(raw))
+			}
+		}
+	}
+	assert.Contains(t, []string{"25000", "25000 100000"}, quota, "a quarter of a CPU")
 
 	g, out, err = confined("spawn")
 	require.NoError(t, err)

@@ -56,6 +56,9 @@ type Destination struct {
 	// RunAs is the ordinary user an unprivileged destination's rsync runs
 	// as (default DefaultRunAs). Ignored when Privileged.
 	RunAs *confine.Identity
+	// Limits lower the server's cgroup limits for this destination's
+	// transfers (its CR's moverResources).
+	Limits cgroup.Limits
 	// ListenAddr is where to listen, "host:port"; port 0 picks a free one.
 	ListenAddr string
 	// HoldOnShutdown holds the destination (see Server.Hold) the moment a

@@ -85,7 +85,7 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	}
 	var group *cgroup.Group
 	if s.cgroups != nil {
-		g, err := s.cgroups.Make("destination")
+		g, err := s.cgroups.Make("destination", l.dest.Limits)
 		if err != nil {
 			fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
 			log.Error(err, "cannot start rsync")

@@ -74,8 +74,9 @@ type Options struct {
 	// confinement mounts its private root (see confine.Spec).
 	Scratch string
 	// Cgroups, when set, gives each try's rsync a cgroup of its own (its
-	// memory and pids limits).
+	// memory and pids limits), lowered by Limits (the CR's moverResources).
 	Cgroups *cgroup.Pool
+	Limits  cgroup.Limits
 	// Compress turns on rsync's -z (VolSync's default; it costs CPU and
 	// rarely pays on a cluster network).
 	Compress bool
@@ -220,7 +221,7 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		Binds: []confine.Bind{{Host: exe, Path: rshBinary}, {Host: dir, Path: rshDir}}}
 	var group *cgroup.Group
 	if o.Cgroups != nil {
-		if group, err = o.Cgroups.Make("source"); err != nil {
+		if group, err = o.Cgroups.Make("source", o.Limits); err != nil {
 			return err
 		}
 		defer group.Remove()

@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -156,6 +157,10 @@ type MountAssignmentSpec struct {
 	// raises syncGeneration (after it has cut its snapshot).
 	// +kubebuilder:validation:Minimum=0
 	SyncGeneration int64 `json:"syncGeneration"`
+	// limits are the CR's moverResources limits (cpu, memory): they lower
+	// the agent's own limits on each transfer's cgroup, never raise them.
+	// +optional
+	Limits corev1.ResourceList `json:"limits,omitempty"`
 }
 
 // ConditionReady is the condition that says whether the volume is mounted as
