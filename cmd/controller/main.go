@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/ferrysync/ferry/pkg/controller"
+	"github.com/ferrysync/ferry/pkg/controller/source"
 )
 
 func main() {
@@ -25,6 +26,7 @@ func main() {
 	flag.BoolVar(&cfg.PrivilegedGate, "privileged-movers-gate", true, "keep owners, setuid bits and devices only in namespaces annotated volsync.backube/privileged-movers=true, as VolSync does; false: always")
 	flag.DurationVar(&cfg.RetryAfter, "retry-after", time.Minute, "pause before a failed sync is tried again when no schedule says when")
 	flag.DurationVar(&cfg.Poll, "poll-interval", 2*time.Second, "how often waits that no watch covers (attachments, progress) are looked at")
+	flag.DurationVar(&cfg.CopyTriggerTimeout, "copy-trigger-timeout", source.DefaultCopyTriggerTimeout, "how long a sync waits for a claim's volsync.backube/copy-trigger before latestMoverStatus and an event say it is late (it waits on), as VolSync")
 	flag.DurationVar(&cfg.Recheck, "recheck-interval", 30*time.Second, "how often a CR whose input must be fixed (a missing Secret, PVC or class) is looked at again")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)

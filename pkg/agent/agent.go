@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
@@ -36,10 +38,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/csi"
@@ -115,6 +119,9 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		// else is read when needed, uncached, so the agent holds no
 		// cluster-wide lists.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			// Key copies' metadata, not their keys: a change re-serves
+			// the destinations that use it.
+			secretMetadata(): {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
 			&agentv1alpha1.MountAssignment{}: {
 				Namespaces: map[string]cache.Config{cfg.Namespace: {}},
 				Field:      fields.OneTermEqualSelector(agentv1alpha1.NodeNameField, cfg.NodeName),
@@ -180,6 +187,9 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	// progress writes would otherwise each cost a reconcile.
 	if err := ctrl.NewControllerManagedBy(mgr).
 		For(&agentv1alpha1.MountAssignment{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Rotated keys (the controller's copy follows the user's Secret)
+		// take effect without a restart, and the old key stops working.
+		WatchesMetadata(secretMetadata(), handler.EnqueueRequestsFromMapFunc(r.usersOfKeys)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 8}).Complete(r); err != nil {
 		return fmt.Errorf("agent: create reconciler: %w", err)
 	}
@@ -205,6 +215,30 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		return fmt.Errorf("agent: run: %w", err)
 	}
 	return nil
+}
+
+// secretMetadata is what the agent watches of key Secrets: metadata only.
+func secretMetadata() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	return m
+}
+
+// usersOfKeys are this node's destination assignments that serve with the
+// keys of Secret s.
+func (r *Reconciler) usersOfKeys(ctx context.Context, s client.Object) []reconcile.Request {
+	list := &agentv1alpha1.MountAssignmentList{}
+	if err := r.client.List(ctx, list, client.InNamespace(s.GetNamespace())); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "list assignments for a changed key Secret", "secret", s.GetName())
+		return nil
+	}
+	var out []reconcile.Request
+	for _, ma := range list.Items {
+		if d := ma.Spec.Destination; d != nil && d.KeySecret.Name == s.GetName() {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&ma)})
+		}
+	}
+	return out
 }
 
 // recover takes down, before anything else runs, every volume a previous

@@ -33,7 +33,7 @@ import (
 //
 // +kubebuilder:rbac:groups=agent.ferrysync.io,namespace=ferry-system,resources=mountassignments,verbs=get;list;watch;update
 // +kubebuilder:rbac:groups=agent.ferrysync.io,namespace=ferry-system,resources=mountassignments/status,verbs=get;update
-// +kubebuilder:rbac:groups="",namespace=ferry-system,resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",namespace=ferry-system,resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=persistentvolumes,verbs=get
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get
 // +kubebuilder:rbac:groups=volsync.backube,resources=replicationsources;replicationdestinations,verbs=get

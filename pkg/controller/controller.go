@@ -74,6 +74,9 @@ type Config struct {
 	// Recheck is how often a CR whose input the user must fix is looked at
 	// again.
 	Recheck time.Duration
+	// CopyTriggerTimeout is how long a sync waits for its claim's copy
+	// trigger before it reports being late (it waits on).
+	CopyTriggerTimeout time.Duration
 }
 
 // Run runs the controller until ctx ends.
@@ -109,7 +112,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err := (&destination.Reconciler{Shell: shell, Assignments: assignments}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationDestination reconciler: %w", err)
 	}
-	if err := (&source.Reconciler{Shell: shell, Assignments: assignments}).SetupWithManager(mgr); err != nil {
+	if err := (&source.Reconciler{Shell: shell, Assignments: assignments, CopyTriggerTimeout: cfg.CopyTriggerTimeout}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationSource reconciler: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -74,9 +74,10 @@ func (e *env) destination(ns string, mods ...func(*volsyncv1alpha1.ReplicationDe
 		mod(rd)
 	}
 	require.NoError(e.t, e.k.Create(context.Background(), rd))
+	generated := rd.Spec.Rsync.SSHKeys == nil
 	testenv.Eventually(e.t, "the destination's address", time.Minute, func() bool {
 		rd = e.rd(ns, "rd")
-		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
+		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && (rd.Status.Rsync.SSHKeys != nil || !generated)
 	})
 	return rd
 }

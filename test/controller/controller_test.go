@@ -51,6 +51,14 @@ func TestController(t *testing.T) {
 		t.Parallel()
 		tempClaim(e.with(t))
 	})
+	t.Run("keys replaced in the user's Secret take effect at the next sync; the old key stops working", func(t *testing.T) {
+		t.Parallel()
+		rotate(e.with(t))
+	})
+	t.Run("copy triggers: the copy waits for the application's trigger, and the claim says where it stands", func(t *testing.T) {
+		t.Parallel()
+		copyTriggers(e.with(t))
+	})
 	t.Run("moverResources: a transfer past its memory limit fails and says so", func(t *testing.T) {
 		t.Parallel()
 		limited(e.with(t))

@@ -2,6 +2,9 @@ package controller_test
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -11,11 +14,13 @@ import (
 	"time"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,6 +32,7 @@ import (
 	"github.com/ferrysync/ferry/internal/testenv"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/controller/source"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/test/cluster"
 	"github.com/ferrysync/ferry/test/harness"
@@ -85,6 +91,111 @@ func tempClaim(e *env) {
 	res := e.trigger("tempclaim", "rs", "2")
 	assert.Contains(t, res.Status.LatestMoverStatus.Logs, "sent", "the second sync ran")
 	assert.Equal(t, want, e.restored("tempclaim", e.image("tempclaim", "rd", img)), "into a new claim, all of it")
+}
+
+// rotate: keys replaced in the user's Secret take effect at the next sync,
+// with nothing restarted: the copy in Ferry's namespace follows, the agent
+// serves the destination with the new keys, and the old source key no
+// longer opens it.
+func rotate(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("rotate", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("rotate", "data", "1Gi", nil)
+	e.onVolume("rotate", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	// One Secret serves both sides: VolSync's fields do not overlap.
+	keyData := func() (map[string][]byte, *sshkeys.Source) {
+		d, s, err := sshkeys.Secrets()
+		require.NoError(t, err)
+		src, err := sshkeys.ParseSource(s)
+		require.NoError(t, err)
+		maps.Copy(d, s)
+		return d, src
+	}
+	data, oldKeys := keyData()
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "rotate", Name: "keys"}, Data: data}
+	require.NoError(t, k.Create(ctx, secret))
+	userKeys := ptr.To("keys")
+	rd := e.destination("rotate", func(rd *volsyncv1alpha1.ReplicationDestination) { rd.Spec.Rsync.SSHKeys = userKeys })
+	e.source("rotate", rd, volsyncv1alpha1.CopyMethodDirect, &volsyncv1alpha1.TriggerSpec{Manual: "1"},
+		func(rs *volsyncv1alpha1.ReplicationSource) { rs.Spec.Rsync.SSHKeys = userKeys })
+	e.synced("rotate", "rs", "1")
+
+	var ma agentv1alpha1.MountAssignment
+	require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: harness.Namespace, Name: "rd-" + string(rd.UID)}, &ma))
+	ep := net.JoinHostPort(ma.Status.Endpoint.Address, strconv.Itoa(int(ma.Status.Endpoint.Port)))
+	authenticates := func(id ssh.Signer) error {
+		c, err := ssh.Dial("tcp", ep, &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(id)},
+			HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 5 * time.Second}) // only the client key is under test
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	require.NoError(t, authenticates(oldKeys.Identity), "the first keys open the destination")
+
+	data, newKeys := keyData()
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		require.NoError(t, k.Get(ctx, client.ObjectKeyFromObject(secret), secret))
+		secret.Data = data
+		return k.Update(ctx, secret)
+	}))
+	var err error
+	testenv.Eventually(t, "the old source key to stop opening the destination", time.Minute, func() bool {
+		err = authenticates(oldKeys.Identity)
+		return err != nil && strings.Contains(err.Error(), "unable to authenticate")
+	}, func() string { return fmt.Sprint(err) })
+	e.trigger("rotate", "rs", "2")
+	testenv.Eventually(t, "the new source key to open the destination", 30*time.Second, func() bool {
+		return authenticates(newKeys.Identity) == nil
+	})
+}
+
+// copyTriggers: a source claim annotated use-copy-trigger gets its copy
+// only once the application sets copy-trigger; until then the claim says
+// WaitingForTrigger (and since when), past the timeout latestMoverStatus
+// and an event say the sync is late; then the copy is taken, the claim says
+// Completed with the value used, and the image holds the data.
+func copyTriggers(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("copytrigger", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("copytrigger", "data", "1Gi", nil)
+	e.onVolume("copytrigger", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	want := e.tree("copytrigger", "data")
+	annotate := func(key, value string) {
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, key, value)
+		require.NoError(t, k.Patch(ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "copytrigger", Name: "data"}},
+			client.RawPatch(types.MergePatchType, []byte(patch))))
+	}
+	claimAnnotations := func() map[string]string {
+		pvc := &corev1.PersistentVolumeClaim{}
+		require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: "copytrigger", Name: "data"}, pvc))
+		return pvc.Annotations
+	}
+	annotate(source.UseCopyTriggerAnnotation, "true")
+	e.pair("copytrigger", volsyncv1alpha1.CopyMethodSnapshot, &volsyncv1alpha1.TriggerSpec{Manual: "1"})
+	testenv.Eventually(t, "the claim to say it waits for its trigger", time.Minute, func() bool {
+		a := claimAnnotations()
+		return a[source.LatestCopyStatusAnnotation] == source.CopyStatusWaitingForTrigger && a[source.LatestCopyWaitingSinceAnnotation] != ""
+	})
+	assert.Contains(t, condition(&e.rs("copytrigger", "rs").Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Message,
+		source.CopyTriggerAnnotation)
+	testenv.Eventually(t, "the sync to say it is late (the tests' timeout: 3 s)", time.Minute, func() bool {
+		st := e.rs("copytrigger", "rs").Status.LatestMoverStatus
+		return st != nil && strings.Contains(st.Logs, "timed out waiting for the copy trigger")
+	})
+	testenv.Eventually(t, "a "+source.EventCopyTriggerTimeout+" event", 30*time.Second, func() bool {
+		return len(e.events(e.rs("copytrigger", "rs"), source.EventCopyTriggerTimeout)) > 0
+	})
+	err := k.Get(ctx, client.ObjectKey{Namespace: "copytrigger", Name: "volsync-rs-src"}, &corev1.PersistentVolumeClaim{})
+	assert.True(t, apierrors.IsNotFound(err), "no copy before the trigger: %v", err)
+
+	annotate(source.CopyTriggerAnnotation, "quiesced-1")
+	e.synced("copytrigger", "rs", "1")
+	a := claimAnnotations()
+	assert.Equal(t, "quiesced-1", a[source.LatestCopyTriggerAnnotation])
+	assert.Equal(t, source.CopyStatusCompleted, a[source.LatestCopyStatusAnnotation])
+	assert.NotContains(t, a, source.LatestCopyWaitingSinceAnnotation)
+	assert.Equal(t, want, e.restored("copytrigger", e.image("copytrigger", "rd", "")))
 }
 
 // limited: a source whose moverResources allow 1 MiB of memory fails its

@@ -130,7 +130,7 @@ func (b *Binaries) StartController(t T, c *cluster.Cluster, port int, extra ...s
 		Metrics: "http://" + addr + "/metrics",
 		env:     append(os.Environ(), "KUBECONFIG="+kc),
 		args: []string{"--namespace=" + Namespace, "--metrics-bind-address=" + addr, "--health-probe-bind-address=" + probe,
-			"--leader-elect=false", "--poll-interval=250ms", "--recheck-interval=2s", "--retry-after=5s", "--zap-log-level=debug"}}
+			"--leader-elect=false", "--poll-interval=250ms", "--recheck-interval=2s", "--retry-after=5s", "--copy-trigger-timeout=3s", "--zap-log-level=debug"}}
 	p.args = append(p.args, extra...)
 	p.Start()
 	t.Cleanup(func() { _, _ = p.Stop() })

@@ -114,10 +114,19 @@ func (w *work) pointInTime(ctx context.Context) (*corev1.PersistentVolumeClaim, 
 		if pvc.DeletionTimestamp != nil {
 			return nil, "waiting for the previous copy " + pvc.Name + " to be deleted", nil
 		}
-		return pvc, w.checkBinding(ctx, pvc), nil
+		waiting := w.checkBinding(ctx, pvc)
+		if waiting == "" { // the copy exists: the application may go on
+			if err := annotate(ctx, c, src, copyTaken(src.Annotations)); err != nil {
+				return nil, "", err
+			}
+		}
+		return pvc, waiting, nil
 	}
 	if !apierrors.IsNotFound(err) {
 		return nil, "", fmt.Errorf("get copy %s: %w", w.copyName(), err)
+	}
+	if waiting, err := w.gate(ctx, src); err != nil || waiting != "" {
+		return nil, waiting, err
 	}
 	var dataSource *corev1.TypedLocalObjectReference
 	size := capacity(src)

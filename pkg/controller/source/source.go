@@ -33,6 +33,9 @@ type Reconciler struct {
 	// Assignments reads (uncached) and writes the CRs' assignments, in
 	// Ferry's namespace, where their key copies go too.
 	Assignments assign.Store
+	// CopyTriggerTimeout is how long a sync waits for its claim's copy
+	// trigger before it says it is late (it waits on).
+	CopyTriggerTimeout time.Duration
 }
 
 // SetupWithManager registers the reconciler and what it watches.
