@@ -21,12 +21,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/destination"
+	"github.com/ferrysync/ferry/pkg/controller/populator"
 	"github.com/ferrysync/ferry/pkg/controller/source"
 )
 
@@ -41,7 +43,8 @@ import (
 // +kubebuilder:rbac:groups="",namespace=ferry-system,resources=secrets,verbs=get;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create;update;patch
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=persistentvolumes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=persistentvolumes,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=populator.storage.k8s.io,resources=volumepopulators,verbs=create
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=list
@@ -114,6 +117,14 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	}
 	if err := (&source.Reconciler{Shell: shell, Assignments: assignments, CopyTriggerTimeout: cfg.CopyTriggerTimeout}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationSource reconciler: %w", err)
+	}
+	if err := (&populator.Reconciler{Client: mgr.GetClient(), Events: shell.Events}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("controller: volume populator: %w", err)
+	}
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		return populator.Register(ctx, mgr.GetClient())
+	})); err != nil {
+		return fmt.Errorf("controller: register the volume populator: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("controller: health check: %w", err)

@@ -59,6 +59,10 @@ func TestController(t *testing.T) {
 		t.Parallel()
 		copyTriggers(e.with(t))
 	})
+	t.Run("a claim whose dataSourceRef names the destination is filled from its latestImage", func(t *testing.T) {
+		t.Parallel()
+		populate(e.with(t))
+	})
 	t.Run("moverResources: a transfer past its memory limit fails and says so", func(t *testing.T) {
 		t.Parallel()
 		limited(e.with(t))

@@ -32,6 +32,7 @@ import (
 	"github.com/ferrysync/ferry/internal/testenv"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/controller/populator"
 	"github.com/ferrysync/ferry/pkg/controller/source"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/test/cluster"
@@ -196,6 +197,48 @@ func copyTriggers(e *env) {
 	assert.Equal(t, source.CopyStatusCompleted, a[source.LatestCopyStatusAnnotation])
 	assert.NotContains(t, a, source.LatestCopyWaitingSinceAnnotation)
 	assert.Equal(t, want, e.restored("copytrigger", e.image("copytrigger", "rd", "")))
+}
+
+// populate: VolSync's one-claim restore. A claim whose dataSourceRef names
+// the ReplicationDestination, made before the destination has any image,
+// waits (and its events say so); once the first sync's image exists the
+// claim is filled from it, bound, and no prime claim is left.
+func populate(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("populate", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("populate", "data", "1Gi", nil)
+	e.onVolume("populate", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	want := e.tree("populate", "data")
+	rd := e.destination("populate")
+	restore := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "populate", Name: "restored"},
+		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources:     corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+			DataSourceRef: &corev1.TypedObjectReference{APIGroup: ptr.To("volsync.backube"), Kind: "ReplicationDestination", Name: "rd"}}}
+	require.NoError(t, k.Create(ctx, restore))
+	testenv.Eventually(t, "the claim to say it waits for the first image", time.Minute, func() bool {
+		for _, note := range e.events(restore, populator.EventWaiting) {
+			if strings.Contains(note, "first latestImage") {
+				return true
+			}
+		}
+		return false
+	})
+	require.NoError(t, k.Get(ctx, client.ObjectKeyFromObject(restore), restore))
+	assert.Empty(t, restore.Spec.VolumeName, "no volume before there is an image")
+
+	e.source("populate", rd, volsyncv1alpha1.CopyMethodClone, &volsyncv1alpha1.TriggerSpec{Manual: "1"})
+	e.synced("populate", "rs", "1")
+	testenv.Eventually(t, "the claim to be filled and bound", 2*time.Minute, func() bool {
+		require.NoError(t, k.Get(ctx, client.ObjectKeyFromObject(restore), restore))
+		return restore.Status.Phase == corev1.ClaimBound
+	})
+	assert.Equal(t, want, e.tree("populate", "restored"), "the claim holds the image's data")
+	testenv.Eventually(t, "no prime claim left", time.Minute, func() bool {
+		list := &corev1.PersistentVolumeClaimList{}
+		require.NoError(t, k.List(ctx, list, client.InNamespace("populate"), client.HasLabels{populator.LabelFor}))
+		return len(list.Items) == 0
+	})
+	assert.NotEmpty(t, e.events(restore, populator.EventPopulated))
 }
 
 // limited: a source whose moverResources allow 1 MiB of memory fails its
