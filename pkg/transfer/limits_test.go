@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 
 // refusals counts an endpoint's refusals by cause.
@@ -83,19 +85,29 @@ func TestFloodLeavesOthersServed(t *testing.T) {
 	})
 	defer c.Close()
 	var sessions []*ssh.Session
+	rejected := 0
 	for range 100 {
-		if s, err := c.NewSession(); err == nil {
+		s, err := c.NewSession()
+		switch {
+		case err == nil:
 			sessions = append(sessions, s)
+		case strings.Contains(err.Error(), "resource shortage"):
+			rejected++
+		default:
+			t.Logf("channel: %v", err)
 		}
 	}
 	assert.Len(t, sessions, endpoint.DefaultLimits.Channels, "channels open at once on one connection")
-	assert.Equal(t, 100-endpoint.DefaultLimits.Channels, refused.get(endpoint.RefusedChannels))
+	assert.Greater(t, rejected, 90, "the rest are refused for want of resources")
+	assert.Equal(t, rejected, refused.get(endpoint.RefusedChannels), "and counted")
 	res, err = push(t, b.src, portB, src, nil)
 	require.NoError(t, err, "B syncs while A's connection holds its channels: %s", res.Errors)
 	for _, s := range sessions {
 		s.Close()
 	}
-	res, err = push(t, a.src, portA, src, nil)
+	// A source retries a refused connection, as this one does: the flood
+	// may have spent A's handshake budget for the moment.
+	res, err = push(t, a.src, portA, src, func(o *source.Options) { o.Attempts, o.Backoff = 5, 200*time.Millisecond })
 	require.NoError(t, err, "A serves its own source afterwards: %s", res.Errors)
 	assert.FileExists(t, filepath.Join(dstA, "f"))
 }
