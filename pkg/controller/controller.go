@@ -47,7 +47,7 @@ import (
 // +kubebuilder:rbac:groups=populator.storage.k8s.io,resources=volumepopulators,verbs=create
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=pods,verbs=list
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list;watch
 // +kubebuilder:rbac:groups="",resources=nodes;namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=storage.k8s.io,resources=csinodes;csidrivers;storageclasses,verbs=get;list;watch
 // +kubebuilder:rbac:groups=storage.k8s.io,resources=volumeattachments,verbs=get;list;watch;create;delete
@@ -103,6 +103,9 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		// needed), so the controller holds no cluster's worth of them.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&agentv1alpha1.MountAssignment{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
+			// Pods trimmed to name, node, phase and claims: a pod that
+			// starts using a destination's claim makes Ferry let go of it.
+			&corev1.Pod{}: {Transform: assign.TrimPod},
 		}},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.Pod{}}}},
 	})
@@ -112,7 +115,10 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	shell := cycle.Shell{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recheck: cfg.Recheck, PrivilegedGate: cfg.PrivilegedGate, Options: cycle.Options{
 		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Events: mgr.GetEventRecorder("ferry-controller")}}
 	assignments := assign.Store{Reader: mgr.GetAPIReader(), Client: mgr.GetClient(), Namespace: cfg.Namespace}
-	if err := (&destination.Reconciler{Shell: shell, Assignments: assignments}).SetupWithManager(mgr); err != nil {
+	if err := assign.IndexPodsByClaim(ctx, mgr.GetFieldIndexer()); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if err := (&destination.Reconciler{Shell: shell, Assignments: assignments, Pods: mgr.GetCache()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationDestination reconciler: %w", err)
 	}
 	if err := (&source.Reconciler{Shell: shell, Assignments: assignments, CopyTriggerTimeout: cfg.CopyTriggerTimeout}).SetupWithManager(mgr); err != nil {

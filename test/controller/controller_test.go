@@ -63,6 +63,10 @@ func TestController(t *testing.T) {
 		t.Parallel()
 		populate(e.with(t))
 	})
+	t.Run("a pod that uses a destination's claim makes Ferry let go of it until the pod is gone", func(t *testing.T) {
+		t.Parallel()
+		twoWriters(e.with(t))
+	})
 	t.Run("moverResources: a transfer past its memory limit fails and says so", func(t *testing.T) {
 		t.Parallel()
 		limited(e.with(t))

@@ -241,6 +241,46 @@ func populate(e *env) {
 	assert.NotEmpty(t, e.events(restore, populator.EventPopulated))
 }
 
+// twoWriters: a pod that starts using a destination's claim (a user
+// inspecting the replica) makes Ferry let go of it — the assignment is
+// released, the volume unpublished — and the destination says so; once the
+// pod is gone Ferry serves the claim again and the next sync succeeds.
+func twoWriters(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.namespace("writers", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
+	e.claim("writers", "data", "1Gi", nil)
+	e.onVolume("writers", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	e.claim("writers", "replica", "1Gi", nil)
+	rd := e.destination("writers", func(rd *volsyncv1alpha1.ReplicationDestination) {
+		rd.Spec.Rsync.CopyMethod, rd.Spec.Rsync.DestinationPVC = volsyncv1alpha1.CopyMethodDirect, ptr.To("replica")
+	})
+	e.source("writers", rd, volsyncv1alpha1.CopyMethodDirect, &volsyncv1alpha1.TriggerSpec{Manual: "1"})
+	e.synced("writers", "rs", "1")
+	assignment := func() bool {
+		for _, l := range e.leftovers(string(rd.UID), "") {
+			if strings.HasPrefix(l, "assignment ") {
+				return true
+			}
+		}
+		return false
+	}
+	require.True(t, assignment(), "Ferry serves the claim")
+
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "writers", Name: "inspect"},
+		Spec: corev1.PodSpec{NodeName: e.c.Nodes[1].Name, AutomountServiceAccountToken: ptr.To(false),
+			Containers: []corev1.Container{{Name: "shell", Image: "busybox"}},
+			Volumes: []corev1.Volume{{Name: "replica", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "replica"}}}}}}
+	require.NoError(t, k.Create(ctx, pod))
+	testenv.Eventually(t, "Ferry to let go of the claim and say so", time.Minute, func() bool {
+		msg := condition(&e.rd("writers", "rd").Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Message
+		return !assignment() && strings.Contains(msg, "in use by pod inspect")
+	})
+	require.NoError(t, k.Delete(ctx, pod, client.GracePeriodSeconds(0)))
+	testenv.Eventually(t, "Ferry to serve the claim again", time.Minute, assignment)
+	e.trigger("writers", "rs", "2")
+}
+
 // limited: a source whose moverResources allow 1 MiB of memory fails its
 // sync, and the status and the SyncFailed event say why; with the limit
 // raised, the next sync succeeds.

@@ -87,3 +87,19 @@ func TestLimits(t *testing.T) {
 			corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceEphemeralStorage: resource.MustParse("1Gi")}}),
 		"cpu and memory, not ephemeral storage (a transfer writes into its volume)")
 }
+
+func TestTrimPod(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", Labels: map[string]string{"a": "b"}},
+		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "busybox"}},
+			Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "replica"}}},
+				{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+	got, err := TrimPod(pod)
+	require.NoError(t, err)
+	trimmed := got.(*corev1.Pod)
+	assert.Equal(t, "n1", trimmed.Spec.NodeName)
+	assert.Equal(t, corev1.PodRunning, trimmed.Status.Phase)
+	assert.Equal(t, []string{"replica"}, ClaimsOf(trimmed))
+	assert.Empty(t, trimmed.Spec.Containers, "nothing else is cached")
+	assert.Empty(t, trimmed.Labels)
+}

@@ -9,6 +9,8 @@ package destination
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -17,7 +19,9 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
@@ -35,6 +39,9 @@ type Reconciler struct {
 	// Assignments reads (uncached) and writes the CRs' assignments, in
 	// Ferry's namespace, where their key copies go too.
 	Assignments assign.Store
+	// Pods reads the cache of trimmed pods, indexed by claim
+	// (assign.ClaimIndex).
+	Pods client.Reader
 }
 
 // SetupWithManager registers the reconciler and what it watches.
@@ -46,7 +53,30 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&discoveryv1.EndpointSlice{}).
 		Owns(snapshot.New()).
 		Watches(&agentv1alpha1.MountAssignment{}, assign.EnqueueOwner(assign.KindDestination)).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.destinationsOf)).
 		Complete(r)
+}
+
+// destinationsOf are the destinations in a pod's namespace whose claim the
+// pod uses: a pod that starts (or stops) using one changes what Ferry may
+// do with it.
+func (r *Reconciler) destinationsOf(ctx context.Context, pod client.Object) []reconcile.Request {
+	claims := assign.ClaimsOf(pod.(*corev1.Pod))
+	if len(claims) == 0 {
+		return nil
+	}
+	list := &volsyncv1alpha1.ReplicationDestinationList{}
+	if err := r.Client.List(ctx, list, client.InNamespace(pod.GetNamespace())); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "list destinations for a pod", "pod", pod.GetName())
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range list.Items {
+		if slices.Contains(claims, claimName(&list.Items[i])) {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+	}
+	return out
 }
 
 // Reconcile brings one ReplicationDestination about.
@@ -95,6 +125,10 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	users, err := assign.PodsUsing(ctx, w.r.Pods, rd.Namespace, claimName(rd))
+	if err != nil {
+		return 0, err
+	}
 	switch {
 	case pv == nil:
 		// Not bound yet: the cycle reports w.waiting.
@@ -108,6 +142,15 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 			return w.r.Poll, err
 		}
 		cycle.Pause(w.cr())
+	case len(users) > 0 && !transferring(w.ma):
+		// Never two writers: a pod wants the claim (a user restoring or
+		// inspecting), so Ferry lets go of it (unpublished, detached)
+		// before the pod needs it; syncs wait until the pod is gone.
+		if done, err := w.release(ctx, pv.Name); err != nil || !done {
+			return w.r.Poll, err
+		}
+		w.waiting = fmt.Sprintf("claim %s is in use by pod %s: Ferry let go of it, and syncs wait until the pod is gone",
+			claimName(rd), strings.Join(users, ", "))
 	default:
 		if err := w.assign(ctx, pv); err != nil {
 			return 0, err
