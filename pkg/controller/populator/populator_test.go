@@ -33,16 +33,16 @@ func TestDecide(t *testing.T) {
 		in   Input
 		want Decision
 	}{
-		"no destination":           {Input{Claim: claim("", nil)}, Decision{Message: "waiting for ReplicationDestination rd to exist"}},
-		"no image yet":             {Input{Claim: claim("", nil), RD: rd}, Decision{Message: "waiting for ReplicationDestination rd's first latestImage"}},
-		"first consumer not known": {Input{Claim: claim("", nil), RD: withImage, Class: wffc}, Decision{Message: "waiting for a pod to use the claim: its storage class binds volumes on first consumer"}},
-		"first consumer known":     {Input{Claim: claim("", map[string]string{annSelectedNode: "n1"}), RD: withImage, Class: wffc}, Decision{Action: CreatePrime}},
-		"an image: restore it":     {Input{Claim: claim("", nil), RD: withImage}, Decision{Action: CreatePrime}},
-		"restoring":                {Input{Claim: claim("", nil), RD: withImage, Prime: prime}, Decision{Message: "restoring VolumeSnapshot img into claim vs-prime-u1"}},
-		"restored: hand it over":   {Input{Claim: claim("", nil), RD: withImage, Prime: bound, PrimePV: pv}, Decision{Action: Rebind}},
-		"handed over":              {Input{Claim: claim("", nil), RD: withImage, Prime: bound, PrimePV: handed}, Decision{Message: "waiting for Kubernetes to bind volume pv1 to the claim"}},
-		"bound: the prime goes":    {Input{Claim: claim("pv1", nil), RD: withImage, Prime: bound, PrimePV: handed}, Decision{Action: DeletePrime}},
-		"done":                     {Input{Claim: claim("pv1", nil), RD: withImage}, Decision{Action: Done}},
+		"no destination":                     {Input{Claim: claim("", nil)}, Decision{Message: "waiting for ReplicationDestination rd to exist"}},
+		"no image yet":                       {Input{Claim: claim("", nil), RD: rd}, Decision{Message: "waiting for ReplicationDestination rd's first latestImage"}},
+		"first consumer not known":           {Input{Claim: claim("", nil), RD: withImage, Class: wffc}, Decision{Message: "waiting for a pod to use the claim: its storage class binds volumes on first consumer"}},
+		"first consumer known":               {Input{Claim: claim("", map[string]string{annSelectedNode: "n1"}), RD: withImage, Class: wffc}, Decision{Action: CreatePrime}},
+		"an image: restore it":               {Input{Claim: claim("", nil), RD: withImage}, Decision{Action: CreatePrime}},
+		"restoring":                          {Input{Claim: claim("", nil), RD: withImage, Prime: prime}, Decision{Message: "restoring VolumeSnapshot img into claim vs-prime-u1"}},
+		"restored: hand it over":             {Input{Claim: claim("", nil), RD: withImage, Prime: bound, PrimePV: pv}, Decision{Action: Rebind}},
+		"handed over":                        {Input{Claim: claim("", nil), RD: withImage, Prime: bound, PrimePV: handed}, Decision{Message: "waiting for Kubernetes to bind volume pv1 to the claim"}},
+		"bound: the prime goes":              {Input{Claim: claim("pv1", nil), RD: withImage, Prime: bound, PrimePV: handed}, Decision{Action: DeletePrime}},
+		"done":                               {Input{Claim: claim("pv1", nil), RD: withImage}, Decision{Action: Done}},
 		"done, even if the destination went": {Input{Claim: claim("pv1", nil)}, Decision{Action: Done}},
 	} {
 		t.Run(name, func(t *testing.T) { assert.Equal(t, tc.want, Decide(tc.in)) })
