@@ -180,8 +180,7 @@ func snapshotIntoDirect(src, dst *env) {
 	testenv.Eventually(t, "the LoadBalancer Service", time.Minute, func() bool {
 		return dst.k.Get(ctx, client.ObjectKey{Namespace: "x-dst", Name: "volsync-rsync-dst-rd"}, svc) == nil
 	})
-	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: remoteLBIP}}
-	require.NoError(t, dst.k.Status().Update(ctx, svc))
+	dst.loadBalance(svc, remoteLBIP)
 	testenv.Eventually(t, "the load balancer's address and the keys in status", time.Minute, func() bool {
 		rd = dst.rd("x-dst", "rd")
 		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
@@ -205,6 +204,20 @@ func snapshotIntoDirect(src, dst *env) {
 	assert.Equal(t, "replica", dst.rd("x-dst", "rd").Status.LatestImage.Name, "Direct: the image is the claim")
 	dst.pause("x-dst", "rd")
 	assert.Empty(t, fstree.Diff(want, dst.entries("x-dst", "replica")), "the replica holds the fidelity set")
+}
+
+// loadBalance plays the cloud's load-balancer controller: it gives a
+// LoadBalancer Service its ingress address (on the Service's latest
+// version: the controller writes it too).
+func (e *env) loadBalance(svc *corev1.Service, ip string) {
+	e.t.Helper()
+	require.NoError(e.t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := e.k.Get(context.Background(), client.ObjectKeyFromObject(svc), svc); err != nil {
+			return err
+		}
+		svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip}}
+		return e.k.Status().Update(context.Background(), svc)
+	}))
 }
 
 // pause pauses a destination and waits until Ferry has let go of its

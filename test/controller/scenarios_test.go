@@ -375,8 +375,7 @@ func direct(e *env) {
 		return rd.Status.Rsync != nil && rd.Status.Rsync.Port != nil
 	})
 	assert.Nil(t, rd.Status.Rsync.Address, "no address before the load balancer has one")
-	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "10.99.0.10"}}
-	require.NoError(t, k.Status().Update(ctx, svc))
+	e.loadBalance(svc, "10.99.0.10")
 	testenv.Eventually(t, "the load balancer's address in status", time.Minute, func() bool {
 		rd = e.rd("direct-dst", "rd")
 		return rd.Status.Rsync.Address != nil
