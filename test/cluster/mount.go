@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -44,8 +45,7 @@ func MountVolumeAt(ctx context.Context, socket, volumeID, staging, target string
 		conn.Close()
 		return nil, fmt.Errorf("publish %s: %w", volumeID, err)
 	}
-	unmount := func() error {
-		defer conn.Close()
+	once := func() error {
 		if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volumeID, TargetPath: target}); err != nil {
 			return fmt.Errorf("unpublish %s: %w", volumeID, err)
 		}
@@ -53,6 +53,20 @@ func MountVolumeAt(ctx context.Context, socket, volumeID, staging, target string
 			return fmt.Errorf("unstage %s: %w", volumeID, err)
 		}
 		return nil
+	}
+	unmount := func() error {
+		defer conn.Close()
+		// As kubelet does, try again for a while: the kernel can report a
+		// mount busy for a moment (seen once in CI, with many processes
+		// entering new mount namespaces that copy it).
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := once()
+			if err == nil || time.Now().After(deadline) {
+				return err
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
 	return unmount, nil
 }
