@@ -399,8 +399,8 @@ func (s *Server) accept(l *listener) {
 			return
 		}
 		if cause := l.admit(s.limits); cause != "" {
-			_ = conn.Close()
 			s.refuse(cause)
+			_ = conn.Close()
 			continue
 		}
 		l.wg.Add(1)
@@ -456,8 +456,8 @@ func (s *Server) serveConn(l *listener, conn net.Conn) {
 			continue
 		}
 		if int(open.Load()) >= s.limits.Channels {
+			s.refuse(RefusedChannels) // counted before the peer can know
 			_ = nc.Reject(ssh.ResourceShortage, fmt.Sprintf("at most %d channels at once per connection", s.limits.Channels))
-			s.refuse(RefusedChannels)
 			continue
 		}
 		ch, chReqs, err := nc.Accept()

@@ -78,8 +78,8 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 		defer func() { <-s.transfers }()
 	default:
 		msg := fmt.Sprintf("the node runs its maximum of %d transfers; try again shortly", s.limits.Transfers)
-		fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
 		s.refuse(RefusedTransfers)
+		fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
 		emit(l, Event{Kind: Refused, Message: msg})
 		return 1
 	}
