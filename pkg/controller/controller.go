@@ -98,9 +98,10 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		LeaderElection:          cfg.LeaderElect,
 		LeaderElectionID:        "controller.ferrysync.io",
 		LeaderElectionNamespace: cfg.Namespace,
-		// Assignments only in Ferry's namespace; Secrets and Pods are
-		// never cached (read by name or listed per namespace when
-		// needed), so the controller holds no cluster's worth of them.
+		// Assignments only in Ferry's namespace; Secrets never cached
+		// (read by name); Pods cached trimmed (assign.TrimPod) and read
+		// only through the cache's claim index, never the client, so no
+		// read mistakes a trimmed pod for a whole one.
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&agentv1alpha1.MountAssignment{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
 			// Pods trimmed to name, node, phase and claims: a pod that
@@ -121,7 +122,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err := (&destination.Reconciler{Shell: shell, Assignments: assignments, Pods: mgr.GetCache()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationDestination reconciler: %w", err)
 	}
-	if err := (&source.Reconciler{Shell: shell, Assignments: assignments, CopyTriggerTimeout: cfg.CopyTriggerTimeout}).SetupWithManager(mgr); err != nil {
+	if err := (&source.Reconciler{Shell: shell, Assignments: assignments, Pods: mgr.GetCache(), CopyTriggerTimeout: cfg.CopyTriggerTimeout}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationSource reconciler: %w", err)
 	}
 	if err := (&populator.Reconciler{Client: mgr.GetClient(), Events: shell.Events}).SetupWithManager(mgr); err != nil {

@@ -56,16 +56,31 @@ func TrimPod(obj any) (any, error) {
 
 // PodsUsing lists the pods in ns that use claim and have not ended, from
 // the cache (c must have ClaimIndex).
-func PodsUsing(ctx context.Context, c client.Reader, ns, claim string) ([]string, error) {
+func PodsUsing(ctx context.Context, c client.Reader, ns, claim string) ([]corev1.Pod, error) {
 	pods := &corev1.PodList{}
 	if err := c.List(ctx, pods, client.InNamespace(ns), client.MatchingFields{ClaimIndex: claim}); err != nil {
 		return nil, fmt.Errorf("list pods using claim %s: %w", claim, err)
 	}
-	var out []string
+	var out []corev1.Pod
 	for _, p := range pods.Items {
 		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-			out = append(out, p.Name)
+			out = append(out, p)
 		}
 	}
 	return out, nil
+}
+
+// UsedOn is the node where a running pod uses the claim ("" for none),
+// from the cache (c must have ClaimIndex).
+func UsedOn(ctx context.Context, c client.Reader, ns, claim string) (string, error) {
+	pods, err := PodsUsing(ctx, c, ns, claim)
+	if err != nil {
+		return "", err
+	}
+	for _, p := range pods {
+		if p.Spec.NodeName != "" && p.Status.Phase == corev1.PodRunning {
+			return p.Spec.NodeName, nil
+		}
+	}
+	return "", nil
 }

@@ -150,7 +150,7 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 			return w.r.Poll, err
 		}
 		w.waiting = fmt.Sprintf("claim %s is in use by pod %s: Ferry let go of it, and syncs wait until the pod is gone",
-			claimName(rd), strings.Join(users, ", "))
+			claimName(rd), strings.Join(podNames(users), ", "))
 	default:
 		if err := w.assign(ctx, pv); err != nil {
 			return 0, err
@@ -266,4 +266,12 @@ func (w *work) finalize(ctx context.Context) (bool, error) {
 	}
 	w.metrics().Forget()
 	return true, keys.Delete(ctx, w.r.Client, w.r.Assignments.Namespace, w.owner.KeysName())
+}
+
+func podNames(pods []corev1.Pod) []string {
+	out := make([]string, len(pods))
+	for i := range pods {
+		out[i] = pods[i].Name
+	}
+	return out
 }

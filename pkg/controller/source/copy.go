@@ -249,7 +249,7 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 	}
 	podNode := ""
 	if spec.CopyMethod.IsDirect() {
-		if podNode, err = usedOn(ctx, c, rs.Namespace, pvc.Name); err != nil {
+		if podNode, err = assign.UsedOn(ctx, w.r.Pods, rs.Namespace, pvc.Name); err != nil {
 			return "", err
 		}
 	}
@@ -286,25 +286,6 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 	w.ma = ma
 	w.r.Events.Eventf(rs, nil, corev1.EventTypeNormal, EventTransferStarted, "Transfer",
 		"node %s sends %s to %s:%d", node, pvc.Name, role.Address, role.Port)
-	return "", nil
-}
-
-// usedOn is the node where a running pod mounts the claim ("" for none).
-func usedOn(ctx context.Context, c client.Reader, ns, claim string) (string, error) {
-	pods := &corev1.PodList{}
-	if err := c.List(ctx, pods, client.InNamespace(ns)); err != nil {
-		return "", fmt.Errorf("list pods: %w", err)
-	}
-	for _, p := range pods.Items {
-		if p.Spec.NodeName == "" || p.Status.Phase != corev1.PodRunning {
-			continue
-		}
-		for _, v := range p.Spec.Volumes {
-			if v.PersistentVolumeClaim != nil && v.PersistentVolumeClaim.ClaimName == claim {
-				return p.Spec.NodeName, nil
-			}
-		}
-	}
 	return "", nil
 }
 

@@ -33,6 +33,9 @@ type Reconciler struct {
 	// Assignments reads (uncached) and writes the CRs' assignments, in
 	// Ferry's namespace, where their key copies go too.
 	Assignments assign.Store
+	// Pods reads the cache of trimmed pods, indexed by claim
+	// (assign.ClaimIndex): a Direct copy goes where its pod runs.
+	Pods client.Reader
 	// CopyTriggerTimeout is how long a sync waits for its claim's copy
 	// trigger before it says it is late (it waits on).
 	CopyTriggerTimeout time.Duration
@@ -145,7 +148,7 @@ func (w *work) release(ctx context.Context) (bool, error) {
 	if w.rs.Spec.Rsync != nil && w.rs.Spec.Rsync.CopyMethod.IsDirect() {
 		// Detaching Ferry's attachment detaches the volume from the node,
 		// also for a pod there that uses it now: leave it to Kubernetes.
-		if node, err := usedOn(ctx, w.r.Client, w.rs.Namespace, w.copyName()); err != nil || node != "" {
+		if node, err := assign.UsedOn(ctx, w.r.Pods, w.rs.Namespace, w.copyName()); err != nil || node != "" {
 			return err == nil, err
 		}
 	}
