@@ -231,11 +231,17 @@ func (e *env) pause(ns, name string) {
 	}))
 	uid := string(e.rd(ns, name).UID)
 	testenv.Eventually(e.t, "the paused destination's volume to be released", time.Minute, func() bool {
-		for _, l := range e.leftovers(uid, "") {
-			if strings.HasPrefix(l, "assignment ") {
-				return false
-			}
-		}
-		return true
+		return !e.assigned(uid)
 	})
+}
+
+// assigned says whether Ferry holds an assignment for the CR with uid.
+func (e *env) assigned(uid string) bool {
+	e.t.Helper()
+	for _, l := range e.leftovers(uid, "") {
+		if strings.HasPrefix(l, "assignment ") {
+			return true
+		}
+	}
+	return false
 }

@@ -39,6 +39,15 @@ import (
 	"github.com/ferrysync/ferry/test/harness"
 )
 
+// app makes namespace ns, where privileged movers are allowed, with claim
+// "data" holding writeApp's generation.
+func (e *env) app(ns, generation string) {
+	e.t.Helper()
+	e.namespace(ns, privileged)
+	e.claim(ns, "data", "1Gi", nil)
+	e.onVolume(ns, "data", false, func(dir string) { writeApp(e.t, dir, generation) })
+}
+
 // pair makes, in namespace ns, a Snapshot
 // destination "rd" with generated keys and a source "rs" of copyMethod of
 // claim "data" into it, once the destination has an address; mods change
@@ -67,9 +76,7 @@ func (e *env) source(ns string, rd *volsyncv1alpha1.ReplicationDestination, meth
 // gets a new claim and sends everything again.
 func tempClaim(e *env) {
 	t, k, ctx := e.t, e.k, context.Background()
-	e.namespace("tempclaim", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
-	e.claim("tempclaim", "data", "1Gi", nil)
-	e.onVolume("tempclaim", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	e.app("tempclaim", "1")
 	want := e.tree("tempclaim", "data")
 	rd := e.destination("tempclaim", func(rd *volsyncv1alpha1.ReplicationDestination) { rd.Spec.Rsync.CleanupTempPVC = true })
 	claimUID := func() types.UID {
@@ -100,9 +107,7 @@ func tempClaim(e *env) {
 // longer opens it.
 func rotate(e *env) {
 	t, k, ctx := e.t, e.k, context.Background()
-	e.namespace("rotate", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
-	e.claim("rotate", "data", "1Gi", nil)
-	e.onVolume("rotate", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	e.app("rotate", "1")
 	// One Secret serves both sides: VolSync's fields do not overlap.
 	keyData := func() (map[string][]byte, *sshkeys.Source) {
 		d, s, err := sshkeys.Secrets()
@@ -158,9 +163,7 @@ func rotate(e *env) {
 // Completed with the value used, and the image holds the data.
 func copyTriggers(e *env) {
 	t, k, ctx := e.t, e.k, context.Background()
-	e.namespace("copytrigger", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
-	e.claim("copytrigger", "data", "1Gi", nil)
-	e.onVolume("copytrigger", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	e.app("copytrigger", "1")
 	want := e.tree("copytrigger", "data")
 	annotate := func(key, value string) {
 		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, key, value)
@@ -205,9 +208,7 @@ func copyTriggers(e *env) {
 // claim is filled from it, bound, and no prime claim is left.
 func populate(e *env) {
 	t, k, ctx := e.t, e.k, context.Background()
-	e.namespace("populate", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
-	e.claim("populate", "data", "1Gi", nil)
-	e.onVolume("populate", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	e.app("populate", "1")
 	want := e.tree("populate", "data")
 	rd := e.destination("populate")
 	restore := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "populate", Name: "restored"},
@@ -247,23 +248,14 @@ func populate(e *env) {
 // pod is gone Ferry serves the claim again and the next sync succeeds.
 func twoWriters(e *env) {
 	t, k, ctx := e.t, e.k, context.Background()
-	e.namespace("writers", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
-	e.claim("writers", "data", "1Gi", nil)
-	e.onVolume("writers", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	e.app("writers", "1")
 	e.claim("writers", "replica", "1Gi", nil)
 	rd := e.destination("writers", func(rd *volsyncv1alpha1.ReplicationDestination) {
 		rd.Spec.Rsync.CopyMethod, rd.Spec.Rsync.DestinationPVC = volsyncv1alpha1.CopyMethodDirect, ptr.To("replica")
 	})
 	e.source("writers", rd, volsyncv1alpha1.CopyMethodDirect, &volsyncv1alpha1.TriggerSpec{Manual: "1"})
 	e.synced("writers", "rs", "1")
-	assignment := func() bool {
-		for _, l := range e.leftovers(string(rd.UID), "") {
-			if strings.HasPrefix(l, "assignment ") {
-				return true
-			}
-		}
-		return false
-	}
+	assignment := func() bool { return e.assigned(string(rd.UID)) }
 	require.True(t, assignment(), "Ferry serves the claim")
 
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "writers", Name: "inspect"},
@@ -286,9 +278,7 @@ func twoWriters(e *env) {
 // raised, the next sync succeeds.
 func limited(e *env) {
 	t, k, ctx := e.t, e.k, context.Background()
-	e.namespace("limited", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
-	e.claim("limited", "data", "1Gi", nil)
-	e.onVolume("limited", "data", false, func(dir string) { writeApp(t, dir, "1") })
+	e.app("limited", "1")
 	memory := func(q string) func(*volsyncv1alpha1.ReplicationSource) {
 		return func(rs *volsyncv1alpha1.ReplicationSource) {
 			rs.Spec.Rsync.MoverResources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(q)}}
@@ -554,9 +544,7 @@ func conditionsOf(obj client.Object) []metav1.Condition {
 // made after the one before, and no interval is missed.
 func schedule(e *env) {
 	t, ctx := e.t, context.Background()
-	e.namespace("sched", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
-	e.claim("sched", "data", "1Gi", nil)
-	e.onVolume("sched", "data", false, func(dir string) { writeApp(t, dir, "0") })
+	e.app("sched", "0")
 	e.pair("sched", volsyncv1alpha1.CopyMethodSnapshot, &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("*/1 * * * *")})
 	rs := e.rs("sched", "rs")
 	testenv.Eventually(t, "nextSyncTime", time.Minute, func() bool {

@@ -21,6 +21,9 @@ func TestScriptsAreShellcheckClean(t *testing.T) {
 	hack, err := filepath.Glob("../../hack/*.sh")
 	require.NoError(t, err)
 	require.NotEmpty(t, scripts)
+	if _, err := exec.LookPath("shellcheck"); err != nil {
+		t.Fatal("shellcheck is missing: make test installs it (hack/install-deps.sh), or apt-get install shellcheck")
+	}
 	args := append([]string{"-x", "-P", "SCRIPTDIR", "--severity=info"}, append(scripts, hack...)...)
 	out, err := exec.Command("shellcheck", args...).CombinedOutput()
 	require.NoError(t, err, "shellcheck:\n%s", out)

@@ -67,10 +67,11 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 		// so to rsync, while the client's -o, -g and -D keep framing the
 		// file list (turning those off on one side only would desync it).
 		r.Options = append(r.Options, "--no-super")
-		spec.RunAs = &DefaultRunAs
+		runAs := DefaultRunAs
 		if l.dest.RunAs != nil {
-			spec.RunAs = l.dest.RunAs
+			runAs = *l.dest.RunAs
 		}
+		spec.RunAs = &runAs
 	}
 	spec.Args = r.Args()
 	select {
