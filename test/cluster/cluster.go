@@ -103,7 +103,7 @@ type process struct {
 }
 
 // Start starts a cluster; Stop it when done.
-func Start(ctx context.Context, o Options) (c *Cluster, err error) {
+func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if len(o.Nodes) == 0 {
 		o.Nodes = []string{"node-a", "node-b"}
 	}
@@ -132,9 +132,10 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		return nil, err
 	}
 	dctx, cancel := context.WithCancel(context.Background())
-	c = &Cluster{Env: env, Dir: dir, ServiceCIDR: o.ServiceCIDR, LoadBalancerCIDR: o.LoadBalancerCIDR, log: o.Log, cancel: cancel, drivers: make(chan error, 16)}
+	c := &Cluster{Env: env, Dir: dir, ServiceCIDR: o.ServiceCIDR, LoadBalancerCIDR: o.LoadBalancerCIDR, log: o.Log, cancel: cancel, drivers: make(chan error, 16)}
 	defer func() {
 		if err != nil {
+			// What Start did so far; the error that stopped it is the news.
 			_ = c.Stop()
 		}
 	}()

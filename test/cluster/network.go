@@ -59,8 +59,7 @@ func (n *Network) addNode(node string) (NodeNet, error) {
 	nn := NodeNet{Namespace: n.name + "-" + node, IP: fmt.Sprintf("%s.%d", n.prefix, n.next)}
 	veth := fmt.Sprintf("fv-%s-%d", n.name, n.next)
 	n.next++
-	_ = ip("netns", "del", nn.Namespace) // left over by a killed run
-	if err := ip("netns", "add", nn.Namespace); err != nil {
+	if err := addNamespace(nn.Namespace); err != nil {
 		return nn, err
 	}
 	n.nodes = append(n.nodes, nn.Namespace)
@@ -70,9 +69,31 @@ func (n *Network) addNode(node string) (NodeNet, error) {
 		ip("-n", nn.Namespace, "addr", "add", nn.IP+"/24", "dev", "eth0"),
 		ip("-n", nn.Namespace, "link", "set", "eth0", "up"),
 		ip("-n", nn.Namespace, "link", "set", "lo", "up"),
-		run("ip", "netns", "exec", nn.Namespace, "sysctl", "-qw", "net.ipv4.ip_forward=1"),
+		InNamespace(nn.Namespace, func() error {
+			// Per namespace: /proc/sys/net is the opening thread's network's.
+			return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0)
+		}),
 	)
 	return nn, err
+}
+
+// addNamespace creates a named network namespace, replacing one a killed
+// run left behind. Test binaries run in parallel, and the first `ip netns
+// add` on a machine turns /run/netns into a shared mount: two doing that at
+// once stack two mounts there, and a namespace pinned under the lower one
+// is then an empty file to everyone else. A lock across processes makes
+// that first time happen once.
+func addNamespace(name string) error {
+	lock, err := os.OpenFile("/run/ferry-netns.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("netns lock: %w", err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("netns lock: %w", err)
+	}
+	_ = ip("netns", "del", name)
+	return ip("netns", "add", name)
 }
 
 // Close deletes the namespaces (their veths and nftables rules go with

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -36,13 +34,13 @@ func copyImage(img, dst string) error {
 // freeze freezes every filesystem mounted from a loop device backed by img
 // and returns the function that thaws them.
 func freeze(img string) (func() error, error) {
-	out, err := exec.Command("losetup", "-j", img, "-O", "NAME", "-n").Output()
+	devs, err := devicesOf(img)
 	if err != nil {
-		return nil, fmt.Errorf("find loop devices of %s: %w", img, err)
+		return nil, err
 	}
 	devices := map[string]bool{}
-	for _, d := range strings.Fields(string(out)) {
-		devices[d] = true
+	for _, d := range devs {
+		devices[d.Path] = true
 	}
 	var frozen []*os.File
 	thaw := func() error {

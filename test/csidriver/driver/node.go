@@ -2,9 +2,7 @@ package driver
 
 import (
 	"context"
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -53,7 +51,16 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 	if err := os.MkdirAll(staging, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
-	dev, err := d.loopDevice(id, true)
+	if req.GetVolumeCapability().GetBlock() == nil {
+		if mounted, err := mountinfo.Mounted(staging); err != nil {
+			return nil, status.Errorf(codes.Internal, "inspect staging path: %v", err)
+		} else if mounted {
+			return &csi.NodeStageVolumeResponse{}, nil
+		}
+	}
+	loops.Lock()
+	defer loops.Unlock()
+	dev, err := attach(d.imagePath(id))
 	if err != nil {
 		return nil, err
 	}
@@ -63,28 +70,15 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
-	if mounted, err := mountinfo.Mounted(staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "inspect staging path: %v", err)
-	} else if mounted {
-		return &csi.NodeStageVolumeResponse{}, nil
-	}
 	opts := strings.Join(req.GetVolumeCapability().GetMount().GetMountFlags(), ",")
-	err = unix.Mount(dev, staging, "ext4", 0, opts)
-	if errors.Is(err, unix.EIO) || errors.Is(err, unix.EUCLEAN) {
-		// A loop device attached right after another image let go of it
-		// can, under many parallel test packages, still serve that image's
-		// blocks from its buffer cache (mount then fails with EIO once in
-		// a long while): drop them and try once more.
-		_ = run("blockdev", "--flushbufs", dev)
-		err = unix.Mount(dev, staging, "ext4", 0, opts)
-	}
-	if err != nil {
+	if err := unix.Mount(dev, staging, "ext4", 0, opts); err != nil {
 		return nil, status.Errorf(codes.Internal, "mount %s at %s: %v", dev, staging, err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-// NodeUnstageVolume unmounts the staging path and frees the loop device.
+// NodeUnstageVolume unmounts the staging path and frees the loop device
+// unless another node's staging still mounts it.
 // Unstaging what is not staged succeeds.
 func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
@@ -95,14 +89,10 @@ func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolume
 		return nil, err
 	}
 	_ = os.Remove(filepath.Join(staging, "device"))
-	dev, err := d.loopDevice(id, false)
-	if err != nil {
+	loops.Lock()
+	defer loops.Unlock()
+	if err := detachUnused(d.imagePath(id)); err != nil {
 		return nil, err
-	}
-	if dev != "" {
-		if err := run("losetup", "-d", dev); err != nil {
-			return nil, status.Errorf(codes.Internal, "detach %s: %v", dev, err)
-		}
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
@@ -193,25 +183,6 @@ func (d *Driver) requireVolume(id string) error {
 		}
 		return nil
 	})
-}
-
-// loopDevice finds the loop device backing the volume's image, attaching
-// one when attach is set. It returns "" when none is attached and attach is
-// not set.
-func (d *Driver) loopDevice(id string, attach bool) (string, error) {
-	img := d.imagePath(id)
-	out, err := exec.Command("losetup", "-j", img, "-O", "NAME", "-n").Output()
-	if err != nil {
-		return "", status.Errorf(codes.Internal, "find loop device of %s: %v", img, err)
-	}
-	if dev := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0]); dev != "" || !attach {
-		return dev, nil
-	}
-	out, err = exec.Command("losetup", "--find", "--show", img).Output()
-	if err != nil {
-		return "", status.Errorf(codes.Internal, "attach %s to a loop device: %v", img, err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 func unmountIfMounted(path string) error {
