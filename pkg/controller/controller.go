@@ -7,15 +7,15 @@
 package controller
 
 import (
-	"github.com/ferrysync/ferry/pkg/api/scheme"
-
 	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/go-logr/logr"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -25,11 +25,13 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/api/scheme"
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/destination"
 	"github.com/ferrysync/ferry/pkg/controller/populator"
 	"github.com/ferrysync/ferry/pkg/controller/source"
+	"github.com/ferrysync/ferry/pkg/controller/takeover"
 )
 
 // The controller's permissions (make manifests writes them to
@@ -48,6 +50,7 @@ import (
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=list;watch
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups="",resources=nodes;namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=storage.k8s.io,resources=csinodes;csidrivers;storageclasses,verbs=get;list;watch
 // +kubebuilder:rbac:groups=storage.k8s.io,resources=volumeattachments,verbs=get;list;watch;create;delete
@@ -107,6 +110,9 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 			// Pods trimmed to name, node, phase and claims: a pod that
 			// starts using a destination's claim makes Ferry let go of it.
 			&corev1.Pod{}: {Transform: assign.TrimPod},
+			// Jobs: only VolSync's, whose movers Ferry waits out and
+			// removes when it takes over (package takeover).
+			&batchv1.Job{}: {Label: labels.SelectorFromSet(labels.Set{takeover.CreatedByLabel: takeover.CreatedByVolSync})},
 		}},
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.Pod{}}}},
 	})

@@ -35,6 +35,9 @@ func TestController(t *testing.T) {
 	t.Run("per-sync overhead", func(t *testing.T) {
 		overhead(e.with(t))
 	})
+	t.Run("Ferry takes over a pair VolSync left mid-sync: same keys, claim and address; the next sync sends the change", func(t *testing.T) {
+		takeoverVolSync(e.with(t))
+	})
 	t.Run("a one-minute schedule keeps the replica current over three intervals", func(t *testing.T) {
 		t.Parallel()
 		schedule(e.with(t))

@@ -181,8 +181,11 @@ func copyTriggers(e *env) {
 		a := claimAnnotations()
 		return a[source.LatestCopyStatusAnnotation] == source.CopyStatusWaitingForTrigger && a[source.LatestCopyWaitingSinceAnnotation] != ""
 	})
-	assert.Contains(t, condition(&e.rs("copytrigger", "rs").Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Message,
-		source.CopyTriggerAnnotation)
+	// The status is written after the claim's annotations.
+	testenv.Eventually(t, "the condition to name the copy trigger", 30*time.Second, func() bool {
+		return strings.Contains(condition(&e.rs("copytrigger", "rs").Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Message,
+			source.CopyTriggerAnnotation)
+	})
 	testenv.Eventually(t, "the sync to say it is late (the tests' timeout: 3 s)", time.Minute, func() bool {
 		st := e.rs("copytrigger", "rs").Status.LatestMoverStatus
 		return st != nil && strings.Contains(st.Logs, "timed out waiting for the copy trigger")

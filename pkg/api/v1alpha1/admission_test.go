@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/internal/testenv/apiserver"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 )
 
 var env *apiserver.Env
@@ -252,4 +253,43 @@ func source(name, trigger, rsync string) string {
 func destination(name, rsync string) string {
 	return "apiVersion: volsync.backube/v1alpha1\nkind: ReplicationDestination\nmetadata: {name: " + name +
 		", namespace: admission}\nspec:\n  rsync:\n    " + rsync + "\n"
+}
+
+// TestVolSyncStatusOfOtherMoversSurvives: Ferry's CRDs replace VolSync's,
+// while VolSync may still serve restic or rclone CRs beside Ferry. What
+// VolSync writes in their status stays (no pruning), and a status Ferry
+// writes through its own types keeps it too.
+func TestVolSyncStatusOfOtherMoversSurvives(t *testing.T) {
+	apiserver.Need(t, env)
+	ctx, k := context.Background(), env.Client
+	require.NoError(t, apply(t, `apiVersion: volsync.backube/v1alpha1
+kind: ReplicationSource
+metadata: {name: restic-status, namespace: admission}
+spec:
+  sourcePVC: data
+  restic: {repository: restic-config, pruneIntervalDays: 7}`))
+	u := &unstructured.Unstructured{}
+	u.SetAPIVersion("volsync.backube/v1alpha1")
+	u.SetKind("ReplicationSource")
+	require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: "admission", Name: "restic-status"}, u))
+	status := map[string]any{
+		"restic":    map[string]any{"lastPruned": "2026-11-01T00:00:00Z", "lastUnlocked": "x"},
+		"rsyncTLS":  map[string]any{"address": "10.0.0.9", "keySecret": "tls-keys"},
+		"syncthing": map[string]any{"ID": "ABC", "peers": []any{map[string]any{"ID": "DEF", "connected": true}}},
+		"external":  map[string]any{"provider": "p"},
+	}
+	u.Object["status"] = status
+	require.NoError(t, k.Status().Update(ctx, u))
+
+	rs := &volsyncv1alpha1.ReplicationSource{}
+	require.NoError(t, k.Get(ctx, client.ObjectKeyFromObject(u), rs))
+	rs.Status.LastManualSync = "by-ferry"
+	require.NoError(t, k.Status().Update(ctx, rs))
+
+	require.NoError(t, k.Get(ctx, client.ObjectKeyFromObject(u), u))
+	got := u.Object["status"].(map[string]any)
+	for field, want := range status {
+		assert.Equal(t, want, got[field], field)
+	}
+	assert.Equal(t, "by-ferry", got["lastManualSync"])
 }

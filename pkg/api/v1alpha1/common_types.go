@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -142,6 +143,42 @@ type MoverStatus struct {
 	// logs are rsync's summary lines of the latest transfer (or its error).
 	// +optional
 	Logs string `json:"logs,omitempty"`
+}
+
+// OtherMoversStatus keeps what VolSync's other movers write in a CR's
+// status. Ferry's CRDs replace VolSync's and must be a superset of them: a
+// VolSync that still serves restic or rclone CRs beside Ferry would
+// otherwise see the apiserver prune its status fields. Ferry never reads
+// or writes them.
+type OtherMoversStatus struct {
+	// rsyncTLS is VolSync's rsync-over-TLS mover's status.
+	// +kubebuilder:validation:Type=object
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +optional
+	RsyncTLS *apiextensionsv1.JSON `json:"rsyncTLS,omitempty"`
+	// rclone is VolSync's rclone mover's status.
+	// +kubebuilder:validation:Type=object
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +optional
+	Rclone *apiextensionsv1.JSON `json:"rclone,omitempty"`
+	// restic is VolSync's restic mover's status.
+	// +kubebuilder:validation:Type=object
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +optional
+	Restic *apiextensionsv1.JSON `json:"restic,omitempty"`
+	// syncthing is VolSync's syncthing mover's status.
+	// +kubebuilder:validation:Type=object
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +optional
+	Syncthing *apiextensionsv1.JSON `json:"syncthing,omitempty"`
+	// kopia is VolSync's kopia mover's status.
+	// +kubebuilder:validation:Type=object
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +optional
+	Kopia *apiextensionsv1.JSON `json:"kopia,omitempty"`
+	// external is an external provider's status.
+	// +optional
+	External map[string]string `json:"external,omitempty"`
 }
 
 // SyncStatus is the part of the status both kinds share: when syncs ran and

@@ -173,6 +173,8 @@ type ReplicationDestinationStatus struct {
 	// rsync is what a source needs to connect.
 	// +optional
 	Rsync *ReplicationDestinationRsyncStatus `json:"rsync,omitempty"`
+	// What VolSync's other movers write, kept as it is.
+	OtherMoversStatus `json:",inline"`
 }
 
 // ReplicationDestination receives replicated data into a volume, keeping a

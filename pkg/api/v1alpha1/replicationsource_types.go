@@ -147,6 +147,8 @@ type ReplicationSourceStatus struct {
 	// rsync is the rsync mover's status.
 	// +optional
 	Rsync *ReplicationSourceRsyncStatus `json:"rsync,omitempty"`
+	// What VolSync's other movers write, kept as it is.
+	OtherMoversStatus `json:",inline"`
 }
 
 // ReplicationSource replicates a PersistentVolumeClaim to a

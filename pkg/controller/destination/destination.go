@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/utils/ptr"
@@ -30,6 +31,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/controller/keys"
 	"github.com/ferrysync/ferry/pkg/controller/metrics"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
+	"github.com/ferrysync/ferry/pkg/controller/takeover"
 	"github.com/ferrysync/ferry/pkg/controller/trigger"
 )
 
@@ -52,6 +54,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&discoveryv1.EndpointSlice{}).
 		Owns(snapshot.New()).
+		Owns(&batchv1.Job{}).
 		Watches(&agentv1alpha1.MountAssignment{}, assign.EnqueueOwner(assign.KindDestination)).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.destinationsOf)).
 		Complete(r)
@@ -129,9 +132,17 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	mover, err := takeover.Mover(ctx, c, w.r.Events, rd, takeover.Destination)
+	if err != nil {
+		return 0, err
+	}
 	switch {
 	case pv == nil:
 		// Not bound yet: the cycle reports w.waiting.
+	case mover != "":
+		// Taking over from VolSync mid-sync: its mover writes the volume
+		// until its Job ends.
+		w.waiting = mover
 	case dropsClaim(rd) && trigger.PhaseOf(&rd.Status.SyncStatus) == trigger.CleaningUp:
 		// The claim goes at the end of this cleanup (cleanupTempPVC):
 		// nothing is assigned on it again.

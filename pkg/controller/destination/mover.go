@@ -132,7 +132,7 @@ func (w *work) Cleanup(ctx context.Context, succeeded bool) (bool, error) {
 		w.r.Events.Eventf(rd, nil, corev1.EventTypeNormal, EventSnapshotCreated, "Snapshot", "VolumeSnapshot %s holds the data of the sync", name)
 		return false, nil // written first; the old image goes next pass
 	}
-	old, err := snapshot.List(ctx, c, rd.Namespace, labels)
+	old, err := snapshot.Owned(ctx, c, rd.Namespace, rd.UID)
 	if err != nil {
 		return false, err
 	}

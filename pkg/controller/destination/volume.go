@@ -21,6 +21,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/keys"
+	"github.com/ferrysync/ferry/pkg/controller/takeover"
 )
 
 // managedBy marks the EndpointSlices this controller keeps, as the
@@ -39,9 +40,10 @@ func claimName(rd *volsyncv1alpha1.ReplicationDestination) string {
 	return "volsync-" + rd.Name + "-dst"
 }
 
-// serviceName is the Service sources connect to, named as VolSync names it.
+// serviceName is the Service sources connect to, named as VolSync names it
+// (so that Ferry takes over VolSync's, with its address).
 func serviceName(rd *volsyncv1alpha1.ReplicationDestination) string {
-	return "volsync-rsync-dst-" + rd.Name
+	return takeover.ShortName("volsync-rsync-dst-", rd.Name)
 }
 
 // volume finds or provisions the destination claim and returns its PV once

@@ -10,8 +10,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -123,6 +125,24 @@ func List(ctx context.Context, c client.Reader, namespace string, labels map[str
 		return nil, fmt.Errorf("list VolumeSnapshots: %w", err)
 	}
 	return l.Items, nil
+}
+
+// Owned lists the snapshots in namespace whose controller is the object
+// with uid: Ferry's images of a destination and those VolSync left for it
+// (VolSync owns its images the same way), so that a taken-over
+// destination's old image goes when Ferry's first replaces it.
+func Owned(ctx context.Context, c client.Reader, namespace string, uid types.UID) ([]unstructured.Unstructured, error) {
+	all, err := List(ctx, c, namespace, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out []unstructured.Unstructured
+	for _, s := range all {
+		if ref := metav1.GetControllerOf(&s); ref != nil && ref.UID == uid {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 // Ref is a PVC dataSource / latestImage reference to a snapshot.

@@ -50,6 +50,9 @@ func (w *work) Start(context.Context) error { return nil }
 // Synchronize makes the copy, places it, writes the assignment and reads
 // the transfer's progress and result from it.
 func (w *work) Synchronize(ctx context.Context) (cycle.Result, error) {
+	if w.ma == nil && w.mover != "" {
+		return cycle.Result{Waiting: w.mover}, nil // VolSync's last sync is still on the wire
+	}
 	if w.ma == nil {
 		pvc, waiting, err := w.pointInTime(ctx)
 		if err != nil || waiting != "" {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -25,6 +26,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/controller/keys"
 	"github.com/ferrysync/ferry/pkg/controller/metrics"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
+	"github.com/ferrysync/ferry/pkg/controller/takeover"
 )
 
 // Reconciler reconciles ReplicationSources.
@@ -47,6 +49,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&volsyncv1alpha1.ReplicationSource{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&corev1.PersistentVolumeClaim{}).
 		Owns(snapshot.New()).
+		Owns(&batchv1.Job{}).
 		Watches(&agentv1alpha1.MountAssignment{}, assign.EnqueueOwner(assign.KindSource)).
 		Complete(r)
 }
@@ -64,6 +67,9 @@ type work struct {
 	rs    *volsyncv1alpha1.ReplicationSource
 	owner assign.Owner
 	ma    *agentv1alpha1.MountAssignment
+	// mover is what VolSync's mover Job, left running, makes the sync
+	// wait for ("" when there is none).
+	mover string
 }
 
 func (w *work) metrics() metrics.Object {
@@ -100,6 +106,9 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 		return 0, fmt.Errorf("get source claim: %w", err)
 	}
 	if w.ma, err = w.r.Assignments.Get(ctx, w.owner); err != nil {
+		return 0, err
+	}
+	if w.mover, err = takeover.Mover(ctx, c, w.r.Events, rs, takeover.Source); err != nil {
 		return 0, err
 	}
 	return cycle.Step(ctx, w.cr(), w, w.r.Options)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -241,4 +242,48 @@ func TestTransferLimits(t *testing.T) {
 	n, err := strconv.Atoi(strings.TrimSpace(out[strings.LastIndex(out, "started ")+len("started "):]))
 	require.NoError(t, err, out)
 	assert.Less(t, n, 16, "processes started under a pids limit of 16")
+}
+
+// TestUnprivilegedReceiverTakesOverAForeignTree: a volume another writer
+// left (VolSync's mover ran as root and kept the source's owners: a
+// root-only directory, a setuid root file, a file of uid 1234, and a
+// symlink to a host file) is given whole to the receiver's user, who then
+// replaces and deletes there; the setuid bit is gone, and the host file
+// the link names keeps its owner.
+func TestUnprivilegedReceiverTakesOverAForeignTree(t *testing.T) {
+	testenv.NeedRoot(t)
+	vol := volume(t)
+	host := filepath.Join(t.TempDir(), "host-file")
+	require.NoError(t, os.WriteFile(host, []byte("host"), 0o600))
+	dst := filepath.Join(vol, "dst")
+	require.NoError(t, os.MkdirAll(filepath.Join(dst, "private"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(dst, "private", "old"), []byte("old"), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dst, "f"), []byte("stale"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dst, "suid"), []byte("x"), 0o755))
+	require.NoError(t, os.Chmod(filepath.Join(dst, "suid"), 0o4755))
+	require.NoError(t, os.WriteFile(filepath.Join(dst, "theirs"), []byte("t"), 0o644))
+	require.NoError(t, os.Lchown(filepath.Join(dst, "theirs"), 1234, 1234))
+	require.NoError(t, os.Symlink(host, filepath.Join(dst, "link")))
+	require.NoError(t, os.Chmod(dst, 0o755))
+
+	id := &confine.Identity{UID: 4000, GID: 4001}
+	_, err := run(t, confine.Spec{Volume: vol, RunAs: id, Args: []string{"-rt", "--delete", "src/", "dst/"}})
+	require.NoError(t, err)
+
+	got, err := os.ReadFile(filepath.Join(dst, "f"))
+	require.NoError(t, err)
+	assert.Equal(t, "data", string(got), "a file of root's replaced")
+	_, err = os.Lstat(filepath.Join(dst, "private"))
+	assert.True(t, os.IsNotExist(err), "a root-only directory deleted")
+	require.NoError(t, filepath.WalkDir(vol, func(p string, _ fs.DirEntry, err error) error {
+		require.NoError(t, err)
+		var st unix.Stat_t
+		require.NoError(t, unix.Lstat(p, &st))
+		assert.Equal(t, [2]uint32{4000, 4001}, [2]uint32{st.Uid, st.Gid}, p)
+		assert.Zero(t, st.Mode&(unix.S_ISUID|unix.S_ISGID), p)
+		return nil
+	}))
+	var st unix.Stat_t
+	require.NoError(t, unix.Stat(host, &st))
+	assert.Equal(t, [2]uint32{0, 0}, [2]uint32{st.Uid, st.Gid}, "the host file a link named")
 }

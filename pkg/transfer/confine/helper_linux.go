@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -112,7 +113,7 @@ func enter(spec *Spec) error {
 		return err
 	}
 	if spec.RunAs != nil {
-		if err := giveRoot(spec.RunAs); err != nil {
+		if err := giveVolume(spec.RunAs); err != nil {
 			return err
 		}
 	}
@@ -125,27 +126,50 @@ func enter(spec *Spec) error {
 	return loadSeccomp()
 }
 
-// giveRoot hands a volume root that root owns (as a provisioner leaves it)
-// to the user an unprivileged receiver runs as, so it can write there, and
-// the root's lost+found (as mkfs leaves it: root's, 0700), which a source
-// on the same kind of filesystem sends.
-func giveRoot(id *Identity) error {
-	for _, dir := range []string{DataDir, DataDir + "/lost+found"} {
-		var st unix.Stat_t
-		if err := unix.Lstat(dir, &st); err != nil {
-			if errors.Is(err, unix.ENOENT) && dir != DataDir {
-				continue
+// giveVolume hands the volume to the ordinary user an unprivileged receiver
+// runs as, so that rsync can write, replace and delete there. A root the
+// user owns was written by Ferry's receivers before (they cannot give it
+// away): only the root's lost+found, as mkfs leaves it (root's, 0700),
+// which a source on the same kind of filesystem sends, may need handing
+// over. Any other root was made by someone else: a provisioner (root's,
+// empty), VolSync's mover before Ferry took over, or a receiver that ran
+// as another user (moverSecurityContext changed). Then every entry is
+// given to the user. This runs inside the confinement, where nothing but
+// the volume exists, and lchown changes a link, never what it names; the
+// kernel clears setuid and setgid bits of what it gives away.
+func giveVolume(id *Identity) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(DataDir, &st); err != nil {
+		return fmt.Errorf("inspect %s: %w", DataDir, err)
+	}
+	if int64(st.Uid) != id.UID || int64(st.Gid) != id.GID {
+		return filepath.WalkDir(DataDir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return fmt.Errorf("give the volume to uid %d: %w", id.UID, err)
 			}
-			return fmt.Errorf("inspect %s: %w", dir, err)
+			return give(path, id)
+		})
+	}
+	if err := give(DataDir+"/lost+found", id); err != nil && !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	return nil
+}
+
+// give makes path id's, and a directory open to its owner.
+func give(path string, id *Identity) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return fmt.Errorf("inspect %s: %w", path, err)
+	}
+	if int64(st.Uid) != id.UID || int64(st.Gid) != id.GID {
+		if err := unix.Lchown(path, int(id.UID), int(id.GID)); err != nil {
+			return fmt.Errorf("give %s to uid %d: %w", path, id.UID, err)
 		}
-		if st.Uid != 0 || st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			continue
-		}
-		if err := unix.Lchown(dir, int(id.UID), int(id.GID)); err != nil {
-			return fmt.Errorf("give %s to uid %d: %w", dir, id.UID, err)
-		}
-		if err := unix.Chmod(dir, st.Mode&0o7777|0o700); err != nil {
-			return fmt.Errorf("open %s to its owner: %w", dir, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Mode&0o700 != 0o700 {
+		if err := unix.Chmod(path, st.Mode&0o7777|0o700); err != nil {
+			return fmt.Errorf("open %s to its owner: %w", path, err)
 		}
 	}
 	return nil
