@@ -88,7 +88,7 @@ func takeoverVolSync(e *env) {
 	testenv.Eventually(t, "Ferry to remove VolSync's finished mover Job", time.Minute, func() bool { return gone(k, job) })
 	assert.NotEmpty(t, e.events(rd, takeover.EventMoverJobRemoved), "an event says the Job went")
 
-	rs = e.trigger(ns, "rs", "2")
+	e.trigger(ns, "rs", "2")
 	rs = e.synced(ns, "rs", "2")
 	var sent int64
 	_, err := fmt.Sscanf(rs.Status.LatestMoverStatus.Logs, "sent %d bytes", &sent)
@@ -164,7 +164,7 @@ func leftByVolSync(e *env, ns string) *volsyncv1alpha1.ReplicationDestination {
 	// The last sync's data: a clone of the source as it is now.
 	create(&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "volsync-rd-dst"},
 		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+			Resources:  corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
 			DataSource: &corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "data"}}})
 	testenv.Eventually(t, "VolSync's destination claim to be bound", time.Minute, func() bool {
 		pvc := &corev1.PersistentVolumeClaim{}
@@ -202,7 +202,7 @@ func leftByVolSync(e *env, ns string) *volsyncv1alpha1.ReplicationDestination {
 	start := metav1.NewTime(time.Now().Add(-time.Hour))
 	rd.Status = volsyncv1alpha1.ReplicationDestinationStatus{SyncStatus: volsyncv1alpha1.SyncStatus{
 		LastSyncTime: ptr.To(metav1.NewTime(start.Add(-time.Minute))), LastSyncStartTime: &start,
-		LastSyncDuration: &metav1.Duration{Duration: 40 * time.Second},
+		LastSyncDuration:  &metav1.Duration{Duration: 40 * time.Second},
 		LatestMoverStatus: &volsyncv1alpha1.MoverStatus{Result: volsyncv1alpha1.MoverResultSuccessful},
 		Conditions: []metav1.Condition{{Type: volsyncv1alpha1.ConditionSynchronizing, Status: metav1.ConditionTrue,
 			Reason: volsyncv1alpha1.SynchronizingReasonSync, Message: "Synchronization in-progress", LastTransitionTime: start}}},
