@@ -12,26 +12,33 @@ import (
 
 	"github.com/ferrysync/ferry/internal/fstree"
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/compression"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 
 // TestFerrySourceToVolSyncDestination pushes with Ferry's client to a stock
-// sshd + rrsync set up like VolSync's destination mover.
+// sshd + rrsync set up like VolSync's destination mover: with Ferry's
+// default compression, then, after changes, with each other choice.
 func TestFerrySourceToVolSyncDestination(t *testing.T) {
 	testenv.NeedRoot(t)
 	k := keys(t, "sshd-interop")
 	src, dst := fixture(t), t.TempDir()
 	d := volsyncDestination(t, k, dst)
 
-	res, err := push(t, k.src, d.Port, src, func(o *source.Options) { o.Compress = true })
+	res, err := push(t, k.src, d.Port, src, nil)
 	require.NoError(t, err, res.Errors)
 	requireSame(t, src, dst, rrsyncDrops(t)...)
 	assert.Equal(t, "0", d.Shutdown(), "the source ends the sync with shutdown 0")
 
 	require.NoError(t, fstree.Change(src))
-	res, err = push(t, k.src, d.Port, src, nil)
-	require.NoError(t, err, res.Errors)
-	requireSame(t, src, dst, rrsyncDrops(t)...)
+	for _, c := range []string{"lz4", "zlib:6", "none"} {
+		require.NoError(t, os.WriteFile(filepath.Join(src, "log-"+c), []byte(strings.Repeat("GET /api "+c+"\n", 10000)), 0o644))
+		compress, err := compression.Parse(c)
+		require.NoError(t, err)
+		res, err = push(t, k.src, d.Port, src, func(o *source.Options) { o.Compression = compress })
+		require.NoError(t, err, "%s: %s", c, res.Errors)
+		requireSame(t, src, dst, rrsyncDrops(t)...)
+	}
 }
 
 // rrsyncDrops lists the fixture paths a stock rrsync destination does not

@@ -88,7 +88,10 @@ func tempClaim(e *env) {
 	}
 	first := claimUID()
 	require.NotEmpty(t, first, "the destination's claim is provisioned")
-	e.source("tempclaim", rd, volsyncv1alpha1.CopyMethodClone, &volsyncv1alpha1.TriggerSpec{Manual: "1"})
+	e.source("tempclaim", rd, volsyncv1alpha1.CopyMethodClone, &volsyncv1alpha1.TriggerSpec{Manual: "1"},
+		func(rs *volsyncv1alpha1.ReplicationSource) {
+			rs.Annotations = map[string]string{volsyncv1alpha1.CompressionAnnotation: "lz4"} // a user's choice reaches the agent
+		})
 	e.synced("tempclaim", "rs", "1")
 	img := e.image("tempclaim", "rd", "")
 	testenv.Eventually(t, "a new claim for the next sync", time.Minute, func() bool {
@@ -473,6 +476,11 @@ func badInput(e *env) {
 		require.NoError(t, k.Create(ctx, rd))
 		return rd
 	}
+	annotate := func(obj client.Object, key, value string) client.Object {
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, key, value)
+		require.NoError(t, k.Patch(ctx, obj, client.RawPatch(types.MergePatchType, []byte(patch))))
+		return obj
+	}
 	cases := []struct {
 		obj  client.Object
 		want string
@@ -485,6 +493,8 @@ func badInput(e *env) {
 			"missing or empty field(s) source"},
 		{source("no-address", func(s *volsyncv1alpha1.ReplicationSourceSpec) { s.Rsync.Address = nil }),
 			"spec.rsync.address is required"},
+		{annotate(source("bad-compression", func(*volsyncv1alpha1.ReplicationSourceSpec) {}), volsyncv1alpha1.CompressionAnnotation, "gzip"),
+			`annotation ferrysync.io/compression: invalid compression "gzip": want zstd, lz4, zlib or none`},
 		{source("rclone", func(s *volsyncv1alpha1.ReplicationSourceSpec) {
 			s.Rsync, s.Rclone = nil, &apiextensionsv1.JSON{Raw: []byte(`{}`)}
 		}), "Ferry serves VolSync's rsync mover only"},

@@ -36,6 +36,12 @@ func (m CopyMethodType) IsDirect() bool {
 // VolSync's rsync mover requires it.
 const PrivilegedMoversAnnotation = "volsync.backube/privileged-movers"
 
+// CompressionAnnotation on a ReplicationSource overrides how Ferry's
+// sender compresses: zstd (at rsync's default level), zstd:LEVEL, lz4,
+// zlib, zlib:LEVEL or none; without it, zstd at level 1. An annotation, not
+// a spec field, so that the CR stays valid for VolSync, which ignores it.
+const CompressionAnnotation = "ferrysync.io/compression"
+
 // PrivilegedMovers says whether namespace ns allows privileged transfers.
 // The controller decides with it and the node agent decides again, so that
 // an assignment written by someone else cannot grant what the namespace

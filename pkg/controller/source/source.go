@@ -27,6 +27,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/controller/metrics"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
 	"github.com/ferrysync/ferry/pkg/controller/takeover"
+	"github.com/ferrysync/ferry/pkg/transfer/compression"
 )
 
 // Reconciler reconciles ReplicationSources.
@@ -88,6 +89,9 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	}
 	if spec.Address == nil || *spec.Address == "" {
 		return 0, cycle.Invalidf("spec.rsync.address is required: set it to the destination's status.rsync.address")
+	}
+	if _, err := compression.Parse(rs.Annotations[volsyncv1alpha1.CompressionAnnotation]); err != nil {
+		return 0, cycle.Invalidf("annotation %s: %v", volsyncv1alpha1.CompressionAnnotation, err)
 	}
 	if rs.Status.Rsync == nil {
 		rs.Status.Rsync = &volsyncv1alpha1.ReplicationSourceRsyncStatus{}

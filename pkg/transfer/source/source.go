@@ -50,6 +50,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
+	"github.com/ferrysync/ferry/pkg/transfer/compression"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
 	"github.com/ferrysync/ferry/pkg/transfer/rsh"
@@ -77,9 +78,9 @@ type Options struct {
 	// memory and pids limits), lowered by Limits (the CR's moverResources).
 	Cgroups *cgroup.Pool
 	Limits  cgroup.Limits
-	// Compress turns on rsync's -z (VolSync's default; it costs CPU and
-	// rarely pays on a cluster network).
-	Compress bool
+	// Compression is how rsync compresses what it sends (zero value:
+	// compression.Default; compression.None sends data as it is).
+	Compression compression.Compression
 	// Attempts is how many times rsync is tried (default 5).
 	Attempts int
 	// Backoff is the first pause between tries, doubled each time (default
@@ -176,6 +177,9 @@ func (o *Options) defaults() {
 	if o.Attempts <= 0 {
 		o.Attempts = 5
 	}
+	if o.Compression.Choice == "" {
+		o.Compression = compression.Default
+	}
 	if o.Backoff <= 0 {
 		o.Backoff = 2 * time.Second
 	}
@@ -212,10 +216,7 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	if err != nil {
 		return err
 	}
-	args := append([]string{}, rsyncFlags...)
-	if o.Compress {
-		args = append(args, "-z")
-	}
+	args := append(append([]string{}, rsyncFlags...), o.Compression.Args()...)
 	args = append(args, "-e", rshCmd, confine.DataDir+"/", o.User+"@ferry-destination:"+o.Path)
 	spec := confine.Spec{Volume: o.Volume, ReadOnly: true, Scratch: o.Scratch, Rsync: o.Rsync, Args: args,
 		Binds: []confine.Bind{{Host: exe, Path: rshBinary}, {Host: dir, Path: rshDir}}}

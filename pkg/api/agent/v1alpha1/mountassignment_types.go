@@ -104,6 +104,11 @@ type SourceRole struct {
 	// namespace allows privileged movers).
 	// +optional
 	Privileged bool `json:"privileged,omitempty"`
+	// compression is how the sender compresses: zstd, zstd:LEVEL, lz4,
+	// zlib, zlib:LEVEL or none ("": the agent's default, zstd:1).
+	// +kubebuilder:validation:Pattern=`^(none|lz4|(zstd|zlib)(:-?[0-9]+)?)$`
+	// +optional
+	Compression string `json:"compression,omitempty"`
 }
 
 // DestinationRole makes the agent publish the volume read-write and accept
