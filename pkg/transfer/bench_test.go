@@ -41,17 +41,22 @@ func TestBenchmark(t *testing.T) {
 	testenv.NeedRoot(t)
 	scale := envFloat("FERRY_BENCH_SCALE", 1)
 	runs := int(envFloat("FERRY_BENCH_RUNS", 5))
+	cases := os.Getenv("FERRY_BENCH_CASES")
+	if cases == "" {
+		cases = "ABCDEFGR"
+	}
+	picked := func(letters string) bool { return strings.ContainsAny(cases, letters) }
 	b := newBench(t)
 
 	var rows []benchRow
 	// A: fresh 2 GiB of large incompressible files.
-	{
+	if picked("A") {
 		src := b.dir("A-src")
 		writeRandomFiles(t, src, 8, int64(256<<20*scale))
 		rows = append(rows, b.measure("A fresh 2 GiB large files", src, runs, func(dst string) { clear(t, dst) }))
 	}
 	// B: 1 % of 1 GiB changed in scattered 64 KiB blocks.
-	{
+	if picked("B") {
 		src, base := b.dir("B-src"), b.dir("B-base")
 		size := int64(1 << 30 * scale)
 		writeRandomFiles(t, base, 1, size)
@@ -65,7 +70,7 @@ func TestBenchmark(t *testing.T) {
 		rows = append(rows, row)
 	}
 	// C and D: 100,000 small files in 1,000 directories, no change and fresh.
-	{
+	if picked("CDG") {
 		src := b.dir("CD-src")
 		n := int(100000 * scale)
 		writeSmallFiles(t, src, n, 1000)
@@ -91,7 +96,7 @@ func TestBenchmark(t *testing.T) {
 		}))
 	}
 	// E: preallocated (zero-filled) database files, a few MiB changed.
-	{
+	if picked("E") {
 		src, base := b.dir("E-src"), b.dir("E-base")
 		size := int64(256 << 20 * scale)
 		var changed int64
@@ -108,12 +113,15 @@ func TestBenchmark(t *testing.T) {
 		rows = append(rows, row)
 	}
 	// F: fresh text (application logs).
-	{
+	if picked("F") {
 		src := b.dir("F-src")
 		writeLogs(t, filepath.Join(src, "app.log"), int64(200<<20*scale))
 		rows = append(rows, b.measure("F 200 MiB of text logs, fresh", src, runs, func(dst string) { clear(t, dst) }))
 	}
-	rss := b.concurrentRSS(20)
+	var rss int64
+	if picked("R") {
+		rss = b.concurrentRSS(20)
+	}
 	printTable(t, rows, rss)
 }
 
