@@ -98,7 +98,7 @@ cluster: deps testenv ## Start two local clusters (control plane, CSI driver, si
 
 .PHONY: bench
 bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback (root; about 12 minutes, several GiB; FERRY_BENCH_CASES=B picks cases).
-	FERRY_BENCH=1 go test -count=1 -v -run TestBenchmark -timeout 60m ./pkg/transfer/ | grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"' -e '^    [a-z_]*\.go:[0-9]*: sshd: '
+	go test -count=1 -v -run "^$$" -bench BenchmarkDataPlane -benchtime 1x -timeout 60m ./pkg/transfer/ | grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"' -e '^    [a-z_]*\.go:[0-9]*: sshd: '
 
 ##@ Tools
 

@@ -27,18 +27,18 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 
-// TestBenchmark measures Ferry's client and endpoint against stock rsync and
-// OpenSSH in the same run, on loopback, and prints a table of medians and
-// ratios. It runs with make bench (FERRY_BENCH=1), not in make test: it
-// writes several GiB and takes minutes. FERRY_BENCH_SCALE (default 1)
-// scales the data sizes; FERRY_BENCH_RUNS (default 5) the runs per figure.
-// The methods take turns run by run (this machine is shared and noisy: a
-// slow spell then hits every method), and the table shows min and median.
-func TestBenchmark(t *testing.T) {
-	if os.Getenv("FERRY_BENCH") == "" {
-		t.Skip("set FERRY_BENCH=1 (make bench) to run the benchmark")
-	}
-	testenv.NeedRoot(t)
+// BenchmarkDataPlane measures Ferry's client and endpoint against stock
+// rsync and OpenSSH in the same run, on loopback, and prints a table of min
+// and median and the ratios. It runs with make bench (go test -bench,
+// -benchtime 1x), never in make test: it writes several GiB and takes
+// minutes. FERRY_BENCH_SCALE (default 1) scales the data sizes;
+// FERRY_BENCH_RUNS (default 5) the runs per figure; FERRY_BENCH_CASES
+// (default ABCDEFGR) picks cases by letter (R: peak memory of 20 concurrent
+// transfers). The methods take turns run by run (this machine is shared and
+// noisy: a slow spell then hits every method).
+func BenchmarkDataPlane(tb *testing.B) {
+	testenv.NeedRoot(tb)
+	t := testing.TB(tb)
 	scale := envFloat("FERRY_BENCH_SCALE", 1)
 	runs := int(envFloat("FERRY_BENCH_RUNS", 5))
 	cases := os.Getenv("FERRY_BENCH_CASES")
@@ -138,7 +138,7 @@ type benchRow struct {
 var methods = []string{"ferry", "ferry-none", "volsync", "rsync-aes", "ceiling"}
 
 type bench struct {
-	t      *testing.T
+	t      testing.TB
 	root   string
 	k      *keyset
 	port   int // Ferry endpoint
@@ -150,7 +150,7 @@ type bench struct {
 	plainS *volsyncmover.Source
 }
 
-func newBench(t *testing.T) *bench {
+func newBench(t testing.TB) *bench {
 	b := &bench{t: t, root: t.TempDir(), k: keys(t, "bench"), plain: keys(t, "bench-plain")}
 	b.dst = b.dir("ferry-dst")
 	var ev events
@@ -259,7 +259,7 @@ func (b *bench) concurrentRSS(n int) int64 {
 	return peakRSS(t)
 }
 
-func printTable(t *testing.T, rows []benchRow, rss int64) {
+func printTable(t testing.TB, rows []benchRow, rss int64) {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "\n%-38s", "case: min / median")
 	for _, m := range methods {
@@ -305,14 +305,14 @@ func wireBytes(out string) int64 {
 	return n
 }
 
-func mustRun(t *testing.T, name string, args ...string) string {
+func mustRun(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	require.NoError(t, err, "%s %v:\n%s", name, args, out)
 	return string(out)
 }
 
-func clear(t *testing.T, dir string) {
+func clear(t testing.TB, dir string) {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)
@@ -321,7 +321,7 @@ func clear(t *testing.T, dir string) {
 	}
 }
 
-func writeRandomFiles(t *testing.T, dir string, n int, size int64) {
+func writeRandomFiles(t testing.TB, dir string, n int, size int64) {
 	t.Helper()
 	rng := rand.NewChaCha8([32]byte{1})
 	buf := make([]byte, 1<<20)
@@ -339,7 +339,7 @@ func writeRandomFiles(t *testing.T, dir string, n int, size int64) {
 
 // changeBlocks copies base to dst with total bytes changed in scattered
 // blocks and returns the bytes changed.
-func changeBlocks(t *testing.T, base, dst string, total, block int64) int64 {
+func changeBlocks(t testing.TB, base, dst string, total, block int64) int64 {
 	t.Helper()
 	mustRun(t, "cp", "-a", base, dst)
 	f, err := os.OpenFile(dst, os.O_WRONLY, 0)
@@ -372,7 +372,7 @@ func changeBlocks(t *testing.T, base, dst string, total, block int64) int64 {
 	return changed
 }
 
-func writeSmallFiles(t *testing.T, dir string, n, dirs int) {
+func writeSmallFiles(t testing.TB, dir string, n, dirs int) {
 	t.Helper()
 	data := make([]byte, 2048)
 	for i := 0; i < dirs; i++ {
@@ -385,7 +385,7 @@ func writeSmallFiles(t *testing.T, dir string, n, dirs int) {
 	}
 }
 
-func peakRSS(t *testing.T) int64 {
+func peakRSS(t testing.TB) int64 {
 	raw, err := os.ReadFile("/proc/self/status")
 	require.NoError(t, err)
 	for _, line := range strings.Split(string(raw), "\n") {
@@ -406,7 +406,7 @@ func envFloat(name string, def float64) float64 {
 
 // changeFiles rewrites n of the small files (spread over dirs directories)
 // with new content and a later mtime and returns their paths under dir.
-func changeFiles(t *testing.T, dir string, n, dirs int) []string {
+func changeFiles(t testing.TB, dir string, n, dirs int) []string {
 	t.Helper()
 	var paths []string
 	later := time.Now().Add(time.Hour)
@@ -421,7 +421,7 @@ func changeFiles(t *testing.T, dir string, n, dirs int) []string {
 }
 
 // restore puts base's version of paths back into dst.
-func restore(t *testing.T, base, dst string, paths []string) {
+func restore(t testing.TB, base, dst string, paths []string) {
 	t.Helper()
 	cmd := exec.Command("cp", append(append([]string{"-a", "--parents"}, paths...), dst)...)
 	cmd.Dir = base
@@ -431,7 +431,7 @@ func restore(t *testing.T, base, dst string, paths []string) {
 
 // writeLogs writes size bytes of application log lines, as varied as a
 // service's access log.
-func writeLogs(t *testing.T, path string, size int64) {
+func writeLogs(t testing.TB, path string, size int64) {
 	t.Helper()
 	f, err := os.Create(path)
 	require.NoError(t, err)

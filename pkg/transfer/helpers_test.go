@@ -39,7 +39,7 @@ var (
 
 // keys returns a key set by name, generating it once per test binary
 // (4096-bit RSA takes about a second).
-func keys(t *testing.T, name string) *keyset {
+func keys(t testing.TB, name string) *keyset {
 	t.Helper()
 	keyCacheMu.Lock()
 	defer keyCacheMu.Unlock()
@@ -70,7 +70,7 @@ func (e *events) add(ev endpoint.Event) {
 }
 
 // waitFor polls, with a deadline, for an event of kind and returns it.
-func (e *events) waitFor(t *testing.T, kind endpoint.EventKind) endpoint.Event {
+func (e *events) waitFor(t testing.TB, kind endpoint.EventKind) endpoint.Event {
 	t.Helper()
 	var found endpoint.Event
 	testenv.Eventually(t, "a "+string(kind)+" event", 20*time.Second, func() bool {
@@ -88,9 +88,9 @@ func (e *events) waitFor(t *testing.T, kind endpoint.EventKind) endpoint.Event {
 }
 
 // serve starts an endpoint with one destination and returns its port.
-func serve(t *testing.T, k *keyset, volume string, ev *events) (*endpoint.Server, int) {
+func serve(t testing.TB, k *keyset, volume string, ev *events) (*endpoint.Server, int) {
 	t.Helper()
-	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.New(t)))
+	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.NewWithInterface(t, testr.Options{})))
 	t.Cleanup(srv.Close)
 	addr, err := srv.Add(endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: volume, Privileged: true,
 		ListenAddr: "127.0.0.1:0", Events: ev.add})
@@ -99,9 +99,9 @@ func serve(t *testing.T, k *keyset, volume string, ev *events) (*endpoint.Server
 }
 
 // push runs Ferry's source against a local endpoint.
-func push(t *testing.T, k *sshkeys.Source, port int, src string, mod func(*source.Options)) (source.Result, error) {
+func push(t testing.TB, k *sshkeys.Source, port int, src string, mod func(*source.Options)) (source.Result, error) {
 	t.Helper()
-	o := source.Options{Address: "127.0.0.1", Port: port, Keys: k, Volume: src, Scratch: t.TempDir(), Attempts: 1, Log: testr.New(t)}
+	o := source.Options{Address: "127.0.0.1", Port: port, Keys: k, Volume: src, Scratch: t.TempDir(), Attempts: 1, Log: testr.NewWithInterface(t, testr.Options{})}
 	if mod != nil {
 		mod(&o)
 	}
@@ -114,7 +114,7 @@ func push(t *testing.T, k *sshkeys.Source, port int, src string, mod func(*sourc
 
 // requireSame fails unless the trees under want and got are equal, but for
 // the paths in absent, which got must not have.
-func requireSame(t *testing.T, want, got string, absent ...string) {
+func requireSame(t testing.TB, want, got string, absent ...string) {
 	t.Helper()
 	w, err := fstree.Snapshot(want)
 	require.NoError(t, err)
@@ -129,7 +129,7 @@ func requireSame(t *testing.T, want, got string, absent ...string) {
 }
 
 // fixture builds the fidelity tree in a fresh directory.
-func fixture(t *testing.T) string {
+func fixture(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "src")
 	require.NoError(t, os.Mkdir(dir, 0o755))

@@ -22,7 +22,7 @@ import (
 )
 
 // dial connects with a source identity, pinning the given host key.
-func dial(t *testing.T, port int, id ssh.Signer, hostKey ssh.PublicKey) (*ssh.Client, error) {
+func dial(t testing.TB, port int, id ssh.Signer, hostKey ssh.PublicKey) (*ssh.Client, error) {
 	t.Helper()
 	return ssh.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &ssh.ClientConfig{
 		User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(id)},
@@ -32,7 +32,7 @@ func dial(t *testing.T, port int, id ssh.Signer, hostKey ssh.PublicKey) (*ssh.Cl
 
 // execute runs a command on a new session and returns its stderr and exit
 // status.
-func execute(t *testing.T, c *ssh.Client, cmd string) (string, int) {
+func execute(t testing.TB, c *ssh.Client, cmd string) (string, int) {
 	t.Helper()
 	s, err := c.NewSession()
 	require.NoError(t, err)
@@ -47,7 +47,7 @@ func execute(t *testing.T, c *ssh.Client, cmd string) (string, int) {
 	return stderr.String(), 0
 }
 
-func emptyDir(t *testing.T, dir string) {
+func emptyDir(t testing.TB, dir string) {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)

@@ -45,7 +45,7 @@ func TestFerrySourceToVolSyncDestination(t *testing.T) {
 // create: rrsync from rsync 3.5 on refuses devices and specials in a
 // restricted directory (--drop-D), so the FIFO stays behind, as it would
 // with a VolSync destination built on it. Older rrsync keeps it.
-func rrsyncDrops(t *testing.T) []string {
+func rrsyncDrops(t testing.TB) []string {
 	t.Helper()
 	script, err := os.ReadFile("/usr/bin/rrsync")
 	require.NoError(t, err)

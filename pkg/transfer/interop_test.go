@@ -14,7 +14,7 @@ import (
 
 // volsyncSource is a stock OpenSSH + rsync client set up like VolSync's
 // source against a destination on the loopback port.
-func volsyncSource(t *testing.T, k *keyset, port int) *volsyncmover.Source {
+func volsyncSource(t testing.TB, k *keyset, port int) *volsyncmover.Source {
 	t.Helper()
 	// ControlPath is a unix socket: its path must stay short.
 	dir, err := os.MkdirTemp("/tmp", "ssh")
@@ -28,7 +28,7 @@ func volsyncSource(t *testing.T, k *keyset, port int) *volsyncmover.Source {
 
 // volsyncDestination is a stock sshd + rrsync set up like VolSync's
 // destination, serving data; each of plainKeys may log in unrestricted.
-func volsyncDestination(t *testing.T, k *keyset, data string, plainKeys ...[]byte) *volsyncmover.Destination {
+func volsyncDestination(t testing.TB, k *keyset, data string, plainKeys ...[]byte) *volsyncmover.Destination {
 	t.Helper()
 	d, err := volsyncmover.StartDestination(t.TempDir(), k.dstData, data, "127.0.0.1:0", func(s string) { t.Log(s) }, plainKeys...)
 	require.NoError(t, err)
@@ -37,7 +37,7 @@ func volsyncDestination(t *testing.T, k *keyset, data string, plainKeys ...[]byt
 }
 
 // vsRsync runs a VolSync-style rsync and logs its output.
-func vsRsync(t *testing.T, s *volsyncmover.Source, dir string, extra ...string) string {
+func vsRsync(t testing.TB, s *volsyncmover.Source, dir string, extra ...string) string {
 	t.Helper()
 	out, err := s.Rsync(context.Background(), dir, extra...)
 	t.Logf("volsync rsync:\n%s", out)
@@ -45,7 +45,7 @@ func vsRsync(t *testing.T, s *volsyncmover.Source, dir string, extra ...string) 
 	return out
 }
 
-func runLogged(t *testing.T, name string, args ...string) (string, error) {
+func runLogged(t testing.TB, name string, args ...string) (string, error) {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	t.Logf("%s %s:\n%s", name, strings.Join(args, " "), out)
