@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/ferrysync/ferry/pkg/agent"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/reexec"
 )
 
@@ -42,6 +43,8 @@ func main() {
 	memory := flag.String("transfer-memory-limit", "2Gi", "memory limit of each transfer's own cgroup (rsync and its page cache); past it the transfer is killed and says so; 0: none")
 	flag.Int64Var(&cfg.Transfer.Pids, "transfer-pids-limit", 64, "limit on processes and threads of each transfer's own cgroup; 0: none")
 	flag.StringVar(&cfg.Rsync, "rsync", "", "the rsync binary, under /usr (default: rsync from PATH)")
+	flag.DurationVar(&cfg.FullSyncInterval, "full-sync-interval", endpoint.DefaultFullSyncInterval,
+		"how long a destination's record of its last sync lets a source whose tree is unchanged send nothing; past it a sync runs rsync in full; 0: always")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()

@@ -84,6 +84,10 @@ type Config struct {
 	RetryBackoff time.Duration
 	// Rsync is the rsync binary ("" for rsync from PATH).
 	Rsync string
+	// FullSyncInterval is how long a destination's record of its last
+	// completed sync lets a source whose tree is unchanged skip rsync; past
+	// it a sync runs in full. 0 never skips.
+	FullSyncInterval time.Duration
 	// Transfer limits each transfer's own cgroup (memory, processes);
 	// zero: no cgroups.
 	Transfer cgroup.Limits
@@ -136,7 +140,8 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		return fmt.Errorf("agent: state directory: %w", err)
 	}
 	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint")),
-		endpoint.WithRefusals(func(cause string) { refusedTotal.WithLabelValues(cfg.NodeName, cause).Inc() })}
+		endpoint.WithRefusals(func(cause string) { refusedTotal.WithLabelValues(cfg.NodeName, cause).Inc() }),
+		endpoint.WithFullSyncInterval(cfg.FullSyncInterval)}
 	var cgroups *cgroup.Pool
 	if cfg.Transfer != (cgroup.Limits{}) {
 		if cgroups, err = cgroup.New("ferry-transfers", cfg.Transfer); err != nil {

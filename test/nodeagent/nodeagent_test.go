@@ -222,8 +222,13 @@ func TestAgentsReplicate(t *testing.T) {
 		testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(t, dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
 		asked := time.Now()
 		update(t, src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 2 })
-		require.True(t, synced(t, src.Name, 2).Succeeded)
+		res := synced(t, src.Name, 2)
+		require.True(t, res.Succeeded, res.Error)
 		t.Logf("per-sync overhead, unchanged small volume (generation raised → result reported): %v", time.Since(asked))
+		assert.Contains(t, res.Summary, "unchanged since the last sync", "the tree is as the destination received it: no rsync")
+		assert.Zero(t, res.BytesSent)
+		require.True(t, synced(t, dst.Name, 2).Succeeded, "the destination counts it a completed sync")
+		assert.Equal(t, want, harness.Tree(t, replicaDir))
 		publishes := map[string]string{"node": nodeA.Name, "role": "source"}
 		t.Logf("of which mounting the copy (stage + publish), on average: %.0f ms",
 			1000*agentA.Metric("ferry_agent_publish_duration_seconds_sum", publishes)/agentA.Metric("ferry_agent_publish_duration_seconds_count", publishes))
@@ -266,6 +271,7 @@ func TestAgentsReplicate(t *testing.T) {
 		res := synced(t, src.Name, after+1)
 		require.True(t, res.Succeeded, "the sync after %s: %s", why, res.Error)
 		assert.Equal(t, after+1, res.Generation, "generation %d was not run again", after)
+		assert.NotContains(t, res.Summary, "unchanged since the last sync", "an interrupted sync leaves no record: rsync runs in full")
 	}
 
 	t.Run("kill -9 of the source's agent mid-transfer", func(t *testing.T) {

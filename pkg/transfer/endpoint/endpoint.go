@@ -152,6 +152,7 @@ type Server struct {
 	limits   Limits
 	refusals func(cause string)
 	cgroups  *cgroup.Pool
+	fullSync time.Duration
 	// transfers holds a token per running rsync receiver.
 	transfers chan struct{}
 
@@ -182,7 +183,7 @@ func WithCgroups(pool *cgroup.Pool) Option { return func(s *Server) { s.cgroups 
 // New returns a server. scratch is an empty directory the agent owns, used as
 // the mount point of each confinement's private root.
 func New(scratch string, opts ...Option) *Server {
-	s := &Server{log: logr.Discard(), scratch: scratch, limits: DefaultLimits, dests: map[string]*listener{}}
+	s := &Server{log: logr.Discard(), scratch: scratch, limits: DefaultLimits, fullSync: DefaultFullSyncInterval, dests: map[string]*listener{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -221,6 +222,8 @@ type listener struct {
 	conns         atomic.Int32
 	handshakes    chan struct{}
 	handshakeRate *rate.Limiter
+	// record is what the destination remembers of its last sync.
+	record record
 }
 
 // track records a running rsync; the returned func says it has exited.
@@ -447,7 +450,7 @@ func (s *Server) serveConn(l *listener, conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	log.V(1).Info("ssh connection", "user", sconn.User(), "client", string(sconn.ClientVersion()))
-	go ssh.DiscardRequests(reqs) // global requests: port forwarding etc. answered "no"
+	go s.serveGlobal(l, log, reqs)
 	var wg sync.WaitGroup
 	var open atomic.Int32
 	for nc := range chans {

@@ -40,6 +40,7 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 				l.held.Store(false)
 			}
 		}
+		s.ended(l, log, e.ExitCode)
 		emit(l, e)
 		return 0
 	case *servercmd.Rsync:
@@ -49,6 +50,7 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 			emit(l, Event{Kind: Refused, Message: msg})
 			return 1
 		}
+		l.record.forget()
 		return s.runRsync(l, log, ch, r)
 	}
 	return 1

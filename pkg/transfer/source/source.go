@@ -56,6 +56,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/rsh"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/pkg/transfer/stream"
+	"github.com/ferrysync/ferry/pkg/transfer/treedigest"
 )
 
 // Options say where to push what.
@@ -81,6 +82,11 @@ type Options struct {
 	// Compression is how rsync compresses what it sends (zero value:
 	// compression.Default; compression.None sends data as it is).
 	Compression compression.Compression
+	// Full always runs rsync. Otherwise the source first offers the digest
+	// of the volume's tree (treedigest) and sends nothing when the
+	// destination says its last completed sync received that very tree and
+	// nothing changed there since.
+	Full bool
 	// Attempts is how many times rsync is tried (default 5).
 	Attempts int
 	// Backoff is the first pause between tries, doubled each time (default
@@ -107,6 +113,9 @@ type Result struct {
 	Start, End time.Time
 	// Errors is rsync's error output of the last try (bounded).
 	Errors string
+	// Unchanged: the destination already held this very tree, and nothing
+	// was sent (Attempts is 0).
+	Unchanged bool
 }
 
 // Where the confined rsync finds the remote-shell helper and its socket.
@@ -129,6 +138,10 @@ func Push(ctx context.Context, o Options) (Result, error) {
 	defer conn.close()
 	backoff := o.Backoff
 	var err error
+	if !o.Full && unchanged(&o, conn) {
+		res.Unchanged, res.Summary = true, "unchanged since the last sync: nothing to send"
+		o.Attempts = 0
+	}
 	for attempt := 1; attempt <= o.Attempts; attempt++ {
 		res.Attempts = attempt
 		err = pushOnce(ctx, &o, conn, attempt, &res)
@@ -332,6 +345,25 @@ func throttle(o *Options, attempt int) func(bytes, files int64) {
 			o.Progress(Progress{Attempt: attempt, BytesDone: b, FilesDone: f})
 		}
 	}
+}
+
+// unchanged offers the digest of the volume's tree to the destination and
+// says whether it answered that it holds that tree unchanged. Anything that
+// goes wrong means "no": the sync then runs in full.
+func unchanged(o *Options, conn *connection) bool {
+	start := time.Now()
+	sum, err := treedigest.Of(o.Volume)
+	if err != nil {
+		o.Log.Info("could not sum the volume's tree; syncing in full", "error", err.Error())
+		return false
+	}
+	client, err := conn.get()
+	if err != nil {
+		return false // the first try reports it
+	}
+	ok, _, err := client.SendRequest(treedigest.Request, true, sum[:])
+	o.Log.V(1).Info("offered the tree's digest", "unchanged", ok, "walk", time.Since(start).String())
+	return err == nil && ok
 }
 
 // connection is the ssh connection to the destination, opened on first use

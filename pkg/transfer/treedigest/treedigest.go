@@ -1,0 +1,260 @@
+// Package treedigest sums up a volume tree's metadata in one SHA-256, so
+// that both ends of a sync can tell, without rsync, that nothing changed
+// since the last completed one.
+//
+// Every entry contributes its path and what lstat says of it: type, mode,
+// owner, size, device, inode, link count, modification and change times
+// (to the nanosecond), a symlink's target, and its extended attributes
+// (ACLs among them) by name and value. So the sum moves with everything
+// rsync -aAHX compares, and with more: the change time (ctime) moves with
+// any change through the filesystem, data included, and no one can set it
+// back. Access times are left out (reading must not count). The walk
+// never follows a symlink and never leaves the tree: each directory is
+// opened relative to its parent's descriptor with O_NOFOLLOW, so a tree
+// changed mid-walk (a directory swapped for a symlink) fails the walk
+// instead of leading it elsewhere; the caller then syncs in full.
+//
+// Directories are summed as a Merkle tree (an entry of a directory carries
+// its subtree's sum), and subtrees are walked in parallel.
+package treedigest
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Request is the ssh global request with which Ferry's source offers the
+// digest of the tree it is about to send (the Sum's 32 bytes). Ferry's
+// endpoint answers true only when its last completed sync received a tree
+// of that very digest and its volume has not changed since: then the
+// source sends nothing and ends the sync with `shutdown 0`. A stock sshd
+// answers false to a request it does not know, so the source syncs in
+// full.
+const Request = "unchanged@ferrysync.io"
+
+// Sum is a tree's digest.
+type Sum [sha256.Size]byte
+
+// Of sums the tree at root (a directory), its own metadata included.
+func Of(root string) (Sum, error) {
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Sum{}, fmt.Errorf("open %s: %w", root, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return Sum{}, fmt.Errorf("stat %s: %w", root, err)
+	}
+	w := &walker{slots: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
+	sub, err := w.dir(fd, root) // closes fd
+	if err != nil {
+		return Sum{}, err
+	}
+	h := sha256.New()
+	xattrs, err := xattrsOf(unix.AT_FDCWD, root)
+	if err != nil {
+		return Sum{}, fmt.Errorf("read xattrs of %s: %w", root, err)
+	}
+	writeEntry(h, ".", &st, "", xattrs, sub)
+	var s Sum
+	copy(s[:], h.Sum(nil))
+	return s, nil
+}
+
+type walker struct {
+	// slots bounds the goroutines walking subtrees; a directory that finds
+	// none free is walked by its parent's goroutine.
+	slots chan struct{}
+}
+
+// child is one entry of a directory, summed.
+type child struct {
+	name string
+	line []byte
+}
+
+// dir sums the directory open at fd (closed when done); path is for
+// errors.
+func (w *walker) dir(fd int, path string) (Sum, error) {
+	f := os.NewFile(uintptr(fd), path)
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		f.Close()
+		return Sum{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	sort.Strings(names)
+	children := make([]child, len(names))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
+	for i, name := range names {
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			fail(fmt.Errorf("stat %s/%s: %w", path, name, err))
+			continue
+		}
+		children[i].name = name
+		xattrs, err := xattrsOf(fd, name)
+		if err != nil {
+			fail(fmt.Errorf("read xattrs of %s/%s: %w", path, name, err))
+			continue
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFLNK:
+			target, err := readlinkat(fd, name)
+			if err != nil {
+				fail(fmt.Errorf("read link %s/%s: %w", path, name, err))
+				continue
+			}
+			children[i].line = line(name, &st, target, xattrs, Sum{})
+		case unix.S_IFDIR:
+			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				fail(fmt.Errorf("open %s/%s (changed while walked?): %w", path, name, err))
+				continue
+			}
+			st := st
+			walk := func(i int, name string) {
+				s, err := w.dir(sub, path+"/"+name)
+				if err != nil {
+					fail(err)
+					return
+				}
+				children[i].line = line(name, &st, "", xattrs, s)
+			}
+			select {
+			case w.slots <- struct{}{}:
+				wg.Add(1)
+				go func(i int, name string) {
+					defer wg.Done()
+					defer func() { <-w.slots }()
+					walk(i, name)
+				}(i, name)
+			default:
+				walk(i, name)
+			}
+		default:
+			children[i].line = line(name, &st, "", xattrs, Sum{})
+		}
+	}
+	wg.Wait()
+	f.Close()
+	if len(errs) > 0 {
+		return Sum{}, errors.Join(errs...)
+	}
+	h := sha256.New()
+	for _, c := range children {
+		h.Write(c.line)
+	}
+	var s Sum
+	copy(s[:], h.Sum(nil))
+	return s, nil
+}
+
+// line is an entry's record: its name, metadata, link target and (for a
+// directory) its subtree's sum, each length-prefixed so no two entries
+// read alike.
+func line(name string, st *unix.Stat_t, target string, xattrs []byte, sub Sum) []byte {
+	h := sha256.New()
+	writeEntry(h, name, st, target, xattrs, sub)
+	return h.Sum(nil)
+}
+
+func writeEntry(h interface{ Write([]byte) (int, error) }, name string, st *unix.Stat_t, target string, xattrs []byte, sub Sum) {
+	var b []byte
+	b = binary.AppendUvarint(b, uint64(len(name)))
+	b = append(b, name...)
+	for _, v := range []uint64{uint64(st.Mode), uint64(st.Uid), uint64(st.Gid), uint64(st.Size), uint64(st.Rdev),
+		st.Ino, uint64(st.Nlink), uint64(st.Mtim.Sec), uint64(st.Mtim.Nsec), uint64(st.Ctim.Sec), uint64(st.Ctim.Nsec)} {
+		b = binary.BigEndian.AppendUint64(b, v)
+	}
+	b = binary.AppendUvarint(b, uint64(len(target)))
+	b = append(b, target...)
+	b = binary.AppendUvarint(b, uint64(len(xattrs)))
+	b = append(b, xattrs...)
+	b = append(b, sub[:]...)
+	h.Write(b)
+}
+
+func readlinkat(dirfd int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(buf[:n]), nil
+		}
+	}
+}
+
+// xattrsOf returns an entry's extended attributes, names and values in
+// name order, length-prefixed. The entry is named relative to the open
+// directory dirfd through /proc/self/fd (the xattr calls take no
+// descriptor of a directory), and the l-variants never follow a final
+// symlink.
+func xattrsOf(dirfd int, name string) ([]byte, error) {
+	path := name
+	if dirfd != unix.AT_FDCWD {
+		path = fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
+	}
+	size, err := unix.Llistxattr(path, nil)
+	if err != nil || size == 0 {
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	list := make([]byte, size)
+	if size, err = unix.Llistxattr(path, list); err != nil {
+		return nil, err
+	}
+	names := bytesSplit(list[:size])
+	sort.Strings(names)
+	var out []byte
+	for _, n := range names {
+		vsize, err := unix.Lgetxattr(path, n, nil)
+		if err != nil {
+			return nil, err
+		}
+		val := make([]byte, vsize)
+		if vsize, err = unix.Lgetxattr(path, n, val); err != nil {
+			return nil, err
+		}
+		out = binary.AppendUvarint(out, uint64(len(n)))
+		out = append(out, n...)
+		out = binary.AppendUvarint(out, uint64(vsize))
+		out = append(out, val[:vsize]...)
+	}
+	return out, nil
+}
+
+// bytesSplit splits a NUL-terminated list of names.
+func bytesSplit(list []byte) []string {
+	var out []string
+	start := 0
+	for i, c := range list {
+		if c == 0 {
+			if i > start {
+				out = append(out, string(list[start:i]))
+			}
+			start = i + 1
+		}
+	}
+	return out
+}

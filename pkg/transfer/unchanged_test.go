@@ -1,0 +1,79 @@
+package transfer_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
+)
+
+// TestUnchangedTreeSendsNothing: a Ferry source whose tree is as it was
+// at the last completed sync, into a destination unchanged since, sends
+// nothing (no rsync runs) and ends the sync with shutdown 0; every break in
+// that chain runs rsync in full: a change in the source (even one rsync's
+// quick check would not see: same size and mtime), a change made on the
+// destination behind Ferry's back, a sync of VolSync's source in between, a
+// sync asked to run in full. The replica is the source's every time.
+func TestUnchangedTreeSendsNothing(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "unchanged")
+	src, dst := fixture(t), t.TempDir()
+	var ev events
+	_, port := serve(t, k, dst, &ev)
+	sync := func(want bool, why string, mod ...func(*source.Options)) {
+		t.Helper()
+		var m func(*source.Options)
+		if len(mod) > 0 {
+			m = mod[0]
+		}
+		res, err := push(t, k.src, port, src, m)
+		require.NoError(t, err, res.Errors)
+		assert.Equal(t, want, res.Unchanged, why)
+		if want {
+			assert.Zero(t, res.Attempts, "no rsync ran")
+			assert.Zero(t, res.BytesSent)
+		}
+		requireSame(t, src, dst)
+	}
+	sync(false, "the first sync runs in full")
+	sync(true, "nothing changed")
+	sync(true, "still nothing")
+
+	p := filepath.Join(src, "big.bin")
+	st, err := os.Stat(p)
+	require.NoError(t, err)
+	data, err := os.ReadFile(p)
+	require.NoError(t, err)
+	data[0] ^= 0xff
+	require.NoError(t, os.WriteFile(p, data, st.Mode()))
+	require.NoError(t, os.Chtimes(p, st.ModTime(), st.ModTime()))
+	// Not skipped; rsync's own quick check (size and mtime) then leaves the
+	// replica's data as it was, as any full rsync would.
+	res, err := push(t, k.src, port, src, nil)
+	require.NoError(t, err, res.Errors)
+	assert.False(t, res.Unchanged, "a rewrite keeping size and mtime changes the tree's digest")
+	later := st.ModTime().Add(time.Minute)
+	require.NoError(t, os.Chtimes(p, later, later))
+	sync(false, "the rewrite, now with its own mtime")
+	sync(true, "and then nothing")
+
+	require.NoError(t, os.Chmod(filepath.Join(src, "a"), 0o700))
+	sync(false, "a mode changed in the source")
+
+	require.NoError(t, os.WriteFile(filepath.Join(dst, "planted"), []byte("x"), 0o644))
+	sync(false, "the destination changed behind Ferry's back")
+	sync(true, "unchanged again on both ends")
+
+	vs := volsyncSource(t, k, port)
+	vsRsync(t, vs, src)
+	sync(false, "VolSync's source synced in between: no record")
+	sync(false, "a sync asked to run in full", func(o *source.Options) { o.Full = true })
+	sync(false, "which leaves no record either")
+	sync(true, "until a Ferry sync completes")
+}
