@@ -27,6 +27,8 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -213,7 +215,7 @@ func xattrsOf(dirfd int, name string) ([]byte, error) {
 	if dirfd != unix.AT_FDCWD {
 		path = fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
 	}
-	size, err := unix.Llistxattr(path, nil)
+	size, err := listxattr(dirfd, name, path, nil)
 	if err != nil || size == 0 {
 		if errors.Is(err, unix.ENOTSUP) {
 			return nil, nil
@@ -221,7 +223,7 @@ func xattrsOf(dirfd int, name string) ([]byte, error) {
 		return nil, err
 	}
 	list := make([]byte, size)
-	if size, err = unix.Llistxattr(path, list); err != nil {
+	if size, err = listxattr(dirfd, name, path, list); err != nil {
 		return nil, err
 	}
 	names := bytesSplit(list[:size])
@@ -242,6 +244,37 @@ func xattrsOf(dirfd int, name string) ([]byte, error) {
 		out = append(out, val[:vsize]...)
 	}
 	return out, nil
+}
+
+// noListxattrat is set once the kernel says it has no listxattrat (before
+// Linux 6.13).
+var noListxattrat atomic.Bool
+
+// listxattr lists an entry's xattr names into buf (nil: just the size):
+// with listxattrat relative to dirfd where the kernel has it (most entries
+// have no xattrs, and this is the walk's one extra call per entry), else
+// through path.
+func listxattr(dirfd int, name, path string, buf []byte) (int, error) {
+	if !noListxattrat.Load() {
+		p, err := unix.BytePtrFromString(name)
+		if err != nil {
+			return 0, err
+		}
+		var b unsafe.Pointer
+		if len(buf) > 0 {
+			b = unsafe.Pointer(&buf[0])
+		}
+		r, _, errno := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirfd), uintptr(unsafe.Pointer(p)),
+			unix.AT_SYMLINK_NOFOLLOW, uintptr(b), uintptr(len(buf)), 0)
+		if errno != unix.ENOSYS {
+			if errno != 0 {
+				return 0, errno
+			}
+			return int(r), nil
+		}
+		noListxattrat.Store(true)
+	}
+	return unix.Llistxattr(path, buf)
 }
 
 // bytesSplit splits a NUL-terminated list of names.

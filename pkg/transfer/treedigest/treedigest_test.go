@@ -48,11 +48,17 @@ func TestEveryChangeMovesTheSum(t *testing.T) {
 			require.NoError(t, os.WriteFile(p, []byte("XXXXX"), 0o644))
 			require.NoError(t, os.Chtimes(p, st.ModTime(), st.ModTime()))
 		},
-		"chmod":          func(t *testing.T, root string) { require.NoError(t, os.Chmod(filepath.Join(root, "a/x"), 0o600)) },
-		"mtime only":     func(t *testing.T, root string) { require.NoError(t, os.Chtimes(filepath.Join(root, "top"), past, past)) },
-		"xattr":          func(t *testing.T, root string) { require.NoError(t, unix.Lsetxattr(filepath.Join(root, "d/w"), "user.k", []byte("v"), 0)) },
-		"new empty file": func(t *testing.T, root string) { require.NoError(t, os.WriteFile(filepath.Join(root, "a/b/c/new"), nil, 0o644)) },
-		"delete":         func(t *testing.T, root string) { require.NoError(t, os.Remove(filepath.Join(root, "e/f/v"))) },
+		"chmod": func(t *testing.T, root string) { require.NoError(t, os.Chmod(filepath.Join(root, "a/x"), 0o600)) },
+		"mtime only": func(t *testing.T, root string) {
+			require.NoError(t, os.Chtimes(filepath.Join(root, "top"), past, past))
+		},
+		"xattr": func(t *testing.T, root string) {
+			require.NoError(t, unix.Lsetxattr(filepath.Join(root, "d/w"), "user.k", []byte("v"), 0))
+		},
+		"new empty file": func(t *testing.T, root string) {
+			require.NoError(t, os.WriteFile(filepath.Join(root, "a/b/c/new"), nil, 0o644))
+		},
+		"delete": func(t *testing.T, root string) { require.NoError(t, os.Remove(filepath.Join(root, "e/f/v"))) },
 		"rename across directories": func(t *testing.T, root string) {
 			require.NoError(t, os.Rename(filepath.Join(root, "d/w"), filepath.Join(root, "e/w")))
 		},
