@@ -2,6 +2,7 @@ package transfer_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -85,6 +86,25 @@ func (e *events) waitFor(t testing.TB, kind endpoint.EventKind) endpoint.Event {
 		return false
 	})
 	return found
+}
+
+// count says how many events of kind there were.
+func (e *events) count(kind endpoint.EventKind) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, ev := range e.all {
+		if ev.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// waitForCount polls, with a deadline, until there were n events of kind.
+func (e *events) waitForCount(t testing.TB, kind endpoint.EventKind, n int) {
+	t.Helper()
+	testenv.Eventually(t, fmt.Sprintf("%d %s events", n, kind), 20*time.Second, func() bool { return e.count(kind) >= n })
 }
 
 // serve starts an endpoint with one destination and returns its port.

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 
@@ -32,8 +33,14 @@ func TestUnchangedTreeSendsNothing(t *testing.T) {
 		if len(mod) > 0 {
 			m = mod[0]
 		}
+		recorded := ev.count(endpoint.Recorded)
 		res, err := push(t, k.src, port, src, m)
 		require.NoError(t, err, res.Errors)
+		if !res.Unchanged && (m == nil) {
+			// The destination sums its volume once the sync has ended; the
+			// test's next move must come after that, as a pod's would.
+			ev.waitForCount(t, endpoint.Recorded, recorded+1)
+		}
 		assert.Equal(t, want, res.Unchanged, why)
 		if want {
 			assert.Zero(t, res.Attempts, "no rsync ran")
@@ -55,9 +62,11 @@ func TestUnchangedTreeSendsNothing(t *testing.T) {
 	require.NoError(t, os.Chtimes(p, st.ModTime(), st.ModTime()))
 	// Not skipped; rsync's own quick check (size and mtime) then leaves the
 	// replica's data as it was, as any full rsync would.
+	recorded := ev.count(endpoint.Recorded)
 	res, err := push(t, k.src, port, src, nil)
 	require.NoError(t, err, res.Errors)
 	assert.False(t, res.Unchanged, "a rewrite keeping size and mtime changes the tree's digest")
+	ev.waitForCount(t, endpoint.Recorded, recorded+1)
 	later := st.ModTime().Add(time.Minute)
 	require.NoError(t, os.Chtimes(p, later, later))
 	sync(false, "the rewrite, now with its own mtime")

@@ -93,6 +93,10 @@ const (
 	SyncEnded EventKind = "SyncEnded"
 	// Refused: a request was refused; Message says why.
 	Refused EventKind = "Refused"
+	// Recorded: the destination summed its volume after a completed sync
+	// whose source offered its tree's digest; a later sync of that same
+	// tree, into this volume unchanged, may now be skipped.
+	Recorded EventKind = "Recorded"
 )
 
 // Event is something that happened on a destination.

@@ -32,6 +32,12 @@ type record struct {
 	// skipped: the current sync was skipped, and last still describes the
 	// volume.
 	skipped bool
+	// gen moves whenever the record is dropped or replaced, so that a sum
+	// of the volume begun before cannot become the record after.
+	gen uint64
+	// summing is closed once the sum of the volume after the last sync is
+	// in (taken after the source is told the sync ended, not before).
+	summing chan struct{}
 }
 
 type recorded struct {
@@ -62,6 +68,12 @@ func (s *Server) serveGlobal(l *listener, log logr.Logger, reqs <-chan *ssh.Requ
 func (s *Server) unchanged(l *listener, log logr.Logger, offered treedigest.Sum) bool {
 	r := &l.record
 	r.mu.Lock()
+	summing := r.summing
+	r.mu.Unlock()
+	if summing != nil {
+		<-summing
+	}
+	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.offered, r.skipped = &offered, false
 	last := r.last
@@ -86,32 +98,48 @@ func (s *Server) unchanged(l *listener, log logr.Logger, offered treedigest.Sum)
 func (r *record) forget() {
 	r.mu.Lock()
 	r.last, r.skipped = nil, false
+	r.gen++
 	r.mu.Unlock()
 }
 
 // ended records how the sync ended: a success with an offer becomes the new
-// record (the volume summed now, once nothing writes), anything else
-// leaves none.
+// record, anything else leaves none. The volume is summed in the
+// background, so the source hears at once that the sync is over: nothing
+// writes the volume now (the source's rsync has ended, and the agent holds
+// the volume until the next sync), a later offer waits for the sum, and a
+// receiver starting meanwhile voids it. A Recorded event says when it is in.
 func (s *Server) ended(l *listener, log logr.Logger, code int) {
 	r := &l.record
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	offered, skipped := r.offered, r.skipped
 	r.offered, r.skipped = nil, false
-	if code != 0 || offered == nil {
-		r.last = nil
-		return
-	}
-	if skipped && r.last != nil {
+	if skipped && code == 0 && r.last != nil {
 		return // the volume is as the record says
 	}
-	volume, err := treedigest.Of(l.dest.Volume)
-	if err != nil {
-		log.Info("could not sum the volume after the sync; the next one runs in full", "error", err.Error())
-		r.last = nil
+	r.last = nil
+	r.gen++
+	if code != 0 || offered == nil {
 		return
 	}
-	r.last = &recorded{source: *offered, volume: volume, at: time.Now()}
+	gen, source, done := r.gen, *offered, make(chan struct{})
+	r.summing = done
+	l.wg.Add(1) // Remove waits for it before it closes the events
+	go func() {
+		defer l.wg.Done()
+		defer close(done)
+		volume, err := treedigest.Of(l.dest.Volume)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		switch {
+		case r.gen != gen:
+		case err != nil:
+			log.Info("could not sum the volume after the sync; the next one runs in full", "error", err.Error())
+		default:
+			r.last = &recorded{source: source, volume: volume, at: time.Now()}
+			emit(l, Event{Kind: Recorded})
+		}
+	}()
 }
 
 // receiving says whether an rsync receiver runs for the destination.
