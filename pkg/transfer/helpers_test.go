@@ -107,10 +107,11 @@ func (e *events) waitForCount(t testing.TB, kind endpoint.EventKind, n int) {
 	testenv.Eventually(t, fmt.Sprintf("%d %s events", n, kind), 20*time.Second, func() bool { return e.count(kind) >= n })
 }
 
-// serve starts an endpoint with one destination and returns its port.
-func serve(t testing.TB, k *keyset, volume string, ev *events) (*endpoint.Server, int) {
+// serve starts an endpoint with one destination and returns its port;
+// opts add to the endpoint's options.
+func serve(t testing.TB, k *keyset, volume string, ev *events, opts ...endpoint.Option) (*endpoint.Server, int) {
 	t.Helper()
-	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.NewWithInterface(t, testr.Options{})))
+	srv := endpoint.New(t.TempDir(), append([]endpoint.Option{endpoint.WithLogger(testr.NewWithInterface(t, testr.Options{}))}, opts...)...)
 	t.Cleanup(srv.Close)
 	addr, err := srv.Add(endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: volume, Privileged: true,
 		ListenAddr: "127.0.0.1:0", Events: ev.add})

@@ -1,0 +1,206 @@
+package transfer_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+)
+
+// TestSkipExactlyWhenUnchanged: rounds of random changes to the source
+// (or none) between syncs, with a fixed seed (FERRY_FUZZ_SEED picks
+// another, FERRY_FUZZ_ROUNDS more rounds): a sync is skipped exactly when
+// nothing changed, and after every round the replica equals the source in
+// everything the fidelity checker sees (data, modes, owners, times, hard
+// links, ACLs, link targets).
+func TestSkipExactlyWhenUnchanged(t *testing.T) {
+	testenv.NeedRoot(t)
+	seed := uint64(envFloat("FERRY_FUZZ_SEED", 15))
+	rounds := int(envFloat("FERRY_FUZZ_ROUNDS", 60))
+	rng := rand.New(rand.NewPCG(seed, seed))
+	k := keys(t, "fuzz")
+	src, dst := t.TempDir(), t.TempDir()
+	for _, d := range []string{"a/b", "c", "d/e/f"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(src, d), 0o755))
+	}
+	var ev events
+	// A skipped sync takes milliseconds: more handshakes a second than a
+	// destination allows by default.
+	lim := endpoint.DefaultLimits
+	lim.HandshakeRate = 1000
+	_, port := serve(t, k, dst, &ev, endpoint.WithLimits(lim))
+	counts := map[string]int{}
+	for round := 0; round < rounds; round++ {
+		changed := ""
+		if round == 0 || rng.IntN(4) > 0 {
+			changed = change(t, rng, src, round)
+		}
+		counts[changed]++
+		recorded := ev.count(endpoint.Recorded)
+		res, err := push(t, k.src, port, src, nil)
+		require.NoError(t, err, res.Errors)
+		require.Equal(t, changed == "" && round > 0, res.Unchanged, "round %d (seed %d): change %q", round, seed, changed)
+		requireSame(t, src, dst)
+		if !res.Unchanged {
+			ev.waitForCount(t, endpoint.Recorded, recorded+1)
+		}
+	}
+	t.Logf("seed %d, %d rounds, changes: %v", seed, rounds, counts)
+}
+
+// change makes one random change under root, with a new mtime where the
+// change is to data (rsync's quick check, like any full rsync, would not
+// see a same-size rewrite within the same mtime), and says which.
+func change(t *testing.T, rng *rand.Rand, root string, round int) string {
+	t.Helper()
+	files, dirs := entries(t, root)
+	pick := func(list []string) string { return list[rng.IntN(len(list))] }
+	p := func(rel string) string { return filepath.Join(root, rel) }
+	later := time.Now().Add(time.Duration(round+1) * time.Second)
+	ops := []string{"create", "create", "edit", "append", "truncate", "rename", "delete", "rmdir", "chmod", "chown",
+		"link", "unlink-link", "symlink", "retarget", "xattr", "acl", "file-to-dir", "dir-to-symlink", "mtime"}
+	for {
+		op := pick(ops)
+		needsFile := op != "create" && op != "symlink" && op != "rmdir" && op != "dir-to-symlink"
+		if needsFile && len(files) == 0 {
+			continue
+		}
+		switch op {
+		case "create":
+			name := filepath.Join(pick(dirs), fmt.Sprintf("f%d", round))
+			require.NoError(t, os.WriteFile(p(name), randomBytes(rng, rng.IntN(20000)), 0o644))
+		case "edit":
+			f := pick(files)
+			data, err := os.ReadFile(p(f))
+			require.NoError(t, err)
+			if len(data) == 0 {
+				continue
+			}
+			data[rng.IntN(len(data))] ^= 0x5a
+			require.NoError(t, os.WriteFile(p(f), data, 0o644))
+			require.NoError(t, os.Chtimes(p(f), later, later))
+		case "append":
+			f, err := os.OpenFile(p(pick(files)), os.O_APPEND|os.O_WRONLY, 0)
+			require.NoError(t, err)
+			_, err = f.Write(randomBytes(rng, 1+rng.IntN(5000)))
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+		case "truncate":
+			require.NoError(t, os.Truncate(p(pick(files)), int64(rng.IntN(100))))
+		case "rename":
+			f := pick(files)
+			require.NoError(t, os.Rename(p(f), p(filepath.Join(pick(dirs), fmt.Sprintf("moved%d", round)))))
+		case "delete":
+			require.NoError(t, os.Remove(p(pick(files))))
+		case "rmdir":
+			d := pick(dirs)
+			if d == "." {
+				continue
+			}
+			require.NoError(t, os.RemoveAll(p(d)))
+		case "chmod":
+			require.NoError(t, os.Chmod(p(pick(files)), os.FileMode(0o600+rng.IntN(0o100))))
+		case "chown":
+			require.NoError(t, os.Lchown(p(pick(files)), 1000+rng.IntN(5), 1000+rng.IntN(5)))
+		case "link":
+			require.NoError(t, os.Link(p(pick(files)), p(filepath.Join(pick(dirs), fmt.Sprintf("hl%d", round)))))
+		case "unlink-link":
+			f := pick(files)
+			var st unix.Stat_t
+			require.NoError(t, unix.Lstat(p(f), &st))
+			if st.Nlink < 2 {
+				continue
+			}
+			data, err := os.ReadFile(p(f))
+			require.NoError(t, err)
+			require.NoError(t, os.Remove(p(f)))
+			require.NoError(t, os.WriteFile(p(f), append(data, 'x'), 0o644))
+		case "symlink":
+			require.NoError(t, os.Symlink(fmt.Sprintf("target-%d", rng.IntN(10)), p(filepath.Join(pick(dirs), fmt.Sprintf("s%d", round)))))
+		case "retarget":
+			links := symlinks(t, root)
+			if len(links) == 0 {
+				continue
+			}
+			l := pick(links)
+			require.NoError(t, os.Remove(p(l)))
+			require.NoError(t, os.Symlink(fmt.Sprintf("elsewhere-%d", round), p(l)))
+		case "xattr":
+			require.NoError(t, unix.Lsetxattr(p(pick(files)), "user.round", []byte(fmt.Sprint(round)), 0))
+		case "acl":
+			out, err := exec.Command("setfacl", "-m", fmt.Sprintf("u:%d:r", 2000+round) /* a new entry: setfacl leaves an ACL it would not change alone */, p(pick(files))).CombinedOutput()
+			require.NoError(t, err, string(out))
+		case "file-to-dir":
+			f := pick(files)
+			require.NoError(t, os.Remove(p(f)))
+			require.NoError(t, os.MkdirAll(p(filepath.Join(f, "inner")), 0o755))
+		case "dir-to-symlink":
+			d := pick(dirs)
+			if d == "." {
+				continue
+			}
+			require.NoError(t, os.RemoveAll(p(d)))
+			require.NoError(t, os.Symlink("a", p(d)))
+		case "mtime":
+			require.NoError(t, os.Chtimes(p(pick(files)), later, later))
+		}
+		if len(dirsOf(t, root)) == 0 { // keep somewhere to create things
+			require.NoError(t, os.Mkdir(filepath.Join(root, fmt.Sprintf("dir%d", round)), 0o755))
+		}
+		return op
+	}
+}
+
+// entries lists the regular files and directories under root (relative;
+// "." for root itself).
+func entries(t *testing.T, root string) (files, dirs []string) {
+	t.Helper()
+	require.NoError(t, filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		require.NoError(t, err)
+		rel, _ := filepath.Rel(root, path)
+		switch {
+		case d.IsDir():
+			dirs = append(dirs, rel)
+		case d.Type().IsRegular():
+			files = append(files, rel)
+		}
+		return nil
+	}))
+	return files, dirs
+}
+
+func dirsOf(t *testing.T, root string) []string {
+	_, dirs := entries(t, root)
+	return dirs[1:] // without root
+}
+
+func symlinks(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	require.NoError(t, filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		require.NoError(t, err)
+		if d.Type()&os.ModeSymlink != 0 {
+			rel, _ := filepath.Rel(root, path)
+			out = append(out, rel)
+		}
+		return nil
+	}))
+	return out
+}
+
+func randomBytes(rng *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
