@@ -29,6 +29,10 @@ var (
 		Name: "ferry_agent_syncs_total",
 		Help: "Syncs ended on this node, by result (succeeded, failed).",
 	}, append(crLabels, "result"))
+	unchangedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_agent_unchanged_syncs_total",
+		Help: "Source syncs on this node that ran no rsync: the destination held the very tree, unchanged since its last sync.",
+	}, crLabels)
 	transferSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "ferry_agent_transfer_duration_seconds",
 		Help:    "Duration of syncs on this node, from the transfer's start to its end.",
@@ -59,6 +63,6 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(bytesTotal, filesTotal, syncsTotal, transferSeconds, publishSeconds,
+	metrics.Registry.MustRegister(bytesTotal, filesTotal, syncsTotal, unchangedTotal, transferSeconds, publishSeconds,
 		activeTransfers, queuedTransfers, errorsTotal, refusedTotal)
 }

@@ -232,6 +232,9 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	bytesTotal.WithLabelValues(r.labels(ma, "sent")...).Add(float64(res.BytesSent))
 	bytesTotal.WithLabelValues(r.labels(ma, "received")...).Add(float64(res.BytesReceived))
 	filesTotal.WithLabelValues(r.labels(ma)...).Add(float64(res.FilesTransferred))
+	if res.Unchanged {
+		unchangedTotal.WithLabelValues(r.labels(ma)...).Inc()
+	}
 	transferSeconds.WithLabelValues(r.labels(ma)...).Observe(time.Since(result.StartTime.Time).Seconds())
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("aborted: the node agent is shutting down: %w", err)

@@ -227,6 +227,7 @@ func TestAgentsReplicate(t *testing.T) {
 		t.Logf("per-sync overhead, unchanged small volume (generation raised → result reported): %v", time.Since(asked))
 		assert.Contains(t, res.Summary, "unchanged since the last sync", "the tree is as the destination received it: no rsync")
 		assert.Zero(t, res.BytesSent)
+		assert.Equal(t, 1.0, agentA.Metric("ferry_agent_unchanged_syncs_total", map[string]string{"node": nodeA.Name, "role": "source"}))
 		require.True(t, synced(t, dst.Name, 2).Succeeded, "the destination counts it a completed sync")
 		assert.Equal(t, want, harness.Tree(t, replicaDir))
 		publishes := map[string]string{"node": nodeA.Name, "role": "source"}
