@@ -61,27 +61,17 @@ func Of(root string) (Sum, error) {
 	if err != nil {
 		return Sum{}, err
 	}
-	h := sha256.New()
 	xattrs, err := xattrsOf(unix.AT_FDCWD, root)
 	if err != nil {
 		return Sum{}, fmt.Errorf("read xattrs of %s: %w", root, err)
 	}
-	writeEntry(h, ".", &st, "", xattrs, sub)
-	var s Sum
-	copy(s[:], h.Sum(nil))
-	return s, nil
+	return sha256.Sum256(entry(".", &st, "", xattrs, sub)), nil
 }
 
 type walker struct {
 	// slots bounds the goroutines walking subtrees; a directory that finds
 	// none free is walked by its parent's goroutine.
 	slots chan struct{}
-}
-
-// child is one entry of a directory, summed.
-type child struct {
-	name string
-	line []byte
 }
 
 // dir sums the directory open at fd (closed when done); path is for
@@ -94,7 +84,9 @@ func (w *walker) dir(fd int, path string) (Sum, error) {
 		return Sum{}, fmt.Errorf("read %s: %w", path, err)
 	}
 	sort.Strings(names)
-	children := make([]child, len(names))
+	// The entries' records, in name order; a subdirectory's is filled in
+	// by whichever goroutine walks it.
+	entries := make([][]byte, len(names))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
@@ -109,7 +101,6 @@ func (w *walker) dir(fd int, path string) (Sum, error) {
 			fail(fmt.Errorf("stat %s/%s: %w", path, name, err))
 			continue
 		}
-		children[i].name = name
 		xattrs, err := xattrsOf(fd, name)
 		if err != nil {
 			fail(fmt.Errorf("read xattrs of %s/%s: %w", path, name, err))
@@ -122,35 +113,34 @@ func (w *walker) dir(fd int, path string) (Sum, error) {
 				fail(fmt.Errorf("read link %s/%s: %w", path, name, err))
 				continue
 			}
-			children[i].line = line(name, &st, target, xattrs, Sum{})
+			entries[i] = entry(name, &st, target, xattrs, Sum{})
 		case unix.S_IFDIR:
 			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			if err != nil {
 				fail(fmt.Errorf("open %s/%s (changed while walked?): %w", path, name, err))
 				continue
 			}
-			st := st
-			walk := func(i int, name string) {
+			walk := func() {
 				s, err := w.dir(sub, path+"/"+name)
 				if err != nil {
 					fail(err)
 					return
 				}
-				children[i].line = line(name, &st, "", xattrs, s)
+				entries[i] = entry(name, &st, "", xattrs, s)
 			}
 			select {
 			case w.slots <- struct{}{}:
 				wg.Add(1)
-				go func(i int, name string) {
+				go func() {
 					defer wg.Done()
 					defer func() { <-w.slots }()
-					walk(i, name)
-				}(i, name)
+					walk()
+				}()
 			default:
-				walk(i, name)
+				walk()
 			}
 		default:
-			children[i].line = line(name, &st, "", xattrs, Sum{})
+			entries[i] = entry(name, &st, "", xattrs, Sum{})
 		}
 	}
 	wg.Wait()
@@ -159,24 +149,16 @@ func (w *walker) dir(fd int, path string) (Sum, error) {
 		return Sum{}, errors.Join(errs...)
 	}
 	h := sha256.New()
-	for _, c := range children {
-		h.Write(c.line)
+	for _, e := range entries {
+		h.Write(e)
 	}
-	var s Sum
-	copy(s[:], h.Sum(nil))
-	return s, nil
+	return Sum(h.Sum(nil)), nil
 }
 
-// line is an entry's record: its name, metadata, link target and (for a
-// directory) its subtree's sum, each length-prefixed so no two entries
-// read alike.
-func line(name string, st *unix.Stat_t, target string, xattrs []byte, sub Sum) []byte {
-	h := sha256.New()
-	writeEntry(h, name, st, target, xattrs, sub)
-	return h.Sum(nil)
-}
-
-func writeEntry(h interface{ Write([]byte) (int, error) }, name string, st *unix.Stat_t, target string, xattrs []byte, sub Sum) {
+// entry is an entry's record: its name, metadata, link target, xattrs and
+// (for a directory) its subtree's sum, the variable-length parts
+// length-prefixed so no two entries read alike.
+func entry(name string, st *unix.Stat_t, target string, xattrs []byte, sub Sum) []byte {
 	var b []byte
 	b = binary.AppendUvarint(b, uint64(len(name)))
 	b = append(b, name...)
@@ -188,8 +170,7 @@ func writeEntry(h interface{ Write([]byte) (int, error) }, name string, st *unix
 	b = append(b, target...)
 	b = binary.AppendUvarint(b, uint64(len(xattrs)))
 	b = append(b, xattrs...)
-	b = append(b, sub[:]...)
-	h.Write(b)
+	return append(b, sub[:]...)
 }
 
 func readlinkat(dirfd int, name string) (string, error) {
@@ -207,15 +188,10 @@ func readlinkat(dirfd int, name string) (string, error) {
 
 // xattrsOf returns an entry's extended attributes, names and values in
 // name order, length-prefixed. The entry is named relative to the open
-// directory dirfd through /proc/self/fd (the xattr calls take no
-// descriptor of a directory), and the l-variants never follow a final
+// directory dirfd (listxattr, procPath), and no call follows a final
 // symlink.
 func xattrsOf(dirfd int, name string) ([]byte, error) {
-	path := name
-	if dirfd != unix.AT_FDCWD {
-		path = fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
-	}
-	size, err := listxattr(dirfd, name, path, nil)
+	size, err := listxattr(dirfd, name, nil)
 	if err != nil || size == 0 {
 		if errors.Is(err, unix.ENOTSUP) {
 			return nil, nil
@@ -223,9 +199,10 @@ func xattrsOf(dirfd int, name string) ([]byte, error) {
 		return nil, err
 	}
 	list := make([]byte, size)
-	if size, err = listxattr(dirfd, name, path, list); err != nil {
+	if size, err = listxattr(dirfd, name, list); err != nil {
 		return nil, err
 	}
+	path := procPath(dirfd, name)
 	names := bytesSplit(list[:size])
 	sort.Strings(names)
 	var out []byte
@@ -250,11 +227,20 @@ func xattrsOf(dirfd int, name string) ([]byte, error) {
 // Linux 6.13).
 var noListxattrat atomic.Bool
 
+// procPath names an entry relative to the open directory dirfd for the
+// calls that take a path only.
+func procPath(dirfd int, name string) string {
+	if dirfd == unix.AT_FDCWD {
+		return name
+	}
+	return fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
+}
+
 // listxattr lists an entry's xattr names into buf (nil: just the size):
 // with listxattrat relative to dirfd where the kernel has it (most entries
-// have no xattrs, and this is the walk's one extra call per entry), else
-// through path.
-func listxattr(dirfd int, name, path string, buf []byte) (int, error) {
+// have no xattrs, and this is the walk's one extra call per entry, so it
+// builds no path), else through procPath.
+func listxattr(dirfd int, name string, buf []byte) (int, error) {
 	if !noListxattrat.Load() {
 		p, err := unix.BytePtrFromString(name)
 		if err != nil {
@@ -274,7 +260,7 @@ func listxattr(dirfd int, name, path string, buf []byte) (int, error) {
 		}
 		noListxattrat.Store(true)
 	}
-	return unix.Llistxattr(path, buf)
+	return unix.Llistxattr(procPath(dirfd, name), buf)
 }
 
 // bytesSplit splits a NUL-terminated list of names.
