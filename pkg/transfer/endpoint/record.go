@@ -130,14 +130,17 @@ func (s *Server) ended(l *listener, log logr.Logger, code int) {
 		defer close(done)
 		volume, err := treedigest.Of(l.dest.Volume)
 		r.mu.Lock()
-		defer r.mu.Unlock()
+		current := r.gen == gen // no receiver started, no other sync ended
+		if current && err == nil {
+			r.last = &recorded{source: source, volume: volume, at: time.Now()}
+		}
+		r.mu.Unlock()
 		switch {
-		case r.gen != gen:
+		case !current:
 		case err != nil:
 			log.Info("could not sum the volume after the sync; the next one runs in full", "error", err.Error())
 		default:
-			r.last = &recorded{source: source, volume: volume, at: time.Now()}
-			emit(l, Event{Kind: Recorded})
+			emit(l, Event{Kind: Recorded}) // not under the lock: the events' reader may be slow
 		}
 	}()
 }

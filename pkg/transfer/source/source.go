@@ -352,21 +352,22 @@ func throttle(o *Options, attempt int) func(bytes, files int64) {
 // goes wrong means "no": the sync then runs in full.
 func unchanged(o *Options, conn *connection) bool {
 	start := time.Now()
-	dialed := make(chan error, 1)
-	go func() { _, err := conn.get(); dialed <- err }() // meanwhile
+	type dial struct {
+		client *ssh.Client
+		err    error
+	}
+	dialed := make(chan dial, 1)
+	go func() { c, err := conn.get(); dialed <- dial{c, err} }() // meanwhile
 	sum, err := treedigest.Of(o.Volume)
-	if derr := <-dialed; derr != nil {
+	d := <-dialed
+	if d.err != nil {
 		return false // the first try reports it
 	}
 	if err != nil {
 		o.Log.Info("could not sum the volume's tree; syncing in full", "error", err.Error())
 		return false
 	}
-	client, err := conn.get()
-	if err != nil {
-		return false
-	}
-	ok, _, err := client.SendRequest(treedigest.Request, true, sum[:])
+	ok, _, err := d.client.SendRequest(treedigest.Request, true, sum[:])
 	o.Log.V(1).Info("offered the tree's digest", "unchanged", ok, "walk", time.Since(start).String())
 	return err == nil && ok
 }
