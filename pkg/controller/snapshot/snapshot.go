@@ -117,27 +117,18 @@ func Delete(ctx context.Context, c client.Client, namespace, name string) error 
 	return nil
 }
 
-// List lists the snapshots in namespace with labels.
-func List(ctx context.Context, c client.Reader, namespace string, labels map[string]string) ([]unstructured.Unstructured, error) {
-	l := &unstructured.UnstructuredList{}
-	l.SetGroupVersionKind(ListGVK)
-	if err := c.List(ctx, l, client.InNamespace(namespace), client.MatchingLabels(labels)); err != nil {
-		return nil, fmt.Errorf("list VolumeSnapshots: %w", err)
-	}
-	return l.Items, nil
-}
-
 // Owned lists the snapshots in namespace whose controller is the object
 // with uid: Ferry's images of a destination and those VolSync left for it
 // (VolSync owns its images the same way), so that a taken-over
 // destination's old image goes when Ferry's first replaces it.
 func Owned(ctx context.Context, c client.Reader, namespace string, uid types.UID) ([]unstructured.Unstructured, error) {
-	all, err := List(ctx, c, namespace, nil)
-	if err != nil {
-		return nil, err
+	l := &unstructured.UnstructuredList{}
+	l.SetGroupVersionKind(ListGVK)
+	if err := c.List(ctx, l, client.InNamespace(namespace)); err != nil {
+		return nil, fmt.Errorf("list VolumeSnapshots: %w", err)
 	}
 	var out []unstructured.Unstructured
-	for _, s := range all {
+	for _, s := range l.Items {
 		if ref := metav1.GetControllerOf(&s); ref != nil && ref.UID == uid {
 			out = append(out, s)
 		}
