@@ -44,7 +44,7 @@ func main() {
 	flag.Int64Var(&cfg.Transfer.Pids, "transfer-pids-limit", 64, "limit on processes and threads of each transfer's own cgroup; 0: none")
 	flag.StringVar(&cfg.Rsync, "rsync", "", "the rsync binary, under /usr (default: rsync from PATH)")
 	flag.DurationVar(&cfg.FullSyncInterval, "full-sync-interval", endpoint.DefaultFullSyncInterval,
-		"how long a destination's record of its last sync lets a source whose tree is unchanged send nothing; past it a sync runs rsync in full; 0: always")
+		"how long the record of a replication's last sync lets the next one send nothing (tree unchanged) or only what changed; past it a sync runs rsync over the whole tree; 0: always")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()

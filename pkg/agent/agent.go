@@ -85,8 +85,9 @@ type Config struct {
 	// Rsync is the rsync binary ("" for rsync from PATH).
 	Rsync string
 	// FullSyncInterval is how long a destination's record of its last
-	// completed sync lets a source whose tree is unchanged skip rsync; past
-	// it a sync runs in full. 0 never skips.
+	// completed sync lets a source whose tree is unchanged skip rsync, or
+	// send only what changed; past it a sync runs in full. 0: always in
+	// full.
 	FullSyncInterval time.Duration
 	// Transfer limits each transfer's own cgroup (memory, processes);
 	// zero: no cgroups.
@@ -162,6 +163,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		slots:  make(chan struct{}, cfg.MaxTransfers),
 		events: mgr.GetEventRecorder("ferry-nodeagent"),
 		log:    log, aborted: aborted, states: map[types.NamespacedName]*state{},
+		records: records{ttl: cfg.FullSyncInterval},
 	}
 	defer r.publisher.Close()
 	defer r.server.Close()

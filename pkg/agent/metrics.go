@@ -33,6 +33,10 @@ var (
 		Name: "ferry_agent_unchanged_syncs_total",
 		Help: "Source syncs on this node that ran no rsync: the destination held the very tree, unchanged since its last sync.",
 	}, crLabels)
+	incrementalTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_agent_incremental_syncs_total",
+		Help: "Source syncs on this node that handed rsync only the entries changed since the last sync, the destination having confirmed it still held what that sync left.",
+	}, crLabels)
 	transferSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "ferry_agent_transfer_duration_seconds",
 		Help:    "Duration of syncs on this node, from the transfer's start to its end.",
@@ -63,6 +67,6 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(bytesTotal, filesTotal, syncsTotal, unchangedTotal, transferSeconds, publishSeconds,
+	metrics.Registry.MustRegister(bytesTotal, filesTotal, syncsTotal, unchangedTotal, incrementalTotal, transferSeconds, publishSeconds,
 		activeTransfers, queuedTransfers, errorsTotal, refusedTotal)
 }

@@ -64,6 +64,8 @@ type Reconciler struct {
 
 	mu     sync.Mutex
 	states map[types.NamespacedName]*state
+	// records are what each source's last completed sync sent.
+	records records
 }
 
 // state is what the agent knows of an assignment beyond its status: what is

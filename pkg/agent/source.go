@@ -212,6 +212,7 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	res, err := source.Push(ctx, source.Options{
 		Address: src.Address, Port: int(src.Port), User: src.User, Path: src.Path, Keys: keys, Volume: path, Scratch: r.scratch, Cgroups: r.cgroups, Limits: limits(ma),
 		Backoff: r.cfg.RetryBackoff, Rsync: r.cfg.Rsync, Log: logger, ProgressInterval: r.cfg.ProgressInterval, Compression: compress,
+		Record: r.records.get(key, time.Now()),
 		Progress: func(p source.Progress) {
 			rate := int64(0)
 			if dt := time.Since(lastAt).Seconds(); dt > 0 && p.Attempt == last.Attempt {
@@ -232,8 +233,11 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	bytesTotal.WithLabelValues(r.labels(ma, "sent")...).Add(float64(res.BytesSent))
 	bytesTotal.WithLabelValues(r.labels(ma, "received")...).Add(float64(res.BytesReceived))
 	filesTotal.WithLabelValues(r.labels(ma)...).Add(float64(res.FilesTransferred))
-	if res.Unchanged {
+	switch {
+	case res.Unchanged:
 		unchangedTotal.WithLabelValues(r.labels(ma)...).Inc()
+	case res.Listed > 0:
+		incrementalTotal.WithLabelValues(r.labels(ma)...).Inc()
 	}
 	transferSeconds.WithLabelValues(r.labels(ma)...).Observe(time.Since(result.StartTime.Time).Seconds())
 	if err != nil && ctx.Err() != nil {

@@ -14,15 +14,19 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 
-// TestSkipExactlyWhenUnchanged: rounds of random changes to the source
-// (or none) between syncs, with a fixed seed (FERRY_FUZZ_SEED picks
-// another, FERRY_FUZZ_ROUNDS more rounds): a sync is skipped exactly when
-// nothing changed, and after every round the replica equals the source in
-// everything the fidelity checker sees (data, modes, owners, times, hard
-// links, ACLs, link targets).
-func TestSkipExactlyWhenUnchanged(t *testing.T) {
+// TestSyncsFollowRandomChanges: rounds of random changes to the source (or
+// none) between syncs, with a fixed seed (FERRY_FUZZ_SEED picks another,
+// FERRY_FUZZ_ROUNDS more rounds): a sync is skipped exactly when nothing
+// changed, every other sync but the first is incremental (only the
+// changed entries handed to rsync), and after every round the replica
+// equals the source in everything the fidelity checker sees (data, modes,
+// owners, times, hard links, ACLs, link targets). Every fifth round the
+// source forgets its record, so full syncs between incremental ones are
+// covered too.
+func TestSyncsFollowRandomChanges(t *testing.T) {
 	testenv.NeedRoot(t)
 	seed := uint64(envFloat("FERRY_FUZZ_SEED", 15))
 	rounds := int(envFloat("FERRY_FUZZ_ROUNDS", 60))
@@ -38,17 +42,27 @@ func TestSkipExactlyWhenUnchanged(t *testing.T) {
 	lim := endpoint.DefaultLimits
 	lim.HandshakeRate = 1000
 	_, port := serve(t, k, dst, &ev, endpoint.WithLimits(lim))
+	for i := 0; i < 40; i++ {
+		name := filepath.Join([]string{"a", "a/b", "c", "d/e/f"}[i%4], fmt.Sprintf("start%d", i))
+		require.NoError(t, os.WriteFile(filepath.Join(src, name), randomBytes(rng, rng.IntN(3000)), 0o644))
+	}
 	counts := map[string]int{}
+	record := &source.Record{}
 	for round := 0; round < rounds; round++ {
 		changed := ""
 		if round == 0 || rng.IntN(4) > 0 {
 			changed = change(t, rng, src, round)
 		}
 		counts[changed]++
+		forgot := round%5 == 4
+		if forgot {
+			record = &source.Record{}
+		}
 		recorded := ev.count(endpoint.Recorded)
-		res, err := push(t, k.src, port, src, nil)
+		res, err := push(t, k.src, port, src, func(o *source.Options) { o.Record = record })
 		require.NoError(t, err, res.Errors)
 		require.Equal(t, changed == "" && round > 0, res.Unchanged, "round %d (seed %d): change %q", round, seed, changed)
+		require.Equal(t, changed != "" && round > 0 && !forgot, res.Listed > 0, "round %d (seed %d): change %q, incremental", round, seed, changed)
 		requireSame(t, src, dst)
 		if !res.Unchanged {
 			ev.waitForCount(t, endpoint.Recorded, recorded+1)

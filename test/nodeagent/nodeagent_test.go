@@ -36,6 +36,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/test/cluster"
 	"github.com/ferrysync/ferry/test/harness"
@@ -238,6 +239,25 @@ func TestAgentsReplicate(t *testing.T) {
 			1000*agentA.Metric("ferry_agent_transfer_duration_seconds_sum", transfers)/agentA.Metric("ferry_agent_transfer_duration_seconds_count", transfers))
 	})
 
+	t.Run("a sync after a small change: only what changed", func(t *testing.T) {
+		writeSource(t, func(dir string) {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "app/config.yaml"), []byte("replicas: 5\n"), 0o640))
+			require.NoError(t, os.Remove(filepath.Join(dir, "app/current")))
+			harness.WriteRandom(t, filepath.Join(dir, "app/logs/0002.log"), 64<<10)
+		})
+		copyPV := snapshotOf(t, "data-pit-2")
+		update(t, dst.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.SyncGeneration = 3 })
+		testenv.Eventually(t, "the destination to be released", time.Minute, func() bool { return get(t, dst.Name).Status.Phase == agentv1alpha1.PhaseMounted })
+		update(t, src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(copyPV), 3 })
+		res := synced(t, src.Name, 3)
+		require.True(t, res.Succeeded, res.Error)
+		assert.Contains(t, res.Summary, source.IncrementalSummary, "the destination holds what sync 2 left: only the changes are listed")
+		assert.Less(t, res.BytesSent, int64(1<<20), "the 3 MiB log is not sent again")
+		assert.Equal(t, 1.0, agentA.Metric("ferry_agent_incremental_syncs_total", map[string]string{"node": nodeA.Name, "role": "source"}))
+		require.True(t, synced(t, dst.Name, 3).Succeeded)
+		assert.Equal(t, want, harness.Tree(t, replicaDir), "the replica matches the new copy: the rewrite (hard link kept), the new log, the symlink gone")
+	})
+
 	// Big enough that a transfer is still running when the test acts.
 	const big = 128 << 20
 	// bigSyncUnderWay replaces the source's big file with a new one,
@@ -273,6 +293,7 @@ func TestAgentsReplicate(t *testing.T) {
 		require.True(t, res.Succeeded, "the sync after %s: %s", why, res.Error)
 		assert.Equal(t, after+1, res.Generation, "generation %d was not run again", after)
 		assert.NotContains(t, res.Summary, "unchanged since the last sync", "an interrupted sync leaves no record: rsync runs in full")
+		assert.NotContains(t, res.Summary, source.IncrementalSummary, "an interrupted sync leaves no record: rsync runs over the whole tree")
 	}
 
 	t.Run("kill -9 of the source's agent mid-transfer", func(t *testing.T) {

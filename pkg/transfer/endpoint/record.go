@@ -45,15 +45,22 @@ type recorded struct {
 	at             time.Time
 }
 
-// serveGlobal answers a connection's global requests: the unchanged offer,
-// and "no" to everything else (port forwarding, keepalives).
+// serveGlobal answers a connection's global requests: the base and
+// unchanged offers, and "no" to everything else (port forwarding,
+// keepalives).
 func (s *Server) serveGlobal(l *listener, log logr.Logger, reqs <-chan *ssh.Request) {
+	var v verification // this connection's, so that no other sync relies on it
 	for req := range reqs {
 		ok := false
-		if req.Type == treedigest.Request && len(req.Payload) == len(treedigest.Sum{}) {
-			var offered treedigest.Sum
-			copy(offered[:], req.Payload)
-			ok = s.unchanged(l, log, offered)
+		if len(req.Payload) == len(treedigest.Sum{}) {
+			var sum treedigest.Sum
+			copy(sum[:], req.Payload)
+			switch req.Type {
+			case treedigest.Request:
+				ok = s.unchanged(l, log, &v, sum)
+			case treedigest.BaseRequest:
+				ok = s.base(l, log, &v, sum)
+			}
 		}
 		if req.WantReply {
 			_ = req.Reply(ok, nil)
@@ -61,12 +68,39 @@ func (s *Server) serveGlobal(l *listener, log logr.Logger, reqs <-chan *ssh.Requ
 	}
 }
 
-// unchanged takes the source's offer and says whether the sync may be
-// skipped: the offer matches the last completed sync's source, the record
-// is younger than the full-sync interval, nothing runs, and the volume
-// sums as it did right after that sync.
-func (s *Server) unchanged(l *listener, log logr.Logger, offered treedigest.Sum) bool {
-	r := &l.record
+// verification is a connection's proof that the volume summed as the
+// record says, valid while the record's generation stays gen.
+type verification struct {
+	ok  bool
+	gen uint64
+}
+
+// base says whether the source may sync incrementally from the tree whose
+// digest it offers: the last completed sync received that tree, and the
+// volume still is what that sync left.
+func (s *Server) base(l *listener, log logr.Logger, v *verification, sum treedigest.Sum) bool {
+	r := l.record.settled()
+	defer r.mu.Unlock()
+	return r.last != nil && r.last.source == sum && s.verify(l, log, v)
+}
+
+// unchanged takes the source's offer of the tree it is about to send and
+// says whether the sync may be skipped: the last completed sync received
+// that very tree and the volume still is what that sync left.
+func (s *Server) unchanged(l *listener, log logr.Logger, v *verification, offered treedigest.Sum) bool {
+	r := l.record.settled()
+	defer r.mu.Unlock()
+	r.offered, r.skipped = &offered, false
+	if r.last == nil || r.last.source != offered || !s.verify(l, log, v) {
+		return false
+	}
+	r.skipped = true
+	return true
+}
+
+// settled waits for the sum of the last sync's volume to be in, and
+// returns the record locked.
+func (r *record) settled() *record {
 	r.mu.Lock()
 	summing := r.summing
 	r.mu.Unlock()
@@ -74,23 +108,34 @@ func (s *Server) unchanged(l *listener, log logr.Logger, offered treedigest.Sum)
 		<-summing
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.offered, r.skipped = &offered, false
-	last := r.last
-	if last == nil || last.source != offered || s.fullSync <= 0 || time.Since(last.at) > s.fullSync || l.receiving() {
+	return r
+}
+
+// verify says, with the record locked and present, whether the record may
+// stand for the volume now: it is younger than the full-sync interval, no
+// receiver runs, and the volume sums as it did right after the sync (once
+// per connection and record generation). A volume changed behind Ferry's
+// back loses the record.
+func (s *Server) verify(l *listener, log logr.Logger, v *verification) bool {
+	r := &l.record
+	if s.fullSync <= 0 || time.Since(r.last.at) > s.fullSync || l.receiving() {
 		return false
+	}
+	if v.ok && v.gen == r.gen {
+		return true
 	}
 	now, err := treedigest.Of(l.dest.Volume)
 	if err != nil {
 		log.Info("could not sum the volume; syncing in full", "error", err.Error())
 		return false
 	}
-	if now != last.volume {
+	if now != r.last.volume {
 		log.Info("the volume changed since the last sync; syncing in full")
 		r.last = nil
+		r.gen++
 		return false
 	}
-	r.skipped = true
+	v.ok, v.gen = true, r.gen
 	return true
 }
 

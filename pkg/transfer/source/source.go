@@ -43,6 +43,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,11 +83,16 @@ type Options struct {
 	// Compression is how rsync compresses what it sends (zero value:
 	// compression.Default; compression.None sends data as it is).
 	Compression compression.Compression
-	// Full always runs rsync. Otherwise the source first offers the digest
-	// of the volume's tree (treedigest) and sends nothing when the
-	// destination says its last completed sync received that very tree and
-	// nothing changed there since.
+	// Full always runs rsync over the whole tree. Otherwise the source
+	// first offers the digest of the volume's tree (treedigest) and sends
+	// nothing when the destination says its last completed sync received
+	// that very tree and nothing changed there since.
 	Full bool
+	// Record, when set, is what this source remembers of its last
+	// completed sync to the destination. When the destination confirms it
+	// still holds exactly what that sync left, only the entries changed
+	// since are sent (incremental sync). Push updates it.
+	Record *Record
 	// Attempts is how many times rsync is tried (default 5).
 	Attempts int
 	// Backoff is the first pause between tries, doubled each time (default
@@ -116,6 +122,39 @@ type Result struct {
 	// Unchanged: the destination already held this very tree, and nothing
 	// was sent (Attempts is 0).
 	Unchanged bool
+	// Listed is how many entries an incremental sync handed rsync (0: the
+	// sync ran over the whole tree, or was skipped).
+	Listed int
+}
+
+// IncrementalSummary starts the Summary of an incremental sync.
+const IncrementalSummary = "incremental:"
+
+// Record is what a source remembers of its last completed sync to a
+// destination: the walk of the tree it sent (treedigest.Tree). Its zero
+// value remembers nothing. The caller keeps one per replication, in
+// memory: a restarted agent, or a source copy mounted on another node,
+// starts without one and syncs in full.
+type Record struct {
+	mu   sync.Mutex
+	tree *treedigest.Tree
+}
+
+func (r *Record) get() *treedigest.Tree {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tree
+}
+
+func (r *Record) set(t *treedigest.Tree) {
+	if r != nil {
+		r.mu.Lock()
+		r.tree = t
+		r.mu.Unlock()
+	}
 }
 
 // Where the confined rsync finds the remote-shell helper and its socket.
@@ -138,13 +177,19 @@ func Push(ctx context.Context, o Options) (Result, error) {
 	defer conn.close()
 	backoff := o.Backoff
 	var err error
-	if !o.Full && unchanged(&o, conn) {
+	var p plan
+	if !o.Full {
+		p = prepare(&o, conn)
+	}
+	if p.unchanged {
 		res.Unchanged, res.Summary = true, "unchanged since the last sync: nothing to send"
 		o.Attempts = 0
 	}
+	res.Listed = len(p.list)
+	o.Record.set(nil) // until this sync has ended well
 	for attempt := 1; attempt <= o.Attempts; attempt++ {
 		res.Attempts = attempt
-		err = pushOnce(ctx, &o, conn, attempt, &res)
+		err = pushOnce(ctx, &o, conn, attempt, &res, p.list)
 		if err == nil || ctx.Err() != nil {
 			break
 		}
@@ -158,12 +203,19 @@ func Push(ctx context.Context, o Options) (Result, error) {
 		}
 		backoff *= 2
 	}
+	if res.Listed > 0 {
+		res.Summary = fmt.Sprintf("%s %d changed entries since the last sync\n%s", IncrementalSummary, res.Listed, res.Summary)
+	}
 	if ctx.Err() == nil {
-		if serr := conn.shutdown(res.ExitCode); serr != nil {
+		serr := conn.shutdown(res.ExitCode)
+		if serr != nil {
 			o.Log.Info("could not tell the destination the sync ended", "error", serr.Error())
 			if err == nil {
 				err = serr
 			}
+		}
+		if err == nil && res.ExitCode == 0 {
+			o.Record.set(p.tree)
 		}
 	}
 	res.End = time.Now()
@@ -204,8 +256,9 @@ func (o *Options) defaults() {
 	}
 }
 
-// pushOnce runs one rsync try over the held connection.
-func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, res *Result) error {
+// pushOnce runs one rsync try over the held connection: over the whole
+// tree, or over the entries in list (an incremental sync).
+func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, res *Result, list []string) error {
 	client, err := conn.get()
 	if err != nil {
 		res.ExitCode = 255
@@ -230,6 +283,15 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		return err
 	}
 	args := append(append([]string{}, rsyncFlags...), o.Compression.Args()...)
+	if list != nil {
+		// Only the listed entries (their parents come with them), each
+		// directory listed as "dir/." one level deep, so --delete removes
+		// what it lost; --files-from turns -a's recursion off.
+		if err := os.WriteFile(filepath.Join(dir, listFile), []byte(strings.Join(list, "\x00")+"\x00"), 0o600); err != nil {
+			return fmt.Errorf("write the list of changed entries: %w", err)
+		}
+		args = append(args, "--files-from="+rshDir+"/"+listFile, "--from0", "--dirs")
+	}
 	args = append(args, "-e", rshCmd, confine.DataDir+"/", o.User+"@ferry-destination:"+o.Path)
 	spec := confine.Spec{Volume: o.Volume, ReadOnly: true, Scratch: o.Scratch, Rsync: o.Rsync, Args: args,
 		Binds: []confine.Bind{{Host: exe, Path: rshBinary}, {Host: dir, Path: rshDir}}}
@@ -347,29 +409,70 @@ func throttle(o *Options, attempt int) func(bytes, files int64) {
 	}
 }
 
-// unchanged offers the digest of the volume's tree to the destination and
-// says whether it answered that it holds that tree unchanged. Anything that
-// goes wrong means "no": the sync then runs in full.
-func unchanged(o *Options, conn *connection) bool {
+// listFile names the list of an incremental sync's entries, in the
+// directory rsync's remote-shell helper shares with the agent.
+const listFile = "changed"
+
+// plan is what a sync sends: nothing (unchanged), the entries of list
+// (an incremental sync), or, with neither, the whole tree. tree is the
+// walk of the volume, for the source's next Record.
+type plan struct {
+	tree      *treedigest.Tree
+	unchanged bool
+	list      []string
+}
+
+// prepare walks the volume while it connects and, with a Record, asks the
+// destination whether it still holds what the recorded sync left; then it
+// offers the new tree's digest. Anything that goes wrong means a sync of
+// the whole tree.
+func prepare(o *Options, conn *connection) plan {
 	start := time.Now()
+	base := o.Record.get()
 	type dial struct {
 		client *ssh.Client
 		err    error
+		base   bool
 	}
 	dialed := make(chan dial, 1)
-	go func() { c, err := conn.get(); dialed <- dial{c, err} }() // meanwhile
-	sum, err := treedigest.Of(o.Volume)
+	go func() { // meanwhile: the destination checks its volume as the source walks
+		c, err := conn.get()
+		d := dial{client: c, err: err}
+		if err == nil && base != nil {
+			d.base, _, _ = c.SendRequest(treedigest.BaseRequest, true, base.Sum[:])
+		}
+		dialed <- d
+	}()
+	tree, err := walk(o)
 	d := <-dialed
 	if d.err != nil {
-		return false // the first try reports it
+		return plan{} // the first try reports it
 	}
 	if err != nil {
 		o.Log.Info("could not sum the volume's tree; syncing in full", "error", err.Error())
-		return false
+		return plan{}
 	}
-	ok, _, err := d.client.SendRequest(treedigest.Request, true, sum[:])
-	o.Log.V(1).Info("offered the tree's digest", "unchanged", ok, "walk", time.Since(start).String())
-	return err == nil && ok
+	p := plan{tree: tree}
+	ok, _, err := d.client.SendRequest(treedigest.Request, true, tree.Sum[:])
+	p.unchanged = err == nil && ok
+	if !p.unchanged && d.base {
+		if list, ok := treedigest.Changes(base, tree); ok {
+			p.list = list
+		}
+	}
+	o.Log.V(1).Info("offered the tree's digest", "unchanged", p.unchanged, "base", d.base, "listed", len(p.list),
+		"walk", time.Since(start).String())
+	return p
+}
+
+// walk sums the volume, keeping the walk only when there is a Record to
+// keep it in.
+func walk(o *Options) (*treedigest.Tree, error) {
+	if o.Record != nil {
+		return treedigest.Walk(o.Volume)
+	}
+	sum, err := treedigest.Of(o.Volume)
+	return &treedigest.Tree{Sum: sum}, err
 }
 
 // connection is the ssh connection to the destination, opened on first use

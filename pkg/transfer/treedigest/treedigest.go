@@ -15,7 +15,10 @@
 // instead of leading it elsewhere; the caller then syncs in full.
 //
 // Directories are summed as a Merkle tree (an entry of a directory carries
-// its subtree's sum), and subtrees are walked in parallel.
+// its subtree's sum), and subtrees are walked in parallel. Walk keeps that
+// tree (a Tree: per directory, each entry's name and the hash of its
+// record), and Changes compares two of them, skipping every subtree whose
+// sum is the same, to name what an incremental sync must send.
 package treedigest
 
 import (
@@ -42,51 +45,90 @@ import (
 // full.
 const Request = "unchanged@ferrysync.io"
 
+// BaseRequest is the ssh global request with which Ferry's source offers
+// the digest of the tree its last completed sync to the destination sent
+// (the Sum's 32 bytes), while it walks the tree it is about to send.
+// Ferry's endpoint answers true only when its own last completed sync
+// received a tree of that digest and its volume has not changed since:
+// then what Changes lists between the two walks is all the sync must send.
+const BaseRequest = "base@ferrysync.io"
+
 // Sum is a tree's digest.
 type Sum [sha256.Size]byte
 
 // Of sums the tree at root (a directory), its own metadata included.
 func Of(root string) (Sum, error) {
+	t, err := walk(root, false)
+	if err != nil {
+		return Sum{}, err
+	}
+	return t.Sum, nil
+}
+
+// Walk sums the tree at root as Of does and keeps what Changes needs to
+// compare it with another walk of the same volume.
+func Walk(root string) (*Tree, error) { return walk(root, true) }
+
+func walk(root string, keep bool) (*Tree, error) {
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return Sum{}, fmt.Errorf("open %s: %w", root, err)
+		return nil, fmt.Errorf("open %s: %w", root, err)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return Sum{}, fmt.Errorf("stat %s: %w", root, err)
+		return nil, fmt.Errorf("stat %s: %w", root, err)
 	}
-	w := &walker{slots: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
-	sub, err := w.dir(fd, root) // closes fd
+	w := &walker{slots: make(chan struct{}, 2*runtime.GOMAXPROCS(0)), keep: keep}
+	if keep {
+		w.links = map[string]uint64{}
+	}
+	sub, top, err := w.dir(fd, root, "") // closes fd
 	if err != nil {
-		return Sum{}, err
+		return nil, err
 	}
 	xattrs, err := xattrsOf(unix.AT_FDCWD, root)
 	if err != nil {
-		return Sum{}, fmt.Errorf("read xattrs of %s: %w", root, err)
+		return nil, fmt.Errorf("read xattrs of %s: %w", root, err)
 	}
-	return sha256.Sum256(entry(".", &st, "", xattrs, sub)), nil
+	rec := entry(".", &st, "", xattrs, sub)
+	t := &Tree{Sum: sha256.Sum256(rec), links: w.links, entries: int(w.entries.Load()) + 1}
+	if keep {
+		t.root, t.rootRec = top, hashOwn(rec)
+	}
+	return t, nil
 }
 
 type walker struct {
 	// slots bounds the goroutines walking subtrees; a directory that finds
 	// none free is walked by its parent's goroutine.
 	slots chan struct{}
+	// keep: build the Tree's directories and link index, not just the sum.
+	keep    bool
+	entries atomic.Int64
+	mu      sync.Mutex
+	links   map[string]uint64
 }
 
 // dir sums the directory open at fd (closed when done); path is for
-// errors.
-func (w *walker) dir(fd int, path string) (Sum, error) {
+// errors, rel its path in the tree ("" for the root). With keep it also
+// returns the directory's entries.
+func (w *walker) dir(fd int, path, rel string) (Sum, *dir, error) {
 	f := os.NewFile(uintptr(fd), path)
 	names, err := f.Readdirnames(-1)
 	if err != nil {
 		f.Close()
-		return Sum{}, fmt.Errorf("read %s: %w", path, err)
+		return Sum{}, nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	sort.Strings(names)
+	w.entries.Add(int64(len(names)))
 	// The entries' records, in name order; a subdirectory's is filled in
 	// by whichever goroutine walks it.
 	entries := make([][]byte, len(names))
+	var kept *dir
+	if w.keep {
+		kept = &dir{names: names, own: make([]recHash, len(names)), subs: make([]*dir, len(names))}
+	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
@@ -121,12 +163,15 @@ func (w *walker) dir(fd int, path string) (Sum, error) {
 				continue
 			}
 			walk := func() {
-				s, err := w.dir(sub, path+"/"+name)
+				s, d, err := w.dir(sub, path+"/"+name, join(rel, name))
 				if err != nil {
 					fail(err)
 					return
 				}
 				entries[i] = entry(name, &st, "", xattrs, s)
+				if kept != nil {
+					kept.subs[i] = d
+				}
 			}
 			select {
 			case w.slots <- struct{}{}:
@@ -141,18 +186,30 @@ func (w *walker) dir(fd int, path string) (Sum, error) {
 			}
 		default:
 			entries[i] = entry(name, &st, "", xattrs, Sum{})
+			if w.keep && st.Nlink > 1 {
+				w.mu.Lock()
+				w.links[join(rel, name)] = st.Ino
+				w.mu.Unlock()
+			}
 		}
 	}
 	wg.Wait()
 	f.Close()
 	if len(errs) > 0 {
-		return Sum{}, errors.Join(errs...)
+		return Sum{}, nil, errors.Join(errs...)
 	}
 	h := sha256.New()
-	for _, e := range entries {
+	for i, e := range entries {
 		h.Write(e)
+		if kept != nil {
+			kept.own[i] = hashOwn(e)
+		}
 	}
-	return Sum(h.Sum(nil)), nil
+	sum := Sum(h.Sum(nil))
+	if kept != nil {
+		kept.sum = sum
+	}
+	return sum, kept, nil
 }
 
 // entry is an entry's record: its name, metadata, link target, xattrs and
