@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,8 +18,8 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 )
 
-// TestSyncsFollowRandomChanges: rounds of random changes to the source (or
-// none) between syncs, with a fixed seed (FERRY_FUZZ_SEED picks another,
+// TestSyncsFollowRandomChanges: rounds of one to three random changes to
+// the source (or none) between syncs, with a fixed seed (FERRY_FUZZ_SEED picks another,
 // FERRY_FUZZ_ROUNDS more rounds): a sync is skipped exactly when nothing
 // changed, every other sync but the first is incremental (only the
 // changed entries handed to rsync), and after every round the replica
@@ -29,7 +30,7 @@ import (
 func TestSyncsFollowRandomChanges(t *testing.T) {
 	testenv.NeedRoot(t)
 	seed := uint64(envFloat("FERRY_FUZZ_SEED", 15))
-	rounds := int(envFloat("FERRY_FUZZ_ROUNDS", 60))
+	rounds := int(envFloat("FERRY_FUZZ_ROUNDS", 100))
 	rng := rand.New(rand.NewPCG(seed, seed))
 	k := keys(t, "fuzz")
 	src, dst := t.TempDir(), t.TempDir()
@@ -42,18 +43,27 @@ func TestSyncsFollowRandomChanges(t *testing.T) {
 	lim := endpoint.DefaultLimits
 	lim.HandshakeRate = 1000
 	_, port := serve(t, k, dst, &ev, endpoint.WithLimits(lim))
+	starting := []string{"a", "a/b", "c", "d/e/f"}
 	for i := 0; i < 40; i++ {
-		name := filepath.Join([]string{"a", "a/b", "c", "d/e/f"}[i%4], fmt.Sprintf("start%d", i))
+		name := filepath.Join(starting[i%4], fmt.Sprintf("start%d", i))
 		require.NoError(t, os.WriteFile(filepath.Join(src, name), randomBytes(rng, rng.IntN(3000)), 0o644))
+		if i%4 == 0 { // hard links across directories, for renames of one of them
+			require.NoError(t, os.Link(filepath.Join(src, name), filepath.Join(src, starting[1+i%3], fmt.Sprintf("link%d", i))))
+		}
 	}
 	counts := map[string]int{}
 	record := &source.Record{}
 	for round := 0; round < rounds; round++ {
 		changed := ""
 		if round == 0 || rng.IntN(4) > 0 {
-			changed = change(t, rng, src, round)
+			for n := 1 + rng.IntN(3); n > 0; n-- { // up to three at once
+				op := change(t, rng, src, round*3+n)
+				counts[op]++
+				changed += op + " "
+			}
+		} else {
+			counts["none"]++
 		}
-		counts[changed]++
 		forgot := round%5 == 4
 		if forgot {
 			record = &source.Record{}
@@ -80,11 +90,11 @@ func change(t *testing.T, rng *rand.Rand, root string, round int) string {
 	pick := func(list []string) string { return list[rng.IntN(len(list))] }
 	p := func(rel string) string { return filepath.Join(root, rel) }
 	later := time.Now().Add(time.Duration(round+1) * time.Second)
-	ops := []string{"create", "create", "edit", "append", "truncate", "rename", "delete", "rmdir", "chmod", "chown",
+	ops := []string{"create", "create", "edit", "append", "truncate", "rename", "rename-dir", "rename-dir", "delete", "rmdir", "chmod", "chown",
 		"link", "unlink-link", "symlink", "retarget", "xattr", "acl", "file-to-dir", "dir-to-symlink", "mtime"}
 	for {
 		op := pick(ops)
-		needsFile := op != "create" && op != "symlink" && op != "rmdir" && op != "dir-to-symlink"
+		needsFile := op != "create" && op != "symlink" && op != "rmdir" && op != "dir-to-symlink" && op != "rename-dir"
 		if needsFile && len(files) == 0 {
 			continue
 		}
@@ -113,6 +123,12 @@ func change(t *testing.T, rng *rand.Rand, root string, round int) string {
 		case "rename":
 			f := pick(files)
 			require.NoError(t, os.Rename(p(f), p(filepath.Join(pick(dirs), fmt.Sprintf("moved%d", round)))))
+		case "rename-dir":
+			from, to := pick(dirs), pick(dirs)
+			if from == "." || to == from || strings.HasPrefix(to, from+"/") {
+				continue
+			}
+			require.NoError(t, os.Rename(p(from), p(filepath.Join(to, fmt.Sprintf("moved-dir%d", round)))))
 		case "delete":
 			require.NoError(t, os.Remove(p(pick(files))))
 		case "rmdir":
