@@ -101,7 +101,7 @@ bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopb
 	go test -count=1 -v -run "^$$" -bench BenchmarkDataPlane -benchtime 1x -timeout 60m ./pkg/transfer/ | grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"' -e '^    [a-z_]*\.go:[0-9]*: sshd: '
 
 .PHONY: fuzz
-fuzz: deps ## Random changes between syncs, a random seed, 1,000 rounds: a sync is skipped exactly when nothing changed, the replica checked each round (root; FERRY_FUZZ_SEED, FERRY_FUZZ_ROUNDS).
+fuzz: deps ## Random changes between syncs, a random seed, 1,000 rounds: a sync is skipped exactly when nothing changed, incremental otherwise, the replica checked each round (root; FERRY_FUZZ_SEED, FERRY_FUZZ_ROUNDS).
 	FERRY_FUZZ_SEED=$${FERRY_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')} FERRY_FUZZ_ROUNDS=$${FERRY_FUZZ_ROUNDS:-1000} \
 		go test -count=1 -v -run TestSyncsFollowRandomChanges -timeout 60m ./pkg/transfer/
 

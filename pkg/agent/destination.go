@@ -139,8 +139,8 @@ func runAs(ma *agentv1alpha1.MountAssignment) *confine.Identity {
 func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Destination, privileged bool) (*agentv1alpha1.Endpoint, error) {
 	key := client.ObjectKeyFromObject(ma)
 	id := key.String()
-	fingerprint := fmt.Sprintf("%s|%s|%s|%t|%v|%v", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
-		ssh.FingerprintSHA256(keys.Authorized), privileged, ma.Spec.Destination.RunAs, limits(ma))
+	fingerprint := fmt.Sprintf("%s|%s|%s|%t|%v|%v|%t", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
+		ssh.FingerprintSHA256(keys.Authorized), privileged, ma.Spec.Destination.RunAs, limits(ma), ma.Spec.Destination.InPlace)
 	s := r.state(ma)
 	s.mu.Lock()
 	served, ep := s.served, s.endpoint
@@ -150,6 +150,7 @@ func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys 
 	}
 	r.server.Remove(id)
 	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: privileged, RunAs: runAs(ma), Limits: limits(ma),
+		InPlace:        ma.Spec.Destination.InPlace,
 		HoldOnShutdown: true, Events: func(e endpoint.Event) { r.onDestinationEvent(key, e) }}
 	// After a restart, listen where the controller's Service points;
 	// otherwise on the first free port of the range.

@@ -55,17 +55,17 @@ func BenchmarkDataPlane(tb *testing.B) {
 		writeRandomFiles(t, src, 8, int64(256<<20*scale))
 		rows = append(rows, b.measure("A fresh 2 GiB large files", src, runs, func(dst string) { clear(t, dst) }))
 	}
-	// B: 1 % of 1 GiB changed in scattered 64 KiB blocks.
+	// B: 1 % of 1 GiB changed in scattered 64 KiB blocks since the last
+	// sync: each method first syncs the file as it is (not timed), then
+	// blocks of it change.
 	if picked("B") {
-		src, base := b.dir("B-src"), b.dir("B-base")
+		src := b.dir("B-src")
 		size := int64(1 << 30 * scale)
-		writeRandomFiles(t, base, 1, size)
-		changed := changeBlocks(t, filepath.Join(base, "f0"), filepath.Join(src, "f0"), size/100, 64<<10)
-		row := b.measure("B 1% of 1 GiB changed", src, runs, func(dst string) {
-			clear(t, dst)
-			out, err := exec.Command("cp", "-a", base+"/.", dst).CombinedOutput()
-			require.NoError(t, err, string(out))
-		})
+		writeRandomFiles(t, src, 1, size)
+		var changed int64
+		row := b.measureAfter("B 1% of 1 GiB changed", src, runs, b.syncThen(func(round int) {
+			changed = changeBlocks(t, filepath.Join(src, "f0"), size/100, 64<<10, round)
+		}))
 		row.note = fmt.Sprintf("changed %s", mib(changed))
 		rows = append(rows, row)
 	}
@@ -85,30 +85,25 @@ func BenchmarkDataPlane(tb *testing.B) {
 		// G: 1 % of those files changed since the last sync.
 		srcG := b.dir("G-src")
 		mustRun(t, "cp", "-a", src+"/.", srcG)
-		changed := changeFiles(t, srcG, n/100, 1000)
-		rows = append(rows, b.measure("G 1% of 100k small files changed", srcG, runs, func(dst string) {
-			if _, err := os.Stat(filepath.Join(dst, "d0")); err != nil {
-				clear(t, dst)
-				mustRun(t, "cp", "-a", src+"/.", dst)
-				return
-			}
-			restore(t, src, dst, changed)
-		}))
+		rows = append(rows, b.measureAfter("G 1% of 100k small files changed", srcG, runs, b.syncThen(func(round int) {
+			changeFiles(t, srcG, n/100, 1000, round)
+		})))
 	}
-	// E: preallocated (zero-filled) database files, a few MiB changed.
+	// E: preallocated (zero-filled) database files, a few MiB changed
+	// since the last sync.
 	if picked("E") {
-		src, base := b.dir("E-src"), b.dir("E-base")
+		src := b.dir("E-src")
 		size := int64(256 << 20 * scale)
-		var changed int64
 		for i := 0; i < 4; i++ {
-			name := fmt.Sprintf("db%d", i)
-			mustRun(t, "fallocate", "-l", strconv.FormatInt(size, 10), filepath.Join(base, name))
-			changed += changeBlocks(t, filepath.Join(base, name), filepath.Join(src, name), 1<<20, 16<<10)
+			mustRun(t, "fallocate", "-l", strconv.FormatInt(size, 10), filepath.Join(src, fmt.Sprintf("db%d", i)))
 		}
-		row := b.measure("E 1 GiB preallocated, 4 MiB changed", src, runs, func(dst string) {
-			clear(t, dst)
-			mustRun(t, "cp", "-a", base+"/.", dst)
-		})
+		var changed int64
+		row := b.measureAfter("E 1 GiB preallocated, 4 MiB changed", src, runs, b.syncThen(func(round int) {
+			changed = 0
+			for i := 0; i < 4; i++ {
+				changed += changeBlocks(t, filepath.Join(src, fmt.Sprintf("db%d", i)), 1<<20, 16<<10, round)
+			}
+		}))
 		row.note = fmt.Sprintf("changed %s", mib(changed))
 		rows = append(rows, row)
 	}
@@ -148,13 +143,18 @@ type bench struct {
 	volDst string
 	ssh    *volsyncmover.Source
 	plainS *volsyncmover.Source
+	// record is what Ferry's source remembers of its last sync to dst, as
+	// the agent keeps it per replication.
+	record source.Record
 }
 
 func newBench(t testing.TB) *bench {
 	b := &bench{t: t, root: t.TempDir(), k: keys(t, "bench"), plain: keys(t, "bench-plain")}
 	b.dst = b.dir("ferry-dst")
 	var ev events
-	_, b.port = serve(t, b.k, b.dst, &ev)
+	// As a Snapshot destination's (VolSync's usual), where changed files
+	// are updated in place.
+	_, b.port = serveDestination(t, endpoint.Destination{Keys: b.k.dst, Volume: b.dst, Privileged: true, InPlace: true}, &ev)
 	b.volDst = b.dir("volsync-dst")
 	b.sshd = volsyncDestination(t, b.k, b.volDst, b.plain.srcData["source.pub"]).Port
 	b.ssh = volsyncSource(t, b.k, b.sshd)
@@ -171,6 +171,22 @@ func (b *bench) dir(name string) string {
 // measure runs every method in turn, runs times, each after reset(dst),
 // and keeps min and median.
 func (b *bench) measure(name, src string, runs int, reset func(dst string)) benchRow {
+	return b.measureAfter(name, src, runs, func(_, _, dst string) { reset(dst) })
+}
+
+// syncThen is a reset for changes since the last sync: the method syncs
+// the tree as it is (not timed), then change makes the round's change.
+func (b *bench) syncThen(change func(round int)) func(method, src, dst string) {
+	round := 0
+	return func(method, src, _ string) {
+		b.run(method, src)
+		round++
+		change(round)
+	}
+}
+
+// measureAfter is measure with a reset that knows the method.
+func (b *bench) measureAfter(name, src string, runs int, reset func(method, src, dst string)) benchRow {
 	row := benchRow{name: name, mins: map[string]time.Duration{}, medians: map[string]time.Duration{}, wire: map[string]int64{}}
 	times := map[string][]time.Duration{}
 	for i := 0; i < runs; i++ {
@@ -179,7 +195,7 @@ func (b *bench) measure(name, src string, runs int, reset func(dst string)) benc
 			if strings.HasPrefix(m, "ferry") {
 				dst = b.dst
 			}
-			reset(dst) // data stays in the page cache, as in the stock measurements
+			reset(m, src, dst) // data stays in the page cache, as in the stock measurements
 			start := time.Now()
 			row.wire[m] = b.run(m, src)
 			times[m] = append(times[m], time.Since(start))
@@ -199,7 +215,7 @@ func (b *bench) run(method, src string) int64 {
 	t := b.t
 	switch method {
 	case "ferry", "ferry-none":
-		o := source.Options{Address: "127.0.0.1", Port: b.port, Keys: b.k.src, Scratch: t.TempDir(), Volume: src, Attempts: 1}
+		o := source.Options{Address: "127.0.0.1", Port: b.port, Keys: b.k.src, Scratch: t.TempDir(), Volume: src, Attempts: 1, Record: &b.record}
 		if method == "ferry-none" {
 			o.Compression = compression.None
 		}
@@ -339,20 +355,19 @@ func writeRandomFiles(t testing.TB, dir string, n int, size int64) {
 
 // changeBlocks copies base to dst with total bytes changed in scattered
 // blocks and returns the bytes changed.
-func changeBlocks(t testing.TB, base, dst string, total, block int64) int64 {
+func changeBlocks(t testing.TB, path string, total, block int64, round int) int64 {
 	t.Helper()
-	mustRun(t, "cp", "-a", base, dst)
-	f, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	require.NoError(t, err)
 	defer f.Close()
 	st, err := f.Stat()
 	require.NoError(t, err)
 	blocks := st.Size() / block
-	// Seeded by the file's name: files changed alike would let a
-	// compressor with a long window send one file's change for all.
+	// Seeded by the file's name and the round: files changed alike would
+	// let a compressor with a long window send one file's change for all.
 	h := fnv.New64a()
-	_, _ = h.Write([]byte(filepath.Base(dst)))
-	rng := rand.New(rand.NewPCG(7, h.Sum64()))
+	_, _ = h.Write([]byte(filepath.Base(path)))
+	rng := rand.New(rand.NewPCG(uint64(round), h.Sum64()))
 	buf := make([]byte, block)
 	var changed int64
 	for changed < total {
@@ -363,12 +378,10 @@ func changeBlocks(t testing.TB, base, dst string, total, block int64) int64 {
 		require.NoError(t, err)
 		changed += block
 	}
-	// Written within the second the copy was made, the file would keep an
-	// mtime rsync's quick check takes for unchanged (it compares whole
-	// seconds here); a real change comes later than that.
-	info, err := os.Stat(base)
-	require.NoError(t, err)
-	require.NoError(t, os.Chtimes(dst, time.Now(), info.ModTime().Add(time.Minute)))
+	// A later mtime than the last sync saw, whole seconds apart (rsync's
+	// quick check compares whole seconds here).
+	later := st.ModTime().Add(time.Minute)
+	require.NoError(t, os.Chtimes(path, later, later))
 	return changed
 }
 
@@ -405,28 +418,16 @@ func envFloat(name string, def float64) float64 {
 }
 
 // changeFiles rewrites n of the small files (spread over dirs directories)
-// with new content and a later mtime and returns their paths under dir.
-func changeFiles(t testing.TB, dir string, n, dirs int) []string {
+// with new content (round makes it new each time) and a later mtime.
+func changeFiles(t testing.TB, dir string, n, dirs, round int) {
 	t.Helper()
-	var paths []string
 	later := time.Now().Add(time.Hour)
 	for i := 0; i < n; i++ {
 		j := i * 100 // every hundredth file
-		p := filepath.Join(fmt.Sprintf("d%d", j%dirs), fmt.Sprintf("file-%d", j))
-		require.NoError(t, os.WriteFile(filepath.Join(dir, p), []byte(fmt.Sprintf("changed %d\n", j)), 0o644))
-		require.NoError(t, os.Chtimes(filepath.Join(dir, p), later, later))
-		paths = append(paths, p)
+		p := filepath.Join(dir, fmt.Sprintf("d%d", j%dirs), fmt.Sprintf("file-%d", j))
+		require.NoError(t, os.WriteFile(p, []byte(fmt.Sprintf("changed %d in round %d\n", j, round)), 0o644))
+		require.NoError(t, os.Chtimes(p, later, later))
 	}
-	return paths
-}
-
-// restore puts base's version of paths back into dst.
-func restore(t testing.TB, base, dst string, paths []string) {
-	t.Helper()
-	cmd := exec.Command("cp", append(append([]string{"-a", "--parents"}, paths...), dst)...)
-	cmd.Dir = base
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, string(out))
 }
 
 // writeLogs writes size bytes of application log lines, as varied as a

@@ -107,14 +107,20 @@ func (e *events) waitForCount(t testing.TB, kind endpoint.EventKind, n int) {
 	testenv.Eventually(t, fmt.Sprintf("%d %s events", n, kind), 20*time.Second, func() bool { return e.count(kind) >= n })
 }
 
-// serve starts an endpoint with one destination and returns its port;
-// opts add to the endpoint's options.
+// serve starts an endpoint with one privileged destination and returns
+// its port; opts add to the endpoint's options.
 func serve(t testing.TB, k *keyset, volume string, ev *events, opts ...endpoint.Option) (*endpoint.Server, int) {
+	t.Helper()
+	return serveDestination(t, endpoint.Destination{Keys: k.dst, Volume: volume, Privileged: true}, ev, opts...)
+}
+
+// serveDestination is serve for a destination set up as d says.
+func serveDestination(t testing.TB, d endpoint.Destination, ev *events, opts ...endpoint.Option) (*endpoint.Server, int) {
 	t.Helper()
 	srv := endpoint.New(t.TempDir(), append([]endpoint.Option{endpoint.WithLogger(testr.NewWithInterface(t, testr.Options{}))}, opts...)...)
 	t.Cleanup(srv.Close)
-	addr, err := srv.Add(endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: volume, Privileged: true,
-		ListenAddr: "127.0.0.1:0", Events: ev.add})
+	d.ID, d.ListenAddr, d.Events = "ns/dest", "127.0.0.1:0", ev.add
+	addr, err := srv.Add(d)
 	require.NoError(t, err)
 	return srv, addr.(*net.TCPAddr).Port
 }

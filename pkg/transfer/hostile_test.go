@@ -104,6 +104,9 @@ func TestModifiedClientIsRefused(t *testing.T) {
 		"sh -c 'touch /tmp/pwned'":                                        `command "sh" not allowed`,
 		"/usr/bin/rsync --server -r . .":                                  `command "/usr/bin/rsync" not allowed`,
 		"rsync --server -logDtpre.iLsfxCIvu --files-from=/etc/shadow . .": "--files-from=/etc/shadow is not allowed",
+		// The replica of a destination that does not allow it (Direct) is
+		// its image: a sync cut short must not leave files half updated.
+		"rsync --server -logDtpre.iLsfxCIvu --inplace . .": "option --inplace is not allowed",
 	} {
 		stderr, code := execute(t, c, cmd)
 		assert.Equal(t, 1, code, cmd)

@@ -19,41 +19,49 @@ import (
 )
 
 // TestSyncsFollowRandomChanges: rounds of one to three random changes to
-// the source (or none) between syncs, with a fixed seed (FERRY_FUZZ_SEED picks another,
-// FERRY_FUZZ_ROUNDS more rounds): a sync is skipped exactly when nothing
-// changed, every other sync but the first is incremental (only the
-// changed entries handed to rsync), and after every round the replica
-// equals the source in everything the fidelity checker sees (data, modes,
-// owners, times, hard links, ACLs, link targets). Every fifth round the
-// source forgets its record, so full syncs between incremental ones are
-// covered too.
+// the source (or none) between syncs, with a fixed seed (FERRY_FUZZ_SEED
+// picks another, FERRY_FUZZ_ROUNDS more rounds): a sync is skipped exactly
+// when nothing changed, every other sync but the first is incremental
+// (only the changed entries handed to rsync), and after every round the
+// replica equals the source in everything the fidelity checker sees (data,
+// modes, owners, times, hard links, ACLs, link targets). Every fifth round
+// the source forgets its record, so full syncs between incremental ones are
+// covered too. Into a destination that allows it (a Snapshot
+// destination's), syncs update files in place exactly when the replica has
+// no hard links; that run starts without any, so links come and go.
 func TestSyncsFollowRandomChanges(t *testing.T) {
 	testenv.NeedRoot(t)
+	t.Run("new copies", func(t *testing.T) { fuzzSyncs(t, false) })
+	t.Run("in place", func(t *testing.T) { fuzzSyncs(t, true) })
+}
+
+func fuzzSyncs(t *testing.T, inPlace bool) {
 	seed := uint64(envFloat("FERRY_FUZZ_SEED", 15))
 	rounds := int(envFloat("FERRY_FUZZ_ROUNDS", 100))
 	rng := rand.New(rand.NewPCG(seed, seed))
 	k := keys(t, "fuzz")
 	src, dst := t.TempDir(), t.TempDir()
-	for _, d := range []string{"a/b", "c", "d/e/f"} {
+	starting := []string{"a", "a/b", "c", "d/e/f"}
+	for _, d := range starting {
 		require.NoError(t, os.MkdirAll(filepath.Join(src, d), 0o755))
+	}
+	for i := 0; i < 40; i++ {
+		name := filepath.Join(starting[i%4], fmt.Sprintf("start%d", i))
+		require.NoError(t, os.WriteFile(filepath.Join(src, name), randomBytes(rng, rng.IntN(3000)), 0o644))
+		if i%4 == 0 && !inPlace { // hard links across directories, for renames of one of them
+			require.NoError(t, os.Link(filepath.Join(src, name), filepath.Join(src, starting[1+i%3], fmt.Sprintf("link%d", i))))
+		}
 	}
 	var ev events
 	// A skipped sync takes milliseconds: more handshakes a second than a
 	// destination allows by default.
 	lim := endpoint.DefaultLimits
 	lim.HandshakeRate = 1000
-	_, port := serve(t, k, dst, &ev, endpoint.WithLimits(lim))
-	starting := []string{"a", "a/b", "c", "d/e/f"}
-	for i := 0; i < 40; i++ {
-		name := filepath.Join(starting[i%4], fmt.Sprintf("start%d", i))
-		require.NoError(t, os.WriteFile(filepath.Join(src, name), randomBytes(rng, rng.IntN(3000)), 0o644))
-		if i%4 == 0 { // hard links across directories, for renames of one of them
-			require.NoError(t, os.Link(filepath.Join(src, name), filepath.Join(src, starting[1+i%3], fmt.Sprintf("link%d", i))))
-		}
-	}
+	_, port := serveDestination(t, endpoint.Destination{Keys: k.dst, Volume: dst, Privileged: true, InPlace: inPlace}, &ev, endpoint.WithLimits(lim))
 	counts := map[string]int{}
 	record := &source.Record{}
 	for round := 0; round < rounds; round++ {
+		linked := hardLinks(t, src) // in the tree the replica holds
 		changed := ""
 		if round == 0 || rng.IntN(4) > 0 {
 			for n := 1 + rng.IntN(3); n > 0; n-- { // up to three at once
@@ -71,14 +79,33 @@ func TestSyncsFollowRandomChanges(t *testing.T) {
 		recorded := ev.count(endpoint.Recorded)
 		res, err := push(t, k.src, port, src, func(o *source.Options) { o.Record = record })
 		require.NoError(t, err, res.Errors)
+		incremental := changed != "" && round > 0 && !forgot
 		require.Equal(t, changed == "" && round > 0, res.Unchanged, "round %d (seed %d): change %q", round, seed, changed)
-		require.Equal(t, changed != "" && round > 0 && !forgot, res.Listed > 0, "round %d (seed %d): change %q, incremental", round, seed, changed)
+		require.Equal(t, incremental, res.Listed > 0, "round %d (seed %d): change %q, incremental", round, seed, changed)
+		require.Equal(t, incremental && inPlace && !linked, res.InPlace, "round %d (seed %d): change %q, in place", round, seed, changed)
 		requireSame(t, src, dst)
 		if !res.Unchanged {
 			ev.waitForCount(t, endpoint.Recorded, recorded+1)
 		}
+		if res.InPlace {
+			counts["(in place)"]++
+		}
 	}
 	t.Logf("seed %d, %d rounds, changes: %v", seed, rounds, counts)
+}
+
+// hardLinks says whether a file under root has more than one name.
+func hardLinks(t *testing.T, root string) bool {
+	t.Helper()
+	files, _ := entries(t, root)
+	for _, f := range files {
+		var st unix.Stat_t
+		require.NoError(t, unix.Lstat(filepath.Join(root, f), &st))
+		if st.Nlink > 1 {
+			return true
+		}
+	}
+	return false
 }
 
 // change makes one random change under root, with a new mtime where the

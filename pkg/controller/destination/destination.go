@@ -247,7 +247,8 @@ func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
 		Limits: assign.Limits(w.rd.Spec.Rsync.MoverResources),
 		Destination: &agentv1alpha1.DestinationRole{
 			KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()},
-			Privileged: w.r.Privileged(ns), RunAs: assign.RunAs(w.rd.Spec.Rsync.MoverSecurityContext)}}
+			Privileged: w.r.Privileged(ns), RunAs: assign.RunAs(w.rd.Spec.Rsync.MoverSecurityContext),
+			InPlace: !w.rd.Spec.Rsync.CopyMethod.IsDirect()}}
 	w.ma, err = w.r.Assignments.Ensure(ctx, w.owner, spec)
 	return err
 }

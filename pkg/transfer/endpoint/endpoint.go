@@ -56,6 +56,11 @@ type Destination struct {
 	// RunAs is the ordinary user an unprivileged destination's rsync runs
 	// as (default DefaultRunAs). Ignored when Privileged.
 	RunAs *confine.Identity
+	// InPlace allows sources to update files in place (rsync --inplace):
+	// only where the replica is never itself the image (each completed
+	// sync is snapshotted), since a sync cut short leaves files half
+	// updated. A source asking for it elsewhere is refused.
+	InPlace bool
 	// Limits lower the server's cgroup limits for this destination's
 	// transfers (its CR's moverResources).
 	Limits cgroup.Limits

@@ -3,6 +3,7 @@ package endpoint
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
@@ -44,6 +45,12 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 		emit(l, e)
 		return 0
 	case *servercmd.Rsync:
+		if !l.dest.InPlace && slices.Contains(r.Options, "--inplace") {
+			msg := "refused: option --inplace is not allowed: this destination's replica is its image (copyMethod Direct), which must never hold a half-updated file"
+			fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
+			emit(l, Event{Kind: Refused, Message: msg})
+			return 1
+		}
 		if l.held.Load() {
 			msg := "the destination is held until the snapshot of its last sync is cut; try again shortly"
 			fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)

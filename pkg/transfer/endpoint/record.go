@@ -52,6 +52,7 @@ func (s *Server) serveGlobal(l *listener, log logr.Logger, reqs <-chan *ssh.Requ
 	var v verification // this connection's, so that no other sync relies on it
 	for req := range reqs {
 		ok := false
+		var reply []byte
 		if len(req.Payload) == len(treedigest.Sum{}) {
 			var sum treedigest.Sum
 			copy(sum[:], req.Payload)
@@ -60,10 +61,13 @@ func (s *Server) serveGlobal(l *listener, log logr.Logger, reqs <-chan *ssh.Requ
 				ok = s.unchanged(l, log, &v, sum)
 			case treedigest.BaseRequest:
 				ok = s.base(l, log, &v, sum)
+				if ok && l.dest.InPlace {
+					reply = []byte(treedigest.InPlace)
+				}
 			}
 		}
 		if req.WantReply {
-			_ = req.Reply(ok, nil)
+			_ = req.Reply(ok, reply)
 		}
 	}
 }

@@ -125,6 +125,9 @@ type Result struct {
 	// Listed is how many entries an incremental sync handed rsync (0: the
 	// sync ran over the whole tree, or was skipped).
 	Listed int
+	// InPlace: rsync updated changed files in place (--inplace), the
+	// destination allowing it and its replica having no hard links.
+	InPlace bool
 }
 
 // IncrementalSummary starts the Summary of an incremental sync.
@@ -185,11 +188,11 @@ func Push(ctx context.Context, o Options) (Result, error) {
 		res.Unchanged, res.Summary = true, "unchanged since the last sync: nothing to send"
 		o.Attempts = 0
 	}
-	res.Listed = len(p.list)
+	res.Listed, res.InPlace = len(p.list), p.inPlace
 	o.Record.set(nil) // until this sync has ended well
 	for attempt := 1; attempt <= o.Attempts; attempt++ {
 		res.Attempts = attempt
-		err = pushOnce(ctx, &o, conn, attempt, &res, p.list)
+		err = pushOnce(ctx, &o, conn, attempt, &res, &p)
 		if err == nil || ctx.Err() != nil {
 			break
 		}
@@ -256,9 +259,10 @@ func (o *Options) defaults() {
 	}
 }
 
-// pushOnce runs one rsync try over the held connection: over the whole
-// tree, or over the entries in list (an incremental sync).
-func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, res *Result, list []string) error {
+// pushOnce runs one rsync try over the held connection, as p says: over
+// the whole tree, or over the entries in its list (an incremental sync),
+// updating files in place or not.
+func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, res *Result, p *plan) error {
 	client, err := conn.get()
 	if err != nil {
 		res.ExitCode = 255
@@ -283,14 +287,17 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		return err
 	}
 	args := append(append([]string{}, rsyncFlags...), o.Compression.Args()...)
-	if list != nil {
+	if p.list != nil {
 		// Only the listed entries (their parents come with them), each
 		// directory listed as "dir/." one level deep, so --delete removes
 		// what it lost; --files-from turns -a's recursion off.
-		if err := os.WriteFile(filepath.Join(dir, listFile), []byte(strings.Join(list, "\x00")+"\x00"), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, listFile), []byte(strings.Join(p.list, "\x00")+"\x00"), 0o600); err != nil {
 			return fmt.Errorf("write the list of changed entries: %w", err)
 		}
 		args = append(args, "--files-from="+rshDir+"/"+listFile, "--from0", "--dirs")
+	}
+	if p.inPlace {
+		args = append(args, "--inplace")
 	}
 	args = append(args, "-e", rshCmd, confine.DataDir+"/", o.User+"@ferry-destination:"+o.Path)
 	spec := confine.Spec{Volume: o.Volume, ReadOnly: true, Scratch: o.Scratch, Rsync: o.Rsync, Args: args,
@@ -414,12 +421,14 @@ func throttle(o *Options, attempt int) func(bytes, files int64) {
 const listFile = "changed"
 
 // plan is what a sync sends: nothing (unchanged), the entries of list
-// (an incremental sync), or, with neither, the whole tree. tree is the
-// walk of the volume, for the source's next Record.
+// (an incremental sync), or, with neither, the whole tree; inPlace, with
+// rsync --inplace. tree is the walk of the volume, for the source's next
+// Record.
 type plan struct {
 	tree      *treedigest.Tree
 	unchanged bool
 	list      []string
+	inPlace   bool
 }
 
 // prepare walks the volume while it connects and, with a Record, asks the
@@ -430,16 +439,19 @@ func prepare(o *Options, conn *connection) plan {
 	start := time.Now()
 	base := o.Record.get()
 	type dial struct {
-		client *ssh.Client
-		err    error
-		base   bool
+		client  *ssh.Client
+		err     error
+		base    bool
+		inPlace bool
 	}
 	dialed := make(chan dial, 1)
 	go func() { // meanwhile: the destination checks its volume as the source walks
 		c, err := conn.get()
 		d := dial{client: c, err: err}
 		if err == nil && base != nil {
-			d.base, _, _ = c.SendRequest(treedigest.BaseRequest, true, base.Sum[:])
+			var reply []byte
+			d.base, reply, _ = c.SendRequest(treedigest.BaseRequest, true, base.Sum[:])
+			d.inPlace = d.base && string(reply) == treedigest.InPlace
 		}
 		dialed <- d
 	}()
@@ -459,9 +471,12 @@ func prepare(o *Options, conn *connection) plan {
 		if list, ok := treedigest.Changes(base, tree); ok {
 			p.list = list
 		}
+		// The replica is the recorded tree: without hard links, no file
+		// written in place can change another name's data.
+		p.inPlace = d.inPlace && !base.HardLinks()
 	}
 	o.Log.V(1).Info("offered the tree's digest", "unchanged", p.unchanged, "base", d.base, "listed", len(p.list),
-		"walk", time.Since(start).String())
+		"inPlace", p.inPlace, "walk", time.Since(start).String())
 	return p
 }
 

@@ -22,6 +22,11 @@ type Tree struct {
 	entries int
 }
 
+// HardLinks says whether the tree has a file of more than one name. Where
+// a replica of it does, rsync --inplace must not be used: writing into one
+// name of a group the source has since broken up would change the others.
+func (t *Tree) HardLinks() bool { return len(t.links) > 0 }
+
 // dir is a directory of a Tree: its entries in name order.
 type dir struct {
 	names []string

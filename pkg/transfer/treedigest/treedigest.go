@@ -53,6 +53,12 @@ const Request = "unchanged@ferrysync.io"
 // then what Changes lists between the two walks is all the sync must send.
 const BaseRequest = "base@ferrysync.io"
 
+// InPlace is the payload of a true answer to BaseRequest from a
+// destination whose replica is never itself the image (each completed sync
+// is snapshotted): the source may then have rsync update changed files in
+// place (--inplace) rather than write a new copy of each.
+const InPlace = "inplace"
+
 // Sum is a tree's digest.
 type Sum [sha256.Size]byte
 
@@ -216,7 +222,7 @@ func (w *walker) dir(fd int, path, rel string) (Sum, *dir, error) {
 // (for a directory) its subtree's sum, the variable-length parts
 // length-prefixed so no two entries read alike.
 func entry(name string, st *unix.Stat_t, target string, xattrs []byte, sub Sum) []byte {
-	var b []byte
+	b := make([]byte, 0, 3*binary.MaxVarintLen64+len(name)+11*8+len(target)+len(xattrs)+len(sub))
 	b = binary.AppendUvarint(b, uint64(len(name)))
 	b = append(b, name...)
 	for _, v := range []uint64{uint64(st.Mode), uint64(st.Uid), uint64(st.Gid), uint64(st.Size), uint64(st.Rdev),

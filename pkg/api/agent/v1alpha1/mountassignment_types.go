@@ -126,6 +126,13 @@ type DestinationRole struct {
 	// else the user). Unset: the agent's default. Ignored when privileged.
 	// +optional
 	RunAs *RunAs `json:"runAs,omitempty"`
+	// inPlace lets a Ferry source update changed files in place instead of
+	// writing a new copy of each: set for destinations whose every
+	// completed sync is snapshotted (copyMethod Snapshot), where the
+	// replica is never itself the image, so a half-updated file is never
+	// seen; never for Direct, where the replica is the image.
+	// +optional
+	InPlace bool `json:"inPlace,omitempty"`
 }
 
 // RunAs is a numeric user and group.
