@@ -17,6 +17,12 @@
 // rsync's final exit status (VolSync's destination and Ferry's both end the
 // sync on it; only 0 makes a new image).
 //
+// Between Ferry's own ends a sync sends only what it must (package
+// treedigest): nothing when the destination holds the very tree, only the
+// entries changed since the last completed sync when it confirms it still
+// holds what that sync left (a Record), and changed files updated in place
+// when its replica is not the image and has no hard links.
+//
 // # Engine choice
 //
 // The protocol engine is the stock rsync binary on both ends, for VolSync's
