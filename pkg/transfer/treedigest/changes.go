@@ -9,7 +9,7 @@ import (
 // Tree is a walked tree: its Sum and, per directory, each entry's name and
 // the hash of its own record, and each subdirectory's sum, so that two
 // walks compare subtree by subtree. It keeps no data and no other
-// metadata: about 60 bytes an entry.
+// metadata: about 70 bytes an entry (6.8 MB for 100,000).
 type Tree struct {
 	// Sum is the tree's digest, as Of gives it.
 	Sum     Sum
