@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"io"
 	"regexp"
-	"strconv"
 	"strings"
 )
 
@@ -32,15 +31,11 @@ type Stats struct {
 	Summary string
 }
 
-var (
-	// progress2 records: "bytes pct rate eta", with "(xfr#N, ...)" only
-	// once a file is done; the records in between carry the bytes alone.
-	progressLine = regexp.MustCompile(`^\s*([\d,.]+)\s+\d+%(?:.*xfr#(\d+))?`)
-	statLine     = regexp.MustCompile(`^(Number of regular files transferred|Number of deleted files|Total bytes sent|Total bytes received):\s*([\d,.]+)`)
-)
+// statLine matches the stats2 lines Stats keeps figures of.
+var statLine = regexp.MustCompile(`^(Number of regular files transferred|Number of deleted files|Total bytes sent|Total bytes received):\s*([\d,.]+)`)
 
-// parseOutput reads rsync's standard output (itemized changes, progress2
-// records separated by carriage returns, stats2) until EOF, calling progress
+// parseOutput reads rsync's standard output (progress2 records separated
+// by carriage returns, stats2, and any other messages) until EOF, calling progress
 // for each progress record, and returns the summary.
 func parseOutput(r io.Reader, progress func(bytes, files int64)) Stats {
 	var st Stats
@@ -52,12 +47,12 @@ func parseOutput(r io.Reader, progress func(bytes, files int64)) Stats {
 	sc.Split(splitCRLF)
 	for sc.Scan() {
 		line := sc.Text()
-		if m := progressLine.FindStringSubmatch(line); m != nil {
-			if m[2] != "" {
-				files = number(m[2])
+		if done, xfr, ok := progressRecord(line); ok {
+			if xfr > 0 {
+				files = xfr
 			}
 			if progress != nil {
-				progress(number(m[1]), files)
+				progress(done, files)
 			}
 			continue
 		}
@@ -86,9 +81,34 @@ func parseOutput(r io.Reader, progress func(bytes, files int64)) Stats {
 	return st
 }
 
+// progressRecord reads a progress2 record, "bytes pct% rate eta", with
+// "(xfr#N, ...)" once a file is done (xfr 0 until then). It is read by hand:
+// rsync writes one per file sent, a hundred thousand for as many small
+// files.
+func progressRecord(line string) (done, xfr int64, ok bool) {
+	fields := strings.Fields(line)
+	if len(fields) < 2 || !strings.HasSuffix(fields[1], "%") || fields[0][0] < '0' || fields[0][0] > '9' {
+		return 0, 0, false
+	}
+	if i := strings.Index(line, "xfr#"); i >= 0 {
+		rest := line[i+len("xfr#"):]
+		end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
+		if end < 0 {
+			end = len(rest)
+		}
+		xfr = number(rest[:end])
+	}
+	return number(fields[0]), xfr, true
+}
+
 // number parses rsync's digit-grouped numbers ("1,234,567").
 func number(s string) int64 {
-	n, _ := strconv.ParseInt(strings.NewReplacer(",", "", ".", "").Replace(s), 10, 64)
+	var n int64
+	for _, c := range s {
+		if c >= '0' && c <= '9' {
+			n = n*10 + int64(c-'0')
+		}
+	}
 	return n
 }
 

@@ -4,7 +4,7 @@
 // against a stock VolSync destination alike.
 //
 // It runs the stock rsync 3.x client with VolSync's flags (-aAHSx --delete,
-// itemized changes and stats; compression optional), confined as the
+// stats; compression optional), confined as the
 // destination's receiver is (package confine: the volume read-only at /data
 // and nothing else of the node, no network), so that a tenant who swaps a
 // directory for a symlink while it reads can only lead it to another place
@@ -172,10 +172,11 @@ const (
 	rshDir    = confine.BindDir + "/rsh.d"
 )
 
-// rsyncFlags are VolSync's, without -h (exact numbers in the stats) and with
+// rsyncFlags are VolSync's, without -h (exact numbers in the stats) and
+// --itemize-changes (a line per entry from the receiver that no one
+// reads: a hundred thousand messages for as many new files), and with
 // --numeric-ids (owners are kept by number, whatever names the nodes know).
-var rsyncFlags = []string{"-aAHSx", "--numeric-ids", "--delete", "--itemize-changes",
-	"--info=stats2,misc2,progress2"}
+var rsyncFlags = []string{"-aAHSx", "--numeric-ids", "--delete", "--info=stats2,misc2,progress2"}
 
 // Push sends the volume to the destination and says `shutdown N` when done.
 // It returns an error when no try succeeded; the Result is filled either way.
