@@ -19,7 +19,7 @@ import (
 // nothing (no rsync runs) and ends the sync with shutdown 0; every break in
 // that chain runs rsync in full: a change in the source (even one rsync's
 // quick check would not see: same size and mtime), a change made on the
-// destination behind Ferry's back, a sync of VolSync's source in between, a
+// destination behind Ferry's back (also the moment a sync is over), a sync of VolSync's source in between, a
 // sync asked to run in full. The replica is the source's every time.
 func TestUnchangedTreeSendsNothing(t *testing.T) {
 	testenv.NeedRoot(t)
@@ -37,8 +37,8 @@ func TestUnchangedTreeSendsNothing(t *testing.T) {
 		res, err := push(t, k.src, port, src, m)
 		require.NoError(t, err, res.Errors)
 		if !res.Unchanged && (m == nil) {
-			// The destination sums its volume once the sync has ended; the
-			// test's next move must come after that, as a pod's would.
+			// Summed before the source heard the sync ended (events are
+			// delivered on their own goroutine).
 			ev.waitForCount(t, endpoint.Recorded, recorded+1)
 		}
 		assert.Equal(t, want, res.Unchanged, why)
@@ -78,6 +78,25 @@ func TestUnchangedTreeSendsNothing(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dst, "planted"), []byte("x"), 0o644))
 	sync(false, "the destination changed behind Ferry's back")
 	sync(true, "unchanged again on both ends")
+
+	// A change to the replica the moment the sync is over (a pod mounting
+	// it, a restore into it) comes after the destination's sum, never
+	// into it.
+	require.NoError(t, os.Chmod(filepath.Join(src, "a"), 0o750))
+	res, err = push(t, k.src, port, src, nil)
+	require.NoError(t, err, res.Errors)
+	require.NoError(t, os.RemoveAll(filepath.Join(dst, "a")))
+	sync(false, "the destination changed right after the sync")
+	ev.mu.Lock()
+	var order []endpoint.EventKind
+	for _, e := range ev.all {
+		if e.Kind == endpoint.Recorded || e.Kind == endpoint.SyncEnded {
+			order = append(order, e.Kind)
+		}
+	}
+	ev.mu.Unlock()
+	require.Equal(t, []endpoint.EventKind{endpoint.Recorded, endpoint.SyncEnded}, order[len(order)-2:],
+		"the volume is summed before the sync is said to be over, whatever its size")
 
 	vs := volsyncSource(t, k, port)
 	vsRsync(t, vs, src)

@@ -35,9 +35,6 @@ type record struct {
 	// gen moves whenever the record is dropped or replaced, so that a sum
 	// of the volume begun before cannot become the record after.
 	gen uint64
-	// summing is closed once the sum of the volume after the last sync is
-	// in (taken after the source is told the sync ended, not before).
-	summing chan struct{}
 }
 
 type recorded struct {
@@ -83,7 +80,8 @@ type verification struct {
 // digest it offers: the last completed sync received that tree, and the
 // volume still is what that sync left.
 func (s *Server) base(l *listener, log logr.Logger, v *verification, sum treedigest.Sum) bool {
-	r := l.record.settled()
+	r := &l.record
+	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.last != nil && r.last.source == sum && s.verify(l, log, v)
 }
@@ -92,7 +90,8 @@ func (s *Server) base(l *listener, log logr.Logger, v *verification, sum treedig
 // says whether the sync may be skipped: the last completed sync received
 // that very tree and the volume still is what that sync left.
 func (s *Server) unchanged(l *listener, log logr.Logger, v *verification, offered treedigest.Sum) bool {
-	r := l.record.settled()
+	r := &l.record
+	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.offered, r.skipped = &offered, false
 	if r.last == nil || r.last.source != offered || !s.verify(l, log, v) {
@@ -100,19 +99,6 @@ func (s *Server) unchanged(l *listener, log logr.Logger, v *verification, offere
 	}
 	r.skipped = true
 	return true
-}
-
-// settled waits for the sum of the last sync's volume to be in, and
-// returns the record locked.
-func (r *record) settled() *record {
-	r.mu.Lock()
-	summing := r.summing
-	r.mu.Unlock()
-	if summing != nil {
-		<-summing
-	}
-	r.mu.Lock()
-	return r
 }
 
 // verify says, with the record locked and present, whether the record may
@@ -152,46 +138,42 @@ func (r *record) forget() {
 }
 
 // ended records how the sync ended: a success with an offer becomes the new
-// record, anything else leaves none. The volume is summed in the
-// background, so the source hears at once that the sync is over: nothing
-// writes the volume now (the source's rsync has ended, and the agent holds
-// the volume until the next sync), a later offer waits for the sum, and a
-// receiver starting meanwhile voids it. A Recorded event says when it is in.
+// record, anything else leaves none. The volume is summed before the
+// source hears that the sync is over, so whatever anyone does to the
+// volume once the sync is reported (a pod that mounts the replica, a
+// restore into it) comes after the sum, and the next sync sees it. A
+// receiver starting meanwhile (another connection) voids the sum. A
+// Recorded event says when the record is in.
 func (s *Server) ended(l *listener, log logr.Logger, code int) {
 	r := &l.record
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	offered, skipped := r.offered, r.skipped
 	r.offered, r.skipped = nil, false
 	if skipped && code == 0 && r.last != nil {
+		r.mu.Unlock()
 		return // the volume is as the record says
 	}
 	r.last = nil
 	r.gen++
+	gen := r.gen
+	r.mu.Unlock()
 	if code != 0 || offered == nil {
 		return
 	}
-	gen, source, done := r.gen, *offered, make(chan struct{})
-	r.summing = done
-	l.wg.Add(1) // Remove waits for it before it closes the events
-	go func() {
-		defer l.wg.Done()
-		defer close(done)
-		volume, err := treedigest.Of(l.dest.Volume)
-		r.mu.Lock()
-		current := r.gen == gen // no receiver started, no other sync ended
-		if current && err == nil {
-			r.last = &recorded{source: source, volume: volume, at: time.Now()}
-		}
-		r.mu.Unlock()
-		switch {
-		case !current:
-		case err != nil:
-			log.Info("could not sum the volume after the sync; the next one runs in full", "error", err.Error())
-		default:
-			emit(l, Event{Kind: Recorded}) // not under the lock: the events' reader may be slow
-		}
-	}()
+	volume, err := treedigest.Of(l.dest.Volume) // not under the lock: offers on other connections are answered
+	r.mu.Lock()
+	current := r.gen == gen // no receiver started, no other sync ended
+	if current && err == nil {
+		r.last = &recorded{source: *offered, volume: volume, at: time.Now()}
+	}
+	r.mu.Unlock()
+	switch {
+	case !current:
+	case err != nil:
+		log.Info("could not sum the volume after the sync; the next one runs in full", "error", err.Error())
+	default:
+		emit(l, Event{Kind: Recorded})
+	}
 }
 
 // receiving says whether an rsync receiver runs for the destination.
