@@ -107,7 +107,7 @@ func Step(ctx context.Context, cr CR, m Mover, o Options) (time.Duration, error)
 		}
 		st.LastSyncStartTime = &metav1.Time{Time: now}
 		st.Progress = nil
-		setSync(cr, volsyncv1alpha1.SynchronizingReasonSync, "sync started")
+		setSync(cr, now, volsyncv1alpha1.SynchronizingReasonSync, "sync started")
 		o.Events.Eventf(cr.Object, nil, corev1.EventTypeNormal, EventSyncStarted, "Sync", "sync started")
 		phase = trigger.Syncing
 	}
@@ -122,7 +122,7 @@ func Step(ctx context.Context, cr CR, m Mover, o Options) (time.Duration, error)
 			if res.Waiting != "" {
 				msg = res.Waiting
 			}
-			setSync(cr, volsyncv1alpha1.SynchronizingReasonSync, msg)
+			setSync(cr, now, volsyncv1alpha1.SynchronizingReasonSync, msg)
 			return o.Poll, nil
 		}
 		result := volsyncv1alpha1.MoverResultSuccessful
@@ -130,7 +130,7 @@ func Step(ctx context.Context, cr CR, m Mover, o Options) (time.Duration, error)
 			result = volsyncv1alpha1.MoverResultFailed
 		}
 		st.LatestMoverStatus = &volsyncv1alpha1.MoverStatus{Result: result, Logs: res.Logs}
-		setSync(cr, volsyncv1alpha1.SynchronizingReasonCleanup, "the sync ended; removing its temporary objects")
+		setSync(cr, now, volsyncv1alpha1.SynchronizingReasonCleanup, "the sync ended; removing its temporary objects")
 	}
 	ok := !failed(st)
 	done, err := m.Cleanup(ctx, ok)
@@ -164,7 +164,7 @@ func idle(cr CR, now time.Time, o Options) (trigger.Decision, time.Duration) {
 		Created: cr.Object.GetCreationTimestamp().Time, Now: now, RetryAfter: o.RetryAfter, FailedAt: failedAt})
 	if err != nil {
 		// The spec must change; the watch brings it back.
-		setSync(cr, volsyncv1alpha1.SynchronizingReasonError, err.Error())
+		setSync(cr, now, volsyncv1alpha1.SynchronizingReasonError, err.Error())
 		return trigger.Decision{}, 0
 	}
 	st.NextSyncTime = timePtr(d.NextSyncTime)
@@ -176,7 +176,7 @@ func idle(cr CR, now time.Time, o Options) (trigger.Decision, time.Duration) {
 		reason = volsyncv1alpha1.SynchronizingReasonError
 		msg = fmt.Sprintf("the last sync failed: %s; %s", st.LatestMoverStatus.Logs, d.Message)
 	}
-	setSync(cr, reason, msg)
+	setSync(cr, now, reason, msg)
 	return d, d.After
 }
 
@@ -215,8 +215,10 @@ func failed(st *volsyncv1alpha1.SyncStatus) bool {
 	return st.LatestMoverStatus != nil && st.LatestMoverStatus.Result == volsyncv1alpha1.MoverResultFailed
 }
 
-// setSync sets the Synchronizing condition.
-func setSync(cr CR, reason, msg string) {
+// setSync sets the Synchronizing condition, dated now by the cycle's clock
+// when it changes: a failure's retry is paced from that date, so it must
+// be on the same clock as the decision.
+func setSync(cr CR, now time.Time, reason, msg string) {
 	status := metav1.ConditionFalse
 	if reason == volsyncv1alpha1.SynchronizingReasonSync || reason == volsyncv1alpha1.SynchronizingReasonCleanup {
 		status = metav1.ConditionTrue
@@ -225,7 +227,7 @@ func setSync(cr CR, reason, msg string) {
 		msg = reason
 	}
 	meta.SetStatusCondition(&cr.Status.Conditions, metav1.Condition{Type: volsyncv1alpha1.ConditionSynchronizing,
-		Status: status, Reason: reason, Message: msg, ObservedGeneration: cr.Object.GetGeneration()})
+		Status: status, Reason: reason, Message: msg, ObservedGeneration: cr.Object.GetGeneration(), LastTransitionTime: metav1.NewTime(now)})
 }
 
 // Reconciled sets the Reconciled condition: True (with a note the user
