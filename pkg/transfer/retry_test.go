@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -98,6 +99,48 @@ func TestHoldRefusesTransfers(t *testing.T) {
 	_, err = push(t, k.src, port, src, nil)
 	require.NoError(t, err)
 	assert.FileExists(t, dst+"/f")
+}
+
+// TestFailedIncrementalTryRetriesInFull: when a try of an incremental
+// sync fails, the next one sends the whole tree (the list may be what
+// failed), and the sync still ends with the replica equal to the source;
+// the sync after it is incremental again.
+func TestFailedIncrementalTryRetriesInFull(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "retryfull")
+	src, dst := fixture(t), t.TempDir()
+	var ev events
+	srv, port := serve(t, k, dst, &ev)
+	record := &source.Record{}
+	withRecord := func(o *source.Options) { o.Record = record }
+	_, err := push(t, k.src, port, src, withRecord)
+	require.NoError(t, err)
+	ev.waitForCount(t, endpoint.Recorded, 1)
+
+	require.NoError(t, os.WriteFile(filepath.Join(src, "a", "new"), []byte("changed"), 0o644))
+	srv.Hold("ns/dest", true) // the first try is refused
+	done := make(chan source.Result, 1)
+	go func() {
+		res, err := push(t, k.src, port, src, func(o *source.Options) {
+			o.Record, o.Attempts, o.Backoff = record, 2, time.Second
+		})
+		assert.NoError(t, err)
+		done <- res
+	}()
+	ev.waitFor(t, endpoint.Refused)
+	srv.Hold("ns/dest", false)
+	res := <-done
+	assert.Equal(t, 2, res.Attempts)
+	assert.Zero(t, res.Listed, "the second try sent the whole tree")
+	assert.NotContains(t, res.Summary, source.IncrementalSummary)
+	requireSame(t, src, dst)
+
+	ev.waitForCount(t, endpoint.Recorded, 2)
+	require.NoError(t, os.WriteFile(filepath.Join(src, "a", "new"), []byte("changed again"), 0o644))
+	res, err = push(t, k.src, port, src, withRecord)
+	require.NoError(t, err)
+	assert.Positive(t, res.Listed, "the completed sync left a record: incremental again")
+	requireSame(t, src, dst)
 }
 
 // TestShutdownHoldsAtOnce: a destination that holds on shutdown refuses the

@@ -207,6 +207,13 @@ func Push(ctx context.Context, o Options) (Result, error) {
 		if attempt == o.Attempts {
 			break
 		}
+		if p.list != nil {
+			// The list may be what failed (a live volume's listed entry
+			// gone since the walk): the next try walks the whole tree,
+			// which is never wrong.
+			p.list, res.Listed = nil, 0
+			o.Log.Info("the next try sends the whole tree")
+		}
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
