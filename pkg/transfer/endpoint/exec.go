@@ -19,10 +19,8 @@ import (
 func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command string) int {
 	req, err := servercmd.Parse(command)
 	if err != nil {
-		fmt.Fprintf(ch.Stderr(), "ferry: %v\n", err)
 		log.Info("refused request", "reason", err.Error())
-		emit(l, Event{Kind: Refused, Message: err.Error()})
-		return 1
+		return refused(l, ch, err.Error())
 	}
 	switch r := req.(type) {
 	case servercmd.Shutdown:
@@ -46,20 +44,22 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 		return 0
 	case *servercmd.Rsync:
 		if !l.dest.InPlace && slices.Contains(r.Options, "--inplace") {
-			msg := "refused: option --inplace is not allowed: this destination's replica is its image (copyMethod Direct), which must never hold a half-updated file"
-			fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
-			emit(l, Event{Kind: Refused, Message: msg})
-			return 1
+			return refused(l, ch, "refused: option --inplace is not allowed: this destination's replica is its image (copyMethod Direct), which must never hold a half-updated file")
 		}
 		if l.held.Load() {
-			msg := "the destination is held until the snapshot of its last sync is cut; try again shortly"
-			fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
-			emit(l, Event{Kind: Refused, Message: msg})
-			return 1
+			return refused(l, ch, "the destination is held until the snapshot of its last sync is cut; try again shortly")
 		}
 		l.record.forget()
 		return s.runRsync(l, log, ch, r)
 	}
+	return 1
+}
+
+// refused tells the client, and the destination's events, why a request
+// was turned away, and returns the request's exit status.
+func refused(l *listener, ch ssh.Channel, msg string) int {
+	fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
+	emit(l, Event{Kind: Refused, Message: msg})
 	return 1
 }
 
@@ -87,11 +87,8 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	case s.transfers <- struct{}{}:
 		defer func() { <-s.transfers }()
 	default:
-		msg := fmt.Sprintf("the node runs its maximum of %d transfers; try again shortly", s.limits.Transfers)
 		s.refuse(RefusedTransfers)
-		fmt.Fprintf(ch.Stderr(), "ferry: %s\n", msg)
-		emit(l, Event{Kind: Refused, Message: msg})
-		return 1
+		return refused(l, ch, fmt.Sprintf("the node runs its maximum of %d transfers; try again shortly", s.limits.Transfers))
 	}
 	var group *cgroup.Group
 	if s.cgroups != nil {

@@ -83,7 +83,7 @@ func (s *Server) base(l *listener, log logr.Logger, v *verification, sum treedig
 	r := &l.record
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.last != nil && r.last.source == sum && s.verify(l, log, v)
+	return s.verify(l, log, v, sum)
 }
 
 // unchanged takes the source's offer of the tree it is about to send and
@@ -93,22 +93,20 @@ func (s *Server) unchanged(l *listener, log logr.Logger, v *verification, offere
 	r := &l.record
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.offered, r.skipped = &offered, false
-	if r.last == nil || r.last.source != offered || !s.verify(l, log, v) {
-		return false
-	}
-	r.skipped = true
-	return true
+	r.offered = &offered
+	r.skipped = s.verify(l, log, v, offered)
+	return r.skipped
 }
 
-// verify says, with the record locked and present, whether the record may
-// stand for the volume now: it is younger than the full-sync interval, no
-// receiver runs, and the volume sums as it did right after the sync (once
-// per connection and record generation). A volume changed behind Ferry's
-// back loses the record.
-func (s *Server) verify(l *listener, log logr.Logger, v *verification) bool {
+// verify says, with the record locked, whether the last completed sync
+// received the tree of digest source and the record may stand for the
+// volume now: it is younger than the full-sync interval, no receiver runs,
+// and the volume sums as it did right after the sync (once per connection
+// and record generation). A volume changed behind Ferry's back loses the
+// record.
+func (s *Server) verify(l *listener, log logr.Logger, v *verification, source treedigest.Sum) bool {
 	r := &l.record
-	if s.fullSync <= 0 || time.Since(r.last.at) > s.fullSync || l.receiving() {
+	if r.last == nil || r.last.source != source || s.fullSync <= 0 || time.Since(r.last.at) > s.fullSync || l.receiving() {
 		return false
 	}
 	if v.ok && v.gen == r.gen {

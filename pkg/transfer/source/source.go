@@ -195,7 +195,6 @@ func Push(ctx context.Context, o Options) (Result, error) {
 		res.Unchanged, res.Summary = true, "unchanged since the last sync: nothing to send"
 		o.Attempts = 0
 	}
-	res.Listed, res.InPlace = len(p.list), p.inPlace
 	o.Record.set(nil) // until this sync has ended well
 	for attempt := 1; attempt <= o.Attempts; attempt++ {
 		res.Attempts = attempt
@@ -211,7 +210,7 @@ func Push(ctx context.Context, o Options) (Result, error) {
 			// The list may be what failed (a live volume's listed entry
 			// gone since the walk): the next try walks the whole tree,
 			// which is never wrong.
-			p.list, res.Listed = nil, 0
+			p.list = nil
 			o.Log.Info("the next try sends the whole tree")
 		}
 		select {
@@ -220,6 +219,7 @@ func Push(ctx context.Context, o Options) (Result, error) {
 		}
 		backoff *= 2
 	}
+	res.Listed, res.InPlace = len(p.list), p.inPlace
 	if res.Listed > 0 {
 		res.Summary = fmt.Sprintf("%s %d changed entries since the last sync\n%s", IncrementalSummary, res.Listed, res.Summary)
 	}
