@@ -69,9 +69,11 @@ type Destination struct {
 	// HoldOnShutdown holds the destination (see Server.Hold) the moment a
 	// source says `shutdown 0`, before the reply goes back: no transfer can
 	// start between the end of a sync and the snapshot of it, however slow
-	// the one who lifts the hold is to hear of it. Transfers still running
-	// then (on another channel or connection) are ended first and the sync
-	// is reported failed: nothing writes once a sync is said to be over.
+	// the one who lifts the hold is to hear of it. (On every shutdown,
+	// transfers still running, on another channel or connection, are ended
+	// first and the sync is reported failed: nothing writes once a sync is
+	// said to be over. A `shutdown 0` after which no transfer completed,
+	// and no skip was agreed, is reported failed too.)
 	HoldOnShutdown bool
 	// Events, when set, receives what happens on this destination, in order,
 	// on a goroutine of its own: a slow receiver (one that writes to the

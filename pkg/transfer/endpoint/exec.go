@@ -25,22 +25,7 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 	switch r := req.(type) {
 	case servercmd.Shutdown:
 		log.Info("sync ended by source", "result", r.Code)
-		e := Event{Kind: SyncEnded, ExitCode: r.Code}
-		if l.dest.HoldOnShutdown {
-			if r.Code == 0 {
-				l.held.Store(true)
-			}
-			if n := l.endRunning(shutdownGrace); n > 0 {
-				e.Message = fmt.Sprintf("%d transfer(s) still wrote when the source ended the sync; they were stopped and the sync is incomplete", n)
-				log.Info("ended transfers still running at shutdown", "count", n)
-				if e.ExitCode == 0 {
-					e.ExitCode = 1
-				}
-				l.held.Store(false)
-			}
-		}
-		s.ended(l, log, e.ExitCode)
-		emit(l, e)
+		s.shutdown(l, log, r.Code)
 		return 0
 	case *servercmd.Rsync:
 		if !l.dest.InPlace && slices.Contains(r.Options, "--inplace") {
@@ -53,6 +38,36 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 		return s.runRsync(l, log, ch, r)
 	}
 	return 1
+}
+
+// incomplete is the result the destination reports for a sync it does not
+// count complete, whatever its source said.
+const incomplete = 1
+
+// shutdown ends the current sync with the source's result code and reports
+// it (SyncEnded). Transfers still running are waited for a moment (one
+// whose client has just finished may still be exiting) and then ended, so
+// that nothing writes once a sync is over and every receiver's result is
+// known. With HoldOnShutdown a success holds the destination first, and a
+// sync that turns out incomplete lets go of the hold it took (never of one
+// the agent set).
+func (s *Server) shutdown(l *listener, log logr.Logger, code int) {
+	e := Event{Kind: SyncEnded, ExitCode: code}
+	took := l.dest.HoldOnShutdown && code == 0 && !l.held.Swap(true)
+	if n := l.endRunning(shutdownGrace); n > 0 {
+		e.Message = fmt.Sprintf("%d transfer(s) still wrote when the source ended the sync; they were stopped and the sync is incomplete", n)
+		log.Info("ended transfers still running at shutdown", "count", n)
+		e.ExitCode = max(e.ExitCode, incomplete)
+	}
+	var why string
+	e.ExitCode, why = s.ended(l, log, e.ExitCode)
+	if e.Message == "" {
+		e.Message = why
+	}
+	if e.ExitCode != 0 && took {
+		l.held.Store(false)
+	}
+	emit(l, e)
 }
 
 // refused tells the client, and the destination's events, why a request
@@ -138,6 +153,7 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	// waits for it reports the sync after the transfer.
 	defer exited()
 	code := exitcode.Of(err)
+	l.record.received(code == 0)
 	ended := Event{Kind: RsyncEnded, ExitCode: code, BytesReceived: in.n.Load(), BytesSent: out.n.Load()}
 	if group != nil && group.OOMKilled() {
 		ended.Message = cgroup.OOMMessage

@@ -32,6 +32,10 @@ type record struct {
 	// skipped: the current sync was skipped, and last still describes the
 	// volume.
 	skipped bool
+	// complete: the last receiver of the current sync exited 0. A source
+	// saying `shutdown 0` without one (and without a skip agreed) is not
+	// believed: the replica may not hold what it says.
+	complete bool
 	// gen moves whenever the record is dropped or replaced, so that a sum
 	// of the volume begun before cannot become the record after.
 	gen uint64
@@ -130,33 +134,50 @@ func (s *Server) verify(l *listener, log logr.Logger, v *verification, source tr
 // forget drops the record: the volume is about to change.
 func (r *record) forget() {
 	r.mu.Lock()
-	r.last, r.skipped = nil, false
+	r.last, r.skipped, r.complete = nil, false, false
 	r.gen++
 	r.mu.Unlock()
 }
 
-// ended records how the sync ended: a success with an offer becomes the new
-// record, anything else leaves none. The volume is summed before the
-// source hears that the sync is over, so whatever anyone does to the
-// volume once the sync is reported (a pod that mounts the replica, a
-// restore into it) comes after the sum, and the next sync sees it. A
-// receiver starting meanwhile (another connection) voids the sum. A
+// received notes how a receiver of the current sync ended.
+func (r *record) received(ok bool) {
+	r.mu.Lock()
+	r.complete = ok
+	r.mu.Unlock()
+}
+
+// noTransfer says why a sync whose source said `shutdown 0` is counted
+// failed.
+const noTransfer = "the source said the sync succeeded, but no transfer into this destination completed during it (nor did the destination agree to skip one); the sync is counted failed"
+
+// ended records how the sync ended and returns its result: the source's
+// code, but a failure where the source said 0 of a sync in which no
+// receiver completed and no skip was agreed (with why). A success with an
+// offer becomes the new record, anything else leaves none. The volume is
+// summed before the source hears that the sync is over, so whatever anyone
+// does to the volume once the sync is reported (a pod that mounts the
+// replica, a restore into it) comes after the sum, and the next sync sees
+// it. A receiver starting meanwhile (another connection) voids the sum. A
 // Recorded event says when the record is in.
-func (s *Server) ended(l *listener, log logr.Logger, code int) {
+func (s *Server) ended(l *listener, log logr.Logger, code int) (int, string) {
 	r := &l.record
 	r.mu.Lock()
-	offered, skipped := r.offered, r.skipped
-	r.offered, r.skipped = nil, false
+	offered, skipped, complete := r.offered, r.skipped, r.complete
+	r.offered, r.skipped, r.complete = nil, false, false
 	if skipped && code == 0 && r.last != nil {
 		r.mu.Unlock()
-		return // the volume is as the record says
+		return 0, "" // the volume is as the record says
 	}
 	r.last = nil
 	r.gen++
 	gen := r.gen
 	r.mu.Unlock()
+	if code == 0 && !complete {
+		log.Info("no transfer completed in the sync the source ended with success; counted failed")
+		return incomplete, noTransfer
+	}
 	if code != 0 || offered == nil {
-		return
+		return code, ""
 	}
 	volume, err := treedigest.Of(l.dest.Volume) // not under the lock: offers on other connections are answered
 	r.mu.Lock()
@@ -172,6 +193,7 @@ func (s *Server) ended(l *listener, log logr.Logger, code int) {
 	default:
 		emit(l, Event{Kind: Recorded})
 	}
+	return 0, ""
 }
 
 // receiving says whether an rsync receiver runs for the destination.

@@ -117,7 +117,9 @@ type Options struct {
 // Result is the outcome of a push.
 type Result struct {
 	Stats
-	// ExitCode is rsync's exit status of the last try (0: success).
+	// ExitCode is rsync's exit status of the last try: 0 only when an
+	// rsync ran to 0 (or nothing was to be sent), exitcode.NotRun when the
+	// try failed before rsync could end on its own.
 	ExitCode int
 	// Attempts is the number of tries made.
 	Attempts int
@@ -276,10 +278,12 @@ func (o *Options) defaults() {
 // pushOnce runs one rsync try over the held connection, as p says: over
 // the whole tree, or over the entries in its list (an incremental sync),
 // updating files in place or not.
+// Its ExitCode is NotRun until rsync itself ends: only an rsync that
+// exits 0 makes a try, and so the sync's shutdown, succeed.
 func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, res *Result, p *plan) error {
+	res.ExitCode = exitcode.NotRun
 	client, err := conn.get()
 	if err != nil {
-		res.ExitCode = 255
 		return err
 	}
 	dir, err := os.MkdirTemp("", "ferry-rsh-")

@@ -13,6 +13,13 @@ import (
 // a remote command that did.
 const Killed = 255
 
+// NotRun is the status of a try whose rsync never ran to an end of its
+// own: the connection could not be made, or the try's set-up (its socket
+// directory, cgroup, confinement, the exec itself) failed. It is 255 as
+// ssh's is for a command it could not run. Never 0: a source tells the
+// destination `shutdown 0` only after an rsync of the sync exited 0.
+const NotRun = 255
+
 // Of returns the exit status behind a Wait error: 0 for nil, the process's
 // code, or Killed when it has none.
 func Of(err error) int {
