@@ -46,7 +46,7 @@ func TestFailedSetUpIsNoSync(t *testing.T) {
 // broken one) offers its tree's digest, runs no rsync, and says
 // `shutdown 0`. The destination does not take its word: the sync is
 // reported failed, nothing is recorded or held, and a later offer of the
-// same digest is not skipped.
+// same digest is not skipped; the source hears why.
 func TestShutdownWithoutTransferIsNoSync(t *testing.T) {
 	testenv.NeedRoot(t)
 	k := keys(t, "shutdownonly")
@@ -63,8 +63,9 @@ func TestShutdownWithoutTransferIsNoSync(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	offerDigest(t, c, src)
-	_, code := execute(t, c, "shutdown 0")
-	require.Equal(t, 0, code)
+	reply, code := execute(t, c, "shutdown 0")
+	assert.NotZero(t, code, "the source hears that the destination does not count the sync")
+	assert.Contains(t, reply, "no transfer")
 	ended := ev.waitFor(t, endpoint.SyncEnded)
 	assert.NotZero(t, ended.ExitCode, "no transfer completed in this sync")
 	assert.Contains(t, ended.Message, "no transfer")

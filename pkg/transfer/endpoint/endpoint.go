@@ -21,6 +21,7 @@ import (
 	"os"
 
 	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
+	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
 
 	"context"
 	"crypto/subtle"
@@ -453,7 +454,13 @@ func (s *Server) serveConn(l *listener, conn net.Conn) {
 	defer stop()
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(s.limits.HandshakeTimeout)) // handshake only
-	sconn, chans, reqs, err := ssh.NewServerConn(conn, l.config)
+	var sconn *ssh.ServerConn
+	var chans <-chan ssh.NewChannel
+	var reqs <-chan *ssh.Request
+	err := fault.At(fault.Handshake)
+	if err == nil {
+		sconn, chans, reqs, err = ssh.NewServerConn(conn, l.config)
+	}
 	<-l.handshakes
 	if err != nil {
 		log.V(1).Info("ssh handshake failed", "reason", err.Error())

@@ -2,7 +2,9 @@ package endpoint
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"slices"
 
 	"github.com/go-logr/logr"
@@ -11,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
+	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
 	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
 	"github.com/ferrysync/ferry/pkg/transfer/stream"
 )
@@ -25,7 +28,16 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 	switch r := req.(type) {
 	case servercmd.Shutdown:
 		log.Info("sync ended by source", "result", r.Code)
-		s.shutdown(l, log, r.Code)
+		code, why := s.shutdown(l, log, r.Code)
+		if err := fault.At(fault.ShutdownReply); err != nil {
+			_ = ch.Close() // the reply is lost on the way
+			return code
+		}
+		if code != 0 && r.Code == 0 {
+			// The source must not count a sync the destination does not.
+			fmt.Fprintf(ch.Stderr(), "ferry: %s\n", why)
+			return code
+		}
 		return 0
 	case *servercmd.Rsync:
 		if !l.dest.InPlace && slices.Contains(r.Options, "--inplace") {
@@ -45,13 +57,14 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 const incomplete = 1
 
 // shutdown ends the current sync with the source's result code and reports
-// it (SyncEnded). Transfers still running are waited for a moment (one
+// it (SyncEnded); it returns the result the destination counts, and why
+// that is not the source's. Transfers still running are waited for a moment (one
 // whose client has just finished may still be exiting) and then ended, so
 // that nothing writes once a sync is over and every receiver's result is
 // known. With HoldOnShutdown a success holds the destination first, and a
 // sync that turns out incomplete lets go of the hold it took (never of one
 // the agent set).
-func (s *Server) shutdown(l *listener, log logr.Logger, code int) {
+func (s *Server) shutdown(l *listener, log logr.Logger, code int) (int, string) {
 	e := Event{Kind: SyncEnded, ExitCode: code}
 	took := l.dest.HoldOnShutdown && code == 0 && !l.held.Swap(true)
 	if n := l.endRunning(shutdownGrace); n > 0 {
@@ -68,6 +81,7 @@ func (s *Server) shutdown(l *listener, log logr.Logger, code int) {
 		l.held.Store(false)
 	}
 	emit(l, e)
+	return e.ExitCode, e.Message
 }
 
 // refused tells the client, and the destination's events, why a request
@@ -105,42 +119,16 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 		s.refuse(RefusedTransfers)
 		return refused(l, ch, fmt.Sprintf("the node runs its maximum of %d transfers; try again shortly", s.limits.Transfers))
 	}
-	var group *cgroup.Group
-	if s.cgroups != nil {
-		g, err := s.cgroups.Make("destination", l.dest.Limits)
-		if err != nil {
-			fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
-			log.Error(err, "cannot start rsync")
-			return 1
-		}
-		defer g.Remove()
-		group, spec.Cgroups = g, g.Dirs()
-	}
-	cmd, err := confine.Command(l.ctx, spec)
-	if err != nil {
-		fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
-		log.Error(err, "cannot start rsync")
-		return 1
-	}
 	in := &countingReader{r: ch}
 	out := &countingWriter{w: ch}
-	// Our own pipe: exec's StdinPipe hides the *os.File that Grow needs.
-	stdinR, stdin, err := os.Pipe()
+	rcv, err := s.startReceiver(l, spec, out, ch.Stderr())
 	if err != nil {
-		log.Error(err, "rsync stdin")
-		return 1
-	}
-	defer stdinR.Close()
-	stream.Grow(stdin)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, out, ch.Stderr()
-	err = cmd.Start()
-	_ = stdinR.Close() // rsync holds it now
-	if err != nil {
-		_ = stdin.Close()
 		fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
 		log.Error(err, "cannot start rsync")
 		return 1
 	}
+	defer rcv.removeGroup()
+	cmd, group, stdin := rcv.cmd, rcv.group, rcv.stdin
 	exited := l.track(cmd.Process)
 	emit(l, Event{Kind: RsyncStarted})
 	// Not waited for: it ends when the channel closes after rsync exits.
@@ -162,4 +150,65 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	log.Info("rsync ended", "exitCode", code, "bytesReceived", ended.BytesReceived, "bytesSent", ended.BytesSent, "message", ended.Message)
 	emit(l, ended)
 	return code
+}
+
+// receiver is a started receiving rsync: its process, its cgroup (nil:
+// none) and the write end of its standard input.
+type receiver struct {
+	cmd   *exec.Cmd
+	group *cgroup.Group
+	stdin *os.File
+}
+
+// startReceiver starts a confined rsync as spec says, in a cgroup of its
+// own when the server has a pool, writing to out and errs. On error
+// nothing of it is left.
+func (s *Server) startReceiver(l *listener, spec confine.Spec, out, errs io.Writer) (r *receiver, err error) {
+	r = &receiver{}
+	defer func() {
+		if err != nil {
+			r.removeGroup()
+		}
+	}()
+	if s.cgroups != nil {
+		if err := fault.At(fault.ReceiverCgroup); err != nil {
+			return nil, fmt.Errorf("make rsync's cgroup: %w", err)
+		}
+		if r.group, err = s.cgroups.Make("destination", l.dest.Limits); err != nil {
+			return nil, err
+		}
+		spec.Cgroups = r.group.Dirs()
+	}
+	if err := fault.At(fault.ReceiverConfine); err != nil {
+		return nil, fmt.Errorf("confine rsync: %w", err)
+	}
+	cmd, err := confine.Command(l.ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("confine rsync: %w", err)
+	}
+	// Our own pipe: exec's StdinPipe hides the *os.File that Grow needs.
+	stdinR, stdin, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("rsync stdin: %w", err)
+	}
+	stream.Grow(stdin)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, out, errs
+	if err = fault.At(fault.ReceiverStart); err == nil {
+		err = cmd.Start()
+	}
+	_ = stdinR.Close() // rsync holds it now
+	if err != nil {
+		_ = stdin.Close()
+		return nil, fmt.Errorf("start rsync: %w", err)
+	}
+	fault.Started(fault.Receiver, cmd.Process.Pid)
+	r.cmd, r.stdin = cmd, stdin
+	return r, nil
+}
+
+// removeGroup removes the receiver's cgroup, if it has one.
+func (r *receiver) removeGroup() {
+	if r.group != nil {
+		r.group.Remove()
+	}
 }

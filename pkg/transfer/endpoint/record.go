@@ -7,6 +7,7 @@ import (
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
 	"github.com/ferrysync/ferry/pkg/transfer/treedigest"
 )
 
@@ -54,7 +55,7 @@ func (s *Server) serveGlobal(l *listener, log logr.Logger, reqs <-chan *ssh.Requ
 	for req := range reqs {
 		ok := false
 		var reply []byte
-		if len(req.Payload) == len(treedigest.Sum{}) {
+		if len(req.Payload) == len(treedigest.Sum{}) && fault.At(fault.Answer) == nil {
 			var sum treedigest.Sum
 			copy(sum[:], req.Payload)
 			switch req.Type {
@@ -98,6 +99,7 @@ func (s *Server) unchanged(l *listener, log logr.Logger, v *verification, offere
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.offered = &offered
+	r.complete = false // an offer starts a new sync
 	r.skipped = s.verify(l, log, v, offered)
 	return r.skipped
 }

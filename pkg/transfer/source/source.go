@@ -60,6 +60,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/compression"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
+	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
 	"github.com/ferrysync/ferry/pkg/transfer/rsh"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/pkg/transfer/stream"
@@ -286,6 +287,9 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	if err != nil {
 		return err
 	}
+	if err := fault.At(fault.RshSocket); err != nil {
+		return fmt.Errorf("make rsh socket dir: %w", err)
+	}
 	dir, err := os.MkdirTemp("", "ferry-rsh-")
 	if err != nil {
 		return fmt.Errorf("make rsh socket dir: %w", err)
@@ -322,6 +326,9 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		Binds: []confine.Bind{{Host: exe, Path: rshBinary}, {Host: dir, Path: rshDir}}}
 	var group *cgroup.Group
 	if o.Cgroups != nil {
+		if err := fault.At(fault.SourceCgroup); err != nil {
+			return fmt.Errorf("make rsync's cgroup: %w", err)
+		}
 		if group, err = o.Cgroups.Make("source", o.Limits); err != nil {
 			return err
 		}
@@ -329,6 +336,9 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		spec.Cgroups = group.Dirs()
 	}
 	cmd, err := confine.Command(ctx, spec)
+	if ferr := fault.At(fault.SourceConfine); ferr != nil {
+		err = ferr
+	}
 	if err != nil {
 		return fmt.Errorf("confine rsync: %w", err)
 	}
@@ -342,11 +352,14 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	cmd.Stdout = pw
 	var stderr bytes.Buffer
 	cmd.Stderr = &limitedWriter{w: &stderr, left: 16 << 10}
-	err = cmd.Start()
+	if err = fault.At(fault.SourceStart); err == nil {
+		err = cmd.Start()
+	}
 	_ = pw.Close()
 	if err != nil {
 		return fmt.Errorf("start rsync: %w", err)
 	}
+	fault.Started(fault.SourceRsync, cmd.Process.Pid)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	waited := make(chan error, 1)
@@ -484,7 +497,7 @@ func prepare(o *Options, conn *connection) plan {
 	}
 	p := plan{tree: tree}
 	ok, _, err := d.client.SendRequest(treedigest.Request, true, tree.Sum[:])
-	p.unchanged = err == nil && ok
+	p.unchanged = err == nil && ok && fault.At(fault.Offer) == nil
 	if !p.unchanged && d.base {
 		if list, ok := treedigest.Changes(base, tree); ok {
 			p.list = list
@@ -534,6 +547,9 @@ func (c *connection) get() (*ssh.Client, error) {
 		cfg.HostKeyAlgorithms = []string{algo}
 	}
 	addr := net.JoinHostPort(c.opts.Address, strconv.Itoa(c.opts.Port))
+	if err := fault.At(fault.Dial); err != nil {
+		return nil, fmt.Errorf("connect to destination %s: %w", addr, err)
+	}
 	client, err := ssh.Dial("tcp", addr, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to destination %s: %w", addr, err)
@@ -542,11 +558,16 @@ func (c *connection) get() (*ssh.Client, error) {
 	return client, nil
 }
 
-// shutdown tells the destination the sync ended with result code.
+// shutdown tells the destination the sync ended with result code. It
+// fails when the destination does not count the sync as the source does
+// (it saw no transfer complete, or one still wrote): its reply says why.
 func (c *connection) shutdown(code int) error {
 	client, err := c.get()
 	if err != nil {
 		return err
+	}
+	if err := fault.At(fault.Shutdown); err != nil {
+		return fmt.Errorf("shutdown %d: %w", code, err)
 	}
 	sess, err := client.NewSession()
 	if err != nil {
