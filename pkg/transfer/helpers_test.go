@@ -143,6 +143,12 @@ func push(t testing.TB, k *sshkeys.Source, port int, src string, mod func(*sourc
 // the paths in absent, which got must not have.
 func requireSame(t testing.TB, want, got string, absent ...string) {
 	t.Helper()
+	requireSameMsg(t, want, got, "destination differs from source", absent...)
+}
+
+// requireSameMsg is requireSame saying why the trees must be equal.
+func requireSameMsg(t testing.TB, want, got, why string, absent ...string) {
+	t.Helper()
 	w, err := fstree.Snapshot(want)
 	require.NoError(t, err)
 	g, err := fstree.Snapshot(got)
@@ -152,7 +158,7 @@ func requireSame(t testing.TB, want, got string, absent ...string) {
 		require.NotContains(t, g, p)
 		delete(w, p)
 	}
-	require.Empty(t, fstree.Diff(w, g), "destination differs from source")
+	require.Empty(t, fstree.Diff(w, g), why)
 }
 
 // fixture builds the fidelity tree in a fresh directory.

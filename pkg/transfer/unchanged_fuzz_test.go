@@ -41,17 +41,7 @@ func fuzzSyncs(t *testing.T, inPlace bool) {
 	rng := rand.New(rand.NewPCG(seed, seed))
 	k := keys(t, "fuzz")
 	src, dst := t.TempDir(), t.TempDir()
-	starting := []string{"a", "a/b", "c", "d/e/f"}
-	for _, d := range starting {
-		require.NoError(t, os.MkdirAll(filepath.Join(src, d), 0o755))
-	}
-	for i := 0; i < 40; i++ {
-		name := filepath.Join(starting[i%4], fmt.Sprintf("start%d", i))
-		require.NoError(t, os.WriteFile(filepath.Join(src, name), randomBytes(rng, rng.IntN(3000)), 0o644))
-		if i%4 == 0 && !inPlace { // hard links across directories, for renames of one of them
-			require.NoError(t, os.Link(filepath.Join(src, name), filepath.Join(src, starting[1+i%3], fmt.Sprintf("link%d", i))))
-		}
-	}
+	startTree(t, rng, src, !inPlace)
 	var ev events
 	// A skipped sync takes milliseconds: more handshakes a second than a
 	// destination allows by default.
@@ -92,6 +82,24 @@ func fuzzSyncs(t *testing.T, inPlace bool) {
 		}
 	}
 	t.Logf("seed %d, %d rounds, changes: %v", seed, rounds, counts)
+}
+
+// startTree fills root with the fuzzers' starting tree: forty small files
+// in four directories, with hard links across directories (for renames of
+// one of them) when links is set.
+func startTree(t *testing.T, rng *rand.Rand, root string, links bool) {
+	t.Helper()
+	starting := []string{"a", "a/b", "c", "d/e/f"}
+	for _, d := range starting {
+		require.NoError(t, os.MkdirAll(filepath.Join(root, d), 0o755))
+	}
+	for i := 0; i < 40; i++ {
+		name := filepath.Join(starting[i%4], fmt.Sprintf("start%d", i))
+		require.NoError(t, os.WriteFile(filepath.Join(root, name), randomBytes(rng, rng.IntN(3000)), 0o644))
+		if i%4 == 0 && links {
+			require.NoError(t, os.Link(filepath.Join(root, name), filepath.Join(root, starting[1+i%3], fmt.Sprintf("link%d", i))))
+		}
+	}
 }
 
 // hardLinks says whether a file under root has more than one name.

@@ -46,6 +46,12 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 		if l.held.Load() {
 			return refused(l, ch, "the destination is held until the snapshot of its last sync is cut; try again shortly")
 		}
+		// A receiver still running belongs to a try whose source rsync is
+		// gone (a source starts a try only once the last one ended): it
+		// must not write beside, or after, this one.
+		if n := l.endRunning(shutdownGrace); n > 0 {
+			log.Info("ended transfers of an earlier try still running", "count", n)
+		}
 		l.record.forget()
 		return s.runRsync(l, log, ch, r)
 	}
@@ -163,8 +169,8 @@ type receiver struct {
 // startReceiver starts a confined rsync as spec says, in a cgroup of its
 // own when the server has a pool, writing to out and errs. On error
 // nothing of it is left.
-func (s *Server) startReceiver(l *listener, spec confine.Spec, out, errs io.Writer) (r *receiver, err error) {
-	r = &receiver{}
+func (s *Server) startReceiver(l *listener, spec confine.Spec, out, errs io.Writer) (_ *receiver, err error) {
+	r := &receiver{}
 	defer func() {
 		if err != nil {
 			r.removeGroup()

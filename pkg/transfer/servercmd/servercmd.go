@@ -133,8 +133,9 @@ var (
 	// accepts, optionally ending in the protocol's "e.xxx" compat string.
 	// Not accepted: s (secluded args), K, L, k (follow symlinked dirs).
 	shortFlags = regexp.MustCompile(`^-[ACDEHIJNORSUWXbcdglmnopqrtuvxyz]*(e\d*\.\w*)?$`)
-	// shortNum are the short options with a number attached.
-	shortNum = regexp.MustCompile(`^-[@B]\d+$`)
+	// shortNum are the short options with a number attached: the modify
+	// window (-1: compare nanoseconds) and the block size.
+	shortNum = regexp.MustCompile(`^-(@-?\d+|B\d+)$`)
 	// shortRefused finds the first refused letter of a cluster.
 	shortRefused = regexp.MustCompile(`^-[ACDEHIJNORSUWXbcdglmnopqrtuvxyz]*([sKLk])`)
 	shortWhy     = map[string]string{"s": "secluded-args", "K": "keep-dirlinks", "L": "copy-links", "k": "copy-dirlinks"}

@@ -22,6 +22,9 @@ func TestParseAccepts(t *testing.T) {
 			[]string{"--server", "-lHogDtpArxSe.iLsfxCIvu", "--compress-choice=zstd", "--delete", "--", ".", "x/"}},
 		{`rsync --server -B4096 --partial-dir .p --temp-dir=/tmp . /`,
 			[]string{"--server", "-B4096", "--partial-dir=.p", "--temp-dir=tmp", "--", ".", "."}},
+		// Ferry's source: mtimes compared to the nanosecond
+		{`rsync --server -logDtpAXrxSHe.iLsfxCIvu --numeric-ids -@-1 --delete . .`,
+			[]string{"--server", "-logDtpAXrxSHe.iLsfxCIvu", "--numeric-ids", "-@-1", "--delete", "--", ".", "."}},
 		{`rsync --server -r --files-from=- --from0 .`,
 			[]string{"--server", "-r", "--files-from=-", "--from0", "--", ".", "."}},
 		{`rsync --server -r --max-alloc=512M . .`,

@@ -181,6 +181,17 @@ const (
 // --numeric-ids (owners are kept by number, whatever names the nodes know).
 var rsyncFlags = []string{"-aAHSx", "--numeric-ids", "--delete", "--info=stats2,misc2,progress2"}
 
+// nanosecondTimes makes rsync's quick check compare mtimes to the
+// nanosecond. By default it compares whole seconds, so a file rewritten
+// with the same size within the second of its last synced version (an
+// application writing just after a snapshot) would be left stale in the
+// replica of a sync reported succeeded. Sent to Ferry's endpoint only: the
+// rrsync of VolSync's destination refuses it.
+const nanosecondTimes = "--modify-window=-1"
+
+// ferryVersion is how Ferry's endpoint names itself in the ssh handshake.
+const ferryVersion = "SSH-2.0-Ferry"
+
 // Push sends the volume to the destination and says `shutdown N` when done.
 // It returns an error when no try succeeded; the Result is filled either way.
 func Push(ctx context.Context, o Options) (Result, error) {
@@ -309,6 +320,9 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		return err
 	}
 	args := append(append([]string{}, rsyncFlags...), o.Compression.Args()...)
+	if string(client.ServerVersion()) == ferryVersion {
+		args = append(args, nanosecondTimes)
+	}
 	if p.list != nil {
 		// Only the listed entries (their parents come with them), each
 		// directory listed as "dir/." one level deep, so --delete removes

@@ -1,0 +1,358 @@
+//go:build ferryfault
+
+package transfer_test
+
+import (
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
+	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
+	"github.com/ferrysync/ferry/pkg/transfer/source"
+)
+
+// TestFaultsBetweenChanges interleaves the change fuzzer's random changes
+// with a fault in every sync: a step of either end that fails (dial,
+// handshake, digest offer and answer, rsh socket, cgroup, confinement,
+// exec, the shutdown or its reply lost), either rsync killed a random
+// moment into the transfer, the connection cut, the destination restarted
+// between the transfer and its record, the source restarted mid-transfer
+// (its record lost), the destination volume full mid-file. After every
+// faulted sync and the clean one that follows it checks, with the fidelity
+// checker: a push that reports success left a replica equal to the source;
+// a sync the destination reports succeeded left one too; the next sync
+// after the fault converges. Every kind of fault must have fired by the
+// end (one that did not, a kill that came too late, is tried again). The
+// seed is fixed (FERRY_FUZZ_SEED picks another, FERRY_FAULT_ROUNDS sets
+// the rounds; make fuzz runs thousands with a random seed). It needs the
+// ferryfault build tag, which turns the data plane's fault hooks on.
+func TestFaultsBetweenChanges(t *testing.T) {
+	testenv.NeedRoot(t)
+	seed := uint64(envFloat("FERRY_FUZZ_SEED", 21))
+	rounds := int(envFloat("FERRY_FAULT_ROUNDS", 80))
+	rng := rand.New(rand.NewPCG(seed, seed))
+	k := keys(t, "faults")
+	src, dst := t.TempDir(), smallVolume(t, 64<<20)
+	startTree(t, rng, src, true)
+	pool, err := cgroup.New("ferry-faults-"+strconv.Itoa(os.Getpid()), cgroup.Limits{})
+	require.NoError(t, err)
+	t.Cleanup(pool.Remove)
+
+	var ev events
+	lim := endpoint.DefaultLimits
+	lim.HandshakeRate = 1000 // a skipped sync takes milliseconds
+	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.NewWithInterface(t, testr.Options{})),
+		endpoint.WithLimits(lim), endpoint.WithCgroups(pool))
+	t.Cleanup(srv.Close)
+	dest := endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: dst, Privileged: true, HoldOnShutdown: true,
+		ListenAddr: "127.0.0.1:0", Events: ev.add}
+	addr, err := srv.Add(dest)
+	require.NoError(t, err)
+	dest.ListenAddr = addr.String() // a restarted destination listens where it did
+	px := newProxy(t, addr.String())
+	inj := &injector{}
+	t.Cleanup(fault.Set(inj))
+
+	record := &source.Record{}
+	attempts := 1 // one try, or a retry after the fault
+	options := func(o *source.Options) {
+		o.Port, o.Record, o.Cgroups, o.Attempts, o.Backoff = px.port, record, pool, attempts, time.Millisecond
+	}
+	// settle waits until the destination has reported the sync's end and
+	// lifts the hold a success took, as the agent does once it snapshots.
+	settle := func() {
+		testenv.Eventually(t, "the sync's end delivered", 20*time.Second, func() bool { return !srv.Ending(dest.ID) })
+		srv.Hold(dest.ID, false)
+	}
+	kill := func(pidfd int) bool { return unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0) == nil }
+	var cases []faultCase
+	for _, p := range []fault.Point{fault.Dial, fault.Offer, fault.RshSocket, fault.SourceCgroup, fault.SourceConfine,
+		fault.SourceStart, fault.Shutdown, fault.Handshake, fault.Answer, fault.ReceiverCgroup, fault.ReceiverConfine,
+		fault.ReceiverStart, fault.ShutdownReply} {
+		cases = append(cases, faultCase{name: string(p) + " fails", at: p})
+	}
+	cases = append(cases,
+		faultCase{name: "source rsync killed", started: fault.SourceRsync, act: kill, big: true},
+		faultCase{name: "receiver killed", started: fault.Receiver, act: kill, big: true},
+		faultCase{name: "connection cut", started: fault.Receiver, act: func(int) bool { return px.cut() > 0 }, big: true},
+		faultCase{name: "source restarted mid-transfer", started: fault.SourceRsync, act: kill, big: true,
+			after: func() { record = &source.Record{} }},
+		faultCase{name: "destination restarted before its record", at: fault.Shutdown, hook: func() {
+			srv.Remove(dest.ID)
+			if _, err := srv.Add(dest); err != nil {
+				t.Errorf("restart the destination: %v", err)
+			}
+		}},
+		faultCase{name: "destination volume full", big: true, full: true,
+			before: func() { resizeVolume(t, dst, usedBytes(t, dst)+512<<10) },
+			after:  func() { resizeVolume(t, dst, 64<<20) }},
+	)
+
+	fired := make([]int, len(cases))
+	var queue []int
+	for round := 0; round < rounds; round++ {
+		if len(queue) == 0 {
+			queue = rng.Perm(len(cases))
+		}
+		i := queue[0]
+		queue = queue[1:]
+		c := &cases[i]
+		changed := ""
+		for n := rng.IntN(4); n > 0; n-- {
+			changed += change(t, rng, src, round*3+n) + " "
+		}
+		if c.big { // something to send for long enough to be cut short
+			require.NoError(t, os.RemoveAll(filepath.Join(src, "big"))) // the changes may have made it a directory
+			require.NoError(t, os.WriteFile(filepath.Join(src, "big"), randomBytes(rng, 2<<20), 0o644))
+		}
+		attempts = 1 + rng.IntN(2)
+		what := fmt.Sprintf("round %d (seed %d), %s (%d tries) after %q", round, seed, c.name, attempts, changed)
+		if c.before != nil {
+			c.before()
+		}
+		seen := ev.len()
+		armed := inj.arm(c, time.Duration(rng.IntN(30))*time.Millisecond)
+		res, err := push(t, k.src, px.port, src, options)
+		armed.pending.Wait()
+		inj.arm(nil, 0)
+		settle()
+		if c.after != nil {
+			c.after()
+		}
+		if armed.fired.Load() || (c.full && err != nil) {
+			fired[i]++
+		} else {
+			queue = append(queue, i) // it came too late: again, later
+		}
+		if err == nil {
+			requireSameMsg(t, src, dst, what+": the push reported success (unchanged "+strconv.FormatBool(res.Unchanged)+")")
+		}
+		for _, e := range ev.since(seen) {
+			if e.Kind == endpoint.SyncEnded && e.ExitCode == 0 {
+				requireSameMsg(t, src, dst, what+": the destination reported success")
+			}
+		}
+
+		res, err = push(t, k.src, px.port, src, options)
+		require.NoError(t, err, "%s: the next sync converges\n%s", what, res.Errors)
+		requireSameMsg(t, src, dst, what+": the next sync converges")
+		settle()
+	}
+	var missing []string
+	counts := map[string]int{}
+	for i, n := range fired {
+		counts[cases[i].name] = n
+		if n == 0 {
+			missing = append(missing, cases[i].name)
+		}
+	}
+	t.Logf("seed %d, %d rounds, faults fired: %v", seed, rounds, counts)
+	require.Empty(t, missing, "faults that never fired in %d rounds: raise FERRY_FAULT_ROUNDS", rounds)
+}
+
+// faultCase is one kind of fault the test injects.
+type faultCase struct {
+	name string
+	// at is the step that fails, or where hook runs instead.
+	at   fault.Point
+	hook func()
+	// started is the step whose process act is given, a random moment
+	// after it starts (its pidfd: never another process of the same pid);
+	// act says whether it took effect.
+	started fault.Point
+	act     func(pidfd int) bool
+	// big: the round rewrites a large file, so that the transfer lasts.
+	big bool
+	// full: the destination volume cannot hold the round's change; the
+	// fault fired when the push failed.
+	full bool
+	// before and after run around the faulted push.
+	before, after func()
+}
+
+// armedFault is a fault case armed for one push.
+type armedFault struct {
+	*faultCase
+	delay   time.Duration
+	fired   atomic.Bool // the fault took effect
+	acted   atomic.Bool // act was started (once a push)
+	pending sync.WaitGroup
+}
+
+// injector is the test's fault.Injector: it fires the armed fault once.
+type injector struct {
+	mu    sync.Mutex
+	armed *armedFault
+}
+
+// arm arms c (nil: nothing) for the next push and returns it.
+func (i *injector) arm(c *faultCase, delay time.Duration) *armedFault {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.armed = nil
+	if c != nil {
+		i.armed = &armedFault{faultCase: c, delay: delay}
+	}
+	return i.armed
+}
+
+func (i *injector) current() *armedFault {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.armed
+}
+
+// At fails the armed step once, or runs its hook there once.
+func (i *injector) At(p fault.Point) error {
+	a := i.current()
+	if a == nil || a.at != p || !a.fired.CompareAndSwap(false, true) {
+		return nil
+	}
+	if a.hook != nil {
+		a.hook()
+		return nil
+	}
+	return fault.ErrInjected
+}
+
+// Started acts on the first process started at the armed step, after the
+// armed delay.
+func (i *injector) Started(p fault.Point, pid int) {
+	a := i.current()
+	if a == nil || a.act == nil || a.started != p || !a.acted.CompareAndSwap(false, true) {
+		return
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // gone already
+	}
+	a.pending.Add(1)
+	time.AfterFunc(a.delay, func() {
+		defer a.pending.Done()
+		defer unix.Close(fd)
+		if a.act(fd) {
+			a.fired.Store(true)
+		}
+	})
+}
+
+// len says how many events there were.
+func (e *events) len() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.all)
+}
+
+// since returns the events after the first n.
+func (e *events) since(n int) []endpoint.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]endpoint.Event(nil), e.all[n:]...)
+}
+
+// smallVolume mounts a tmpfs of size bytes, to be filled up.
+func smallVolume(t *testing.T, size int64) string {
+	t.Helper()
+	dir := t.TempDir()
+	require.NoError(t, unix.Mount("ferry-faults", dir, "tmpfs", 0, "size="+strconv.FormatInt(size, 10)))
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+// resizeVolume sets the size of a tmpfs from smallVolume.
+func resizeVolume(t *testing.T, dir string, size int64) {
+	t.Helper()
+	require.NoError(t, unix.Mount("", dir, "", unix.MS_REMOUNT, "size="+strconv.FormatInt(size, 10)))
+}
+
+// usedBytes is how much of a filesystem is in use.
+func usedBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var st unix.Statfs_t
+	require.NoError(t, unix.Statfs(dir, &st))
+	return int64(st.Blocks-st.Bfree) * st.Bsize
+}
+
+// proxy forwards TCP connections to a destination and can cut them all at
+// once, as a failing network would.
+type proxy struct {
+	port  int
+	to    string
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func newProxy(t *testing.T, to string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &proxy{port: portOf(ln.Addr()), to: to, conns: map[net.Conn]struct{}{}}
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.cut()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.forward(c)
+		}
+	}()
+	return p
+}
+
+// forward copies between c and a new connection to the destination until
+// either side ends or the proxy cuts them.
+func (p *proxy) forward(c net.Conn) {
+	d, err := net.Dial("tcp", p.to)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[d] = struct{}{}, struct{}{}
+	p.mu.Unlock()
+	done := make(chan struct{}, 2)
+	pipe := func(w, r net.Conn) {
+		_, _ = io.Copy(w, r)
+		done <- struct{}{}
+	}
+	go pipe(d, c)
+	go pipe(c, d)
+	<-done
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, d)
+	p.mu.Unlock()
+	_ = c.Close()
+	_ = d.Close()
+}
+
+// cut closes every forwarded connection and says how many there were.
+func (p *proxy) cut() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	n := len(p.conns)
+	p.conns = map[net.Conn]struct{}{}
+	return n / 2
+}
