@@ -47,12 +47,14 @@ fmt: ## gofmt the tree.
 	gofmt -w $$(git ls-files '*.go')
 
 .PHONY: vet
-vet: ## go vet.
+vet: ## go vet, also of the data plane's fault hooks (build tag ferryfault).
 	go vet ./...
+	go vet -tags ferryfault ./pkg/transfer/...
 
 .PHONY: lint
 lint: vet $(STATICCHECK) ## go vet, staticcheck and a gofmt check.
 	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags ferryfault ./pkg/transfer/...
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "not gofmt'ed: $$unformatted"; exit 1; fi
 
@@ -83,6 +85,7 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 .PHONY: test
 test: need-root deps testenv $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
 	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
+	go test $(GO_TEST_FLAGS) -tags ferryfault -timeout $(TEST_TIMEOUT) -v -run TestFaultsBetweenChanges ./pkg/transfer/
 
 .PHONY: demo
 demo: need-root deps testenv ## Two local clusters replicating a volume with the spec's manifests, end to end (root; Ctrl-C tears down).
@@ -101,9 +104,11 @@ bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopb
 	go test -count=1 -v -run "^$$" -bench BenchmarkDataPlane -benchtime 1x -timeout 60m ./pkg/transfer/ | grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"' -e '^    [a-z_]*\.go:[0-9]*: sshd: '
 
 .PHONY: fuzz
-fuzz: deps ## Random changes between syncs, a random seed, 1,000 rounds: a sync is skipped exactly when nothing changed, incremental otherwise, the replica checked each round (root; FERRY_FUZZ_SEED, FERRY_FUZZ_ROUNDS).
-	FERRY_FUZZ_SEED=$${FERRY_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')} FERRY_FUZZ_ROUNDS=$${FERRY_FUZZ_ROUNDS:-1000} \
-		go test -count=1 -v -run TestSyncsFollowRandomChanges -timeout 60m ./pkg/transfer/
+fuzz: deps ## Random changes between syncs, a random seed: 1,000 rounds of clean syncs (skipped exactly when nothing changed, incremental otherwise), then 2,000 with a fault in each; the replica checked each round (root; FERRY_FUZZ_SEED, FERRY_FUZZ_ROUNDS, FERRY_FAULT_ROUNDS).
+	export FERRY_FUZZ_SEED=$${FERRY_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	FERRY_FUZZ_ROUNDS=$${FERRY_FUZZ_ROUNDS:-1000} go test -count=1 -v -run TestSyncsFollowRandomChanges -timeout 60m ./pkg/transfer/; \
+	FERRY_FAULT_ROUNDS=$${FERRY_FAULT_ROUNDS:-2000} go test -count=1 -v -tags ferryfault -run TestFaultsBetweenChanges -timeout 90m ./pkg/transfer/ \
+		| grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"'
 
 ##@ Tools
 

@@ -4,5 +4,7 @@
 // volume), endpoint (the destination's ssh server), source (the pushing
 // client), rsh (rsync's remote shell over the agent's connection), sshkeys
 // (VolSync's key Secrets). This package holds their end-to-end tests:
-// fidelity, hostile peers, and interop with stock OpenSSH and rsync.
+// fidelity, hostile peers, interop with stock OpenSSH and rsync, random
+// changes between syncs and, with the ferryfault build tag, faults at every
+// step of a sync (internal/fault).
 package transfer

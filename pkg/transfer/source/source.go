@@ -15,7 +15,10 @@
 // retried with exponential backoff (5 tries from 2 s, as VolSync); then the
 // source tells the destination the sync is over with `shutdown N`, N being
 // rsync's final exit status (VolSync's destination and Ferry's both end the
-// sync on it; only 0 makes a new image).
+// sync on it; only 0 makes a new image). N is 0 only when an rsync of this
+// sync ran to 0; a try that failed before its rsync could end says
+// exitcode.NotRun. Ferry's destination replies non-zero when it does not
+// count the sync complete, and the push then fails too.
 //
 // Between Ferry's own ends a sync sends only what it must (package
 // treedigest): nothing when the destination holds the very tree, only the
