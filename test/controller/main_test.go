@@ -322,6 +322,30 @@ func (e *env) events(obj client.Object, reason string) []string {
 	return out
 }
 
+// occurrences counts the events about obj with reason, each as often as
+// its series says it happened.
+func (e *env) occurrences(obj client.Object, reason string) int {
+	e.t.Helper()
+	list := &unstructured.UnstructuredList{}
+	list.SetAPIVersion("events.k8s.io/v1")
+	list.SetKind("EventList")
+	require.NoError(e.t, e.k.List(context.Background(), list, client.InNamespace(obj.GetNamespace())))
+	n := 0
+	for _, ev := range list.Items {
+		uid, _, _ := unstructured.NestedString(ev.Object, "regarding", "uid")
+		r, _, _ := unstructured.NestedString(ev.Object, "reason")
+		if uid != string(obj.GetUID()) || r != reason {
+			continue
+		}
+		count, found, _ := unstructured.NestedInt64(ev.Object, "series", "count")
+		if !found {
+			count = 1
+		}
+		n += int(count)
+	}
+	return n
+}
+
 // leftovers lists what Ferry still holds for a CR: assignments and key
 // copies in Ferry's namespace, Ferry's VolumeAttachments of pv, mounts
 // under the nodes' Ferry roots.

@@ -2,8 +2,9 @@ package controller_test
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -90,9 +91,10 @@ func takeoverVolSync(e *env) {
 
 	e.trigger(ns, "rs", "2")
 	rs = e.synced(ns, "rs", "2")
-	var sent int64
-	_, err := fmt.Sscanf(rs.Status.LatestMoverStatus.Logs, "sent %d bytes", &sent)
-	require.NoError(t, err, rs.Status.LatestMoverStatus.Logs)
+	m := regexp.MustCompile(`Ferry: sent (\d+) bytes`).FindStringSubmatch(rs.Status.LatestMoverStatus.Logs)
+	require.NotNil(t, m, rs.Status.LatestMoverStatus.Logs)
+	sent, err := strconv.ParseInt(m[1], 10, 64)
+	require.NoError(t, err)
 	t.Logf("the first sync after the takeover: %s", rs.Status.LatestMoverStatus.Logs)
 	assert.Less(t, sent, int64(4<<20), "the first sync after the takeover sends about the change (the volume holds 32 MiB more)")
 	img := e.image(ns, "rd", oldImage)

@@ -161,7 +161,7 @@ func idle(cr CR, now time.Time, o Options) (trigger.Decision, time.Duration) {
 		failedAt = c.LastTransitionTime.Time
 	}
 	d, err := trigger.Decide(trigger.Input{Trigger: cr.Trigger, Paused: cr.Paused, Status: st,
-		Created: cr.Object.GetCreationTimestamp().Time, Now: now, RetryAfter: o.RetryAfter, FailedAt: failedAt})
+		Now: now, RetryAfter: o.RetryAfter, FailedAt: failedAt})
 	if err != nil {
 		// The spec must change; the watch brings it back.
 		setSync(cr, now, volsyncv1alpha1.SynchronizingReasonError, err.Error())

@@ -14,6 +14,7 @@ import (
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/controller/moverlog"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
 )
 
@@ -69,8 +70,8 @@ func (w *work) Synchronize(context.Context) (cycle.Result, error) {
 func outcome(ma *agentv1alpha1.MountAssignment, start *metav1.Time) cycle.Result {
 	if ls := ma.Status.LastSync; ls != nil && ls.Generation == ma.Spec.SyncGeneration {
 		if ls.Succeeded {
-			return cycle.Result{Done: true, Succeeded: true, Logs: fmt.Sprintf("received %d bytes, sent %d bytes (sync %d on node %s)",
-				ls.BytesReceived, ls.BytesSent, ls.Generation, ma.Spec.NodeName)}
+			return cycle.Result{Done: true, Succeeded: true, Logs: moverlog.Completed(ls,
+				fmt.Sprintf("Ferry: received %d bytes, sent %d bytes (sync %d on node %s)", ls.BytesReceived, ls.BytesSent, ls.Generation, ma.Spec.NodeName))}
 		}
 		if start == nil || ls.EndTime == nil || !ls.EndTime.Before(start) {
 			return cycle.Result{Done: true, Logs: ls.Error}

@@ -96,7 +96,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, fmt.Errorf("hand volume %s to claim %s: %w", in.PrimePV.Name, claim.Name, err)
 		}
 	case DeletePrime:
-		if err := r.Client.Delete(ctx, in.Prime); client.IgnoreNotFound(err) != nil {
+		if in.Prime.DeletionTimestamp != nil {
+			return ctrl.Result{}, nil // on its way; the claim was reported filled
+		}
+		// Deleted exactly once, as this pass saw it: a pass that reads an
+		// older copy from the cache is refused, and says nothing again.
+		err := r.Client.Delete(ctx, in.Prime, client.Preconditions{UID: &in.Prime.UID, ResourceVersion: &in.Prime.ResourceVersion})
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return ctrl.Result{}, nil
+		}
+		if err != nil {
 			return ctrl.Result{}, fmt.Errorf("delete prime claim %s: %w", in.Prime.Name, err)
 		}
 		r.Events.Eventf(claim, nil, corev1.EventTypeNormal, EventPopulated, "Populate", "filled from %s of ReplicationDestination %s",

@@ -18,6 +18,7 @@ import (
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
+	"github.com/ferrysync/ferry/pkg/controller/moverlog"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
 )
 
@@ -69,8 +70,8 @@ func (w *work) Synchronize(ctx context.Context) (cycle.Result, error) {
 func outcome(ma *agentv1alpha1.MountAssignment) cycle.Result {
 	if ls := ma.Status.LastSync; ls != nil && ls.Generation >= ma.Spec.SyncGeneration {
 		if ls.Succeeded {
-			return cycle.Result{Done: true, Succeeded: true, Logs: fmt.Sprintf("sent %d bytes, %d files changed, from node %s\n%s",
-				ls.BytesSent, ls.FilesTransferred, ma.Spec.NodeName, ls.Summary)}
+			return cycle.Result{Done: true, Succeeded: true, Logs: moverlog.Completed(ls,
+				fmt.Sprintf("Ferry: sent %d bytes, %d files changed, from node %s", ls.BytesSent, ls.FilesTransferred, ma.Spec.NodeName))}
 		}
 		logs := ls.Error
 		if ls.Summary != "" {

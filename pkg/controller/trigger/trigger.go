@@ -1,6 +1,10 @@
 // Package trigger decides when a ReplicationSource or ReplicationDestination
 // starts its next sync, for both kinds alike: a cron schedule, a manual
-// trigger (one sync per new value), or none (back to back), and paused. It
+// trigger (one sync per new value; it wins over a schedule set beside it,
+// as in VolSync), or none (back to back), and paused. A CR that has never
+// completed a sync starts one at once, whatever its trigger says, as
+// VolSync's Initial state does: a new replica is not left empty until the
+// schedule's first time. It
 // also says what a completed sync does to the status (lastSyncTime,
 // lastManualSync, missed intervals). Everything here is a pure function of
 // the spec, the status and the time, tested without an apiserver.
@@ -68,9 +72,6 @@ type Input struct {
 	Paused bool
 	// Status is the CR's status.
 	Status *volsyncv1alpha1.SyncStatus
-	// Created is the CR's creation time: a schedule counts from it until
-	// the first sync.
-	Created time.Time
 	// Now is the current time.
 	Now time.Time
 	// RetryAfter is how long a failed sync waits before it is tried again
@@ -119,21 +120,34 @@ func Decide(in Input) (Decision, error) {
 		return d
 	}
 	t := in.Trigger
+	// initial: no sync ever completed (VolSync's Initial state).
+	initial := st.LastSyncTime == nil
 	switch {
-	case t != nil && t.Schedule != nil:
+	case t != nil && t.Schedule != nil && t.Manual == "":
 		sched, err := ParseSchedule(*t.Schedule)
 		if err != nil {
 			return Decision{}, err
 		}
-		from := in.Created
-		if !lastStart.IsZero() {
-			from = lastStart
+		// Counted from the last start (VolSync: the last end), or from
+		// the last end a VolSync controller recorded before a takeover.
+		from := lastStart
+		if from.IsZero() && !initial {
+			from = st.LastSyncTime.Time
+		}
+		if from.IsZero() {
+			from = in.Now
 		}
 		next := sched.Next(from)
 		d := Decision{Reason: volsyncv1alpha1.SynchronizingReasonSched, NextSyncTime: &next}
 		if in.Paused {
 			d.Message = "paused: no sync starts until spec.paused is false"
 			return d, nil
+		}
+		if initial {
+			// The first sync runs at once, and until one completes a
+			// failed one is tried again after the retry pause.
+			d.Start = true
+			return retry(d), nil
 		}
 		if !in.Now.Before(next) {
 			d.Start = true
@@ -149,7 +163,7 @@ func Decide(in Input) (Decision, error) {
 			d.Message = "paused: no sync starts until spec.paused is false"
 			return d, nil
 		}
-		if t.Manual != st.LastManualSync {
+		if t.Manual != st.LastManualSync || initial {
 			d.Start, d.Message = true, ""
 		}
 		return retry(d), nil
@@ -183,7 +197,7 @@ func Complete(t *volsyncv1alpha1.TriggerSpec, st *volsyncv1alpha1.SyncStatus, st
 	if succeeded && t.Manual != "" {
 		c.LastManualSync = t.Manual
 	}
-	if t.Schedule != nil {
+	if t.Schedule != nil && t.Manual == "" { // a manual trigger beside it rules
 		if sched, err := ParseSchedule(*t.Schedule); err == nil {
 			// Every scheduled start that passed while this sync still
 			// ran did not happen on time (one catch-up sync follows).

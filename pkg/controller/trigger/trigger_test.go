@@ -21,9 +21,29 @@ func failedAt(d time.Duration) volsyncv1alpha1.SyncStatus {
 		LatestMoverStatus: &volsyncv1alpha1.MoverStatus{Result: volsyncv1alpha1.MoverResultFailed}}
 }
 
+// synced is the status after a sync that started and ended then.
+func synced(start, end time.Duration) volsyncv1alpha1.SyncStatus {
+	return volsyncv1alpha1.SyncStatus{LastSyncStartTime: at(start), LastSyncTime: at(end)}
+}
+
+// failedAfter is the status of a sync that started at start and failed,
+// after one that completed at done.
+func failedAfter(done, start time.Duration) volsyncv1alpha1.SyncStatus {
+	st := failedAt(start)
+	st.LastSyncTime = at(done)
+	return st
+}
+
+func withManual(st volsyncv1alpha1.SyncStatus, v string) volsyncv1alpha1.SyncStatus {
+	st.LastManualSync = v
+	return st
+}
+
 func TestDecide(t *testing.T) {
 	every5 := &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("*/5 * * * *")}
 	manual := &volsyncv1alpha1.TriggerSpec{Manual: "first"}
+	yearly := &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("0 0 1 1 *")}
+	both := &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("*/5 * * * *"), Manual: "kick"}
 	cases := map[string]struct {
 		trigger    *volsyncv1alpha1.TriggerSpec
 		paused     bool
@@ -45,23 +65,41 @@ func TestDecide(t *testing.T) {
 			reason: volsyncv1alpha1.SynchronizingReasonSched, next: -1},
 		"a long sync that failed a moment ago: the pause counts from the failure": {status: failedAt(0), failed: 5 * time.Minute,
 			now: 5*time.Minute + 10*time.Second, reason: volsyncv1alpha1.SynchronizingReasonSched, next: -1, after: 50 * time.Second, msgContain: "failed"},
-		"schedule, before the first time (counted from creation)": {trigger: every5, now: 2 * time.Minute,
+		"schedule, never synced: at once (VolSync's Initial state)": {trigger: every5, now: 2 * time.Minute, start: true,
+			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 5 * time.Minute},
+		"yearly schedule, never synced: at once, not next January": {trigger: yearly, now: 2 * time.Minute, start: true,
+			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 35*24*time.Hour + 14*time.Hour},
+		"schedule, never synced, failed a moment ago: the retry pause": {trigger: every5, status: failedAt(0), now: 10 * time.Second,
+			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 5 * time.Minute, after: 50 * time.Second, msgContain: "failed"},
+		"schedule, never synced, paused": {trigger: every5, paused: true, now: 2 * time.Minute,
+			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 5 * time.Minute, msgContain: "paused"},
+		"schedule, before the next time": {trigger: every5, status: synced(0, time.Minute), now: 2 * time.Minute,
 			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 5 * time.Minute, after: 3 * time.Minute, msgContain: "scheduled"},
-		"schedule, first time reached": {trigger: every5, now: 5 * time.Minute, start: true,
+		"schedule, time reached": {trigger: every5, status: synced(0, time.Minute), now: 5 * time.Minute, start: true,
 			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 5 * time.Minute},
 		"schedule, counted from the last start": {trigger: every5, now: 7 * time.Minute,
-			status: volsyncv1alpha1.SyncStatus{LastSyncStartTime: at(5 * time.Minute)},
+			status: synced(5*time.Minute, 6*time.Minute),
 			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 10 * time.Minute, after: 3 * time.Minute},
+		"schedule, taken over from VolSync: counted from the last end": {trigger: every5, now: 4 * time.Minute,
+			status: volsyncv1alpha1.SyncStatus{LastSyncTime: at(3 * time.Minute)},
+			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 5 * time.Minute, after: time.Minute},
 		"schedule, missed while syncing: catch up at once": {trigger: every5, now: 16 * time.Minute,
-			status: volsyncv1alpha1.SyncStatus{LastSyncStartTime: at(5 * time.Minute)},
+			status: synced(5*time.Minute, 15*time.Minute),
 			start:  true, reason: volsyncv1alpha1.SynchronizingReasonSched, next: 10 * time.Minute},
 		"schedule, failed: the schedule paces the retry": {trigger: every5, now: 10 * time.Minute,
-			status: failedAt(5 * time.Minute), start: true, reason: volsyncv1alpha1.SynchronizingReasonSched, next: 10 * time.Minute},
+			status: failedAfter(0, 5*time.Minute), start: true, reason: volsyncv1alpha1.SynchronizingReasonSched, next: 10 * time.Minute},
 		"schedule, paused: shows the time, does not start": {trigger: every5, paused: true, now: 6 * time.Minute,
+			status: synced(0, time.Minute),
 			reason: volsyncv1alpha1.SynchronizingReasonSched, next: 5 * time.Minute, msgContain: "paused"},
+		"manual beside a schedule: the manual trigger decides (VolSync's precedence)": {trigger: both,
+			status: synced(0, time.Minute), now: 2 * time.Minute, start: true, reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1},
+		"manual beside a schedule, value done: no scheduled sync": {trigger: both, now: 6 * time.Minute,
+			status: withManual(synced(0, time.Minute), "kick"), reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1, msgContain: "manual"},
 		"manual, new value": {trigger: manual, now: time.Minute, start: true, reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1},
-		"manual, value done": {trigger: manual, now: time.Minute, status: volsyncv1alpha1.SyncStatus{LastManualSync: "first"},
+		"manual, value done": {trigger: manual, now: time.Minute, status: withManual(synced(0, time.Second), "first"),
 			reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1, msgContain: "manual"},
+		"manual, value done but never synced: at once": {trigger: manual, now: time.Minute,
+			status: volsyncv1alpha1.SyncStatus{LastManualSync: "first"}, start: true, reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1},
 		"manual, failed a moment ago": {trigger: manual, status: failedAt(0), now: 5 * time.Second,
 			reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1, after: 55 * time.Second},
 		"manual, paused": {trigger: manual, paused: true, now: time.Minute, reason: volsyncv1alpha1.SynchronizingReasonManual,
@@ -69,7 +107,7 @@ func TestDecide(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			in := Input{Trigger: tc.trigger, Paused: tc.paused, Status: &tc.status, Created: t0,
+			in := Input{Trigger: tc.trigger, Paused: tc.paused, Status: &tc.status,
 				Now: t0.Add(tc.now), RetryAfter: time.Minute}
 			if tc.failed != 0 {
 				in.FailedAt = t0.Add(tc.failed)
@@ -118,6 +156,8 @@ func TestComplete(t *testing.T) {
 		"schedule, within the interval":             {trigger: every1, start: 0, end: 30 * time.Second, ok: true},
 		"schedule, ran over two starts":             {trigger: every1, start: 0, end: 150 * time.Second, ok: true, want: Completion{Missed: 2}},
 		"schedule, ended exactly on the next start": {trigger: every1, start: 0, end: time.Minute, ok: true, want: Completion{Missed: 1}},
+		"manual beside a schedule: no interval to miss": {trigger: &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("*/1 * * * *"), Manual: "m"},
+			start: 0, end: 150 * time.Second, ok: true, want: Completion{LastManualSync: "m"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
