@@ -42,6 +42,14 @@ func TestController(t *testing.T) {
 		t.Parallel()
 		schedule(e.with(t))
 	})
+	t.Run("VolSync's e2e: a yearly schedule syncs at once when new; a manual trigger beside it starts a sync", func(t *testing.T) {
+		t.Parallel()
+		firstSyncAndManual(e.with(t))
+	})
+	t.Run("VolSync's e2e: a 70- and a 240-character pair sync and restore", func(t *testing.T) {
+		t.Parallel()
+		longNames(e.with(t))
+	})
 	t.Run("Direct into Direct, user-given keys, LoadBalancer, unprivileged destination, paused", func(t *testing.T) {
 		t.Parallel()
 		direct(e.with(t))

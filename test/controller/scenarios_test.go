@@ -661,3 +661,85 @@ func attached(e *env) {
 	testenv.Eventually(t, "both to be gone", time.Minute, func() bool { return gone(k, rs) && gone(k, rd) })
 	assert.Empty(t, e.leftovers(string(rd.UID), pvc.Spec.VolumeName), "detached and unmounted")
 }
+
+// firstSyncAndManual: what VolSync's e2e suite expects of triggers. A source
+// on a yearly schedule syncs at once after it is created (VolSync's Initial
+// state), not next January; a manual trigger set beside the schedule starts
+// a sync (the manual trigger wins), and the CR then waits for the manual
+// trigger.
+func firstSyncAndManual(e *env) {
+	t := e.t
+	e.app("yearly", "1")
+	want := e.tree("yearly", "data")
+	e.pair("yearly", volsyncv1alpha1.CopyMethodSnapshot, &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("0 0 1 1 *")})
+	var rs *volsyncv1alpha1.ReplicationSource
+	testenv.Eventually(t, "the first sync, at once", 3*time.Minute, func() bool {
+		rs = e.rs("yearly", "rs")
+		return rs.Status.LastSyncTime != nil
+	})
+	require.Equal(t, volsyncv1alpha1.MoverResultSuccessful, rs.Status.LatestMoverStatus.Result, rs.Status.LatestMoverStatus.Logs)
+	testenv.Eventually(t, "the next scheduled time", time.Minute, func() bool {
+		rs = e.rs("yearly", "rs")
+		return rs.Status.NextSyncTime != nil
+	})
+	assert.Equal(t, time.January, rs.Status.NextSyncTime.UTC().Month())
+	assert.Equal(t, 1, rs.Status.NextSyncTime.UTC().Day())
+	img := e.image("yearly", "rd", "")
+	assert.Equal(t, want, e.restored("yearly", img), "the first image holds the source")
+
+	e.onVolume("yearly", "data", false, func(dir string) { writeApp(t, dir, "2") })
+	want = e.tree("yearly", "data")
+	rs = e.trigger("yearly", "rs", "kick")
+	assert.Equal(t, volsyncv1alpha1.SynchronizingReasonManual, condition(&rs.Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Reason)
+	assert.Nil(t, rs.Status.NextSyncTime, "the manual trigger rules; no scheduled time")
+	img = e.image("yearly", "rd", img)
+	assert.Equal(t, want, e.restored("yearly", img), "the manual sync beside the schedule carried the change")
+}
+
+// longNames: a destination and a source whose names are longer than a
+// label value (70 characters) and close to the API's limit (240) sync and
+// restore like any other: every name and label Ferry derives from them is
+// shortened with a hash, as VolSync does. The 70-character pair restores
+// from latestImage's snapshot, the 240-character one into a claim filled
+// by the populator.
+func longNames(e *env) {
+	t, k, ctx := e.t, e.k, context.Background()
+	e.app("long", "1")
+	want := e.tree("long", "data")
+	for _, n := range []int{70, 240} {
+		name := fmt.Sprintf("n%d-", n) + strings.Repeat("x", n-len(fmt.Sprintf("n%d-", n)))
+		require.Len(t, name, n)
+		rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: "long", Name: name},
+			Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
+				ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
+					Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
+		require.NoError(t, k.Create(ctx, rd))
+		testenv.Eventually(t, fmt.Sprintf("the %d-character destination's address and keys", n), time.Minute, func() bool {
+			rd = e.rd("long", name)
+			return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
+		})
+		assert.LessOrEqual(t, len(*rd.Status.Rsync.SSHKeys), 253)
+		rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: "long", Name: name},
+			Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "data", Trigger: &volsyncv1alpha1.TriggerSpec{Manual: "1"},
+				Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot},
+					SSHKeys: rd.Status.Rsync.SSHKeys, Address: rd.Status.Rsync.Address}}}
+		require.NoError(t, k.Create(ctx, rs))
+		rs = e.synced("long", name, "1")
+		assert.Equal(t, metav1.ConditionTrue, condition(&rs.Status.SyncStatus, volsyncv1alpha1.ConditionReconciled).Status)
+		img := e.image("long", name, "")
+		if n == 70 {
+			assert.Equal(t, want, e.restored("long", img), "the %d-character destination's image holds the source", n)
+			continue
+		}
+		restore := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "long", Name: "restored"},
+			Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				Resources:     corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+				DataSourceRef: &corev1.TypedObjectReference{APIGroup: ptr.To("volsync.backube"), Kind: "ReplicationDestination", Name: name}}}
+		require.NoError(t, k.Create(ctx, restore))
+		testenv.Eventually(t, "the claim filled from the 240-character destination", 2*time.Minute, func() bool {
+			require.NoError(t, k.Get(ctx, client.ObjectKeyFromObject(restore), restore))
+			return restore.Status.Phase == corev1.ClaimBound
+		})
+		assert.Equal(t, want, e.tree("long", "restored"), "the claim holds the image's data")
+	}
+}

@@ -23,6 +23,7 @@ import (
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/names"
 )
 
 // Labels on everything the controller keeps in Ferry's namespace for a CR
@@ -50,7 +51,7 @@ type Owner struct {
 // Labels are the owner labels.
 func (o Owner) Labels() map[string]string {
 	return map[string]string{LabelOwnerKind: o.Kind, LabelOwnerNamespace: o.GetNamespace(),
-		LabelOwnerName: o.GetName(), LabelOwnerUID: string(o.GetUID())}
+		LabelOwnerName: names.Label(o.GetName()), LabelOwnerUID: string(o.GetUID())}
 }
 
 // Name is the name of the owner's assignment, and of its key copy with a
@@ -157,15 +158,15 @@ func (s Store) Release(ctx context.Context, o Owner) (bool, error) {
 	return false, s.Delete(ctx, ma)
 }
 
-// EnqueueOwner maps an object in Ferry's namespace (an assignment) to the
-// CR of kind named in its labels.
+// EnqueueOwner maps an assignment to the CR of kind it works for, named
+// in its spec (its owner-name label may be shortened).
 func EnqueueOwner(kind string) handler.EventHandler {
 	return handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
-		l := obj.GetLabels()
-		if l[LabelOwnerKind] != kind || l[LabelOwnerName] == "" {
+		ma, ok := obj.(*agentv1alpha1.MountAssignment)
+		if !ok || ma.Labels[LabelOwnerKind] != kind || ma.Spec.Owner.Name == "" {
 			return nil
 		}
-		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: l[LabelOwnerNamespace], Name: l[LabelOwnerName]}}}
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: ma.Spec.Owner.Namespace, Name: ma.Spec.Owner.Name}}}
 	})
 }
 

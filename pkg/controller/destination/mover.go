@@ -15,6 +15,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/moverlog"
+	"github.com/ferrysync/ferry/pkg/controller/names"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
 )
 
@@ -95,10 +96,12 @@ func outcome(ma *agentv1alpha1.MountAssignment, start *metav1.Time) cycle.Result
 }
 
 // snapshotName names the image of the sync that started at start:
-// <claim>-<YYYYMMDDHHMMSS>. The cycle starts at most one sync per second, so
-// the name is the sync's own, the same after a restart.
+// <claim>-<YYYYMMDDHHMMSS>, the claim's part shortened for a long claim
+// name. The cycle starts at most one sync per second, so the name is the
+// sync's own, the same after a restart.
 func snapshotName(claim string, start time.Time) string {
-	return claim + "-" + start.UTC().Format("20060102150405")
+	stamp := "-" + start.UTC().Format("20060102150405")
+	return names.Fit(claim, names.MaxObject-len(stamp)) + stamp
 }
 
 // Cleanup makes the image of a successful sync: a VolumeSnapshot of the

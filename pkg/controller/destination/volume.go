@@ -21,6 +21,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/keys"
+	"github.com/ferrysync/ferry/pkg/controller/names"
 	"github.com/ferrysync/ferry/pkg/controller/takeover"
 )
 
@@ -37,7 +38,7 @@ func claimName(rd *volsyncv1alpha1.ReplicationDestination) string {
 	if rd.Spec.Rsync != nil && rd.Spec.Rsync.DestinationPVC != nil {
 		return *rd.Spec.Rsync.DestinationPVC
 	}
-	return "volsync-" + rd.Name + "-dst"
+	return names.Object("volsync-", rd.Name, "-dst")
 }
 
 // serviceName is the Service sources connect to, named as VolSync names it

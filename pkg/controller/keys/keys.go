@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
+	"github.com/ferrysync/ferry/pkg/controller/names"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
 
@@ -92,7 +93,8 @@ func NamesFor(owner Side, name string) Names {
 	if owner == Source {
 		p = "volsync-rsync-src-"
 	}
-	return Names{Main: p + "main-" + name, Source: p + "src-" + name, Destination: p + "dest-" + name}
+	return Names{Main: names.Object(p+"main-", name, ""), Source: names.Object(p+"src-", name, ""),
+		Destination: names.Object(p+"dest-", name, "")}
 }
 
 // Published is the generated Secret the other side needs, the one named in

@@ -19,6 +19,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/moverlog"
+	"github.com/ferrysync/ferry/pkg/controller/names"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
 )
 
@@ -42,7 +43,7 @@ func (w *work) copyName() string {
 	if w.rs.Spec.Rsync != nil && w.rs.Spec.Rsync.CopyMethod.IsDirect() {
 		return w.rs.Spec.SourcePVC
 	}
-	return "volsync-" + w.rs.Name + "-src"
+	return names.Object("volsync-", w.rs.Name, "-src")
 }
 
 // Start has nothing to prepare: the copy is made in Synchronize.
