@@ -113,22 +113,26 @@ func TestFloodLeavesOthersServed(t *testing.T) {
 }
 
 // TestTransfersPerNodeAreBounded: past the node's limit of rsync receivers
-// a new transfer is refused with a message that says so.
+// a new transfer, to another destination on the same node, is refused with a
+// message that says so. (A new transfer to the same destination ends that
+// destination's earlier one instead: see TestNewTryEndsTheLastOnesReceiver.)
 func TestTransfersPerNodeAreBounded(t *testing.T) {
 	testenv.NeedRoot(t)
-	k := keys(t, "dest-a")
+	ka, kb := keys(t, "dest-a"), keys(t, "dest-b")
 	var refused refusals
 	lim := endpoint.DefaultLimits
 	lim.Transfers = 1
 	srv := endpoint.New(t.TempDir(), endpoint.WithLimits(lim), endpoint.WithRefusals(refused.add))
 	t.Cleanup(srv.Close)
-	addr, err := srv.Add(endpoint.Destination{ID: "a", Keys: k.dst, Volume: t.TempDir(), Privileged: true, ListenAddr: "127.0.0.1:0"})
+	addrA, err := srv.Add(endpoint.Destination{ID: "a", Keys: ka.dst, Volume: t.TempDir(), Privileged: true, ListenAddr: "127.0.0.1:0"})
 	require.NoError(t, err)
-	c, err := dial(t, addr.(*net.TCPAddr).Port, k.src.Identity, k.dst.HostKey.PublicKey())
+	addrB, err := srv.Add(endpoint.Destination{ID: "b", Keys: kb.dst, Volume: t.TempDir(), Privileged: true, ListenAddr: "127.0.0.1:0"})
 	require.NoError(t, err)
-	defer c.Close()
+	ca, err := dial(t, addrA.(*net.TCPAddr).Port, ka.src.Identity, ka.dst.HostKey.PublicKey())
+	require.NoError(t, err)
+	defer ca.Close()
 	// A receiver that waits for its client's file list holds the one slot.
-	first, err := c.NewSession()
+	first, err := ca.NewSession()
 	require.NoError(t, err)
 	defer first.Close()
 	stdin, err := first.StdinPipe()
@@ -139,7 +143,10 @@ func TestTransfersPerNodeAreBounded(t *testing.T) {
 	require.NoError(t, first.Start("rsync --server -logDtpre.iLsfxCIvu . ."))
 	_, err = io.ReadFull(stdout, make([]byte, 4)) // its protocol version: it runs
 	require.NoError(t, err)
-	stderr, code := execute(t, c, "rsync --server -logDtpre.iLsfxCIvu . .")
+	cb, err := dial(t, addrB.(*net.TCPAddr).Port, kb.src.Identity, kb.dst.HostKey.PublicKey())
+	require.NoError(t, err)
+	defer cb.Close()
+	stderr, code := execute(t, cb, "rsync --server -logDtpre.iLsfxCIvu . .")
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "maximum of 1 transfers")
 	assert.Positive(t, refused.get(endpoint.RefusedTransfers))

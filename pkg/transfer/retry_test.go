@@ -12,6 +12,7 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
@@ -192,17 +193,7 @@ func TestShutdownEndsLiveTransfers(t *testing.T) {
 	require.NoError(t, err)
 	port := addr.(*net.TCPAddr).Port
 
-	writer, err := dial(t, port, k.src.Identity, k.src.HostKey)
-	require.NoError(t, err)
-	defer writer.Close()
-	sess, err := writer.NewSession()
-	require.NoError(t, err)
-	defer sess.Close()
-	stdin, err := sess.StdinPipe() // held open: the transfer waits for data
-	require.NoError(t, err)
-	defer stdin.Close()
-	require.NoError(t, sess.Start("rsync --server -logDtpre.iLsfxCIvu . ."))
-	ev.waitFor(t, endpoint.RsyncStarted)
+	sess := stalledReceiver(t, port, k, &ev)
 
 	ender, err := dial(t, port, k.src.Identity, k.src.HostKey)
 	require.NoError(t, err)
@@ -222,4 +213,55 @@ func TestShutdownEndsLiveTransfers(t *testing.T) {
 	assert.Equal(t, []endpoint.EventKind{endpoint.RsyncStarted, endpoint.RsyncEnded, endpoint.SyncEnded}, order,
 		"the transfer had ended before the sync was reported")
 	assert.Error(t, sess.Wait(), "the writer's transfer was stopped")
+}
+
+// stalledReceiver starts a transfer on the destination at port whose client
+// never sends its file list, as a slow or hostile writer would, and returns
+// its session once the destination reports the receiver started.
+func stalledReceiver(t *testing.T, port int, k *keyset, ev *events) *ssh.Session {
+	t.Helper()
+	writer, err := dial(t, port, k.src.Identity, k.src.HostKey)
+	require.NoError(t, err)
+	t.Cleanup(func() { writer.Close() })
+	sess, err := writer.NewSession()
+	require.NoError(t, err)
+	stdin, err := sess.StdinPipe() // held open: the transfer waits for data
+	require.NoError(t, err)
+	t.Cleanup(func() { stdin.Close(); sess.Close() })
+	require.NoError(t, sess.Start("rsync --server -logDtpre.iLsfxCIvu . ."))
+	ev.waitFor(t, endpoint.RsyncStarted)
+	return sess
+}
+
+// TestNewTryEndsTheLastOnesReceiver: a receiver of an earlier try still runs
+// (its source lost the connection, or hangs) when the source's next try
+// asks for a transfer. The destination ends the old receiver first, so two
+// receivers never write the same volume, and the new try completes.
+func TestNewTryEndsTheLastOnesReceiver(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "newtry")
+	dst := t.TempDir()
+	var ev events
+	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.New(t)))
+	t.Cleanup(srv.Close)
+	addr, err := srv.Add(endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: dst, Privileged: true,
+		ListenAddr: "127.0.0.1:0", Events: ev.add})
+	require.NoError(t, err)
+	port := addr.(*net.TCPAddr).Port
+	old := stalledReceiver(t, port, k, &ev)
+
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), []byte("the new try"), 0o644))
+	res, err := push(t, k.src, port, src, nil)
+	require.NoError(t, err, "the new try completes: %s", res.Errors)
+	assert.Equal(t, 0, res.ExitCode)
+	requireSame(t, src, dst)
+	ended := make(chan error, 1)
+	go func() { ended <- old.Wait() }()
+	select {
+	case err := <-ended:
+		assert.Error(t, err, "the old try's receiver was ended")
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old try's receiver still runs after the new try completed")
+	}
 }
