@@ -103,6 +103,11 @@ cluster: deps testenv ## Start two local clusters (control plane, CSI driver, si
 bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback (root; about 12 minutes, several GiB; FERRY_BENCH_CASES=B picks cases).
 	go test -count=1 -v -run "^$$" -bench BenchmarkDataPlane -benchtime 1x -timeout 60m ./pkg/transfer/ | grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"' -e '^    [a-z_]*\.go:[0-9]*: sshd: '
 
+.PHONY: soak
+soak: need-root deps testenv ## 1,000 syncs through the CRs on the local clusters, counting mounts, loop devices, fds, goroutines, processes, cgroups, temp dirs and objects before and after: no growth (root; FERRY_SOAK_SYNCS; make test runs 30).
+	FERRY_SOAK_SYNCS=$${FERRY_SOAK_SYNCS:-1000} go test -count=1 -v -run 'TestController/soak' -timeout 90m ./test/controller/ \
+		| grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"' -e '^        [IWE][0-9]'
+
 .PHONY: fuzz
 fuzz: deps ## Random changes between syncs, a random seed: 1,000 rounds of clean syncs (skipped exactly when nothing changed, incremental otherwise), then 2,000 with a fault in each; the replica checked each round (root; FERRY_FUZZ_SEED, FERRY_FUZZ_ROUNDS, FERRY_FAULT_ROUNDS).
 	export FERRY_FUZZ_SEED=$${FERRY_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \

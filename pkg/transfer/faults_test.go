@@ -49,7 +49,8 @@ func TestFaultsBetweenChanges(t *testing.T) {
 	k := keys(t, "faults")
 	src, dst := t.TempDir(), smallVolume(t, 64<<20)
 	startTree(t, rng, src, true)
-	pool, err := cgroup.New("ferry-faults-"+strconv.Itoa(os.Getpid()), cgroup.Limits{})
+	poolName := "ferry-faults-" + strconv.Itoa(os.Getpid())
+	pool, err := cgroup.New(poolName, cgroup.Limits{})
 	require.NoError(t, err)
 	t.Cleanup(pool.Remove)
 
@@ -152,6 +153,9 @@ func TestFaultsBetweenChanges(t *testing.T) {
 		require.NoError(t, err, "%s: the next sync converges\n%s", what, res.Errors)
 		requireSameMsg(t, src, dst, what+": the next sync converges")
 		settle()
+		testenv.Eventually(t, what+": every transfer's cgroup removed", 10*time.Second, func() bool {
+			return len(groupsIn(poolName)) == 0
+		})
 	}
 	var missing []string
 	counts := map[string]int{}
@@ -355,4 +359,21 @@ func (p *proxy) cut() int {
 	n := len(p.conns)
 	p.conns = map[net.Conn]struct{}{}
 	return n / 2
+}
+
+// groupsIn lists the transfers' cgroups left in the pool named name, in any
+// hierarchy.
+func groupsIn(name string) []string {
+	var out []string
+	_ = filepath.WalkDir(cgroup.Root, func(path string, d os.DirEntry, err error) error {
+		switch {
+		case err != nil || !d.IsDir():
+			return nil
+		case filepath.Base(filepath.Dir(path)) == name:
+			out = append(out, path)
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	return out
 }

@@ -29,6 +29,10 @@ func TestController(t *testing.T) {
 	t.Run("the spec's flow: Clone source into a Snapshot destination, generated keys, ClusterIP", func(t *testing.T) {
 		specFlow(e.with(t))
 	})
+	// First, alone: its counts see only its own syncs.
+	t.Run("soak: many syncs through the CRs leave nothing behind", func(t *testing.T) {
+		soak(e.with(t))
+	})
 	t.Run("the controller killed -9 mid-sync finishes the sync; latestImage holds complete data", func(t *testing.T) {
 		controllerKilled(e.with(t))
 	})

@@ -132,7 +132,9 @@ type env struct {
 	c    *cluster.Cluster
 	k    client.Client
 	ctrl *harness.Proc
-	work string
+	// agents are the node agents, one per node.
+	agents []*harness.Proc
+	work   string
 }
 
 // setup starts the agents on both nodes of c and its controller, whose
@@ -145,10 +147,10 @@ func setup(t *testing.T, c *cluster.Cluster, port int) *env {
 	}
 	k := c.Client
 	require.NoError(t, k.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: harness.Namespace}}))
-	for _, n := range c.Nodes {
-		bins.StartAgent(t, c, n)
-	}
 	e := &env{t: t, c: c, k: k, work: t.TempDir()}
+	for _, n := range c.Nodes {
+		e.agents = append(e.agents, bins.StartAgent(t, c, n))
+	}
 	e.ctrl = bins.StartController(t, c, port)
 	// Runs before the controller and agents stop (cleanups run last
 	// first): every CR goes the way a user deletes it, and with it every

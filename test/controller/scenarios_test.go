@@ -709,22 +709,9 @@ func longNames(e *env) {
 	for _, n := range []int{70, 240} {
 		name := fmt.Sprintf("n%d-", n) + strings.Repeat("x", n-len(fmt.Sprintf("n%d-", n)))
 		require.Len(t, name, n)
-		rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: "long", Name: name},
-			Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
-				ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
-					Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
-		require.NoError(t, k.Create(ctx, rd))
-		testenv.Eventually(t, fmt.Sprintf("the %d-character destination's address and keys", n), time.Minute, func() bool {
-			rd = e.rd("long", name)
-			return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
-		})
+		rd := e.namedPair("long", name, "data", volsyncv1alpha1.CopyMethodSnapshot, "1")
 		assert.LessOrEqual(t, len(*rd.Status.Rsync.SSHKeys), 253)
-		rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: "long", Name: name},
-			Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "data", Trigger: &volsyncv1alpha1.TriggerSpec{Manual: "1"},
-				Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot},
-					SSHKeys: rd.Status.Rsync.SSHKeys, Address: rd.Status.Rsync.Address}}}
-		require.NoError(t, k.Create(ctx, rs))
-		rs = e.synced("long", name, "1")
+		rs := e.synced("long", name, "1")
 		assert.Equal(t, metav1.ConditionTrue, condition(&rs.Status.SyncStatus, volsyncv1alpha1.ConditionReconciled).Status)
 		img := e.image("long", name, "")
 		if n == 70 {
@@ -742,4 +729,27 @@ func longNames(e *env) {
 		})
 		assert.Equal(t, want, e.tree("long", "restored"), "the claim holds the image's data")
 	}
+}
+
+// namedPair makes, in namespace ns, a Snapshot destination and a source of
+// claim by method into it, both named name, the source with manual trigger
+// manual; it returns the destination once it has an address and keys.
+func (e *env) namedPair(ns, name, claim string, method volsyncv1alpha1.CopyMethodType, manual string) *volsyncv1alpha1.ReplicationDestination {
+	t, ctx := e.t, context.Background()
+	t.Helper()
+	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
+			ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{CopyMethod: volsyncv1alpha1.CopyMethodSnapshot,
+				Capacity: ptr.To(resource.MustParse("1Gi")), AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}}}}}
+	require.NoError(t, e.k.Create(ctx, rd))
+	testenv.Eventually(t, fmt.Sprintf("destination %s/%s's address and keys", ns, name), time.Minute, func() bool {
+		rd = e.rd(ns, name)
+		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
+	})
+	rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: claim, Trigger: &volsyncv1alpha1.TriggerSpec{Manual: manual},
+			Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: method},
+				SSHKeys: rd.Status.Rsync.SSHKeys, Address: rd.Status.Rsync.Address}}}
+	require.NoError(t, e.k.Create(ctx, rs))
+	return rd
 }

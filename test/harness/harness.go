@@ -167,6 +167,14 @@ func (p *Proc) Logs() string {
 	return string(raw)
 }
 
+// Pid is the running process's id (0 when stopped).
+func (p *Proc) Pid() int {
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Kill is kill -9.
 func (p *Proc) Kill() {
 	p.t.Helper()
