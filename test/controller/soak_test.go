@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -26,8 +27,8 @@ import (
 // make soak runs 1,000): a Direct and a Clone pair in turn, each sync after
 // no change, a small change or a new file. Before and after it counts what
 // a leak would leave behind: mounts, loop devices, the agents' and the
-// controller's open fds and goroutines, the agents' child processes, the
-// transfers' cgroups, Ferry's temp dirs, MountAssignments,
+// controller's open fds and goroutines, the agents' child processes and
+// transfer cgroups, Ferry's temp dirs, MountAssignments,
 // VolumeAttachments, VolumeSnapshots and claims. Nothing may grow (a count
 // released late is waited for, with a deadline), and each destination
 // keeps only its latest image, which holds its source. It reports the
@@ -76,6 +77,7 @@ func soak(e *env) {
 	took := time.Since(start)
 	testenv.Eventually(t, "one image per destination", time.Minute, settled)
 	var after map[string]int
+	var grown []string
 	grew := func() []string {
 		after = e.leakCounts(ns)
 		var out []string
@@ -84,9 +86,12 @@ func soak(e *env) {
 				out = append(out, fmt.Sprintf("%s: %d → %d", k, before[k], v))
 			}
 		}
+		sort.Strings(out)
 		return out
 	}
-	testenv.Eventually(t, "no count above where it was before the syncs", time.Minute, func() bool { return len(grew()) == 0 })
+	testenv.Eventually(t, "no count above where it was before the syncs", time.Minute,
+		func() bool { grown = grew(); return len(grown) == 0 },
+		func() string { return "grown: " + strings.Join(grown, ", ") })
 	spent := e.cpuSeconds()
 	for who, s := range spent {
 		t.Logf("%s: %.1f ms CPU per sync, RSS %.1f MiB", who, 1000*(s-cpu[who])/float64(syncs),
@@ -107,20 +112,30 @@ func (e *env) leakCounts(ns string) map[string]int {
 	t, ctx := e.t, context.Background()
 	t.Helper()
 	out := map[string]int{}
+	// Only what lies in this cluster's directories counts: other packages'
+	// tests run beside this one and mount, attach and create temp dirs too.
 	mounts, err := os.ReadFile("/proc/self/mountinfo")
 	require.NoError(t, err)
-	out["mounts"] = strings.Count(string(mounts), "\n")
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && (within(f[4], e.c.Dir) || within(f[4], e.work)) {
+			out["mounts"]++
+		}
+	}
 	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	out["loop devices"] = len(loops)
-	temps, _ := filepath.Glob(filepath.Join(os.TempDir(), "ferry-*"))
+	for _, l := range loops {
+		if b, err := os.ReadFile(l); err == nil && within(strings.TrimSpace(string(b)), e.c.Dir) {
+			out["loop devices"]++
+		}
+	}
+	temps, _ := filepath.Glob(filepath.Join(e.c.Dir, "nodes", "*", "tmp", "ferry-*"))
 	out["temp dirs"] = len(temps)
-	out["cgroups"] = transferCgroups()
 	for _, p := range append([]*harness.Proc{e.ctrl}, e.agents...) {
 		name := e.procName(p)
 		out[name+" fds"] = int(p.Metric("process_open_fds", nil))
 		out[name+" goroutines"] = int(p.Metric("go_goroutines", nil))
 		if p != e.ctrl {
 			out[name+" child processes"] = descendants(t, p.Pid())
+			out[name+" cgroups"] = transferCgroups(p.Pid())
 		}
 	}
 	mas := &agentv1alpha1.MountAssignmentList{}
@@ -134,6 +149,11 @@ func (e *env) leakCounts(ns string) map[string]int {
 	require.NoError(t, e.k.List(ctx, pvcs, client.InNamespace(ns)))
 	out["claims"] = len(pvcs.Items)
 	return out
+}
+
+// within says whether path is dir or lies below it.
+func within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, dir+"/")
 }
 
 // snapshots lists the VolumeSnapshots of namespace ns.
@@ -179,15 +199,20 @@ func (e *env) cpuSeconds() map[string]float64 {
 	return out
 }
 
-// transferCgroups counts the transfers' cgroups the agents' pools hold.
-func transferCgroups() int {
+// transferCgroups counts the transfers' cgroups the agent with pid holds
+// in its pool: their names carry the agent's pid, which tells them from
+// those of agents other packages' tests run beside this one.
+func transferCgroups(pid int) int {
 	n := 0
+	mark := fmt.Sprintf("-%d-", pid)
 	_ = filepath.WalkDir("/sys/fs/cgroup", func(path string, d os.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return nil
 		}
 		if filepath.Base(filepath.Dir(path)) == "ferry-transfers" {
-			n++ // a group, in one controller's hierarchy
+			if strings.Contains(d.Name(), mark) {
+				n++ // a group, in one controller's hierarchy
+			}
 			return filepath.SkipDir
 		}
 		return nil
