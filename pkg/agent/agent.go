@@ -89,6 +89,10 @@ type Config struct {
 	// send only what changed; past it a sync runs in full. 0: always in
 	// full.
 	FullSyncInterval time.Duration
+	// Keepalive is how often each end of a transfer asks the other for a
+	// sign of life; a connection silent for keepalive.Missed intervals (a
+	// network cut) is closed, the try fails and is retried.
+	Keepalive time.Duration
 	// Transfer limits each transfer's own cgroup (memory, processes);
 	// zero: no cgroups.
 	Transfer cgroup.Limits
@@ -142,7 +146,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	}
 	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint")),
 		endpoint.WithRefusals(func(cause string) { refusedTotal.WithLabelValues(cfg.NodeName, cause).Inc() }),
-		endpoint.WithFullSyncInterval(cfg.FullSyncInterval)}
+		endpoint.WithFullSyncInterval(cfg.FullSyncInterval), endpoint.WithKeepalive(cfg.Keepalive)}
 	var cgroups *cgroup.Pool
 	if cfg.Transfer != (cgroup.Limits{}) {
 		if cgroups, err = cgroup.New("ferry-transfers", cfg.Transfer); err != nil {

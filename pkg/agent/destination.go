@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -66,7 +67,8 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 	s := r.state(ma)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+	err = r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+		s.applyUnreported(ma)
 		last := ma.Status.LastSync
 		hold := last != nil && last.Succeeded && last.Generation >= ma.Spec.SyncGeneration
 		// A sync that just ended and is not in the status yet keeps the
@@ -88,6 +90,10 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 		}
 		setReady(ma, true, agentv1alpha1.ReasonServing, "the volume is mounted read-write and accepts syncs")
 	})
+	if err == nil {
+		s.unreported = nil
+	}
+	return err
 }
 
 // attachRequired reads the CSIDriver's attachRequired (a driver without a
@@ -223,7 +229,9 @@ func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Eve
 	case endpoint.SyncEnded:
 		result := agentv1alpha1.SyncResult{Generation: gen, StartTime: timePtr(s.start), EndTime: timePtr(e.Time),
 			BytesReceived: s.received, BytesSent: s.sent, ExitCode: int32(e.ExitCode), Succeeded: e.ExitCode == 0}
-		if e.Message != "" {
+		if e.ExitCode != 0 && e.Needed > 0 {
+			result.Error = noSpace(ma, s.path, e.Needed)
+		} else if e.Message != "" {
 			result.Error = e.Message
 		} else if e.ExitCode != 0 {
 			result.Error = fmt.Sprintf("the source ended the sync with status %d", e.ExitCode)
@@ -238,21 +246,112 @@ func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Eve
 		}
 		s.start, s.received, s.sent = time.Time{}, 0, 0
 		r.syncEnded(r.log.WithValues("assignment", key), ma, &result)
-		mutate = func(ma *agentv1alpha1.MountAssignment) {
-			ma.Status.LastSync, ma.Status.CurrentSync = result.DeepCopy(), nil
-			ma.Status.Phase = agentv1alpha1.PhaseMounted
-			if result.Succeeded {
-				ma.Status.Phase = agentv1alpha1.PhaseHolding
-			}
-		}
+		s.unreported = &result // until the write below lands
+		mutate = func(*agentv1alpha1.MountAssignment) {}
 	case endpoint.Refused:
 		errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseRefusedRequest)...).Inc()
 		r.log.Info("refused a request", "assignment", key, "reason", e.Message)
 	}
-	if mutate != nil {
-		if err := r.updateStatus(key, mutate); err != nil {
-			r.log.Error(err, "report destination event", "assignment", key, "event", e.Kind)
+	if mutate == nil {
+		return
+	}
+	if err := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+		s.applyUnreported(ma)
+		mutate(ma)
+	}); err != nil {
+		r.log.Error(err, "report destination event", "assignment", key, "event", e.Kind)
+	} else {
+		s.unreported = nil
+	}
+	if s.unreported != nil && !s.redelivering {
+		s.redelivering = true
+		go r.redeliver(key, s)
+	}
+}
+
+// noSpace says that a destination's volume ran out of space: which claim,
+// how large its filesystem is and how much the source's volume uses (what
+// the source said), so that the user knows what capacity to give it.
+func noSpace(ma *agentv1alpha1.MountAssignment, path string, needed int64) string {
+	size := "of unknown size"
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err == nil {
+		size = "of " + formatBytes(int64(st.Blocks)*st.Bsize)
+	}
+	return noSpaceMessage(ma.Spec.Owner.Namespace+"/"+ma.Spec.Volume.Claim, size, needed)
+}
+
+// noSpaceMessage words noSpace's message.
+func noSpaceMessage(claim, size string, needed int64) string {
+	return fmt.Sprintf("the destination volume is full: claim %s, a filesystem %s, ran out of space; the source's volume uses %s: "+
+		"give the destination (spec.rsync.capacity) at least that, with room for a changed file's new copy", claim, size, formatBytes(needed))
+}
+
+// formatBytes writes n bytes for people: 1.5 GiB.
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// applyUnreported writes the end of a sync not in the status yet into an
+// assignment's status (the same object's only: not one recreated under the
+// name since).
+func (s *state) applyUnreported(ma *agentv1alpha1.MountAssignment) {
+	res := s.unreported
+	if res == nil || ma.UID != s.uid {
+		return
+	}
+	ma.Status.LastSync, ma.Status.CurrentSync = res.DeepCopy(), nil
+	ma.Status.Phase = agentv1alpha1.PhaseMounted
+	if res.Succeeded {
+		ma.Status.Phase = agentv1alpha1.PhaseHolding
+	}
+}
+
+// Redelivery of a sync's end backs off between these bounds while the
+// apiserver stays away.
+const (
+	redeliverFirst = time.Second
+	redeliverMax   = 30 * time.Second
+)
+
+// redeliver writes a destination's sync end that could not be written when
+// the sync ended, until a write lands (this one, a later event's or a
+// reconcile's), the assignment is gone, or the agent aborts. Status changes
+// trigger no reconcile, and an apiserver that comes back brings no event of
+// its own, so without this the controller would wait for the sync's end,
+// and the volume stay held, until the next change of the assignment.
+func (r *Reconciler) redeliver(key types.NamespacedName, s *state) {
+	delay := redeliverFirst
+	for {
+		select {
+		case <-time.After(delay):
+		case <-r.aborted:
+			return
 		}
+		s.mu.Lock()
+		if s.unreported == nil {
+			s.redelivering = false
+			s.mu.Unlock()
+			return
+		}
+		err := r.updateStatus(key, s.applyUnreported)
+		if err == nil || apierrors.IsNotFound(err) {
+			r.log.Info("reported a sync's end the apiserver missed", "assignment", key, "generation", s.unreported.Generation, "error", err)
+			s.unreported, s.redelivering = nil, false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		delay = min(2*delay, redeliverMax)
 	}
 }
 

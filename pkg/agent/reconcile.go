@@ -90,6 +90,12 @@ type state struct {
 	start    time.Time
 	received int64
 	sent     int64
+	// unreported is the end of a sync that could not be written to the
+	// status when it happened (the apiserver away): the volume stays held
+	// and the end is written again until it lands (redelivering), for the
+	// controller makes the image only from the status.
+	unreported   *agentv1alpha1.SyncResult
+	redelivering bool
 }
 
 // state is the state of this very object, new if the name last belonged to

@@ -211,7 +211,7 @@ func (r *Reconciler) runSource(ctx context.Context, ma *agentv1alpha1.MountAssig
 	lastAt := time.Now()
 	res, err := source.Push(ctx, source.Options{
 		Address: src.Address, Port: int(src.Port), User: src.User, Path: src.Path, Keys: keys, Volume: path, Scratch: r.scratch, Cgroups: r.cgroups, Limits: limits(ma),
-		Backoff: r.cfg.RetryBackoff, Rsync: r.cfg.Rsync, Log: logger, ProgressInterval: r.cfg.ProgressInterval, Compression: compress,
+		Backoff: r.cfg.RetryBackoff, Keepalive: r.cfg.Keepalive, Rsync: r.cfg.Rsync, Log: logger, ProgressInterval: r.cfg.ProgressInterval, Compression: compress,
 		Record: r.records.get(key, time.Now()),
 		Progress: func(p source.Progress) {
 			rate := int64(0)

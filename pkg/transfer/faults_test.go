@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -142,6 +143,11 @@ func TestFaultsBetweenChanges(t *testing.T) {
 		}
 		if err == nil {
 			requireSameMsg(t, src, dst, what+": the push reported success (unchanged "+strconv.FormatBool(res.Unchanged)+")")
+		}
+		if c.full && err != nil {
+			require.Equal(t, 1, res.Attempts, "%s: a full volume is not retried", what)
+			require.True(t, slices.ContainsFunc(ev.since(seen), func(e endpoint.Event) bool { return e.Kind == endpoint.SyncEnded && e.Needed > 0 }),
+				"%s: the destination hears how much the source's volume uses", what)
 		}
 		for _, e := range ev.since(seen) {
 			if e.Kind == endpoint.SyncEnded && e.ExitCode == 0 {

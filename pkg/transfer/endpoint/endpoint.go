@@ -22,6 +22,7 @@ import (
 
 	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
+	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
 
 	"context"
 	"crypto/subtle"
@@ -119,6 +120,9 @@ type Event struct {
 	BytesReceived, BytesSent int64
 	// Message explains a refusal or failure.
 	Message string
+	// Needed is, when the replica ran out of space, what the source said
+	// its volume uses (SyncEnded; 0: it did not say).
+	Needed int64
 }
 
 // Limits bound what peers can make a node do, so that a flood against one
@@ -165,6 +169,8 @@ type Server struct {
 	refusals func(cause string)
 	cgroups  *cgroup.Pool
 	fullSync time.Duration
+	// keepalive is how often each connection is asked for a sign of life.
+	keepalive time.Duration
 	// transfers holds a token per running rsync receiver.
 	transfers chan struct{}
 
@@ -189,13 +195,19 @@ func WithLimits(l Limits) Option { return func(s *Server) { s.limits = l } }
 // with the cause of each refusal past a limit.
 func WithRefusals(fn func(cause string)) Option { return func(s *Server) { s.refusals = fn } }
 
+// WithKeepalive sets how often the endpoint asks each source's connection
+// for a sign of life (keepalive.DefaultInterval by default); one silent for
+// keepalive.Missed intervals is closed, ending its transfers.
+func WithKeepalive(d time.Duration) Option { return func(s *Server) { s.keepalive = d } }
+
 // WithCgroups runs each rsync receiver in a cgroup of its own from pool.
 func WithCgroups(pool *cgroup.Pool) Option { return func(s *Server) { s.cgroups = pool } }
 
 // New returns a server. scratch is an empty directory the agent owns, used as
 // the mount point of each confinement's private root.
 func New(scratch string, opts ...Option) *Server {
-	s := &Server{log: logr.Discard(), scratch: scratch, limits: DefaultLimits, fullSync: DefaultFullSyncInterval, dests: map[string]*listener{}}
+	s := &Server{log: logr.Discard(), scratch: scratch, limits: DefaultLimits, fullSync: DefaultFullSyncInterval,
+		keepalive: keepalive.DefaultInterval, dests: map[string]*listener{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -468,6 +480,7 @@ func (s *Server) serveConn(l *listener, conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	log.V(1).Info("ssh connection", "user", sconn.User(), "client", string(sconn.ClientVersion()))
+	go keepalive.Watch(sconn, s.keepalive)
 	go s.serveGlobal(l, log, reqs)
 	var wg sync.WaitGroup
 	var open atomic.Int32

@@ -71,7 +71,7 @@ const incomplete = 1
 // sync that turns out incomplete lets go of the hold it took (never of one
 // the agent set).
 func (s *Server) shutdown(l *listener, log logr.Logger, code int) (int, string) {
-	e := Event{Kind: SyncEnded, ExitCode: code}
+	e := Event{Kind: SyncEnded, ExitCode: code, Needed: l.record.takeNeeded()}
 	took := l.dest.HoldOnShutdown && code == 0 && !l.held.Swap(true)
 	if n := l.endRunning(shutdownGrace); n > 0 {
 		e.Message = fmt.Sprintf("%d transfer(s) still wrote when the source ended the sync; they were stopped and the sync is incomplete", n)

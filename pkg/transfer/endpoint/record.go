@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"encoding/binary"
 	"sync"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
+	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
 	"github.com/ferrysync/ferry/pkg/transfer/treedigest"
 )
 
@@ -37,6 +39,10 @@ type record struct {
 	// saying `shutdown 0` without one (and without a skip agreed) is not
 	// believed: the replica may not hold what it says.
 	complete bool
+	// needed is what the current sync's source said its volume uses when
+	// the replica ran out of space (servercmd.NoSpaceRequest); 0: it did
+	// not say.
+	needed uint64
 	// gen moves whenever the record is dropped or replaced, so that a sum
 	// of the volume begun before cannot become the record after.
 	gen uint64
@@ -49,10 +55,15 @@ type recorded struct {
 
 // serveGlobal answers a connection's global requests: the base and
 // unchanged offers, and "no" to everything else (port forwarding,
-// keepalives).
+// keepalives); it notes a source's word that the volume ran out of space.
 func (s *Server) serveGlobal(l *listener, log logr.Logger, reqs <-chan *ssh.Request) {
 	var v verification // this connection's, so that no other sync relies on it
 	for req := range reqs {
+		if req.Type == servercmd.NoSpaceRequest && len(req.Payload) == 8 {
+			l.record.mu.Lock()
+			l.record.needed = binary.BigEndian.Uint64(req.Payload)
+			l.record.mu.Unlock()
+		}
 		ok := false
 		var reply []byte
 		if len(req.Payload) == len(treedigest.Sum{}) && fault.At(fault.Answer) == nil {
@@ -99,7 +110,7 @@ func (s *Server) unchanged(l *listener, log logr.Logger, v *verification, offere
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.offered = &offered
-	r.complete = false // an offer starts a new sync
+	r.complete, r.needed = false, 0 // an offer starts a new sync
 	r.skipped = s.verify(l, log, v, offered)
 	return r.skipped
 }
@@ -151,6 +162,16 @@ func (r *record) received(ok bool) {
 // noTransfer says why a sync whose source said `shutdown 0` is counted
 // failed.
 const noTransfer = "the source said the sync succeeded, but no transfer into this destination completed during it (nor did the destination agree to skip one); the sync is counted failed"
+
+// takeNeeded returns what the ending sync's source said its volume uses,
+// if the replica ran out of space, and forgets it.
+func (r *record) takeNeeded() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.needed
+	r.needed = 0
+	return int64(min(n, 1<<62))
+}
 
 // ended records how the sync ended and returns its result: the source's
 // code, but a failure where the source said 0 of a sync in which no

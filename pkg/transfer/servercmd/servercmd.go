@@ -343,3 +343,18 @@ func IsRefused(err error) bool {
 	var r *RefusedError
 	return errors.As(err, &r)
 }
+
+// NoSpaceRequest is the global ssh request a Ferry source sends, before
+// `shutdown N`, when a try of the sync failed because the destination's
+// volume ran out of space: its payload is how many bytes the source's
+// volume uses, as 8 bytes big-endian, so that the destination can say
+// how much its claim must hold. Nothing else rides on it: the
+// destination trusts only the number, and words its message itself. A
+// stock sshd answers false and the sync fails as any other.
+const NoSpaceRequest = "no-space@ferrysync.io"
+
+// NoSpace says whether rsync's error output tells of a destination that
+// ran out of space (ENOSPC, or a quota: EDQUOT).
+func NoSpace(stderr string) bool {
+	return strings.Contains(stderr, "No space left on device") || strings.Contains(stderr, "Disk quota exceeded")
+}

@@ -94,3 +94,17 @@ func TestParseRefuses(t *testing.T) {
 		assert.Contains(t, err.Error(), want, line)
 	}
 }
+
+func TestNoSpace(t *testing.T) {
+	for _, tc := range []struct {
+		stderr string
+		want   bool
+	}{
+		{`rsync: [receiver] write failed on "/big-1": No space left on device (28)`, true},
+		{`rsync: [receiver] write failed on "/big-1": Disk quota exceeded (122)`, true},
+		{`rsync: connection unexpectedly closed (0 bytes received so far) [sender]`, false},
+		{"", false},
+	} {
+		assert.Equal(t, tc.want, NoSpace(tc.stderr), tc.stderr)
+	}
+}

@@ -45,6 +45,7 @@ import (
 
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -58,13 +59,16 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/compression"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
+	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
 	"github.com/ferrysync/ferry/pkg/transfer/rsh"
+	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/pkg/transfer/stream"
 	"github.com/ferrysync/ferry/pkg/transfer/treedigest"
@@ -108,6 +112,10 @@ type Options struct {
 	// Backoff is the first pause between tries, doubled each time (default
 	// 2 s).
 	Backoff time.Duration
+	// Keepalive is how often the connection to the destination is asked
+	// for a sign of life (default keepalive.DefaultInterval); one silent
+	// for keepalive.Missed intervals is closed, and the try fails.
+	Keepalive time.Duration
 	// Progress, when set, is called with live progress at most every
 	// ProgressInterval (default 1 s).
 	Progress         func(Progress)
@@ -129,7 +137,8 @@ type Result struct {
 	Attempts int
 	// Start and End bound the whole push.
 	Start, End time.Time
-	// Errors is rsync's error output of the last try (bounded).
+	// Errors is rsync's error output of the last try (bounded), then the
+	// remote side's.
 	Errors string
 	// Unchanged: the destination already held this very tree, and nothing
 	// was sent (Attempts is 0).
@@ -215,12 +224,19 @@ func Push(ctx context.Context, o Options) (Result, error) {
 	o.Record.set(nil) // until this sync has ended well
 	for attempt := 1; attempt <= o.Attempts; attempt++ {
 		res.Attempts = attempt
+		if attempt > 1 && o.Progress != nil {
+			o.Progress(Progress{Attempt: attempt}) // a retry shows before its first byte
+		}
 		err = pushOnce(ctx, &o, conn, attempt, &res, &p)
 		if err == nil || ctx.Err() != nil {
 			break
 		}
 		o.Log.Info("transfer failed", "attempt", attempt, "exitCode", res.ExitCode, "error", err.Error())
 		if attempt == o.Attempts {
+			break
+		}
+		if servercmd.NoSpace(res.Errors) {
+			o.Log.Info("the destination's volume is full; a retry would fill it again")
 			break
 		}
 		if p.list != nil {
@@ -241,6 +257,9 @@ func Push(ctx context.Context, o Options) (Result, error) {
 		res.Summary = fmt.Sprintf("%s %d changed entries since the last sync\n%s", IncrementalSummary, res.Listed, res.Summary)
 	}
 	if ctx.Err() == nil {
+		if res.ExitCode != 0 && servercmd.NoSpace(res.Errors) {
+			conn.noSpace(o.Volume, o.Log)
+		}
 		serr := conn.shutdown(res.ExitCode)
 		if serr != nil {
 			o.Log.Info("could not tell the destination the sync ended", "error", serr.Error())
@@ -281,6 +300,9 @@ func (o *Options) defaults() {
 	}
 	if o.Backoff <= 0 {
 		o.Backoff = 2 * time.Second
+	}
+	if o.Keepalive <= 0 {
+		o.Keepalive = keepalive.DefaultInterval
 	}
 	if o.ProgressInterval <= 0 {
 		o.ProgressInterval = time.Second
@@ -385,15 +407,16 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		cancel() // the helper never connects if rsync dies first
 	}()
 	var remote sync.WaitGroup
+	var remoteErr string
 	remote.Add(1)
 	go func() {
 		defer remote.Done()
-		serveRemote(ctx, ln, cmd.Process.Pid, client, o.Log)
+		remoteErr = serveRemote(ctx, ln, cmd.Process.Pid, client, o.Log)
 	}()
 	stats := parseOutput(pr, throttle(o, attempt))
 	werr := <-waited
 	remote.Wait()
-	res.Stats, res.Errors = stats, stderr.String()
+	res.Stats, res.Errors = stats, stderr.String()+remoteErr
 	res.ExitCode = exitcode.Of(werr)
 	if werr == nil {
 		return nil
@@ -401,34 +424,39 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	if group != nil && group.OOMKilled() {
 		return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, cgroup.OOMMessage)
 	}
-	return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, lastLine(res.Errors))
+	why := lastLine(stderr.String())
+	if remoteErr != "" { // the receiver's own words come first: the cause
+		why, _, _ = strings.Cut(strings.TrimSpace(remoteErr), "\n")
+	}
+	return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, why)
 }
 
 // serveRemote waits for rsync's remote shell and runs its command on a new
-// session of the connection.
-func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.Client, log logr.Logger) {
+// session of the connection; it returns what the remote side wrote to its
+// standard error (bounded), where a receiver's failure is told.
+func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.Client, log logr.Logger) string {
 	req, err := ln.Accept(ctx, rsync)
 	if err != nil {
-		return
+		return ""
 	}
 	status := 255
 	defer func() { req.Close(status) }()
 	sess, err := client.NewSession()
 	if err != nil {
 		log.Info("open ssh session", "error", err.Error())
-		return
+		return ""
 	}
 	defer sess.Close()
 	stdin, err := sess.StdinPipe()
 	if err != nil {
-		return
+		return ""
 	}
 	sess.Stdout = req.Out
 	var remoteErr bytes.Buffer
 	sess.Stderr = &limitedWriter{w: &remoteErr, left: 16 << 10}
 	if err := sess.Start(req.Command); err != nil {
 		log.Info("start remote rsync", "error", err.Error())
-		return
+		return ""
 	}
 	// Not waited for: rsync closes its end only after the helper exits.
 	go func() {
@@ -447,6 +475,7 @@ func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.C
 	if remoteErr.Len() > 0 {
 		log.Info("destination said", "stderr", remoteErr.String())
 	}
+	return remoteErr.String()
 }
 
 // throttle turns rsync's progress records into Progress calls at most every
@@ -572,6 +601,7 @@ func (c *connection) get() (*ssh.Client, error) {
 		return nil, fmt.Errorf("connect to destination %s: %w", addr, err)
 	}
 	c.client = client
+	go keepalive.Watch(client, c.opts.Keepalive)
 	return client, nil
 }
 
@@ -595,6 +625,24 @@ func (c *connection) shutdown(code int) error {
 		return fmt.Errorf("shutdown %d: %w: %s", code, err, out)
 	}
 	return nil
+}
+
+// noSpace tells the destination, before the sync's shutdown, that its
+// volume ran out of space and how much the source's volume uses
+// (servercmd.NoSpaceRequest). It is advice for the destination's message:
+// nothing fails without it.
+func (c *connection) noSpace(volume string, log logr.Logger) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(volume, &st); err != nil {
+		log.Info("could not measure the volume for the destination", "error", err.Error())
+		return
+	}
+	client, err := c.get()
+	if err != nil {
+		return // shutdown reports it
+	}
+	used := (st.Blocks - st.Bfree) * uint64(st.Bsize)
+	_, _, _ = client.SendRequest(servercmd.NoSpaceRequest, false, binary.BigEndian.AppendUint64(nil, used))
 }
 
 func (c *connection) close() {
