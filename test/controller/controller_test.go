@@ -33,6 +33,9 @@ func TestController(t *testing.T) {
 	t.Run("soak: many syncs through the CRs leave nothing behind", func(t *testing.T) {
 		soak(e.with(t))
 	})
+	t.Run("faults in the middle of syncs across clusters: each sync completes, no image holds a partial tree", func(t *testing.T) {
+		faults(t, e, far)
+	})
 	t.Run("the controller killed -9 mid-sync finishes the sync; latestImage holds complete data", func(t *testing.T) {
 		controllerKilled(e.with(t))
 	})

@@ -100,16 +100,20 @@ type Proc struct {
 func (b *Binaries) StartAgent(t T, c *cluster.Cluster, node cluster.Node, extra ...string) *Proc {
 	t.Helper()
 	kc := AgentKubeconfig(t, c, node.Name)
+	// The agent's own temp dir, so a test can count what it leaves there
+	// while other packages' tests use the host's.
+	tmp := filepath.Join(c.Dir, "nodes", node.Name, "tmp")
+	require.NoError(t, os.MkdirAll(tmp, 0o700))
 	p := &Proc{t: t, name: "nodeagent-" + node.Name, path: "nsenter",
 		logs:    filepath.Join(c.Dir, "logs", "nodeagent-"+node.Name+".log"),
 		ready:   "http://" + node.Net.IP + ":9811/readyz",
 		Metrics: "http://" + node.Net.IP + ":9810/metrics",
-		env:     append(os.Environ(), "KUBECONFIG="+kc, "NODE_NAME="+node.Name, "POD_NAMESPACE="+Namespace, "NODE_IP="+node.Net.IP),
+		env:     append(os.Environ(), "KUBECONFIG="+kc, "NODE_NAME="+node.Name, "POD_NAMESPACE="+Namespace, "NODE_IP="+node.Net.IP, "TMPDIR="+tmp),
 		args: []string{"--net=/var/run/netns/" + node.Net.Namespace, "--", filepath.Join(b.Dir, "nodeagent"),
 			"--kubelet-root=" + node.KubeletDir, "--state-dir=" + filepath.Join(c.Dir, "nodes", node.Name, "ferry"),
 			"--metrics-bind-address=" + node.Net.IP + ":9810", "--health-probe-bind-address=" + node.Net.IP + ":9811",
 			"--retry-backoff=1s", "--progress-interval=200ms", "--grace-period=10s", "--zap-log-level=debug",
-			"--ssh-port-range=30500-30599"}}
+			"--ssh-port-range=30500-30599", "--ssh-keepalive=2s"}}
 	p.args = append(p.args, extra...)
 	p.Start()
 	t.Cleanup(func() { _, _ = p.Stop() })
