@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -81,15 +82,33 @@ func (c *Cluster) Pause(name string) (resume func() error, err error) {
 	return func() error { return signal(syscall.SIGCONT) }, nil
 }
 
-// SetLink takes a node's network link down or up: the node is cut off
-// from every other node and cluster (its connections stall, as on a failed
-// switch port) until it comes back.
-func SetLink(nn NodeNet, up bool) error {
-	state := "down"
-	if up {
-		state = "up"
+// CutLink takes a node's network link down: the node is cut off from
+// every other node and cluster (its connections stall, as on a failed
+// switch port) until the returned function brings it up again. Taking a
+// link down makes the kernel drop the routes through it; restore puts
+// them back as they were, so that later tests find the network whole.
+func CutLink(nn NodeNet) (restore func() error, err error) {
+	out, err := exec.Command("ip", "-n", nn.Namespace, "-o", "route", "show").Output()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: routes of %s: %w", nn.Namespace, err)
 	}
-	return ip("-n", nn.Namespace, "link", "set", "eth0", state)
+	if err := ip("-n", nn.Namespace, "link", "set", "eth0", "down"); err != nil {
+		return nil, err
+	}
+	return func() error {
+		if err := ip("-n", nn.Namespace, "link", "set", "eth0", "up"); err != nil {
+			return err
+		}
+		for _, route := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if route == "" || strings.Contains(route, "proto kernel") {
+				continue // the address brings it back
+			}
+			if err := ip(append([]string{"-n", nn.Namespace, "route", "replace"}, strings.Fields(route)...)...); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil
 }
 
 // Throttle limits what a node sends to rate (tc's notation: "40mbit"), so

@@ -217,9 +217,11 @@ func networkCut(p *faultPair) {
 	t := p.src.t
 	r := p.start()
 	node := p.dst.node(r.dest.Spec.NodeName).Net
-	require.NoError(t, cluster.SetLink(node, false))
+	restore, err := cluster.CutLink(node)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = restore() }) // the network whole for later tests, whatever happens
 	testenv.Eventually(t, "the source to give up on the stalled try", 2*time.Minute, p.retrying)
-	require.NoError(t, cluster.SetLink(node, true))
+	require.NoError(t, restore())
 	p.finish(r)
 }
 

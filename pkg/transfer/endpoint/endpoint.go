@@ -480,7 +480,7 @@ func (s *Server) serveConn(l *listener, conn net.Conn) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	log.V(1).Info("ssh connection", "user", sconn.User(), "client", string(sconn.ClientVersion()))
-	go keepalive.Watch(sconn, s.keepalive)
+	keepalive.Watch(sconn, s.keepalive)
 	go s.serveGlobal(l, log, reqs)
 	var wg sync.WaitGroup
 	var open atomic.Int32

@@ -26,15 +26,39 @@ const Missed = 3
 // answers it, if only with a failure, and any answer shows the peer alive.
 const request = "keepalive@openssh.com"
 
-// Watch asks the peer of conn for an answer every interval and closes conn
-// when Missed intervals have passed without one. It returns when conn is
-// closed, by it or by anyone; an interval of zero or less watches nothing.
-func Watch(conn ssh.Conn, interval time.Duration) {
-	if interval <= 0 {
-		return
+// Watcher watches one connection (Watch).
+type Watcher struct {
+	last atomic.Int64 // unix nanoseconds of the last answer
+	busy atomic.Int32
+}
+
+// Busy holds the count of missed answers until done is called: ssh has
+// one global request of a side outstanding at a time, so a keepalive
+// waits behind a long request of this side's own (the digest offer, which
+// the destination answers only once it has summed its volume) without the
+// peer being gone.
+func (w *Watcher) Busy() (done func()) {
+	w.busy.Add(1)
+	return func() {
+		w.last.Store(time.Now().UnixNano())
+		w.busy.Add(-1)
 	}
-	var last atomic.Int64 // unix nanoseconds of the last answer
-	last.Store(time.Now().UnixNano())
+}
+
+// Watch asks the peer of conn for an answer every interval and closes conn
+// when Missed intervals have passed without one (while not Busy). It
+// watches until conn is closed, by it or by anyone; an interval of zero
+// or less watches nothing.
+func Watch(conn ssh.Conn, interval time.Duration) *Watcher {
+	w := &Watcher{}
+	w.last.Store(time.Now().UnixNano())
+	if interval > 0 {
+		go w.watch(conn, interval)
+	}
+	return w
+}
+
+func (w *Watcher) watch(conn ssh.Conn, interval time.Duration) {
 	closed := make(chan struct{})
 	go func() { _ = conn.Wait(); close(closed) }()
 	var asking atomic.Bool
@@ -45,7 +69,7 @@ func Watch(conn ssh.Conn, interval time.Duration) {
 		case <-closed:
 			return
 		case now := <-tick.C:
-			if now.Sub(time.Unix(0, last.Load())) > time.Duration(Missed)*interval {
+			if w.busy.Load() == 0 && now.Sub(time.Unix(0, w.last.Load())) > time.Duration(Missed)*interval {
 				_ = conn.Close()
 				return
 			}
@@ -54,7 +78,7 @@ func Watch(conn ssh.Conn, interval time.Duration) {
 				go func() {
 					defer asking.Store(false)
 					if _, _, err := conn.SendRequest(request, true, nil); err == nil {
-						last.Store(time.Now().UnixNano())
+						w.last.Store(time.Now().UnixNano())
 					}
 				}()
 			}

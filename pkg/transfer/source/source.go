@@ -527,7 +527,7 @@ func prepare(o *Options, conn *connection) plan {
 		d := dial{client: c, err: err}
 		if err == nil && base != nil {
 			var reply []byte
-			d.base, reply, _ = c.SendRequest(treedigest.BaseRequest, true, base.Sum[:])
+			d.base, reply, _ = conn.request(c, treedigest.BaseRequest, base.Sum[:])
 			d.inPlace = d.base && string(reply) == treedigest.InPlace
 		}
 		dialed <- d
@@ -542,7 +542,7 @@ func prepare(o *Options, conn *connection) plan {
 		return plan{}
 	}
 	p := plan{tree: tree}
-	ok, _, err := d.client.SendRequest(treedigest.Request, true, tree.Sum[:])
+	ok, _, err := conn.request(d.client, treedigest.Request, tree.Sum[:])
 	p.unchanged = err == nil && ok && fault.At(fault.Offer) == nil
 	if !p.unchanged && d.base {
 		if list, ok := treedigest.Changes(base, tree); ok {
@@ -572,6 +572,15 @@ func walk(o *Options) (*treedigest.Tree, error) {
 type connection struct {
 	opts   *Options
 	client *ssh.Client
+	// alive watches client (keepalive).
+	alive *keepalive.Watcher
+}
+
+// request sends a global request that the destination may take long to
+// answer (it sums its volume first), holding the keepalive count meanwhile.
+func (c *connection) request(client *ssh.Client, name string, payload []byte) (bool, []byte, error) {
+	defer c.alive.Busy()()
+	return client.SendRequest(name, true, payload)
 }
 
 func (c *connection) get() (*ssh.Client, error) {
@@ -601,7 +610,7 @@ func (c *connection) get() (*ssh.Client, error) {
 		return nil, fmt.Errorf("connect to destination %s: %w", addr, err)
 	}
 	c.client = client
-	go keepalive.Watch(client, c.opts.Keepalive)
+	c.alive = keepalive.Watch(client, c.opts.Keepalive)
 	return client, nil
 }
 
