@@ -74,6 +74,10 @@ deps: ## Install the system packages the tests use (Debian; run as root).
 testenv: ## Build the real Kubernetes control plane (kube-apiserver, etcd, ...) into bin/testenv.
 	hack/build-testenv.sh
 
+.PHONY: images
+images: deps ## Build Ferry's images and the real nodes' test images from their Dockerfiles, without Docker, into bin/images (IMAGE_REGISTRY, IMAGE_TAG).
+	hack/build-images.sh
+
 .PHONY: need-root
 need-root:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test needs root: it installs packages and its tests mount volumes and make network namespaces. Run it as root, or run make test-unit (no root, no cluster)." >&2; exit 1; fi
@@ -83,7 +87,7 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 	go test $(GO_TEST_FLAGS) -short ./...
 
 .PHONY: test
-test: need-root deps testenv $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
+test: need-root deps testenv images $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
 	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
 	go test $(GO_TEST_FLAGS) -tags ferryfault -timeout $(TEST_TIMEOUT) -v -run TestFaultsBetweenChanges ./pkg/transfer/
 
@@ -96,8 +100,8 @@ demo-down: ## Remove what a killed demo left behind (processes, mounts, loop dev
 	go run ./test/demo/cmd/ferry-demo --down
 
 .PHONY: cluster
-cluster: deps testenv ## Start two local clusters (control plane, CSI driver, sidecars, kube-proxy in node namespaces) until Ctrl-C (root).
-	go run ./test/cluster/cmd/ferry-cluster
+cluster: deps testenv images ## Start two local clusters (control plane, CSI driver, sidecars, kube-proxy, kubelet and containerd in node namespaces) until Ctrl-C (root; REAL_NODES=0: simulated nodes).
+	go run ./test/cluster/cmd/ferry-cluster $(if $(filter 0,$(REAL_NODES)),,-images bin/images)
 
 .PHONY: bench
 bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback (root; about 12 minutes, several GiB; FERRY_BENCH_CASES=B picks cases).

@@ -2,10 +2,13 @@
 # Installs the Debian packages Ferry's tests use, when any is missing:
 # rsync and OpenSSH (the data plane and its interop peers), acl and attr
 # (fidelity checks), e2fsprogs and util-linux (loop-device filesystems for the
-# CSI driver), iproute2 and nftables (node network namespaces, kube-proxy), and
-# the kind scripts' linter (they cannot run here, so they are checked).
+# CSI driver), iproute2 and nftables (node network namespaces, kube-proxy),
+# for real nodes Debian's CNI plugins, libseccomp (runc is built with it)
+# and mmdebstrap (the images' root filesystems), and the kind scripts'
+# linter (they cannot run here, so they are checked).
 set -euo pipefail
-pkgs=(rsync openssh-client openssh-server acl attr e2fsprogs util-linux iproute2 nftables iptables kmod shellcheck)
+pkgs=(rsync openssh-client openssh-server acl attr e2fsprogs util-linux iproute2 nftables iptables kmod shellcheck
+  containernetworking-plugins libseccomp-dev mmdebstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

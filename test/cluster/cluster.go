@@ -51,6 +51,13 @@ type Options struct {
 	// addresses route to their endpoints; the apiserver then also listens
 	// on the network's host address.
 	Network *Network
+	// Kubelet, with a Network, makes the nodes real: each runs kubelet and
+	// containerd in its own mount namespace and cgroup subtree, with the
+	// images of Images imported (see kubelet.go). Node objects, CSINodes
+	// and the CSI node plugins then come from kubelet and from pods.
+	Kubelet bool
+	// Images holds the image archives make images builds (with Kubelet).
+	Images string
 	// Log receives the steps.
 	Log logr.Logger
 }
@@ -89,6 +96,8 @@ type Cluster struct {
 	NetworkKubeconfig string
 
 	log     logr.Logger
+	real    []*realNode
+	kubelet bool
 	cancel  context.CancelFunc
 	drivers chan error
 	nDriver int
@@ -126,13 +135,26 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if o.Network != nil {
 		envOpts = append(envOpts, apiserver.WithAPIServerFlag("bind-address", "0.0.0.0"))
 	}
+	if o.Kubelet {
+		if o.Network == nil || o.Images == "" {
+			os.RemoveAll(dir)
+			return nil, errors.New("cluster: real nodes need a Network and Images")
+		}
+		opts, err := realNodeAPIServer(dir, o)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		envOpts = append(envOpts, opts...)
+	}
 	env, err := apiserver.Start(envOpts...)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
 	dctx, cancel := context.WithCancel(context.Background())
-	c := &Cluster{Env: env, Dir: dir, ServiceCIDR: o.ServiceCIDR, LoadBalancerCIDR: o.LoadBalancerCIDR, log: o.Log, cancel: cancel, drivers: make(chan error, 16)}
+	c := &Cluster{Env: env, Dir: dir, ServiceCIDR: o.ServiceCIDR, LoadBalancerCIDR: o.LoadBalancerCIDR, log: o.Log, cancel: cancel,
+		drivers: make(chan error, 16), kubelet: o.Kubelet}
 	defer func() {
 		if err != nil {
 			// What Start did so far; the error that stopped it is the news.
@@ -162,8 +184,21 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if err := c.createObjects(ctx); err != nil {
 		return nil, err
 	}
+	if o.Kubelet {
+		if c.NetworkKubeconfig, err = c.networkKubeconfig(o.Network); err != nil {
+			return nil, err
+		}
+		if err := c.startKubelets(ctx, bin, o.Images); err != nil {
+			return nil, err
+		}
+	}
 	if o.Network != nil {
 		if err := c.startKubeProxies(bin, o.Network); err != nil {
+			return nil, err
+		}
+	}
+	if o.Kubelet {
+		if err := c.startNodePlugins(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -189,6 +224,9 @@ func (c *Cluster) startDrivers(ctx context.Context) error {
 			return err
 		}
 		for _, n := range c.Nodes {
+			if c.kubelet {
+				break // real nodes run the node plugin as a pod
+			}
 			if err := c.runDriver(ctx, driver.Config{Name: name, Endpoint: n.PluginSocket(name), NodeID: n.Name, DataDir: data,
 				AttachRequired: name == AttachDriverName}); err != nil {
 				return err
@@ -216,9 +254,19 @@ func (c *Cluster) runDriver(ctx context.Context, cfg driver.Config) error {
 // startComponents runs kube-controller-manager and the sidecars.
 func (c *Cluster) startComponents(bin string) error {
 	kc := "--kubeconfig=" + c.Kubeconfig
+	kcm := []string{"kube-controller-manager", kc, "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
+		"--use-service-account-credentials=false", "--controllers=*,-serviceaccount-token"}
+	if c.kubelet {
+		// Pods verify the apiserver against the CA this publishes.
+		kcm = append(kcm, "--root-ca-file="+filepath.Join(c.pkiDir(), "ca.crt"))
+	}
+	var scheduler [][]string
+	if c.kubelet {
+		// Real nodes run pods, DaemonSets' among them: they need placing.
+		scheduler = append(scheduler, []string{"kube-scheduler", kc, "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false"})
+	}
 	components := [][]string{
-		{"kube-controller-manager", kc, "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
-			"--use-service-account-credentials=false", "--controllers=*,-serviceaccount-token"},
+		kcm,
 		{"snapshot-controller", kc, "--leader-election=false"},
 		{"csi-provisioner", kc, "--csi-address=" + c.controllerSocket(DriverName), "--leader-election=false",
 			"--default-fstype=ext4", "--extra-create-metadata"},
@@ -228,6 +276,7 @@ func (c *Cluster) startComponents(bin string) error {
 			"--extra-create-metadata"},
 		{"csi-attacher", kc, "--csi-address=" + c.controllerSocket(AttachDriverName), "--leader-election=false"},
 	}
+	components = append(components, scheduler...)
 	logs := filepath.Join(c.Dir, "logs")
 	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return fmt.Errorf("cluster: log dir: %w", err)
@@ -300,6 +349,7 @@ func (c *Cluster) Stop() error {
 	for _, p := range c.procs {
 		stopProcess(p)
 	}
+	errs = append(errs, c.stopRealNodes())
 	c.cancel()
 	for i := 0; i < c.nDriver; i++ {
 		if err := <-c.drivers; err != nil {

@@ -34,6 +34,9 @@ const (
 func (c *Cluster) createObjects(ctx context.Context) error {
 	var objs []client.Object
 	for _, n := range c.Nodes {
+		if c.kubelet {
+			break // kubelet registers its Node and, for each plugin, the CSINode entry
+		}
 		labels := map[string]string{corev1.LabelHostname: n.Name, driver.TopologyKey: n.Name}
 		// Kubelet leaves attach and detach to the attach-detach
 		// controller and says so with this annotation.

@@ -25,6 +25,13 @@ func (c *Cluster) startKubeProxies(bin string, network *Network) error {
 	c.NetworkKubeconfig = kubeconfig
 	ctx := context.Background()
 	for _, n := range c.Nodes {
+		if c.kubelet {
+			// A real kubelet reports its own address.
+			if err := c.runKubeProxy(bin, kubeconfig, n); err != nil {
+				return err
+			}
+			continue
+		}
 		node := &corev1.Node{}
 		if err := c.Client.Get(ctx, client.ObjectKey{Name: n.Name}, node); err != nil {
 			return fmt.Errorf("cluster: get node %s: %w", n.Name, err)
@@ -34,13 +41,18 @@ func (c *Cluster) startKubeProxies(bin string, network *Network) error {
 		if err := c.Client.Status().Update(ctx, node); err != nil {
 			return fmt.Errorf("cluster: set node %s address: %w", n.Name, err)
 		}
-		if err := c.run("kube-proxy-"+n.Name, "ip", "netns", "exec", n.Net.Namespace,
-			filepath.Join(bin, "kube-proxy"), "--kubeconfig="+kubeconfig, "--hostname-override="+n.Name,
-			"--proxy-mode=nftables", "--cluster-cidr="+clusterCIDR, "--conntrack-max-per-core=0"); err != nil {
+		if err := c.runKubeProxy(bin, kubeconfig, n); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// runKubeProxy runs kube-proxy in a node's network namespace.
+func (c *Cluster) runKubeProxy(bin, kubeconfig string, n Node) error {
+	return c.run("kube-proxy-"+n.Name, "ip", "netns", "exec", n.Net.Namespace,
+		filepath.Join(bin, "kube-proxy"), "--kubeconfig="+kubeconfig, "--hostname-override="+n.Name,
+		"--proxy-mode=nftables", "--cluster-cidr="+clusterCIDR, "--conntrack-max-per-core=0")
 }
 
 // networkKubeconfig writes a kubeconfig that reaches the apiserver at the

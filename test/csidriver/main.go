@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -24,6 +25,7 @@ func main() {
 	flag.StringVar(&cfg.DataDir, "data-dir", "/var/lib/ferry-csi", "directory for images, snapshots and metadata, shared by all instances")
 	flag.BoolVar(&cfg.AttachRequired, "attach-required", false, "require ControllerPublish before NodeStage")
 	flag.Int64Var(&cfg.Capacity, "capacity", 100<<30, "bytes the driver offers")
+	registration := flag.String("registration-dir", "", "kubelet's plugin registration directory (e.g. /var/lib/kubelet/plugins_registry): register there as a node plugin, as node-driver-registrar would")
 	flag.Parse()
 	cfg.Log = funcr.New(func(prefix, args string) { fmt.Fprintln(os.Stderr, prefix, args) }, funcr.Options{})
 
@@ -31,10 +33,25 @@ func main() {
 	defer stop()
 	d, err := driver.New(cfg)
 	if err == nil {
-		err = d.Run(ctx)
+		err = serve(ctx, d, *registration)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "csidriver:", err)
 		os.Exit(1)
 	}
+}
+
+// serve runs the driver, and its kubelet registration when asked, until
+// ctx ends or either fails.
+func serve(ctx context.Context, d *driver.Driver, registration string) error {
+	if registration == "" {
+		return d.Run(ctx)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	reg := make(chan error, 1)
+	go func() { reg <- d.Register(ctx, registration) }()
+	err := d.Run(ctx)
+	cancel()
+	return errors.Join(err, <-reg)
 }

@@ -167,3 +167,22 @@ func (e *Env) Stop() error {
 	}
 	return err
 }
+
+// WithoutAPIServerFlag drops a flag envtest sets by default, such as
+// disable-admission-plugins (envtest turns the ServiceAccount plugin off;
+// pods on real nodes need it for their tokens).
+func WithoutAPIServerFlag(name string) Option {
+	return func(te *envtest.Environment) {
+		te.ControlPlane.GetAPIServer().Configure().Disable(name)
+	}
+}
+
+// WithServingCert makes the apiserver serve the certificate that
+// WriteServingCert wrote into dir, signed by ca.
+func WithServingCert(dir string, ca []byte) Option {
+	return func(te *envtest.Environment) {
+		s := te.ControlPlane.GetAPIServer()
+		s.CertDir = dir
+		s.SecureServing.CA = ca
+	}
+}

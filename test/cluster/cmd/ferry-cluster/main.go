@@ -23,18 +23,23 @@ import (
 func main() {
 	n := flag.Int("clusters", 2, "how many clusters to start (1 or 2)")
 	bin := flag.String("bin", "bin/testenv", "directory with the binaries make testenv builds (KUBEBUILDER_ASSETS wins when set)")
+	images := flag.String("images", "", "with real nodes (kubelet and containerd on each), the image archives make images builds (e.g. bin/images); empty: simulated nodes")
 	flag.Parse()
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		abs, _ := filepath.Abs(*bin)
 		os.Setenv("KUBEBUILDER_ASSETS", abs)
 	}
-	if err := run(*n); err != nil {
+	if *images != "" {
+		abs, _ := filepath.Abs(*images)
+		*images = abs
+	}
+	if err := run(*n, *images); err != nil {
 		fmt.Fprintln(os.Stderr, "ferry-cluster:", err)
 		os.Exit(1)
 	}
 }
 
-func run(count int) error {
+func run(count int, images string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := funcr.New(func(prefix, args string) { fmt.Fprintln(os.Stderr, prefix, args) }, funcr.Options{})
@@ -54,7 +59,8 @@ func run(count int) error {
 	for i := 0; i < count; i++ {
 		c, err := cluster.Start(ctx, cluster.Options{Network: network, ServiceCIDR: fmt.Sprintf("10.%d.0.0/24", 96+i),
 			LoadBalancerCIDR: fmt.Sprintf("10.%d.0.0/24", 98+i),
-			Nodes:            []string{fmt.Sprintf("c%d-node-a", i+1), fmt.Sprintf("c%d-node-b", i+1)}, Log: log})
+			Nodes:            []string{fmt.Sprintf("c%d-node-a", i+1), fmt.Sprintf("c%d-node-b", i+1)}, Log: log,
+			Kubelet: images != "", Images: images})
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,117 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"slices"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ferrysync/ferry/internal/testenv/apiserver"
+)
+
+// CSIDriverImage is the local CSI driver's image (test/images/csidriver).
+const CSIDriverImage = "localhost/ferry-test-csidriver:dev"
+
+// AppImage is the application image of the real-node tests
+// (test/images/app): sqlite3, rsync, OpenSSH.
+const AppImage = "localhost/ferry-test-app:dev"
+
+// pluginNamespace holds the CSI node plugin DaemonSets on real nodes.
+const pluginNamespace = "kube-system"
+
+func (c *Cluster) pkiDir() string { return filepath.Join(c.Dir, "pki") }
+
+// realNodeAPIServer are the apiserver settings real nodes need: a serving
+// certificate for the network address and the kubernetes Service's
+// address, that address advertised (so the Service's endpoint is
+// reachable from pods), and the ServiceAccount admission plugin back on
+// (pods get their tokens through it).
+func realNodeAPIServer(dir string, o Options) ([]apiserver.Option, error) {
+	_, svc, err := net.ParseCIDR(o.ServiceCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: service range: %w", err)
+	}
+	first := slices.Clone(svc.IP.To4())
+	first[3]++
+	pki := filepath.Join(dir, "pki")
+	ca, err := apiserver.WriteServingCert(pki, net.ParseIP(o.Network.HostIP()), first)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	return []apiserver.Option{apiserver.WithServingCert(pki, ca),
+		apiserver.WithAPIServerFlag("advertise-address", o.Network.HostIP()),
+		apiserver.WithAPIServerFlag("kubelet-preferred-address-types", "InternalIP"),
+		apiserver.WithoutAPIServerFlag("disable-admission-plugins")}, nil
+}
+
+// startNodePlugins runs each driver's node plugin as a DaemonSet, as a CSI
+// driver is installed, and waits until kubelet registered both on every
+// node.
+func (c *Cluster) startNodePlugins(ctx context.Context) error {
+	for _, name := range []string{DriverName, AttachDriverName} {
+		if err := c.Client.Create(ctx, c.nodePlugin(name)); err != nil {
+			return fmt.Errorf("cluster: node plugin %s: %w", name, err)
+		}
+	}
+	return waitFor(2*time.Minute, func() bool {
+		for _, n := range c.Nodes {
+			cn := &storagev1.CSINode{}
+			if err := c.Client.Get(ctx, client.ObjectKey{Name: n.Name}, cn); err != nil || len(cn.Spec.Drivers) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// nodePlugin is the DaemonSet of one driver's node plugin: privileged,
+// mounting into the kubelet root with Bidirectional propagation, with the
+// data directory it shares with the controller-side instance.
+func (c *Cluster) nodePlugin(name string) *appsv1.DaemonSet {
+	labels := map[string]string{"app": "csi-node-" + name}
+	hostPath := func(p string) corev1.VolumeSource {
+		return corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: p}}
+	}
+	args := []string{"-name=" + name, "-endpoint=/var/lib/kubelet/plugins/" + name + "/csi.sock",
+		"-node-id=$(NODE_NAME)", "-data-dir=/csi-data", "-registration-dir=/var/lib/kubelet/plugins_registry"}
+	if name == AttachDriverName {
+		args = append(args, "-attach-required")
+	}
+	return &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "csi-node-" + name, Namespace: pluginNamespace},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+					Containers: []corev1.Container{{
+						Name: "driver", Image: CSIDriverImage, Args: args,
+						Env: []corev1.EnvVar{{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{
+							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}},
+						SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
+						VolumeMounts: []corev1.VolumeMount{
+							{Name: "kubelet", MountPath: "/var/lib/kubelet", MountPropagation: ptr.To(corev1.MountPropagationBidirectional)},
+							{Name: "dev", MountPath: "/dev"},
+							{Name: "data", MountPath: "/csi-data"},
+						},
+					}},
+					Volumes: []corev1.Volume{
+						{Name: "kubelet", VolumeSource: hostPath("/var/lib/kubelet")},
+						{Name: "dev", VolumeSource: hostPath("/dev")},
+						{Name: "data", VolumeSource: hostPath(filepath.Join(c.Dir, "csi-data", name))},
+					},
+				},
+			},
+		},
+	}
+}

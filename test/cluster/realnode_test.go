@@ -1,0 +1,110 @@
+package cluster_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/test/cluster"
+)
+
+// TestRealNodes: a cluster whose nodes run the real kubelet and containerd
+// with the images make images builds. A database pod writes rows with
+// sqlite3 into a claim that kubelet mounts through the CSI node plugin
+// (itself a DaemonSet pod registered with kubelet), on the node the
+// scheduler picks for the volume; a second pod reads them back. Teardown leaves no cgroup, mount or loop
+// device.
+func TestRealNodes(t *testing.T) {
+	testenv.NeedRoot(t)
+	root, err := testenv.RepoRoot()
+	require.NoError(t, err)
+	ctx := context.Background()
+	network, err := cluster.NewNetwork("fr", "10.248.0")
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, network.Close()) }()
+	c, err := cluster.Start(ctx, cluster.Options{Network: network, ServiceCIDR: "10.95.0.0/24", Kubelet: true,
+		Images: filepath.Join(root, "bin", "images"), Log: testr.New(t)})
+	require.NoError(t, err)
+	dir := c.Dir
+	cgroups := func() []string {
+		m, _ := filepath.Glob("/sys/fs/cgroup/pids/ferry-" + strings.TrimPrefix(filepath.Base(dir), "ferry-cluster-") + "-*")
+		return m
+	}
+	stopped := false
+	defer func() {
+		if t.Failed() {
+			t.Log(c.Logs(40))
+		}
+		if !stopped {
+			assert.NoError(t, c.Stop())
+		}
+	}()
+	require.Len(t, cgroups(), 2, "each node has its cgroup subtree")
+
+	require.NoError(t, c.Client.Create(ctx, pvc("db", cluster.StorageClass, nil)))
+	write := appPod("writer", "db",
+		"sqlite3 /data/app.db 'create table t(k text, v int); insert into t values (\"answer\", 42), (\"node\", 1);'")
+	require.NoError(t, c.Client.Create(ctx, write))
+	requirePodSucceeded(t, c, "writer")
+
+	read := appPod("reader", "db",
+		`test "$(sqlite3 /data/app.db 'select sum(v) from t')" = 43`)
+	require.NoError(t, c.Client.Create(ctx, read))
+	requirePodSucceeded(t, c, "reader")
+
+	got := &corev1.Pod{}
+	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: "reader"}, got))
+	assert.True(t, strings.HasPrefix(got.Status.PodIP, "10.244."), "pod address from the node's pod range, got %q", got.Status.PodIP)
+
+	require.NoError(t, c.Stop())
+	stopped = true
+	assert.Empty(t, cgroups(), "node cgroups removed")
+	_, err = os.Stat(dir)
+	assert.True(t, os.IsNotExist(err), "cluster dir removed")
+	testenv.NoLoopDevices(t, dir)
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	require.NoError(t, err)
+	assert.NotContains(t, string(mi), dir, "mounts left behind")
+}
+
+// appPod runs script in the application image with the claim at /data,
+// once.
+func appPod(name, claim, script string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{Name: "app", Image: cluster.AppImage, Args: []string{script},
+				VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
+			Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}},
+		},
+	}
+}
+
+// requirePodSucceeded waits for the pod to end and fails unless it
+// succeeded.
+func requirePodSucceeded(t *testing.T, c *cluster.Cluster, name string) {
+	t.Helper()
+	pod := &corev1.Pod{}
+	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		if err := c.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: name}, pod); err != nil {
+			return false, err
+		}
+		return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed, nil
+	})
+	require.NoError(t, err, "pod %s: %+v", name, pod.Status)
+	require.Equal(t, corev1.PodSucceeded, pod.Status.Phase, "pod %s: %+v", name, pod.Status)
+}
