@@ -57,6 +57,9 @@ import (
 // +kubebuilder:rbac:groups=snapshot.storage.k8s.io,resources=volumesnapshots,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=ferry-system,resources=leases,verbs=get;create;update
+// Leader election records its LeaderElection Events through core/v1, in
+// the lease's namespace only (found by the first install on real nodes).
+// +kubebuilder:rbac:groups="",namespace=ferry-system,resources=events,verbs=create;patch
 
 // Config is the controller's settings, from its command line.
 type Config struct {

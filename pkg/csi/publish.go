@@ -271,7 +271,10 @@ func (p *Publisher) publishSteps(name string, v Volume) []step {
 }
 
 // checkPublished trusts no driver with read-only: a read-only publish that
-// came back writable is taken down again and reported.
+// came back writable is made read-only in the agent's mount namespace (a
+// node plugin pod's remount to read-only does not propagate here, only its
+// bind does: found on the first real nodes), and one that stays writable is
+// taken down again and reported.
 func (p *Publisher) checkPublished(target string, readOnly bool) error {
 	if !readOnly {
 		return nil
@@ -279,6 +282,11 @@ func (p *Publisher) checkPublished(target string, readOnly bool) error {
 	ro, err := mount.ReadOnly(target)
 	if err != nil {
 		return err
+	}
+	if !ro && mount.MakeReadOnly(target) == nil {
+		if ro, err = mount.ReadOnly(target); err != nil {
+			return err
+		}
 	}
 	if !ro {
 		if err := p.mounter.Cleanup(target); err != nil {

@@ -78,8 +78,18 @@ func (mt *Mounter) BindReadOnly(src, dst string) error {
 	}
 	// Already bound (by an earlier call that may have stopped half-way):
 	// only remount, or another bind would stack on top.
-	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
-		return fmt.Errorf("make %s read-only: %w", dst, err)
+	return MakeReadOnly(dst)
+}
+
+// MakeReadOnly makes the mount at path read-only, nosuid and nodev in this
+// mount namespace only: a bind remount changes one mount's flags, not its
+// filesystem's, and does not propagate. That is also why it is needed: a
+// node plugin in another mount namespace (a pod) publishes read-only with a
+// bind and then a remount, and propagation carries the bind to the agent
+// but not the remount's flags.
+func MakeReadOnly(path string) error {
+	if err := unix.Mount("", path, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("make %s read-only: %w", path, err)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package mount
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -93,4 +94,37 @@ func TestBindReadOnlyAsks(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, mps, 1)
 	assert.Equal(t, []string{"bind", "ro", "nosuid", "nodev"}, mps[0].Opts)
+}
+
+// TestReadOnlyPublishFromAnotherNamespace: a node plugin pod publishes
+// read-only the way mount-utils does (a bind, then a read-only remount) in
+// its own mount namespace under the shared kubelet root. The bind
+// propagates to the agent's namespace, the remount's flags do not: the
+// agent sees the volume writable. MakeReadOnly closes that in the agent's
+// namespace alone.
+func TestReadOnlyPublishFromAnotherNamespace(t *testing.T) {
+	testenv.NeedRoot(t)
+	dir := t.TempDir()
+	root, src := filepath.Join(dir, "kubelet"), filepath.Join(dir, "volume")
+	target := filepath.Join(root, "target")
+	require.NoError(t, os.MkdirAll(target, 0o755))
+	require.NoError(t, os.Mkdir(src, 0o755))
+	require.NoError(t, syscall.Mount(root, root, "", syscall.MS_BIND, ""))
+	t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
+	require.NoError(t, syscall.Mount("", root, "", syscall.MS_SHARED, ""))
+
+	out, err := exec.Command("unshare", "--mount", "--propagation", "unchanged", "sh", "-ec",
+		`mount --bind "$0" "$1" && mount -o remount,bind,ro "$1" && grep -q " $1 ro," /proc/self/mountinfo`, src, target).CombinedOutput()
+	require.NoError(t, err, "the plugin's own view is read-only: %s", out)
+	t.Cleanup(func() { _ = syscall.Unmount(target, syscall.MNT_DETACH) })
+
+	ro, err := ReadOnly(target)
+	require.NoError(t, err)
+	require.False(t, ro, "the remount did not propagate: the agent's copy is writable")
+	require.NoError(t, MakeReadOnly(target))
+	ro, err = ReadOnly(target)
+	require.NoError(t, err)
+	assert.True(t, ro)
+	assert.ErrorIs(t, os.WriteFile(filepath.Join(target, "f"), nil, 0o644), syscall.EROFS)
+	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), nil, 0o644), "the volume itself stays writable")
 }

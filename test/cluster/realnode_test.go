@@ -12,8 +12,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ferrysync/ferry/internal/testenv"
@@ -54,15 +52,15 @@ func TestRealNodes(t *testing.T) {
 	require.Len(t, cgroups(), 2, "each node has its cgroup subtree")
 
 	require.NoError(t, c.Client.Create(ctx, pvc("db", cluster.StorageClass, nil)))
-	write := appPod("writer", "db",
+	write := cluster.AppPod("default", "writer", "db",
 		"sqlite3 /data/app.db 'create table t(k text, v int); insert into t values (\"answer\", 42), (\"node\", 1);'")
 	require.NoError(t, c.Client.Create(ctx, write))
-	requirePodSucceeded(t, c, "writer")
+	require.NoError(t, c.WaitPodSucceeded(ctx, "default", "writer", 3*time.Minute))
 
-	read := appPod("reader", "db",
+	read := cluster.AppPod("default", "reader", "db",
 		`test "$(sqlite3 /data/app.db 'select sum(v) from t')" = 43`)
 	require.NoError(t, c.Client.Create(ctx, read))
-	requirePodSucceeded(t, c, "reader")
+	require.NoError(t, c.WaitPodSucceeded(ctx, "default", "reader", 3*time.Minute))
 
 	got := &corev1.Pod{}
 	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: "reader"}, got))
@@ -79,32 +77,3 @@ func TestRealNodes(t *testing.T) {
 	assert.NotContains(t, string(mi), dir, "mounts left behind")
 }
 
-// appPod runs script in the application image with the claim at /data,
-// once.
-func appPod(name, claim, script string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
-		Spec: corev1.PodSpec{
-			RestartPolicy: corev1.RestartPolicyNever,
-			Containers: []corev1.Container{{Name: "app", Image: cluster.AppImage, Args: []string{script},
-				VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
-			Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}},
-		},
-	}
-}
-
-// requirePodSucceeded waits for the pod to end and fails unless it
-// succeeded.
-func requirePodSucceeded(t *testing.T, c *cluster.Cluster, name string) {
-	t.Helper()
-	pod := &corev1.Pod{}
-	err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		if err := c.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: name}, pod); err != nil {
-			return false, err
-		}
-		return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed, nil
-	})
-	require.NoError(t, err, "pod %s: %+v", name, pod.Status)
-	require.Equal(t, corev1.PodSucceeded, pod.Status.Phase, "pod %s: %+v", name, pod.Status)
-}

@@ -12,8 +12,8 @@ need docker kubectl git
 ensure_kind
 
 log "building Ferry's images"
-docker build -q -f "$ROOT/Dockerfile.controller" -t ferry-controller:kind "$ROOT"
-docker build -q -f "$ROOT/Dockerfile.nodeagent" -t ferry-nodeagent:kind "$ROOT"
+docker build -q -f "$ROOT/Dockerfile.controller" -t ghcr.io/ferrysync/ferry-controller:kind "$ROOT"
+docker build -q -f "$ROOT/Dockerfile.nodeagent" -t ghcr.io/ferrysync/ferry-nodeagent:kind "$ROOT"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -26,11 +26,9 @@ cat >"$work/ferry/kustomization.yaml" <<KUSTOMIZATION
 resources:
   - $ROOT/deploy
 images:
-  - name: ferry-controller
-    newName: ferry-controller
+  - name: ghcr.io/ferrysync/ferry-controller
     newTag: kind
   - name: ghcr.io/ferrysync/ferry-nodeagent
-    newName: ferry-nodeagent
     newTag: kind
 KUSTOMIZATION
 
@@ -41,7 +39,7 @@ while read -r cluster; do
     log "creating kind cluster $cluster"
     kind create cluster --name "$cluster" ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 120s
   fi
-  kind load docker-image --name "$cluster" ferry-controller:kind ferry-nodeagent:kind
+  kind load docker-image --name "$cluster" ghcr.io/ferrysync/ferry-controller:kind ghcr.io/ferrysync/ferry-nodeagent:kind
 
   log "$cluster: VolumeSnapshot CRDs and snapshot-controller $SNAPSHOTTER_VERSION"
   kc "$cluster" apply -k "https://github.com/kubernetes-csi/external-snapshotter/client/config/crd?ref=$SNAPSHOTTER_VERSION"

@@ -1,0 +1,47 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// AppPod is a pod on a real node that runs script (sh -c) once in the
+// application image, with the claim at /data: how the real-node tests
+// write and check a volume the way a user's application would.
+func AppPod(ns, name, claim, script string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.PodSpec{
+			RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{Name: "app", Image: AppImage, Args: []string{script},
+				VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
+			Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}},
+		},
+	}
+}
+
+// WaitPodSucceeded waits for a pod to end and returns an error, with its
+// status, unless it succeeded.
+func (c *Cluster) WaitPodSucceeded(ctx context.Context, ns, name string, timeout time.Duration) error {
+	pod := &corev1.Pod{}
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		if err := c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pod); err != nil {
+			return false, err
+		}
+		return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed, nil
+	})
+	if err == nil && pod.Status.Phase != corev1.PodSucceeded {
+		err = fmt.Errorf("pod %s/%s %s", ns, name, pod.Status.Phase)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %+v", err, pod.Status.ContainerStatuses)
+	}
+	return nil
+}
