@@ -76,4 +76,3 @@ func TestRealNodes(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotContains(t, string(mi), dir, "mounts left behind")
 }
-
