@@ -68,17 +68,17 @@ func TestSpecFlowOnRealNodes(t *testing.T) {
 	rs.Spec.Trigger = &volsyncv1alpha1.TriggerSpec{Manual: "first"}
 	require.NoError(t, src.Client.Create(ctx, rs))
 	waitSynced(t, rs, "first")
-	restoreAndCheck(t, "restored-1", "", 1000)
+	restoreAndCheck(t, rd, "restored-1", "", check(1000))
 
 	killLeader(t, src)
 
 	runPod(t, src, cluster.AppPod("source", "write-2", "mysql-pv-claim", "sqlite3 /data/app.db '"+rows(1001, 500)+"'"))
-	prev := latestImage(t)
+	prev := latestImage(t, rd)
 	require.NoError(t, src.Client.Get(ctx, client.ObjectKeyFromObject(rs), rs))
 	rs.Spec.Trigger.Manual = "second"
 	require.NoError(t, src.Client.Update(ctx, rs))
 	waitSynced(t, rs, "second")
-	restoreAndCheck(t, "restored-2", prev, 1500)
+	restoreAndCheck(t, rd, "restored-2", prev, check(1500))
 }
 
 // claim is a 1Gi claim of the default class, or a restore from ref.
@@ -104,7 +104,7 @@ func runPod(t *testing.T, c *cluster.Cluster, pod *corev1.Pod) {
 func waitSynced(t *testing.T, rs *volsyncv1alpha1.ReplicationSource, value string) {
 	t.Helper()
 	ctx := context.Background()
-	require.NoError(t, waitFor(ctx, 3*time.Minute, func() bool {
+	require.NoError(t, waitFor(ctx, 4*time.Minute, func() bool {
 		return src.Client.Get(ctx, client.ObjectKeyFromObject(rs), rs) == nil && rs.Status.LastManualSync == value
 	}), "the source's sync %s: %+v", value, rs.Status)
 	require.NotNil(t, rs.Status.LatestMoverStatus)
@@ -112,27 +112,26 @@ func waitSynced(t *testing.T, rs *volsyncv1alpha1.ReplicationSource, value strin
 }
 
 // latestImage is the destination's latest image, or "".
-func latestImage(t *testing.T) string {
+func latestImage(t *testing.T, rd *volsyncv1alpha1.ReplicationDestination) string {
 	t.Helper()
-	rd := &volsyncv1alpha1.ReplicationDestination{}
-	require.NoError(t, dst.Client.Get(context.Background(), client.ObjectKey{Namespace: "dest", Name: "database-destination"}, rd))
+	require.NoError(t, dst.Client.Get(context.Background(), client.ObjectKeyFromObject(rd), rd))
 	if rd.Status.LatestImage == nil {
 		return ""
 	}
 	return rd.Status.LatestImage.Name
 }
 
-// restoreAndCheck waits for a latest image other than prev, restores it
-// through the populator into a new claim and has a pod check n rows there.
-func restoreAndCheck(t *testing.T, name, prev string, n int) {
+// restoreAndCheck waits for a latest image of rd other than prev, restores
+// it through the populator into a new claim and has a pod run script on it.
+func restoreAndCheck(t *testing.T, rd *volsyncv1alpha1.ReplicationDestination, name, prev, script string) {
 	t.Helper()
 	ctx := context.Background()
-	require.NoError(t, waitFor(ctx, 2*time.Minute, func() bool { img := latestImage(t); return img != "" && img != prev }),
+	require.NoError(t, waitFor(ctx, 2*time.Minute, func() bool { img := latestImage(t, rd); return img != "" && img != prev }),
 		"a new image on the destination")
 	ref := &corev1.TypedObjectReference{APIGroup: ptr.To(volsyncv1alpha1.GroupVersion.Group), Kind: "ReplicationDestination",
-		Name: "database-destination"}
-	require.NoError(t, dst.Client.Create(ctx, claim("dest", name, ref)))
-	runPod(t, dst, cluster.AppPod("dest", "check-"+name, name, check(n)))
+		Name: rd.Name}
+	require.NoError(t, dst.Client.Create(ctx, claim(rd.Namespace, name, ref)))
+	runPod(t, dst, cluster.AppPod(rd.Namespace, "check-"+name, name, script))
 }
 
 // killLeader deletes the pod that holds the controller's lease at once
