@@ -92,11 +92,11 @@ test: need-root deps testenv images $(CONTROLLER_GEN) $(CSI_SANITY) ## Everythin
 	go test $(GO_TEST_FLAGS) -tags ferryfault -timeout $(TEST_TIMEOUT) -v -run TestFaultsBetweenChanges ./pkg/transfer/
 
 .PHONY: demo
-demo: need-root deps testenv ## Two local clusters replicating a volume with the spec's manifests, end to end (root; Ctrl-C tears down).
+demo: need-root deps testenv images ## Two local clusters of real nodes, Ferry installed from deploy/, replicating a database pod's volume with the spec's manifests (root; Ctrl-C tears down).
 	go run ./test/demo/cmd/ferry-demo
 
 .PHONY: demo-down
-demo-down: ## Remove what a killed demo left behind (processes, mounts, loop devices, network namespaces).
+demo-down: ## Remove what a killed demo left behind (real nodes' processes and cgroups, mounts, loop devices, network namespaces).
 	go run ./test/demo/cmd/ferry-demo --down
 
 .PHONY: cluster

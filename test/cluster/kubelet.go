@@ -56,10 +56,8 @@ var nodeDirs = map[string]string{
 func (c *Cluster) startKubelets(ctx context.Context, bin, images string) error {
 	for i := range c.Nodes {
 		n := &c.Nodes[i]
-		rn := &realNode{node: *n, root: filepath.Join(c.Dir, "nodes", n.Name, "root"),
-			cgroup: "ferry-" + strings.TrimPrefix(filepath.Base(c.Dir), "ferry-cluster-") + "-" + n.Name,
-			podNet: podRange(n.Net.IP)}
-		rn.mntns = filepath.Join(rn.root, "ns", "mnt")
+		rn := newRealNode(c.Dir, n.Name)
+		rn.node, rn.podNet = *n, podRange(n.Net.IP)
 		c.real = append(c.real, rn)
 		if err := c.startRealNode(rn, bin, images); err != nil {
 			return fmt.Errorf("cluster: node %s: %w", n.Name, err)
@@ -83,6 +81,29 @@ func (c *Cluster) startKubelets(ctx context.Context, bin, images string) error {
 		}
 		return true
 	})
+}
+
+// newRealNode is where node name of the cluster in dir keeps its state.
+func newRealNode(dir, name string) *realNode {
+	root := filepath.Join(dir, "nodes", name, "root")
+	return &realNode{node: Node{Name: name}, root: root, mntns: filepath.Join(root, "ns", "mnt"),
+		cgroup: "ferry-" + strings.TrimPrefix(filepath.Base(dir), "ferry-cluster-") + "-" + name}
+}
+
+// CleanupRealNodes removes what the real nodes of a cluster whose process
+// died left in dir: their processes (by cgroup), mount namespaces and
+// cgroups. For the demo's --down.
+func CleanupRealNodes(dir string) error {
+	nodes, err := filepath.Glob(filepath.Join(dir, "nodes", "*", "root"))
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	var errs []error
+	for _, root := range nodes {
+		rn := newRealNode(dir, filepath.Base(filepath.Dir(root)))
+		errs = append(errs, rn.killAll(), rn.dropMounts(), rn.removeCgroups())
+	}
+	return errors.Join(errs...)
 }
 
 // podRange is a node's pod range, from the last octet of its address, so

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -44,4 +45,18 @@ func (c *Cluster) WaitPodSucceeded(ctx context.Context, ns, name string, timeout
 		return fmt.Errorf("%w: %+v", err, pod.Status.ContainerStatuses)
 	}
 	return nil
+}
+
+// PodLogs returns a pod's log, through the apiserver from its node's
+// kubelet as kubectl logs reads it.
+func (c *Cluster) PodLogs(ctx context.Context, ns, name string) (string, error) {
+	cs, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		return "", fmt.Errorf("cluster: clientset: %w", err)
+	}
+	raw, err := cs.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		return "", fmt.Errorf("cluster: logs of %s/%s: %w", ns, name, err)
+	}
+	return string(raw), nil
 }

@@ -1,52 +1,53 @@
 package demo
 
 import (
+	"bufio"
 	"fmt"
-	"os"
-	"path/filepath"
+	"net/http"
+	"strconv"
 	"strings"
 
-	"github.com/ferrysync/ferry/test/harness"
+	"github.com/ferrysync/ferry/test/cluster"
 )
 
-// changedBytes is what round 2 of writeDatabase adds.
+// changedBytes is what round 2 of databaseScript adds.
 const changedBytes = 1<<20 + 64
 
-// writeDatabase writes what a database volume holds (round 1), or a change
-// to it (round 2: a new binlog segment and a row appended to a table).
-func writeDatabase(r *runner, dir string, round int) {
-	must := func(err error) { r.check(err, "write data") }
-	data := filepath.Join(dir, "mysql")
+// databaseScript is what the application pod runs on the volume: what a
+// database volume holds (round 1), or a change to it (round 2 and later: a
+// new binlog segment and a row appended to a table).
+func databaseScript(round int) string {
+	script := "set -e; d=/data/mysql; "
 	if round == 1 {
-		must(os.MkdirAll(filepath.Join(data, "shop"), 0o750))
-		for i, table := range []string{"orders", "customers", "items"} {
-			harness.WriteRandom(r, filepath.Join(data, "shop", table+".ibd"), int64(4+i*3)<<20)
-		}
-		must(os.WriteFile(filepath.Join(data, "my.cnf"), []byte("[mysqld]\ndatadir=/var/lib/mysql\n"), 0o640))
-		must(os.Chown(filepath.Join(data, "my.cnf"), 999, 999))
-		must(os.Link(filepath.Join(data, "my.cnf"), filepath.Join(data, "my.cnf.bak")))
-		must(os.Symlink("binlog.000001", filepath.Join(data, "binlog.current")))
-		f, err := os.Create(filepath.Join(data, "ibtmp1"))
-		must(err)
-		must(f.Truncate(64 << 20)) // sparse: 64 MiB that take no space
-		must(f.Close())
+		script += `mkdir -p $d/shop && chmod 750 $d $d/shop; ` +
+			`head -c 4194304 /dev/urandom > $d/shop/orders.ibd; head -c 7340032 /dev/urandom > $d/shop/customers.ibd; ` +
+			`head -c 10485760 /dev/urandom > $d/shop/items.ibd; ` +
+			`printf '[mysqld]\ndatadir=/var/lib/mysql\n' > $d/my.cnf; chmod 640 $d/my.cnf; chown 999:999 $d/my.cnf; ` +
+			`ln $d/my.cnf $d/my.cnf.bak; ln -s binlog.000001 $d/binlog.current; truncate -s 64M $d/ibtmp1; ` +
+			`sqlite3 $d/app.db 'create table orders(id int, item text); insert into orders values (1, "ferry");'; `
 	}
-	harness.WriteRandom(r, filepath.Join(data, fmt.Sprintf("binlog.%06d", round)), 1<<20)
-	f, err := os.OpenFile(filepath.Join(data, "shop", "orders.ibd"), os.O_APPEND|os.O_WRONLY, 0)
-	must(err)
-	_, err = f.Write([]byte(strings.Repeat("r", 64)))
-	must(err)
-	must(f.Close())
+	return script + fmt.Sprintf(`head -c 1048576 /dev/urandom > $d/binlog.%06d; head -c 64 /dev/zero | tr '\0' r >> $d/shop/orders.ibd`, round)
 }
 
 // sentBytes adds up what the source cluster's agents sent for the demo's
-// source, from their /metrics.
-func sentBytes(agents []*harness.Proc) float64 {
+// source, from their /metrics on the nodes' addresses.
+func sentBytes(r *runner, c *cluster.Cluster) float64 {
 	total := 0.0
-	for _, a := range agents {
-		if v := a.Metric("ferry_agent_bytes_total", map[string]string{"direction": "sent", "obj_name": "database-source"}); v > 0 {
-			total += v
+	for _, n := range c.Nodes {
+		resp, err := http.Get("http://" + n.Net.IP + ":9810/metrics")
+		r.check(err, "agent metrics")
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.HasPrefix(line, "ferry_agent_bytes_total{") && strings.Contains(line, `direction="sent"`) &&
+				strings.Contains(line, `obj_name="database-source"`) {
+				v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+				r.check(err, "agent metrics")
+				total += v
+			}
 		}
+		resp.Body.Close()
 	}
 	return total
 }

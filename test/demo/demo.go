@@ -8,10 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -27,7 +25,6 @@ import (
 	"github.com/ferrysync/ferry/internal/testenv"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/snapshot"
-	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/test/cluster"
 	"github.com/ferrysync/ferry/test/harness"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -103,56 +100,40 @@ func Run(ctx context.Context, out io.Writer) (err error) {
 	return nil
 }
 
-// Ports of the two controllers' metrics and probes.
-const (
-	sourcePort = 18180
-	destPort   = 18190
-)
-
 func (r *runner) run() {
-	r.step("building Ferry's controller, node agent and helper")
-	bins, err := harness.Build()
-	r.check(err, "build")
-	r.Cleanup(bins.Remove)
-	r.check(remember(bins.Dir), "state")
-	r.Cleanup(func() { _ = os.Remove(stateFile) })
-
-	r.step("starting two clusters on this machine, joined on one node network")
+	root, err := testenv.RepoRoot()
+	r.check(err, "repository")
+	r.step("starting two clusters on this machine, joined on one node network: real nodes (kubelet, containerd) in namespaces")
 	network, err := cluster.NewNetwork(networkName, "10.249.0")
 	r.check(err, "network")
 	r.Cleanup(func() { _ = network.Close() })
-	src := r.cluster(network, "source", "10.96.0.0/24", "10.98.0.0/24")
-	dst := r.cluster(network, "dest", "10.97.0.0/24", "10.99.0.0/24")
+	src := r.cluster(network, root, "source", "10.96.0.0/24", "10.98.0.0/24")
+	dst := r.cluster(network, root, "dest", "10.97.0.0/24", "10.99.0.0/24")
 	r.check(cluster.Connect(src, dst), "join the clusters")
 	r.say("source cluster: KUBECONFIG=%s", src.Kubeconfig)
 	r.say("destination cluster: KUBECONFIG=%s", dst.Kubeconfig)
 
-	r.step("starting Ferry in each: the controller, and a node agent on each node")
-	var srcAgents []*harness.Proc
-	for i, c := range []*cluster.Cluster{src, dst} {
-		r.check(c.Client.Create(r.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: harness.Namespace}}), "namespace")
-		for _, n := range c.Nodes {
-			if p := bins.StartAgent(r, c, n); c == src {
-				srcAgents = append(srcAgents, p)
-			}
-			r.say("agent on %s (%s), metrics at http://%s:9810/metrics", n.Name, n.Net.IP, n.Net.IP)
-		}
-		p := bins.StartController(r, c, []int{sourcePort, destPort}[i])
-		r.say("controller of the %s cluster, metrics at %s", []string{"source", "destination"}[i], p.Metrics)
-		// Before the agents stop: every CR goes, so no volume stays mounted.
+	r.step("installing Ferry in each from deploy/: kubectl apply -k (an overlay that only sets the images' tag)")
+	for _, c := range []*cluster.Cluster{src, dst} {
+		r.check(c.InstallFerry(r.ctx, root), "install Ferry")
+		// Before the clusters stop: every CR goes, so no volume stays held.
 		r.Cleanup(func() { deleteAll(r, c) })
 	}
+	r.kubectl(src, "get", "pods", "-n", cluster.FerryNamespace, "-o", "wide")
+	for _, n := range src.Nodes {
+		r.say("agent on %s: metrics at http://%s:9810/metrics", n.Name, n.Net.IP)
+	}
 
-	r.step("the source cluster: a database volume, mysql-pv-claim in namespace source")
+	r.step("the source cluster: a database volume, mysql-pv-claim in namespace source, written by a pod")
 	privileged := map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"}
 	r.kubectl(src, "create", "namespace", "source")
 	r.kubectl(src, "annotate", "namespace", "source", volsyncv1alpha1.PrivilegedMoversAnnotation+"=true")
-	_, err = src.Bind(r.ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "source", Name: "mysql-pv-claim"},
+	r.check(src.Client.Create(r.ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "source", Name: "mysql-pv-claim"},
 		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}}})
-	r.check(err, "source claim")
-	r.onVolume(src, "source", "mysql-pv-claim", false, func(dir string) { writeDatabase(r, dir, 1) })
-	r.say("wrote a database's files: tables, a binlog, an owned config with a hard link, a sparse file")
+			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}}}),
+		"source claim")
+	r.runPod(src, cluster.AppPod("source", "database-1", "mysql-pv-claim", databaseScript(1)))
+	r.say("the pod wrote a database's files: tables, a binlog, an owned config with a hard link, a symlink, a sparse file, a sqlite3 db")
 
 	r.step("the destination cluster: the spec's ReplicationDestination (examples/volsync/destination.yaml)")
 	r.check(dst.Client.Create(r.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dest", Annotations: privileged}}), "namespace")
@@ -189,19 +170,19 @@ func (r *runner) run() {
 	r.kubectl(dst, "get", "replicationdestination", "-n", "dest", "-o", "wide")
 	r.events(src, "replicationsource", "source", "database-source")
 	r.events(dst, "replicationdestination", "dest", "database-destination")
-	r.say("bytes sent by the source cluster's agents: %.0f", sentBytes(srcAgents))
+	r.say("bytes sent by the source cluster's agents: %.0f", sentBytes(r, src))
 
 	r.step("proving it: a claim restored from latestImage (%s) holds exactly the source's data", img)
 	r.compare(src, dst, img)
 
 	r.step("changing the data (a new binlog segment, a row in a table) and syncing again")
-	r.onVolume(src, "source", "mysql-pv-claim", false, func(dir string) { writeDatabase(r, dir, 2) })
-	before := sentBytes(srcAgents)
+	r.runPod(src, cluster.AppPod("source", "database-2", "mysql-pv-claim", databaseScript(2)))
+	before := sentBytes(r, src)
 	triggered = time.Now()
 	r.check(patchManual(r, src, "second"), "trigger")
 	synced := r.waitSynced(src, "second")
 	r.say("trigger → lastSyncTime: %.2fs", time.Since(triggered).Seconds())
-	r.say("the source sent %.0f bytes this time, for %d bytes changed: only the change moved", sentBytes(srcAgents)-before, changedBytes)
+	r.say("the source sent %.0f bytes this time, for %d bytes changed: only the change moved", sentBytes(r, src)-before, changedBytes)
 	r.say("latestMoverStatus: %s", strings.SplitN(synced.Status.LatestMoverStatus.Logs, "\n", 2)[0])
 	prev := img
 	img = r.waitImage(dst, img)
@@ -216,23 +197,28 @@ func (r *runner) run() {
 // networkName names the demo's network: its namespaces and bridge.
 const networkName = "fd"
 
-// cluster starts one of the two clusters, stopped at the end.
-func (r *runner) cluster(network *cluster.Network, name, services, balancers string) *cluster.Cluster {
+// cluster starts one of the two clusters, with real nodes, stopped at the
+// end.
+func (r *runner) cluster(network *cluster.Network, root, name, services, balancers string) *cluster.Cluster {
 	c, err := cluster.Start(r.ctx, cluster.Options{Network: network, ServiceCIDR: services, LoadBalancerCIDR: balancers,
-		Nodes: []string{name + "-node-a", name + "-node-b"}, Log: logr.Discard()})
-	r.check(err, "start the "+name+" cluster")
+		Nodes: []string{name + "-node-a", name + "-node-b"}, Kubelet: true, Images: filepath.Join(root, "bin", "images"),
+		Log: logr.Discard()})
+	r.check(err, "start the "+name+" cluster (make demo builds the images first)")
 	r.check(remember(c.Dir), "state")
 	r.Cleanup(func() {
-		for _, n := range c.Nodes {
-			p := csi.NewPublisher(csi.DefaultRoot(n.KubeletDir), n.KubeletDir, logr.Discard())
-			_ = p.Recover(context.Background(), func(string) bool { return false })
-			_ = p.Close()
-		}
 		if err := c.Stop(); err != nil {
 			fmt.Fprintln(r.out, "stop cluster:", err)
 		}
 	})
 	return c
+}
+
+// runPod runs a pod of the application image to completion, fails the
+// demo unless it succeeded, and deletes it.
+func (r *runner) runPod(c *cluster.Cluster, pod *corev1.Pod) {
+	r.check(c.Client.Create(r.ctx, pod), "create pod "+pod.Name)
+	r.check(c.WaitPodSucceeded(r.ctx, pod.Namespace, pod.Name, 3*time.Minute), "pod "+pod.Name)
+	r.check(c.Client.Delete(r.ctx, pod), "delete pod "+pod.Name)
 }
 
 // kubectl runs the real kubectl against a cluster and shows its output.
@@ -289,46 +275,44 @@ func (r *runner) waitImage(c *cluster.Cluster, prev string) string {
 	return rd.Status.LatestImage.Name
 }
 
-// compare restores img in the destination cluster and compares checksum
-// listings of it and of the source's volume.
+// compare restores img in the destination cluster and compares listings
+// (type, mode, owner, size, hard links, mtime, link target, sha256 of every
+// entry)
+// that pods print of it and of the source's volume.
 func (r *runner) compare(src, dst *cluster.Cluster, img string) {
 	name := "restored-" + img
-	_, err := dst.Bind(r.ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "dest", Name: name},
+	r.check(dst.Client.Create(r.ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "dest", Name: name},
 		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			Resources:  corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("2Gi")}},
-			DataSource: &corev1.TypedLocalObjectReference{APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: img}}})
-	r.check(err, "restore "+img)
-	var want, got map[string]string
-	r.onVolume(src, "source", "mysql-pv-claim", true, func(dir string) { want = harness.Tree(r, dir) })
-	r.onVolume(dst, "dest", name, true, func(dir string) { got = harness.Tree(r, dir) })
-	keys := make([]string, 0, len(want))
-	for k := range want {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+			DataSource: &corev1.TypedLocalObjectReference{APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: img}}}),
+		"restore "+img)
+	want := strings.Split(r.listing(src, "source", "mysql-pv-claim"), "\n")
+	got := r.listing(dst, "dest", name)
 	same := 0
-	for _, k := range keys {
-		mark := "="
-		if got[k] == want[k] {
+	for _, line := range want {
+		mark := "≠"
+		if strings.Contains("\n"+got+"\n", "\n"+line+"\n") {
+			mark = "="
 			same++
-		} else {
-			mark = "≠"
 		}
-		r.say("%s %-34s %s", mark, k, want[k])
+		r.say("%s %s", mark, line)
 	}
-	if same != len(want) || len(got) != len(want) {
-		r.Fatal(fmt.Sprintf("the replica differs: %d of %d entries identical, %d in the replica", same, len(want), len(got)))
+	if same != len(want) || len(strings.Split(got, "\n")) != len(want) {
+		r.Fatal(fmt.Sprintf("the replica differs: %d of %d entries identical", same, len(want)))
 	}
-	r.say("identical: all %d entries (type, mode, owner, size, sha256, mtime, hard links, link targets)", same)
+	r.say("identical: all %d entries (type, mode, owner, size, hard links, mtime, link target, sha256)", same)
 }
 
-// onVolume mounts a bound claim through its cluster's first node's plugin
-// (read-only when asked), runs fn and unmounts it.
-func (r *runner) onVolume(c *cluster.Cluster, ns, claim string, readOnly bool, fn func(dir string)) {
-	work, err := os.MkdirTemp("", "ferry-demo-mount-")
-	r.check(err, "mount dir")
-	defer os.RemoveAll(work)
-	harness.OnVolume(r, c, ns, claim, work, readOnly, fn)
+// listing has a pod print every entry of a claim, sorted.
+func (r *runner) listing(c *cluster.Cluster, ns, claim string) string {
+	pod := cluster.AppPod(ns, "list-"+claim, claim, `cd /data && find . -mindepth 1 -not -name lost+found -not -path './lost+found/*' `+
+		`\( -type f -printf '%y %m %U:%G %s %n %T@ %P ' -exec sh -c 'sha256sum < "$0" | cut -c1-16' {} \; \) -o \( -printf '%y %m %U:%G %n %T@ %P %l\n' \) | sort`)
+	r.check(c.Client.Create(r.ctx, pod), "create pod "+pod.Name)
+	r.check(c.WaitPodSucceeded(r.ctx, ns, pod.Name, 3*time.Minute), "pod "+pod.Name)
+	out, err := c.PodLogs(r.ctx, ns, pod.Name)
+	r.check(err, "logs of "+pod.Name)
+	r.check(c.Client.Delete(r.ctx, pod), "delete pod "+pod.Name)
+	return strings.TrimSpace(out)
 }
 
 // patchManual sets the source's manual trigger.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/ferrysync/ferry/test/cluster"
 )
 
 // stateFile lists the directories a running demo made (its clusters', its
@@ -27,8 +29,9 @@ func remember(dir string) error {
 	return errors.Join(err, f.Close())
 }
 
-// Down removes what a demo killed before its teardown left: its processes
-// (started from its build directory or with its clusters' files), mounts and
+// Down removes what a demo killed before its teardown left: its real
+// nodes' processes, mount namespaces and cgroups, its processes (started
+// from its build directory or with its clusters' files), mounts and
 // loop devices under its clusters' directories, its network namespaces and
 // bridge, and those directories.
 func Down() error {
@@ -48,6 +51,9 @@ func Down() error {
 		}
 	}
 	var errs []error
+	for _, d := range dirs {
+		errs = append(errs, cluster.CleanupRealNodes(d))
+	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		raw, err := os.ReadFile(p)

@@ -12,15 +12,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
-	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/test/cluster"
@@ -30,7 +27,7 @@ import (
 var src, dst *cluster.Cluster
 
 // ferryNamespace is where deploy/ installs Ferry.
-const ferryNamespace = "ferry-system"
+const ferryNamespace = cluster.FerryNamespace
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -76,49 +73,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	for _, c := range []*cluster.Cluster{src, dst} {
-		if err := install(ctx, root, c); err != nil {
+		if err := c.InstallFerry(ctx, root); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err, "\n", c.Logs(30))
 			return 1
 		}
 	}
 	return m.Run()
-}
-
-// install applies deploy/ as a user does, through an overlay that only sets
-// the images' tag to the one make images built, and waits until both
-// controller replicas and an agent on every node are ready.
-func install(ctx context.Context, root string, c *cluster.Cluster) error {
-	dir, err := os.MkdirTemp(c.Dir, "overlay-")
-	if err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	deploy, err := filepath.Rel(dir, filepath.Join(root, "deploy"))
-	if err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	overlay := fmt.Sprintf(`resources:
-  - %s
-images:
-  - name: ghcr.io/ferrysync/ferry-controller
-    newTag: dev
-  - name: ghcr.io/ferrysync/ferry-nodeagent
-    newTag: dev
-`, deploy)
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(overlay), 0o644); err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	out, err := exec.Command(filepath.Join(c.BinDir, "kubectl"), "--kubeconfig", c.Kubeconfig, "apply", "-k", dir).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("kubectl apply -k: %w: %s", err, out)
-	}
-	return waitFor(ctx, 3*time.Minute, func() bool {
-		d := &appsv1.Deployment{}
-		ds := &appsv1.DaemonSet{}
-		return c.Client.Get(ctx, client.ObjectKey{Namespace: ferryNamespace, Name: "ferry-controller"}, d) == nil &&
-			d.Status.AvailableReplicas == 2 &&
-			c.Client.Get(ctx, client.ObjectKey{Namespace: ferryNamespace, Name: "ferry-nodeagent"}, ds) == nil &&
-			ds.Status.NumberReady == int32(len(c.Nodes))
-	})
 }
 
 // waitFor polls ok until it holds or the timeout passes.

@@ -1,14 +1,16 @@
 // Command ferry-demo is `make demo`: two clusters on this machine (test/
-// cluster: control plane, the local CSI driver and sidecars, simulated nodes
-// in network namespaces with kube-proxy, joined on one node network), Ferry's
-// controller and a node agent per node as processes, and the spec's flow
-// walked with the spec's manifests (examples/volsync): a database volume in
-// the source cluster, the destination applied, its key Secret copied across
-// clusters as the spec copies it, the source applied, a sync triggered. It
-// shows what a user looks at, proves the replica by comparing checksum
-// listings of the source and of a claim restored from latestImage, then
-// changes data and shows the next sync moving only the change. Ctrl-C (or
-// the end) tears everything down; --down removes what a killed demo left.
+// cluster: control plane, the local CSI driver and sidecars, real nodes
+// running kubelet and containerd in network and mount namespaces with
+// kube-proxy, joined on one node network), Ferry installed in each from
+// deploy/ with kubectl apply -k as pods, and the spec's flow walked with the
+// spec's manifests (examples/volsync): a database volume in the source
+// cluster written by a pod, the destination applied, its key Secret copied
+// across clusters as the spec copies it, the source applied, a sync
+// triggered. It shows what a user looks at, proves the replica by comparing
+// listings (with checksums) that pods print of the source and of a claim
+// restored from latestImage, then changes data and shows the next sync
+// moving only the change. Ctrl-C (or the end) tears everything down; --down
+// removes what a killed demo left.
 package main
 
 import (
