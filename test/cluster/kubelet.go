@@ -216,7 +216,17 @@ func (rn *realNode) makeMountNamespace() error {
 	if err := os.WriteFile(rn.mntns, nil, 0o600); err != nil {
 		return fmt.Errorf("namespace file: %w", err)
 	}
-	script := "mount --make-rslave / && mkdir -p /var/lib/kubelet && mount --bind \"$0\" /var/lib/kubelet && mount --make-rshared /var/lib/kubelet"
+	// The new namespace starts with a copy of every host mount, and the
+	// host's / is private: a copy of another test's volume or network
+	// namespace would stay here after the host unmounts it, holding its
+	// loop device or namespace until this node stops. Only what the node
+	// needs stays: nothing of other clusters' or tests' temporary
+	// directories, no network namespace, no loop-device filesystem.
+	clusterDir := filepath.Dir(filepath.Dir(filepath.Dir(rn.root)))
+	script := fmt.Sprintf(`mount --make-rslave / && awk -v keep=%q '{ split($0, f, " - "); split(f[2], s, " "); m = $5; `+
+		`if (((index(m, "/tmp/") == 1 || index(m, "/run/netns/") == 1) && index(m, keep "/") != 1 && m != keep) || s[2] ~ /^\/dev\/loop/) print m }' `+
+		`/proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done`, clusterDir)
+	script += " && mkdir -p /var/lib/kubelet && mount --bind \"$0\" /var/lib/kubelet && mount --make-rshared /var/lib/kubelet"
 	args := []string{rn.node.KubeletDir}
 	for dir, target := range nodeDirs {
 		script += fmt.Sprintf(` && mkdir -p %s && mount --bind "$%d" %s`, target, len(args), target)

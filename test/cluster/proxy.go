@@ -48,9 +48,12 @@ func (c *Cluster) startKubeProxies(bin string, network *Network) error {
 	return nil
 }
 
-// runKubeProxy runs kube-proxy in a node's network namespace.
+// runKubeProxy runs kube-proxy in a node's network namespace. Not through
+// `ip netns exec`: that gives the process a mount namespace of its own, a
+// copy of every host mount of the moment, and the copy of another test's
+// volume there would hold its loop device until kube-proxy exits.
 func (c *Cluster) runKubeProxy(bin, kubeconfig string, n Node) error {
-	return c.run("kube-proxy-"+n.Name, "ip", "netns", "exec", n.Net.Namespace,
+	return c.run("kube-proxy-"+n.Name, "nsenter", "--net=/var/run/netns/"+n.Net.Namespace, "--",
 		filepath.Join(bin, "kube-proxy"), "--kubeconfig="+kubeconfig, "--hostname-override="+n.Name,
 		"--proxy-mode=nftables", "--cluster-cidr="+clusterCIDR, "--conntrack-max-per-core=0")
 }

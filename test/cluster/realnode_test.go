@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,6 +30,13 @@ func TestRealNodes(t *testing.T) {
 	root, err := testenv.RepoRoot()
 	require.NoError(t, err)
 	ctx := context.Background()
+	// Another test's volume, mounted while the nodes start.
+	foreign := t.TempDir()
+	img, mnt := filepath.Join(foreign, "img"), filepath.Join(foreign, "mnt")
+	require.NoError(t, os.Mkdir(mnt, 0o755))
+	require.NoError(t, exec.Command("truncate", "-s", "16M", img).Run())
+	require.NoError(t, exec.Command("mkfs.ext4", "-q", img).Run())
+	require.NoError(t, exec.Command("mount", "-o", "loop", img, mnt).Run())
 	network, err := cluster.NewNetwork("fr", "10.248.0")
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, network.Close()) }()
@@ -50,6 +58,11 @@ func TestRealNodes(t *testing.T) {
 		}
 	}()
 	require.Len(t, cgroups(), 2, "each node has its cgroup subtree")
+	require.NoError(t, exec.Command("umount", mnt).Run())
+	testenv.Eventually(t, "the other test's loop device to be released", 10*time.Second, func() bool {
+		out, err := exec.Command("losetup", "-j", img).Output()
+		return err == nil && len(strings.TrimSpace(string(out))) == 0
+	})
 
 	require.NoError(t, c.Client.Create(ctx, pvc("db", cluster.StorageClass, nil)))
 	write := cluster.AppPod("default", "writer", "db",
