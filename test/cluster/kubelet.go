@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -98,12 +99,13 @@ func CleanupRealNodes(dir string) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	var errs []error
+	loops, err := loopsUnder(dir)
+	errs := []error{err}
 	for _, root := range nodes {
 		rn := newRealNode(dir, filepath.Base(filepath.Dir(root)))
 		errs = append(errs, rn.killAll(), rn.dropMounts(), rn.removeCgroups())
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, detachLoops(loops))...)
 }
 
 // podRange is a node's pod range, from the last octet of its address, so
@@ -298,9 +300,63 @@ serializeImagePulls: false
 // kill, then drops the mount namespace (and with it every mount made in it)
 // and the cgroups.
 func (c *Cluster) stopRealNodes() error {
-	var errs []error
+	if len(c.real) == 0 {
+		return nil
+	}
+	loops, err := c.LoopDevices()
+	errs := []error{err}
 	for _, rn := range c.real {
 		errs = append(errs, rn.killAll(), rn.dropMounts(), rn.removeCgroups())
+	}
+	return errors.Join(append(errs, detachLoops(loops))...)
+}
+
+// LoopDevices lists the loop devices backed by this cluster's volume and
+// snapshot images, as device → backing file identity (major:minor:inode).
+// By identity, not path: a loop device names its backing file as the
+// attaching process saw it, and a node plugin pod sees only its bind of the
+// data directory.
+func (c *Cluster) LoopDevices() (map[string]string, error) { return loopsUnder(c.Dir) }
+
+func loopsUnder(dir string) (map[string]string, error) {
+	images := map[string]bool{}
+	err := filepath.WalkDir(filepath.Join(dir, "csi-data"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || !strings.HasSuffix(path, ".img") {
+			return nil
+		}
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil {
+			images[fmt.Sprintf("%d:%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: images: %w", err)
+	}
+	out, err := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME,BACK-MAJ:MIN,BACK-INO").Output()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: losetup: %w", err)
+	}
+	loops := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && images[f[1]+":"+f[2]] {
+			loops[f[0]] = f[1] + ":" + f[2]
+		}
+	}
+	return loops, nil
+}
+
+// detachLoops detaches the given loop devices: the node plugins attach
+// volumes' images without autoclear and detach them when a volume is
+// unstaged, which a killed node never does. A device whose filesystem a
+// dying namespace still holds goes when that lets go.
+func detachLoops(loops map[string]string) error {
+	var errs []error
+	for dev := range loops {
+		if err := run("losetup", "-d", dev); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -81,8 +81,12 @@ func (c *Cluster) nodePlugin(name string) *appsv1.DaemonSet {
 	hostPath := func(p string) corev1.VolumeSource {
 		return corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: p}}
 	}
+	// The data directory at the host's own path: loop devices name their
+	// backing file as the attaching process saw it, and teardown finds this
+	// cluster's by that path.
+	data := filepath.Join(c.Dir, "csi-data", name)
 	args := []string{"-name=" + name, "-endpoint=/var/lib/kubelet/plugins/" + name + "/csi.sock",
-		"-node-id=$(NODE_NAME)", "-data-dir=/csi-data", "-registration-dir=/var/lib/kubelet/plugins_registry"}
+		"-node-id=$(NODE_NAME)", "-data-dir=" + data, "-registration-dir=/var/lib/kubelet/plugins_registry"}
 	if name == AttachDriverName {
 		args = append(args, "-attach-required")
 	}
@@ -102,13 +106,13 @@ func (c *Cluster) nodePlugin(name string) *appsv1.DaemonSet {
 						VolumeMounts: []corev1.VolumeMount{
 							{Name: "kubelet", MountPath: "/var/lib/kubelet", MountPropagation: ptr.To(corev1.MountPropagationBidirectional)},
 							{Name: "dev", MountPath: "/dev"},
-							{Name: "data", MountPath: "/csi-data"},
+							{Name: "data", MountPath: data},
 						},
 					}},
 					Volumes: []corev1.Volume{
 						{Name: "kubelet", VolumeSource: hostPath("/var/lib/kubelet")},
 						{Name: "dev", VolumeSource: hostPath("/dev")},
-						{Name: "data", VolumeSource: hostPath(filepath.Join(c.Dir, "csi-data", name))},
+						{Name: "data", VolumeSource: hostPath(data)},
 					},
 				},
 			},

@@ -79,12 +79,38 @@ func TestRealNodes(t *testing.T) {
 	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: "reader"}, got))
 	assert.True(t, strings.HasPrefix(got.Status.PodIP, "10.244."), "pod address from the node's pod range, got %q", got.Status.PodIP)
 
+	// A pod still using the volume when the cluster stops: its node is
+	// killed, not drained, and the volume's loop device must go anyway.
+	require.NoError(t, c.Client.Create(ctx, cluster.AppPod("default", "holder", "db", "sleep infinity")))
+	testenv.Eventually(t, "the holder pod running", 2*time.Minute, func() bool {
+		p := &corev1.Pod{}
+		return c.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: "holder"}, p) == nil && p.Status.Phase == corev1.PodRunning
+	})
+	loops, err := c.LoopDevices()
+	require.NoError(t, err)
+	require.NotEmpty(t, loops, "the running pod's volume is on a loop device of this cluster")
+
 	require.NoError(t, c.Stop())
 	stopped = true
 	assert.Empty(t, cgroups(), "node cgroups removed")
 	_, err = os.Stat(dir)
 	assert.True(t, os.IsNotExist(err), "cluster dir removed")
-	testenv.NoLoopDevices(t, dir)
+	testenv.Eventually(t, "the cluster's loop devices detached", 10*time.Second, func() bool {
+		out, err := exec.Command("losetup", "--list", "--noheadings", "--output", "BACK-MAJ:MIN,BACK-INO").Output()
+		require.NoError(t, err)
+		attached := map[string]bool{}
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) == 2 {
+				attached[f[0]+":"+f[1]] = true
+			}
+		}
+		for _, id := range loops {
+			if attached[id] {
+				return false
+			}
+		}
+		return true
+	})
 	mi, err := os.ReadFile("/proc/self/mountinfo")
 	require.NoError(t, err)
 	assert.NotContains(t, string(mi), dir, "mounts left behind")

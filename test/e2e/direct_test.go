@@ -67,7 +67,7 @@ func podReady(p *corev1.Pod) bool {
 // Snapshot ReplicationDestination there, copies its key Secret to the
 // source cluster, and returns it with a ReplicationSource of claim (not yet
 // created) that points at it, as the spec's flow does.
-func pair(t *testing.T, ns, claim string, method volsyncv1alpha1.CopyMethodType) (*volsyncv1alpha1.ReplicationDestination, *volsyncv1alpha1.ReplicationSource) {
+func pair(t testing.TB, ns, claim string, method volsyncv1alpha1.CopyMethodType) (*volsyncv1alpha1.ReplicationDestination, *volsyncv1alpha1.ReplicationSource) {
 	t.Helper()
 	ctx := context.Background()
 	privileged := map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"}

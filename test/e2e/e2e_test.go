@@ -91,7 +91,7 @@ func claim(ns, name string, ref *corev1.TypedObjectReference) *corev1.Persistent
 
 // runPod runs a pod to completion and fails the test unless it succeeded;
 // the pod is deleted after, so its claim is free again.
-func runPod(t *testing.T, c *cluster.Cluster, pod *corev1.Pod) {
+func runPod(t testing.TB, c *cluster.Cluster, pod *corev1.Pod) {
 	t.Helper()
 	ctx := context.Background()
 	require.NoError(t, c.Client.Create(ctx, pod))
@@ -101,7 +101,7 @@ func runPod(t *testing.T, c *cluster.Cluster, pod *corev1.Pod) {
 
 // waitSynced waits for the source's manual sync value and fails unless it
 // succeeded.
-func waitSynced(t *testing.T, rs *volsyncv1alpha1.ReplicationSource, value string) {
+func waitSynced(t testing.TB, rs *volsyncv1alpha1.ReplicationSource, value string) {
 	t.Helper()
 	ctx := context.Background()
 	require.NoError(t, waitFor(ctx, 4*time.Minute, func() bool {
@@ -112,7 +112,7 @@ func waitSynced(t *testing.T, rs *volsyncv1alpha1.ReplicationSource, value strin
 }
 
 // latestImage is the destination's latest image, or "".
-func latestImage(t *testing.T, rd *volsyncv1alpha1.ReplicationDestination) string {
+func latestImage(t testing.TB, rd *volsyncv1alpha1.ReplicationDestination) string {
 	t.Helper()
 	require.NoError(t, dst.Client.Get(context.Background(), client.ObjectKeyFromObject(rd), rd))
 	if rd.Status.LatestImage == nil {
