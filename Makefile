@@ -104,8 +104,9 @@ cluster: deps testenv images ## Start two local clusters (control plane, CSI dri
 	go run ./test/cluster/cmd/ferry-cluster $(if $(filter 0,$(REAL_NODES)),,-images bin/images)
 
 .PHONY: bench
-bench: deps ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback (root; about 12 minutes, several GiB; FERRY_BENCH_CASES=B picks cases).
+bench: deps testenv images ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback, then a sync on real nodes against VolSync's pod-per-sync shape (root; about 20 minutes, several GiB; FERRY_BENCH_CASES=B picks data-plane cases).
 	go test -count=1 -v -run "^$$" -bench BenchmarkDataPlane -benchtime 1x -timeout 60m ./pkg/transfer/ | grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"' -e '^    [a-z_]*\.go:[0-9]*: sshd: '
+	go test -count=1 -run "^$$" -bench BenchmarkPodPerSyncVersusAgent -benchtime 1x -timeout 30m ./test/e2e/
 
 .PHONY: soak
 soak: need-root deps testenv ## 1,000 syncs through the CRs on the local clusters, counting mounts, loop devices, fds, goroutines, processes, cgroups, temp dirs and objects before and after: no growth (root; FERRY_SOAK_SYNCS; make test runs 30).
