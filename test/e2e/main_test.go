@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/util/wait"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/test/cluster"
@@ -38,6 +39,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	// The clusters' clients log nothing here; saying so keeps
+	// controller-runtime from printing a stack about an unset logger.
+	ctrllog.SetLogger(logr.Discard())
 	root, err := testenv.RepoRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
