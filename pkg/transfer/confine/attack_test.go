@@ -12,19 +12,34 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/elastic/go-seccomp-bpf/arch"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/internal/testenv/compat32"
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/reexec"
 )
 
-const probeName = "confine-probe"
+const (
+	probeName = "confine-probe"
+	// compat32Probe makes one 32-bit call outside any confinement: it dies
+	// of SIGSEGV where the kernel has no 32-bit emulation.
+	compat32Probe = "compat32-probe"
+	// tryCompat32 asks the probe to make 32-bit calls too.
+	tryCompat32 = "compat32"
+)
 
-func init() { reexec.Register(probeName, probeMain) }
+func init() {
+	reexec.Register(probeName, probeMain)
+	reexec.Register(compat32Probe, func() {
+		compat32.Syscall(uintptr(arch.I386.SyscallNames["getpid"]), 0, 0, 0)
+		os.Exit(0)
+	})
+}
 
 // probeReport is what the probe, run in rsync's place, managed to do.
 type probeReport struct {
@@ -38,7 +53,7 @@ type probeReport struct {
 // over rsync (through a bug reachable over the wire) would try, and
 // reports each outcome ("ok" or the errno's name) on stdout.
 func probeMain() {
-	if len(os.Args) > 1 {
+	if len(os.Args) > 1 && os.Args[1] != tryCompat32 {
 		probeLimits(os.Args[1])
 	}
 	r := probeReport{UID: os.Getuid(), GID: os.Getgid(), Attempts: map[string]string{}}
@@ -85,6 +100,20 @@ func probeMain() {
 		try("ptrace", errno)
 	}
 	try("write volume", os.WriteFile(filepath.Join(confine.DataDir, "probe"), []byte("x"), 0o644))
+	if len(os.Args) > 1 && os.Args[1] == tryCompat32 {
+		// The same calls through int 0x80, whose numbers the 64-bit
+		// deny-list does not hold.
+		for name, call := range map[string][2]uintptr{
+			"i386 getpid":                 {uintptr(arch.I386.SyscallNames["getpid"]), 0},
+			"i386 unshare user namespace": {uintptr(arch.I386.SyscallNames["unshare"]), unix.CLONE_NEWUSER},
+		} {
+			if r := compat32.Syscall(call[0], call[1], 0, 0); r < 0 {
+				try(name, unix.Errno(-r))
+			} else {
+				try(name, nil)
+			}
+		}
+	}
 	if f, err := os.OpenFile("/dev/null", os.O_WRONLY, 0); err == nil {
 		_, err = f.Write([]byte("x"))
 		r.DevNullOut = fmt.Sprint(err)
@@ -121,14 +150,30 @@ func probeLimits(mode string) {
 	os.Exit(0)
 }
 
-// probe runs the probe confined by spec and returns its report.
-func probe(t *testing.T, spec confine.Spec) probeReport {
+// hasCompat32 says whether this machine runs 32-bit x86 calls at all
+// (amd64 with the kernel's 32-bit emulation), trying one in a child.
+func hasCompat32(t *testing.T) bool {
+	t.Helper()
+	if !compat32.Supported {
+		return false
+	}
+	self, err := os.Executable()
+	require.NoError(t, err)
+	return exec.Command(self, compat32Probe).Run() == nil
+}
+
+// probe runs the probe confined by spec and returns its report; with
+// compat it also makes 32-bit calls.
+func probe(t *testing.T, spec confine.Spec, compat bool) probeReport {
 	t.Helper()
 	self, err := os.Executable()
 	require.NoError(t, err)
 	spec.Rsync = self
 	spec.Binds = append(spec.Binds, confine.Bind{Host: self, Path: confine.BindDir + "/probe"})
 	spec.Args = []string{probeName}
+	if compat {
+		spec.Args = append(spec.Args, tryCompat32)
+	}
 	out, err := run(t, spec)
 	require.NoError(t, err)
 	var r probeReport
@@ -139,10 +184,16 @@ func probe(t *testing.T, spec confine.Spec) probeReport {
 // TestAttackerInRsyncsPlace: a program that has taken over rsync inside the
 // confinement cannot reach past the volume's bind mount with a file handle,
 // change the host's /dev/null, mount, make namespaces or trace, in any of
-// the three shapes the confinement takes; and holds only the capabilities
-// its role needs.
+// the three shapes the confinement takes, whether it calls the 64-bit way
+// or through the 32-bit convention; and holds only the capabilities its
+// role needs.
 func TestAttackerInRsyncsPlace(t *testing.T) {
 	testenv.NeedRoot(t)
+	compat := hasCompat32(t)
+	if !compat {
+		t.Log("this machine runs no 32-bit x86 calls (not amd64, or no 32-bit emulation in the kernel): " +
+			"the 32-bit attempts are left out; TestFilterRefusesBothConventions checks the filter for them")
+	}
 	var before unix.Stat_t
 	require.NoError(t, unix.Stat("/dev/null", &before))
 	const dacOverride, dacReadSearch = 1 << unix.CAP_DAC_OVERRIDE, 1 << unix.CAP_DAC_READ_SEARCH
@@ -159,13 +210,17 @@ func TestAttackerInRsyncsPlace(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			tc.spec.Volume = volume(t)
-			r := probe(t, tc.spec)
+			r := probe(t, tc.spec, compat)
 			assert.Equal(t, tc.uid, r.UID)
 			assert.Equal(t, tc.caps, r.Effective, "capabilities held")
 			assert.Zero(t, r.Effective&dacReadSearch, "never CAP_DAC_READ_SEARCH")
 			for _, attempt := range []string{"open_by_handle_at", "name_to_handle_at", "mount tmpfs",
 				"unshare user namespace", "ptrace"} {
 				assert.Equal(t, "EPERM", r.Attempts[attempt], attempt)
+			}
+			if compat {
+				assert.Equal(t, "EPERM", r.Attempts["i386 unshare user namespace"])
+				assert.Equal(t, "EPERM", r.Attempts["i386 getpid"], "no 32-bit call passes at all")
 			}
 			for _, attempt := range []string{"chmod /dev/null", "chown /dev/null", "unlink /dev/null", "mknod /dev/x", "write /etc"} {
 				assert.Contains(t, []string{"EROFS", "EPERM", "EACCES"}, r.Attempts[attempt], attempt)

@@ -21,7 +21,9 @@
 //     open_by_handle_at, which reaches the whole filesystem behind a bind
 //     mount;
 //   - no_new_privs and a seccomp filter refusing what rsync never needs
-//     (mounts, namespaces, file handles, ptrace, bpf, keyrings, modules);
+//     (mounts, namespaces, file handles, ptrace, bpf, keyrings, modules),
+//     and every call made through another architecture's convention (int
+//     0x80, x32), whose numbers a 64-bit deny-list does not hold;
 //   - the cgroups the caller names (memory and pids limits), joined before
 //     rsync starts, and death with the agent.
 //

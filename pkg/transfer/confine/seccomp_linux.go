@@ -2,8 +2,11 @@ package confine
 
 import (
 	"fmt"
+	"unsafe"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
+	"github.com/elastic/go-seccomp-bpf/arch"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,11 +52,64 @@ func policy() seccomp.Policy {
 	}
 }
 
+// archOffset is where seccomp_data holds the calling convention's
+// AUDIT_ARCH_* value (after the 4-byte call number).
+const archOffset = 4
+
+// foreignCall is the answer to a call made in another architecture's
+// convention (int 0x80 on x86_64, AArch32 on arm64): EPERM.
+const foreignCall = uint32(seccomp.ActionErrno) | uint32(unix.EPERM)
+
+// program is the filter: a call in any convention but the native one is
+// refused before anything else is looked at, then policy applies.
+//
+// The gate is needed because the assembled policy jumps to its default
+// action, Allow, for a foreign architecture: through int 0x80 every call
+// on the list above (whose numbers differ in the 32-bit table) would pass.
+// An allow-list would close that door too, but would tie the filter to one
+// C library's choice of calls; a deny-list behind a native-only gate does
+// not. (x32, the native architecture with bit 30 set in the number, is
+// refused by the assembled policy itself.)
+func program() ([]bpf.Instruction, error) {
+	native, err := arch.GetInfo("")
+	if err != nil {
+		return nil, fmt.Errorf("this architecture's seccomp numbers: %w", err)
+	}
+	p := policy()
+	body, err := p.Assemble()
+	if err != nil {
+		return nil, fmt.Errorf("assemble seccomp policy: %w", err)
+	}
+	gate := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: archOffset, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(native.ID), SkipTrue: 1},
+		bpf.RetConstant{Val: foreignCall},
+	}
+	return append(gate, body...), nil
+}
+
 // loadSeccomp sets no_new_privs and installs the filter on this thread, the
 // one that execs rsync.
 func loadSeccomp() error {
-	if err := seccomp.LoadFilter(seccomp.Filter{NoNewPrivs: true, Policy: policy()}); err != nil {
-		return fmt.Errorf("install seccomp filter: %w", err)
+	insts, err := program()
+	if err != nil {
+		return err
+	}
+	raw, err := bpf.Assemble(insts)
+	if err != nil {
+		return fmt.Errorf("assemble seccomp filter: %w", err)
+	}
+	filter := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0,
+		uintptr(unsafe.Pointer(&prog))); errno != 0 {
+		return fmt.Errorf("install seccomp filter: %w", errno)
 	}
 	return nil
 }
