@@ -89,7 +89,7 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 .PHONY: test
 test: need-root deps testenv images $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
 	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
-	go test $(GO_TEST_FLAGS) -tags ferryfault -timeout $(TEST_TIMEOUT) -v -run TestFaultsBetweenChanges ./pkg/transfer/
+	go test $(GO_TEST_FLAGS) -tags ferryfault -timeout $(TEST_TIMEOUT) -v -run 'TestFaultsBetweenChanges|TestShutdownRacesAStartingTransfer' ./pkg/transfer/
 
 .PHONY: demo
 demo: need-root deps testenv images ## Two local clusters of real nodes, Ferry installed from deploy/, replicating a database pod's volume with the spec's manifests (root; Ctrl-C tears down).

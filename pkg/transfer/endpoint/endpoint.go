@@ -18,7 +18,6 @@
 package endpoint
 
 import (
-	"os"
 
 	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
@@ -237,10 +236,9 @@ type listener struct {
 	delivered chan struct{}
 	// ending counts `shutdown` requests whose SyncEnded is not delivered yet.
 	ending atomic.Int32
-	// running are the rsync processes of this destination, each with a
-	// channel closed when it has exited.
+	// running are the destination's admitted transfers (see admit).
 	runMu   sync.Mutex
-	running map[*os.Process]chan struct{}
+	running map[*transfer]struct{}
 	// conns counts live connections; handshakes holds a token per running
 	// handshake, paced by handshakeRate.
 	conns         atomic.Int32
@@ -248,51 +246,6 @@ type listener struct {
 	handshakeRate *rate.Limiter
 	// record is what the destination remembers of its last sync.
 	record record
-}
-
-// track records a running rsync; the returned func says it has exited.
-func (l *listener) track(p *os.Process) func() {
-	done := make(chan struct{})
-	l.runMu.Lock()
-	if l.running == nil {
-		l.running = map[*os.Process]chan struct{}{}
-	}
-	l.running[p] = done
-	l.runMu.Unlock()
-	return func() {
-		l.runMu.Lock()
-		delete(l.running, p)
-		l.runMu.Unlock()
-		close(done)
-	}
-}
-
-// endRunning waits up to grace for the destination's running rsync
-// processes to exit (one whose client has just finished may still be
-// exiting), kills those still running, waits until they have exited, and
-// returns how many it killed.
-func (l *listener) endRunning(grace time.Duration) int {
-	l.runMu.Lock()
-	running := make(map[*os.Process]chan struct{}, len(l.running))
-	for p, done := range l.running {
-		running[p] = done
-	}
-	l.runMu.Unlock()
-	expired := make(chan struct{})
-	timer := time.AfterFunc(grace, func() { close(expired) })
-	defer timer.Stop()
-	killed := 0
-	for p, done := range running {
-		select {
-		case <-done:
-			continue
-		case <-expired:
-		}
-		_ = p.Kill()
-		killed++
-		<-done
-	}
-	return killed
 }
 
 // shutdownGrace is how long a shutdown waits for transfers that are
@@ -425,7 +378,7 @@ func (s *Server) accept(l *listener) {
 			}
 			return
 		}
-		if cause := l.admit(s.limits); cause != "" {
+		if cause := l.admitConn(s.limits); cause != "" {
 			s.refuse(cause)
 			_ = conn.Close()
 			continue
@@ -439,9 +392,9 @@ func (s *Server) accept(l *listener) {
 	}
 }
 
-// admit takes a connection slot and a handshake token for a new
+// admitConn takes a connection slot and a handshake token for a new
 // connection, or says which limit refuses it.
-func (l *listener) admit(lim Limits) string {
+func (l *listener) admitConn(lim Limits) string {
 	if int(l.conns.Add(1)) > lim.Conns {
 		l.conns.Add(-1)
 		return RefusedConnections

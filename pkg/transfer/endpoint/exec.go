@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -44,7 +45,10 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 			return refused(l, ch, "refused: option --inplace is not allowed: this destination's replica is its image (copyMethod Direct), which must never hold a half-updated file")
 		}
 		if l.held.Load() {
-			return refused(l, ch, "the destination is held until the snapshot of its last sync is cut; try again shortly")
+			return refused(l, ch, heldMessage)
+		}
+		if err := fault.At(fault.ReceiverAdmit); err != nil {
+			return refused(l, ch, err.Error())
 		}
 		// A receiver still running belongs to a try whose source rsync is
 		// gone (a source starts a try only once the last one ended): it
@@ -52,11 +56,19 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 		if n := l.endRunning(shutdownGrace); n > 0 {
 			log.Info("ended transfers of an earlier try still running", "count", n)
 		}
+		t := l.admit() // the hold again, now as one step with registering
+		if t == nil {
+			return refused(l, ch, heldMessage)
+		}
+		defer l.release(t)
 		l.record.forget()
-		return s.runRsync(l, log, ch, r)
+		return s.runRsync(l, log, ch, r, t)
 	}
 	return 1
 }
+
+// heldMessage is why a held destination refuses a transfer.
+const heldMessage = "the destination is held until the snapshot of its last sync is cut; try again shortly"
 
 // incomplete is the result the destination reports for a sync it does not
 // count complete, whatever its source said.
@@ -98,8 +110,9 @@ func refused(l *listener, ch ssh.Channel, msg string) int {
 	return 1
 }
 
-// runRsync runs a confined rsync receiver wired to the channel.
-func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *servercmd.Rsync) int {
+// runRsync runs a confined rsync receiver wired to the channel, as
+// transfer t.
+func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *servercmd.Rsync, t *transfer) int {
 	spec := confine.Spec{
 		Volume: l.dest.Volume, Dir: l.dest.Dir, Privileged: l.dest.Privileged,
 		Scratch: s.scratch, Rsync: s.rsync,
@@ -127,7 +140,10 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	}
 	in := &countingReader{r: ch}
 	out := &countingWriter{w: ch}
-	rcv, err := s.startReceiver(l, spec, out, ch.Stderr())
+	rcv, err := s.startReceiver(l, t, spec, out, ch.Stderr())
+	if errors.Is(err, errStopped) {
+		return refused(l, ch, err.Error())
+	}
 	if err != nil {
 		fmt.Fprintf(ch.Stderr(), "ferry: cannot start rsync: %v\n", err)
 		log.Error(err, "cannot start rsync")
@@ -135,17 +151,16 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	}
 	defer rcv.removeGroup()
 	cmd, group, stdin := rcv.cmd, rcv.group, rcv.stdin
-	exited := l.track(cmd.Process)
 	emit(l, Event{Kind: RsyncStarted})
 	// Not waited for: it ends when the channel closes after rsync exits.
 	go func() {
 		_, _ = stream.Copy(stdin, in)
 		_ = stdin.Close()
 	}()
-	err = cmd.Wait() // a removed destination (l.ctx) kills its transfers
-	// Reported exited only once RsyncEnded is queued, so a shutdown that
+	// A removed destination (l.ctx) kills its transfers. The transfer is
+	// released (by exec) only once RsyncEnded is queued, so a shutdown that
 	// waits for it reports the sync after the transfer.
-	defer exited()
+	err = cmd.Wait()
 	code := exitcode.Of(err)
 	l.record.received(code == 0)
 	ended := Event{Kind: RsyncEnded, ExitCode: code, BytesReceived: in.n.Load(), BytesSent: out.n.Load()}
@@ -166,10 +181,11 @@ type receiver struct {
 	stdin *os.File
 }
 
-// startReceiver starts a confined rsync as spec says, in a cgroup of its
-// own when the server has a pool, writing to out and errs. On error
-// nothing of it is left.
-func (s *Server) startReceiver(l *listener, spec confine.Spec, out, errs io.Writer) (_ *receiver, err error) {
+// startReceiver starts a confined rsync as spec says, as transfer t (so
+// not once t was stopped: errStopped), in a cgroup of its own when the
+// server has a pool, writing to out and errs. On error nothing of it is
+// left.
+func (s *Server) startReceiver(l *listener, t *transfer, spec confine.Spec, out, errs io.Writer) (_ *receiver, err error) {
 	r := &receiver{}
 	defer func() {
 		if err != nil {
@@ -200,9 +216,13 @@ func (s *Server) startReceiver(l *listener, spec confine.Spec, out, errs io.Writ
 	stream.Grow(stdin)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, out, errs
 	if err = fault.At(fault.ReceiverStart); err == nil {
-		err = cmd.Start()
+		err = t.start(cmd)
 	}
 	_ = stdinR.Close() // rsync holds it now
+	if errors.Is(err, errStopped) {
+		_ = stdin.Close()
+		return nil, err
+	}
 	if err != nil {
 		_ = stdin.Close()
 		return nil, fmt.Errorf("start rsync: %w", err)

@@ -39,6 +39,9 @@ const (
 	Handshake Point = "handshake"
 	// Answer: the destination's answer to a digest offer; it says no.
 	Answer Point = "answer"
+	// ReceiverAdmit: a transfer request that passed the first look at the
+	// hold, before it is admitted.
+	ReceiverAdmit Point = "receiver-admit"
 	// ReceiverCgroup: the receiver's cgroup.
 	ReceiverCgroup Point = "receiver-cgroup"
 	// ReceiverConfine: the receiver's confinement.
