@@ -18,11 +18,6 @@
 package endpoint
 
 import (
-
-	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
-	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
-	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
-
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -39,6 +34,9 @@ import (
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
+	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
+	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
+	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
 
