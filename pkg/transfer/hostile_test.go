@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/source"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
@@ -236,15 +237,25 @@ func TestSenderReadsNothingOutsideTheVolume(t *testing.T) {
 }
 
 // TestUnprivilegedDestinationPlantsNoRootFiles: into a destination whose
-// namespace does not allow privileged movers, a sender pushes a setuid
-// binary owned by root and a device node. On the volume the binary belongs
-// to the receiver's ordinary user, and no device exists.
+// namespace does not allow privileged movers, a sender pushes setuid and
+// setgid binaries owned by root and by the receiver's own user, a setgid
+// directory and a device node. On the
+// volume the binary belongs to the receiver's ordinary user and has lost
+// its setuid and setgid bits (a setuid file of that user is a way into
+// whoever runs it), the directory its setgid bit, and no device exists. A
+// destination set to run as uid or gid 0 without privilege is refused.
 func TestUnprivilegedDestinationPlantsNoRootFiles(t *testing.T) {
 	testenv.NeedRoot(t)
 	k := keys(t, "setuid")
 	src, dst := t.TempDir(), t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(src, "sh"), []byte("#!/bin/sh\nid\n"), 0o755))
 	require.NoError(t, os.Chmod(filepath.Join(src, "sh"), 0o6755))
+	require.NoError(t, os.WriteFile(filepath.Join(src, "mine"), []byte("#!/bin/sh\nid\n"), 0o755))
+	require.NoError(t, os.Chown(filepath.Join(src, "mine"), int(endpoint.DefaultRunAs.UID), int(endpoint.DefaultRunAs.GID)))
+	require.NoError(t, os.Chmod(filepath.Join(src, "mine"), 0o6755))
+	require.NoError(t, os.Mkdir(filepath.Join(src, "shared"), 0o755))
+	require.NoError(t, os.Chown(filepath.Join(src, "shared"), int(endpoint.DefaultRunAs.UID), int(endpoint.DefaultRunAs.GID)))
+	require.NoError(t, os.Chmod(filepath.Join(src, "shared"), 0o2775))
 	require.NoError(t, unix.Mknod(filepath.Join(src, "mem"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 1))))
 	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.New(t)))
 	t.Cleanup(srv.Close)
@@ -256,11 +267,23 @@ func TestUnprivilegedDestinationPlantsNoRootFiles(t *testing.T) {
 	require.NoError(t, unix.Lstat(filepath.Join(dst, "sh"), &st))
 	assert.Equal(t, uint32(endpoint.DefaultRunAs.UID), st.Uid, "the binary is the receiver's, not root's")
 	assert.NotZero(t, st.Uid)
+	assert.Equal(t, uint32(0o755), st.Mode&0o7777, "the binary's setuid and setgid bits are gone")
+	require.NoError(t, unix.Lstat(filepath.Join(dst, "mine"), &st))
+	assert.Equal(t, uint32(0o755), st.Mode&0o7777, "a binary of the receiver's own user loses them too")
+	require.NoError(t, unix.Lstat(filepath.Join(dst, "shared"), &st))
+	assert.Equal(t, uint32(0o775), st.Mode&0o7777, "the directory's setgid bit is gone")
 	assert.NoFileExists(t, filepath.Join(dst, "mem"), "no device made")
 	_, err = os.Lstat(filepath.Join(dst, "mem"))
 	assert.True(t, os.IsNotExist(err), "nothing at all in the device's place: %v", err)
 	require.NoError(t, unix.Lstat(dst, &st))
 	assert.Equal(t, uint32(endpoint.DefaultRunAs.UID), st.Uid, "the volume root is given to the receiver's user")
+
+	for _, id := range []confine.Identity{{UID: 0, GID: 4321}, {UID: 4321, GID: 0}} {
+		_, err = srv.Add(endpoint.Destination{ID: fmt.Sprintf("as-%d-%d", id.UID, id.GID), Keys: k.dst, Volume: t.TempDir(),
+			ListenAddr: "127.0.0.1:0", RunAs: &id})
+		require.Error(t, err, "running as %d:%d without privilege", id.UID, id.GID)
+		assert.Contains(t, err.Error(), "privileged-movers")
+	}
 }
 
 // TestDevSymlinkLeavesHostDevicesAlone: a privileged destination receives a
@@ -281,13 +304,20 @@ func TestDevSymlinkLeavesHostDevicesAlone(t *testing.T) {
 	res, err := push(t, k.src, port, link, nil)
 	require.NoError(t, err, res.Errors)
 
+	// A node with the host's own numbers (1,3) and another mode and owner:
+	// rsync keeps a node of the same numbers and changes its mode and owner
+	// in place, which is what reached the host's /dev/null before /dev in
+	// the confinement was a read-only node of its own.
+	null := func(dir string) {
+		require.NoError(t, unix.Mknod(filepath.Join(dir, "null"), unix.S_IFCHR|0o777, int(before.Rdev)))
+		require.NoError(t, os.Lchown(filepath.Join(dir, "null"), 4242, 4242))
+	}
 	dev := t.TempDir()
-	require.NoError(t, unix.Mknod(filepath.Join(dev, "null"), unix.S_IFCHR|0o777, int(unix.Mkdev(1, 5))))
-	require.NoError(t, os.Lchown(filepath.Join(dev, "null"), 4242, 4242))
+	null(dev)
 	_, _ = push(t, k.src, port, dev, func(o *source.Options) { o.Path = "dv/" })
 	nested := t.TempDir()
 	require.NoError(t, os.Mkdir(filepath.Join(nested, "dv"), 0o755))
-	require.NoError(t, unix.Mknod(filepath.Join(nested, "dv", "null"), unix.S_IFCHR|0o777, int(unix.Mkdev(1, 5))))
+	null(filepath.Join(nested, "dv"))
 	_, _ = push(t, k.src, port, nested, func(o *source.Options) { o.Path = "/" })
 
 	var after unix.Stat_t

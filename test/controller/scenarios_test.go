@@ -505,6 +505,9 @@ func badInput(e *env) {
 			`storage class "gold" (spec.rsync.storageClassName) does not exist`},
 		{destination("no-dest-pvc", func(s *volsyncv1alpha1.ReplicationDestinationSpec) { s.Rsync.DestinationPVC = ptr.To("absent") }),
 			`spec.rsync.destinationPVC "absent" does not exist`},
+		{destination("root-group", func(s *volsyncv1alpha1.ReplicationDestinationSpec) {
+			s.Rsync.MoverSecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To(int64(4321)), RunAsGroup: ptr.To(int64(0))}
+		}), "moverSecurityContext runs the mover as uid 4321, gid 0: user or group 0 needs the namespace's volsync.backube/privileged-movers"},
 	}
 	for _, tc := range cases {
 		var c *metav1.Condition

@@ -134,6 +134,10 @@ func TestAgentsReplicate(t *testing.T) {
 		require.NoError(t, os.Symlink("config.yaml", filepath.Join(dir, "app/current")))
 		require.NoError(t, os.Link(filepath.Join(dir, "app/config.yaml"), filepath.Join(dir, "app/config.hardlink")))
 		harness.WriteRandom(t, filepath.Join(dir, "app/logs/0001.log"), 3<<20)
+		// A setuid and setgid binary of root's: kept by a privileged
+		// destination, never planted as such by an unprivileged one.
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "app/tool"), []byte("#!/bin/sh\nid\n"), 0o755))
+		require.NoError(t, os.Chmod(filepath.Join(dir, "app/tool"), 0o6755))
 	})
 	pit := snapshotOf(t, "data-pit-1")
 
@@ -442,11 +446,14 @@ func TestAgentsReplicate(t *testing.T) {
 			require.NoError(t, err)
 			st := fi.Sys().(*syscall.Stat_t)
 			assert.Equal(t, uint32(endpoint.DefaultRunAs.UID), st.Uid, "%s is the ordinary user's", p)
-			assert.Zero(t, fi.Mode()&(os.ModeSetuid|os.ModeDevice), "%s: no setuid-root file, no device", p)
+			assert.Zero(t, fi.Mode()&(os.ModeSetuid|os.ModeSetgid|os.ModeDevice), "%s: no setuid or setgid file, no device", p)
 			files++
 			return nil
 		}))
 		assert.Greater(t, files, 3)
+		fi, err := os.Stat(filepath.Join(dir, "app/tool"))
+		require.NoError(t, err, "the source's setuid binary arrived")
+		assert.Equal(t, os.FileMode(0o755), fi.Mode().Perm()|fi.Mode()&(os.ModeSetuid|os.ModeSetgid), "without its setuid and setgid bits")
 	})
 
 	t.Run("an attach-required destination waits for its attachment and survives a re-attach", func(t *testing.T) {

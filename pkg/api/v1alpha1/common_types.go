@@ -105,8 +105,9 @@ type MoverConfig struct {
 	// moverSecurityContext is VolSync's PodSecurityContext for its mover pod.
 	// Ferry runs no mover pod: where the namespace does not allow privileged
 	// movers (volsync.backube/privileged-movers), a destination's rsync runs
-	// as runAsUser (group runAsGroup, else fsGroup), or 65532 without one;
-	// the other fields have no effect.
+	// as runAsUser (group runAsGroup, else fsGroup), or 65532 without one,
+	// and drops setuid and setgid bits; user or group 0 is refused there.
+	// The other fields have no effect.
 	// +optional
 	MoverSecurityContext *corev1.PodSecurityContext `json:"moverSecurityContext,omitempty"`
 	// moverServiceAccount is VolSync's service account for its mover pod.

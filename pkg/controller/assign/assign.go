@@ -173,10 +173,13 @@ func EnqueueOwner(kind string) handler.EventHandler {
 // RunAs is the user and group an unprivileged receiver runs as, from a
 // CR's moverSecurityContext, as VolSync's unprivileged movers take it:
 // runAsUser, and runAsGroup, else fsGroup, else the same number. Nil
-// without a runAsUser.
-func RunAs(psc *corev1.PodSecurityContext) *agentv1alpha1.RunAs {
-	if psc == nil || psc.RunAsUser == nil {
-		return nil
+// without a runAsUser, or when the namespace allows privileged movers
+// (the receiver then runs as root, keeping owners). Without that
+// permission uid or gid 0 is an error: files of root's, or of root's
+// group, are what the permission guards.
+func RunAs(psc *corev1.PodSecurityContext, privileged bool) (*agentv1alpha1.RunAs, error) {
+	if privileged || psc == nil || psc.RunAsUser == nil {
+		return nil, nil
 	}
 	r := &agentv1alpha1.RunAs{UID: *psc.RunAsUser, GID: *psc.RunAsUser}
 	switch {
@@ -185,7 +188,11 @@ func RunAs(psc *corev1.PodSecurityContext) *agentv1alpha1.RunAs {
 	case psc.FSGroup != nil:
 		r.GID = *psc.FSGroup
 	}
-	return r
+	if r.UID == 0 || r.GID == 0 {
+		return nil, fmt.Errorf("moverSecurityContext runs the mover as uid %d, gid %d: user or group 0 needs the namespace's "+
+			"%s: \"true\" annotation; set a non-zero runAsUser, runAsGroup and fsGroup", r.UID, r.GID, volsyncv1alpha1.PrivilegedMoversAnnotation)
+	}
+	return r, nil
 }
 
 // Limits are the limits of a CR's moverResources that a transfer's cgroup

@@ -71,11 +71,35 @@ func TestPlace(t *testing.T) {
 
 func TestRunAs(t *testing.T) {
 	id := func(n int64) *int64 { return &n }
-	assert.Nil(t, RunAs(nil))
-	assert.Nil(t, RunAs(&corev1.PodSecurityContext{FSGroup: id(5)}), "no user: the agent's default")
-	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 1000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000)}))
-	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 2000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000), FSGroup: id(2000)}))
-	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 3000}, RunAs(&corev1.PodSecurityContext{RunAsUser: id(1000), RunAsGroup: id(3000), FSGroup: id(2000)}))
+	for _, tc := range []struct {
+		name       string
+		psc        *corev1.PodSecurityContext
+		privileged bool
+		want       *agentv1alpha1.RunAs
+		err        string
+	}{
+		{name: "none: the agent's default"},
+		{name: "no user: the agent's default", psc: &corev1.PodSecurityContext{FSGroup: id(5)}},
+		{name: "the user, as its own group", psc: &corev1.PodSecurityContext{RunAsUser: id(1000)}, want: &agentv1alpha1.RunAs{UID: 1000, GID: 1000}},
+		{name: "fsGroup", psc: &corev1.PodSecurityContext{RunAsUser: id(1000), FSGroup: id(2000)}, want: &agentv1alpha1.RunAs{UID: 1000, GID: 2000}},
+		{name: "runAsGroup before fsGroup", psc: &corev1.PodSecurityContext{RunAsUser: id(1000), RunAsGroup: id(3000), FSGroup: id(2000)},
+			want: &agentv1alpha1.RunAs{UID: 1000, GID: 3000}},
+		{name: "root without privilege", psc: &corev1.PodSecurityContext{RunAsUser: id(0)}, err: "uid 0, gid 0"},
+		{name: "group 0 without privilege", psc: &corev1.PodSecurityContext{RunAsUser: id(4321), RunAsGroup: id(0)}, err: "uid 4321, gid 0"},
+		{name: "fsGroup 0 without privilege", psc: &corev1.PodSecurityContext{RunAsUser: id(4321), FSGroup: id(0)}, err: "privileged-movers"},
+		{name: "privileged: root, whatever it says", psc: &corev1.PodSecurityContext{RunAsUser: id(0)}, privileged: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := RunAs(tc.psc, tc.privileged)
+			if tc.err != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
 }
 
 func TestLimits(t *testing.T) {

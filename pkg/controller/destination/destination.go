@@ -210,6 +210,15 @@ func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
 	if err != nil {
 		return cycle.Invalid(err)
 	}
+	ns := &corev1.Namespace{}
+	if err := c.Get(ctx, client.ObjectKey{Name: w.rd.Namespace}, ns); err != nil {
+		return fmt.Errorf("get namespace %s: %w", w.rd.Namespace, err)
+	}
+	privileged := w.r.Privileged(ns)
+	runAs, err := assign.RunAs(w.rd.Spec.Rsync.MoverSecurityContext, privileged)
+	if err != nil {
+		return cycle.Invalid(err)
+	}
 	nodes, csiNodes, err := assign.Nodes(ctx, c)
 	if err != nil {
 		return err
@@ -239,16 +248,11 @@ func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
 		return nil // the attacher's update of the VolumeAttachment is not watched: Poll
 	}
 	vol.Attachment = attachment
-	ns := &corev1.Namespace{}
-	if err := c.Get(ctx, client.ObjectKey{Name: w.rd.Namespace}, ns); err != nil {
-		return fmt.Errorf("get namespace %s: %w", w.rd.Namespace, err)
-	}
 	spec := agentv1alpha1.MountAssignmentSpec{NodeName: node, Owner: w.owner.Ref(), Volume: vol, SyncGeneration: 1,
 		Limits: assign.Limits(w.rd.Spec.Rsync.MoverResources),
 		Destination: &agentv1alpha1.DestinationRole{
 			KeySecret:  agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()},
-			Privileged: w.r.Privileged(ns), RunAs: assign.RunAs(w.rd.Spec.Rsync.MoverSecurityContext),
-			InPlace: !w.rd.Spec.Rsync.CopyMethod.IsDirect()}}
+			Privileged: privileged, RunAs: runAs, InPlace: !w.rd.Spec.Rsync.CopyMethod.IsDirect()}}
 	w.ma, err = w.r.Assignments.Ensure(ctx, w.owner, spec)
 	return err
 }

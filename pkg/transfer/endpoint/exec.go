@@ -119,11 +119,12 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	}
 	if !l.dest.Privileged {
 		// Without the privileged-movers permission rsync runs as an ordinary
-		// user: every file it writes is that user's, setgid bits of groups
-		// it is not in are cleared, and no device is made. --no-super says
-		// so to rsync, while the client's -o, -g and -D keep framing the
-		// file list (turning those off on one side only would desync it).
-		r.Options = append(r.Options, "--no-super")
+		// user: every file it writes is that user's, and no device is made.
+		// --no-super says so to rsync, while the client's -o, -g and -D keep
+		// framing the file list (turning those off on one side only would
+		// desync it). --chmod=ug-s drops setuid and setgid bits: a setuid
+		// file of that user is a way into whoever runs it.
+		r.Options = append(r.Options, "--no-super", "--chmod=ug-s")
 		runAs := DefaultRunAs
 		if l.dest.RunAs != nil {
 			runAs = *l.dest.RunAs
