@@ -5,8 +5,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,7 +77,8 @@ func TestFloodLeavesOthersServed(t *testing.T) {
 	res, err := push(t, b.src, portB, src, nil)
 	require.NoError(t, err, "B syncs during the flood: %s", res.Errors)
 	flood.Wait()
-	assert.Greater(t, refused.get(endpoint.RefusedHandshakes), 400, "most of the flood is refused before any signature")
+	assert.Greater(t, refused.get(endpoint.RefusedHandshakes)+refused.get(endpoint.RefusedPeer), 400,
+		"most of the flood is refused before any signature")
 
 	// One connection with A's own key, once the flood's rate has passed.
 	var c *ssh.Client
@@ -150,4 +153,57 @@ func TestTransfersPerNodeAreBounded(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "maximum of 1 transfers")
 	assert.Positive(t, refused.get(endpoint.RefusedTransfers))
+}
+
+// TestIdleSocketsFromOneAddressLeaveTheSourceServed: from one address
+// (127.0.0.2) an attacker keeps 16 TCP connections to a destination open
+// without sending a byte of ssh, reopening each as soon as it is closed;
+// it has no key. The destination's own source, from another address,
+// syncs at its first try all the while; the attacker's sockets are closed
+// once their banner time is up, and counted as refusals of a peer past its
+// share.
+func TestIdleSocketsFromOneAddressLeaveTheSourceServed(t *testing.T) {
+	testenv.NeedRoot(t)
+	k := keys(t, "idle")
+	var refused refusals
+	dst := t.TempDir()
+	lim := endpoint.DefaultLimits
+	lim.BannerTimeout = 500 * time.Millisecond
+	_, port := serveDestination(t, endpoint.Destination{Keys: k.dst, Volume: dst, Privileged: true}, &events{},
+		endpoint.WithLimits(lim), endpoint.WithRefusals(refused.add))
+	attacker := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	stop := make(chan struct{})
+	var flood sync.WaitGroup
+	var closedByServer atomic.Int32
+	for range 16 {
+		flood.Add(1)
+		go func() {
+			defer flood.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := attacker.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+				if err != nil {
+					continue
+				}
+				go func() { <-stop; c.Close() }()
+				_, _ = io.Copy(io.Discard, c) // silent; returns once the server closes it
+				closedByServer.Add(1)
+			}
+		}()
+	}
+	defer func() { close(stop); flood.Wait() }()
+	testenv.Eventually(t, "the flood to hold its share", 20*time.Second, func() bool { return refused.get(endpoint.RefusedPeer) > 0 })
+
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), []byte("served through the flood"), 0o644))
+	for i := range 3 {
+		res, err := push(t, k.src, port, src, func(o *source.Options) { o.Attempts = 1 })
+		require.NoError(t, err, "sync %d during the flood, at its first try: %s", i, res.Errors)
+	}
+	requireSame(t, src, dst)
+	testenv.Eventually(t, "silent sockets closed by the server", 20*time.Second, func() bool { return closedByServer.Load() > 16 })
 }

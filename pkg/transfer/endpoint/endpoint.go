@@ -30,7 +30,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/time/rate"
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
@@ -131,12 +130,20 @@ type Limits struct {
 	Conns int
 	// Handshakes is how many unauthenticated handshakes one destination
 	// runs at once (each costs an RSA signature with the host key), and
-	// HandshakeRate how many it starts per second, in bursts of
-	// Handshakes.
+	// HandshakeRate how many failed ones it allows per second, in bursts
+	// of Handshakes (one that authenticates gives its token back).
 	Handshakes    int
 	HandshakeRate float64
-	// HandshakeTimeout ends a handshake that has not completed.
+	// HandshakeTimeout ends a handshake that has not completed, and
+	// BannerTimeout one whose peer has sent nothing at all.
 	HandshakeTimeout time.Duration
+	BannerTimeout    time.Duration
+	// HandshakesPerPeer is how many of a destination's handshakes one peer
+	// address runs at once, and PeerHandshakeRate how many failed ones it
+	// is allowed per second: below the destination's, so that one address
+	// cannot take them all.
+	HandshakesPerPeer int
+	PeerHandshakeRate float64
 	// Channels is how many session channels one connection has open at
 	// once (a VolSync source uses two: rsync, then shutdown).
 	Channels int
@@ -144,17 +151,29 @@ type Limits struct {
 	Transfers int
 }
 
+// banner is how long a silent peer may hold a handshake slot: the
+// BannerTimeout, or the HandshakeTimeout where that is shorter or the
+// BannerTimeout unset.
+func (l Limits) banner() time.Duration {
+	if l.BannerTimeout <= 0 || l.BannerTimeout > l.HandshakeTimeout {
+		return l.HandshakeTimeout
+	}
+	return l.BannerTimeout
+}
+
 // DefaultLimits are generous for any real source (one connection, a
 // channel or two, one transfer per destination) and small for a flood.
-var DefaultLimits = Limits{Conns: 8, Handshakes: 4, HandshakeRate: 10, HandshakeTimeout: 10 * time.Second,
-	Channels: 4, Transfers: 32}
+var DefaultLimits = Limits{Conns: 8, Handshakes: 8, HandshakeRate: 10, HandshakeTimeout: 10 * time.Second,
+	BannerTimeout: 2 * time.Second, HandshakesPerPeer: 2, PeerHandshakeRate: 4, Channels: 4, Transfers: 32}
 
 // Causes of refusals, as counted.
 const (
 	RefusedConnections = "connections"
 	RefusedHandshakes  = "handshakes"
-	RefusedChannels    = "channels"
-	RefusedTransfers   = "transfers"
+	// RefusedPeer: one peer address past its share of handshakes.
+	RefusedPeer      = "peer"
+	RefusedChannels  = "channels"
+	RefusedTransfers = "transfers"
 )
 
 // Server serves the node's destinations.
@@ -241,7 +260,9 @@ type listener struct {
 	// handshake, paced by handshakeRate.
 	conns         atomic.Int32
 	handshakes    chan struct{}
-	handshakeRate *rate.Limiter
+	handshakeRate *bucket
+	// peers bound each peer address's share of the handshakes.
+	peers peerLimits
 	// record is what the destination remembers of its last sync.
 	record record
 }
@@ -260,6 +281,10 @@ func (s *Server) Add(d Destination) (net.Addr, error) {
 	if d.Keys == nil || d.Keys.HostKey == nil || d.Keys.Authorized == nil {
 		return nil, fmt.Errorf("destination %s: host key and authorized key are required", d.ID)
 	}
+	if id := d.RunAs; !d.Privileged && id != nil && (id.UID == 0 || id.GID == 0) {
+		return nil, fmt.Errorf("destination %s: running as uid %d, gid %d writes root's files, which needs the namespace's "+
+			"privileged-movers permission", d.ID, id.UID, id.GID)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, dup := s.dests[d.ID]; dup {
@@ -272,7 +297,7 @@ func (s *Server) Add(d Destination) (net.Addr, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &listener{dest: d, ln: ln, config: serverConfig(d), ctx: ctx, cancel: cancel,
 		handshakes:    make(chan struct{}, s.limits.Handshakes),
-		handshakeRate: rate.NewLimiter(rate.Limit(s.limits.HandshakeRate), s.limits.Handshakes)}
+		handshakeRate: newBucket(s.limits.HandshakeRate, s.limits.Handshakes)}
 	if d.Events != nil {
 		l.events, l.delivered = make(chan Event, eventQueue), make(chan struct{})
 		go func() {
@@ -376,7 +401,8 @@ func (s *Server) accept(l *listener) {
 			}
 			return
 		}
-		if cause := l.admitConn(s.limits); cause != "" {
+		addr := peerAddr(conn)
+		if cause := l.admitConn(s.limits, addr); cause != "" {
 			s.refuse(cause)
 			_ = conn.Close()
 			continue
@@ -385,46 +411,62 @@ func (s *Server) accept(l *listener) {
 		go func() {
 			defer l.wg.Done()
 			defer l.conns.Add(-1)
-			s.serveConn(l, conn)
+			s.serveConn(l, conn, addr)
 		}()
 	}
 }
 
-// admitConn takes a connection slot and a handshake token for a new
-// connection, or says which limit refuses it.
-func (l *listener) admitConn(lim Limits) string {
+// admitConn takes a connection slot, a share of its peer address's
+// handshakes and a handshake token for a new connection from addr, or says
+// which limit refuses it. The peer's share is checked first, so that an
+// address past it spends none of the destination's allowance.
+func (l *listener) admitConn(lim Limits, addr string) string {
 	if int(l.conns.Add(1)) > lim.Conns {
 		l.conns.Add(-1)
 		return RefusedConnections
 	}
+	if !l.peers.take(addr, lim) {
+		l.conns.Add(-1)
+		return RefusedPeer
+	}
 	select {
 	case l.handshakes <- struct{}{}:
 	default:
+		l.peers.done(addr, false)
 		l.conns.Add(-1)
 		return RefusedHandshakes
 	}
-	if !l.handshakeRate.Allow() {
+	if !l.handshakeRate.take() {
 		<-l.handshakes
+		l.peers.done(addr, false)
 		l.conns.Add(-1)
 		return RefusedHandshakes
 	}
 	return ""
 }
 
-func (s *Server) serveConn(l *listener, conn net.Conn) {
+// serveConn serves a connection from peer address addr, admitted by
+// admitConn, whose handshake token and peer share it gives back once the
+// handshake is over.
+func (s *Server) serveConn(l *listener, conn net.Conn, addr string) {
 	log := s.log.WithValues("destination", l.dest.ID, "peer", conn.RemoteAddr().String())
 	stop := context.AfterFunc(l.ctx, func() { _ = conn.Close() })
 	defer stop()
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(s.limits.HandshakeTimeout)) // handshake only
+	now := time.Now()
+	_ = conn.SetDeadline(now.Add(s.limits.banner())) // until it speaks
 	var sconn *ssh.ServerConn
 	var chans <-chan ssh.NewChannel
 	var reqs <-chan *ssh.Request
 	err := fault.At(fault.Handshake)
 	if err == nil {
-		sconn, chans, reqs, err = ssh.NewServerConn(conn, l.config)
+		sconn, chans, reqs, err = ssh.NewServerConn(&bannerConn{Conn: conn, handshake: now.Add(s.limits.HandshakeTimeout)}, l.config)
 	}
 	<-l.handshakes
+	l.peers.done(addr, err == nil)
+	if err == nil {
+		l.handshakeRate.give() // only failed handshakes count against the rate
+	}
 	if err != nil {
 		log.V(1).Info("ssh handshake failed", "reason", err.Error())
 		return
