@@ -62,7 +62,7 @@ var (
 	refusedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ferry_agent_refused_total",
 		Help: "Connections, handshakes, channels and transfers this node's ssh endpoint refused past its limits, by cause (" +
-			strings.Join([]string{endpoint.RefusedConnections, endpoint.RefusedHandshakes, endpoint.RefusedPeer, endpoint.RefusedChannels, endpoint.RefusedTransfers}, ", ") + ").",
+			strings.Join([]string{endpoint.RefusedConnections, endpoint.RefusedHandshakes, endpoint.RefusedPeer, endpoint.RefusedChannels, endpoint.RefusedTransfers, endpoint.RefusedDestinationTransfers}, ", ") + ").",
 	}, []string{"node", "cause"})
 )
 

@@ -207,3 +207,61 @@ func TestIdleSocketsFromOneAddressLeaveTheSourceServed(t *testing.T) {
 	requireSame(t, src, dst)
 	testenv.Eventually(t, "silent sockets closed by the server", 20*time.Second, func() bool { return closedByServer.Load() > 16 })
 }
+
+// TestOneDestinationCannotTakeEveryReceiver: with destination A's key an
+// attacker asks for as many receivers as A's connections and channels
+// allow (8 × 4), each waiting for a file list that never comes, on a node
+// that runs 4 receivers at once. A holds at most its share; destination
+// B's source syncs at its first try meanwhile; and A's idle receivers end
+// by themselves once the idle timeout has passed.
+func TestOneDestinationCannotTakeEveryReceiver(t *testing.T) {
+	testenv.NeedRoot(t)
+	a, b := keys(t, "greedy"), keys(t, "other")
+	var refused refusals
+	lim := endpoint.DefaultLimits
+	lim.Transfers, lim.IdleTimeout = 4, 3*time.Second
+	srv := endpoint.New(t.TempDir(), endpoint.WithLimits(lim), endpoint.WithRefusals(refused.add), endpoint.WithLogger(testr.New(t)))
+	t.Cleanup(srv.Close)
+	var evA events
+	addrA, err := srv.Add(endpoint.Destination{ID: "a", Keys: a.dst, Volume: t.TempDir(), Privileged: true,
+		ListenAddr: "127.0.0.1:0", Events: evA.add})
+	require.NoError(t, err)
+	dstB := t.TempDir()
+	addrB, err := srv.Add(endpoint.Destination{ID: "b", Keys: b.dst, Volume: dstB, Privileged: true, ListenAddr: "127.0.0.1:0"})
+	require.NoError(t, err)
+
+	const asked = 8 * 4
+	for range 8 {
+		var c *ssh.Client
+		testenv.Eventually(t, "a connection to A", 10*time.Second, func() bool {
+			c, err = dial(t, addrA.(*net.TCPAddr).Port, a.src.Identity, a.dst.HostKey.PublicKey())
+			return err == nil
+		})
+		t.Cleanup(func() { c.Close() })
+		for range 4 {
+			s, err := c.NewSession()
+			require.NoError(t, err)
+			stdin, err := s.StdinPipe() // held open: the receiver waits for data
+			require.NoError(t, err)
+			t.Cleanup(func() { stdin.Close(); s.Close() })
+			require.NoError(t, s.Start("rsync --server -logDtpre.iLsfxCIvu . ."))
+		}
+	}
+	testenv.Eventually(t, "every one of A's requests answered", 30*time.Second, func() bool {
+		return evA.count(endpoint.RsyncStarted)+evA.count(endpoint.Refused) >= asked
+	})
+	started, ended := evA.count(endpoint.RsyncStarted), evA.count(endpoint.RsyncEnded)
+	t.Logf("A: %d receivers started, %d ended, %d refused", started, ended, evA.count(endpoint.Refused))
+	assert.LessOrEqual(t, started-ended, lim.TransfersPerDestination, "receivers A holds at once")
+	assert.Positive(t, refused.get(endpoint.RefusedDestinationTransfers), "A's excess counted")
+
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), []byte("B's data"), 0o644))
+	res, err := push(t, b.src, addrB.(*net.TCPAddr).Port, src, func(o *source.Options) { o.Attempts = 1 })
+	require.NoError(t, err, "B syncs at its first try while A holds what it can: %s", res.Errors)
+	requireSame(t, src, dstB)
+
+	testenv.Eventually(t, "A's idle receivers to end by themselves", 30*time.Second, func() bool {
+		return evA.count(endpoint.RsyncEnded) >= evA.count(endpoint.RsyncStarted)
+	})
+}

@@ -147,8 +147,16 @@ type Limits struct {
 	// Channels is how many session channels one connection has open at
 	// once (a VolSync source uses two: rsync, then shutdown).
 	Channels int
-	// Transfers is how many rsync receivers run at once on the node.
-	Transfers int
+	// Transfers is how many rsync receivers run at once on the node, and
+	// TransfersPerDestination how many of them one destination's key can
+	// hold (a source runs one at a time), so that one tenant cannot take
+	// the node's every slot.
+	Transfers               int
+	TransfersPerDestination int
+	// IdleTimeout ends a receiver whose peer has sent nothing for that long
+	// (rsync's own --timeout on the server side): an idle receiver holds a
+	// slot for that long at most.
+	IdleTimeout time.Duration
 }
 
 // banner is how long a silent peer may hold a handshake slot: the
@@ -164,7 +172,8 @@ func (l Limits) banner() time.Duration {
 // DefaultLimits are generous for any real source (one connection, a
 // channel or two, one transfer per destination) and small for a flood.
 var DefaultLimits = Limits{Conns: 8, Handshakes: 8, HandshakeRate: 10, HandshakeTimeout: 10 * time.Second,
-	BannerTimeout: 2 * time.Second, HandshakesPerPeer: 2, PeerHandshakeRate: 4, Channels: 4, Transfers: 32}
+	BannerTimeout: 2 * time.Second, HandshakesPerPeer: 2, PeerHandshakeRate: 4, Channels: 4, Transfers: 32,
+	TransfersPerDestination: 2, IdleTimeout: 10 * time.Minute}
 
 // Causes of refusals, as counted.
 const (
@@ -174,6 +183,9 @@ const (
 	RefusedPeer      = "peer"
 	RefusedChannels  = "channels"
 	RefusedTransfers = "transfers"
+	// RefusedDestinationTransfers: one destination past its share of the
+	// node's transfers.
+	RefusedDestinationTransfers = "destination-transfers"
 )
 
 // Server serves the node's destinations.

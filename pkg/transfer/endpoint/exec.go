@@ -56,9 +56,12 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 		if n := l.endRunning(shutdownGrace); n > 0 {
 			log.Info("ended transfers of an earlier try still running", "count", n)
 		}
-		t := l.admit() // the hold again, now as one step with registering
+		t, why := l.admit(s.limits.TransfersPerDestination) // the hold again, now as one step with registering
 		if t == nil {
-			return refused(l, ch, heldMessage)
+			if why != heldMessage {
+				s.refuse(RefusedDestinationTransfers)
+			}
+			return refused(l, ch, why)
 		}
 		defer l.release(t)
 		l.record.forget()
@@ -130,6 +133,10 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 			runAs = *l.dest.RunAs
 		}
 		spec.RunAs = &runAs
+	}
+	if s.limits.IdleTimeout > 0 {
+		// After the client's own: rsync takes the last.
+		r.Options = append(r.Options, fmt.Sprintf("--timeout=%d", max(1, int(s.limits.IdleTimeout.Seconds()))))
 	}
 	spec.Args = r.Args()
 	select {

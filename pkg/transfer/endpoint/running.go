@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
 	"sync"
 	"time"
@@ -48,24 +49,28 @@ func (t *transfer) stop() {
 	}
 }
 
-// admit registers a new transfer unless the destination is held, and
-// returns nil if it is. Checking the hold and registering are one step
-// under runMu, and a shutdown takes the hold before it looks at the
-// running transfers under the same lock, so each transfer is either seen
-// by the shutdown (and ended before the sync is reported) or sees the hold
-// (and is refused): none starts writing after a sync was said to be over.
-func (l *listener) admit() *transfer {
+// admit registers a new transfer unless the destination is held or holds
+// perDestination transfers already (0: no limit); refused, it returns nil
+// and why. Checking the hold and registering are one step under runMu,
+// and a shutdown takes the hold before it looks at the running transfers
+// under the same lock, so each transfer is either seen by the shutdown
+// (and ended before the sync is reported) or sees the hold (and is
+// refused): none starts writing after a sync was said to be over.
+func (l *listener) admit(perDestination int) (*transfer, string) {
 	l.runMu.Lock()
 	defer l.runMu.Unlock()
 	if l.held.Load() {
-		return nil
+		return nil, heldMessage
+	}
+	if perDestination > 0 && len(l.running) >= perDestination {
+		return nil, fmt.Sprintf("this destination runs its maximum of %d transfers; try again shortly", perDestination)
 	}
 	t := &transfer{done: make(chan struct{})}
 	if l.running == nil {
 		l.running = map[*transfer]struct{}{}
 	}
 	l.running[t] = struct{}{}
-	return t
+	return t, ""
 }
 
 // release says t is over: its process has exited (and its RsyncEnded is
