@@ -235,8 +235,8 @@ state = "/run/containerd"
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
   BinaryName = %q
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = "registry.k8s.io/pause:3.10.1"
-`, cniBinDir, filepath.Join(bin, "runc"))
+  sandbox = %q
+`, cniBinDir, filepath.Join(bin, "runc"), PauseImage)
 	kubelet := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false

@@ -25,6 +25,10 @@ const CSIDriverImage = "localhost/ferry-test-csidriver:dev"
 // (test/images/app): sqlite3, rsync, OpenSSH.
 const AppImage = "localhost/ferry-test-app:dev"
 
+// PauseImage is the pod sandbox's image, imported on every node: a
+// container that only waits.
+const PauseImage = "registry.k8s.io/pause:3.10.1"
+
 // pluginNamespace holds the CSI node plugin DaemonSets on real nodes.
 const pluginNamespace = "kube-system"
 
