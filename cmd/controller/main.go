@@ -23,7 +23,6 @@ func main() {
 	flag.StringVar(&cfg.MetricsAddr, "metrics-bind-address", ":8080", "address the Prometheus /metrics endpoint listens on (0 disables it)")
 	flag.StringVar(&cfg.ProbeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
 	flag.BoolVar(&cfg.LeaderElect, "leader-elect", true, "elect a leader so that only one replica reconciles")
-	flag.BoolVar(&cfg.PrivilegedGate, "privileged-movers-gate", true, "keep owners, setuid bits and devices only in namespaces annotated volsync.backube/privileged-movers=true, as VolSync does; false: always")
 	flag.DurationVar(&cfg.RetryAfter, "retry-after", time.Minute, "pause before a failed sync is tried again when no schedule says when")
 	flag.DurationVar(&cfg.Poll, "poll-interval", 2*time.Second, "how often waits that no watch covers (attachments, progress) are looked at")
 	flag.DurationVar(&cfg.CopyTriggerTimeout, "copy-trigger-timeout", source.DefaultCopyTriggerTimeout, "how long a sync waits for a claim's volsync.backube/copy-trigger before latestMoverStatus and an event say it is late (it waits on), as VolSync")

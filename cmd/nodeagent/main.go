@@ -42,7 +42,6 @@ func main() {
 	flag.DurationVar(&cfg.RetryBackoff, "retry-backoff", 2*time.Second, "first pause between a transfer's tries, doubled each time")
 	flag.DurationVar(&cfg.Keepalive, "ssh-keepalive", keepalive.DefaultInterval,
 		fmt.Sprintf("how often each end of a transfer asks the other for a sign of life; after %d unanswered, the connection is closed and the try fails (a network cut ends within minutes, not TCP's quarter of an hour)", keepalive.Missed))
-	flag.BoolVar(&cfg.PrivilegedGate, "privileged-movers-gate", true, "receive with owners, setuid bits and devices only for CRs in namespaces annotated volsync.backube/privileged-movers=true, checked again here whatever the assignment says (set as the controller's flag)")
 	memory := flag.String("transfer-memory-limit", "2Gi", "memory limit of each transfer's own cgroup (rsync and its page cache); past it the transfer is killed and says so; 0: none")
 	flag.Int64Var(&cfg.Transfer.Pids, "transfer-pids-limit", 64, "limit on processes and threads of each transfer's own cgroup; 0: none")
 	flag.StringVar(&cfg.Rsync, "rsync", "", "the rsync binary, under /usr (default: rsync from PATH)")

@@ -96,11 +96,6 @@ type Config struct {
 	// Transfer limits each transfer's own cgroup (memory, processes);
 	// zero: no cgroups.
 	Transfer cgroup.Limits
-	// PrivilegedGate makes a destination privileged only if its CR's
-	// namespace carries the privileged-movers annotation, whatever its
-	// assignment says; off, as the assignment says (the controller's
-	// flag of the same name).
-	PrivilegedGate bool
 }
 
 // Run runs the agent until ctx ends, then lets transfers finish for the

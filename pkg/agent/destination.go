@@ -110,13 +110,12 @@ func (r *Reconciler) attachRequired(ctx context.Context, driver string) (bool, e
 }
 
 // privileged is whether the destination's syncs may keep owners, setuid
-// bits and devices: its assignment says so and, behind the gate, its CR's
-// namespace carries the annotation. Read from the namespace, not trusted
-// from the assignment, so that whoever can write assignments cannot
-// grant it.
+// bits and devices: its assignment says so and its CR's namespace carries
+// the annotation. Read from the namespace, not trusted from the
+// assignment, so that whoever can write assignments cannot grant it.
 func (r *Reconciler) privileged(ctx context.Context, ma *agentv1alpha1.MountAssignment) (bool, error) {
-	if !ma.Spec.Destination.Privileged || !r.cfg.PrivilegedGate {
-		return ma.Spec.Destination.Privileged, nil
+	if !ma.Spec.Destination.Privileged {
+		return false, nil
 	}
 	ns := &corev1.Namespace{}
 	if err := r.api.Get(ctx, client.ObjectKey{Name: ma.Spec.Owner.Namespace}, ns); err != nil {

@@ -71,10 +71,6 @@ type Config struct {
 	MetricsAddr, ProbeAddr string
 	// LeaderElect makes replicas elect one active reconciler.
 	LeaderElect bool
-	// PrivilegedGate makes transfers that keep owners, setuid bits and
-	// devices depend on the namespace's volsync.backube/privileged-movers
-	// annotation, as VolSync does; off, every transfer is privileged.
-	PrivilegedGate bool
 	// RetryAfter paces retries of failed syncs that no schedule paces.
 	RetryAfter time.Duration
 	// Poll is how often waits that no watch covers are looked at
@@ -122,7 +118,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err != nil {
 		return fmt.Errorf("controller: create manager: %w", err)
 	}
-	shell := cycle.Shell{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recheck: cfg.Recheck, PrivilegedGate: cfg.PrivilegedGate, Options: cycle.Options{
+	shell := cycle.Shell{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recheck: cfg.Recheck, Options: cycle.Options{
 		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Events: mgr.GetEventRecorder("ferry-controller")}}
 	assignments := assign.Store{Reader: mgr.GetAPIReader(), Client: mgr.GetClient(), Namespace: cfg.Namespace}
 	if err := assign.IndexPodsByClaim(ctx, mgr.GetFieldIndexer()); err != nil {
@@ -148,7 +144,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return fmt.Errorf("controller: ready check: %w", err)
 	}
-	log.Info("controller starting", "namespace", cfg.Namespace, "privilegedGate", cfg.PrivilegedGate)
+	log.Info("controller starting", "namespace", cfg.Namespace)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("controller: run: %w", err)
 	}

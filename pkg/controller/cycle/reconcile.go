@@ -35,23 +35,13 @@ type Shell struct {
 	// Recheck is when to look again after an error the user must fix, for
 	// objects no watch covers (Secrets, classes).
 	Recheck time.Duration
-	// PrivilegedGate makes transfers that keep owners, setuid bits and
-	// devices depend on the namespace's privileged-movers annotation, as
-	// VolSync does; off, every transfer is privileged.
-	PrivilegedGate bool
-}
-
-// Privileged says whether transfers for a CR in namespace ns may keep
-// owners, setuid bits and devices.
-func (s Shell) Privileged(ns *corev1.Namespace) bool {
-	return !s.PrivilegedGate || volsyncv1alpha1.PrivilegedMovers(ns)
 }
 
 // unprivilegedNote tells the user, in the Reconciled condition, what an
 // unannotated namespace costs and how to change it.
 func (s Shell) unprivilegedNote(ctx context.Context, namespace string) string {
 	ns := &corev1.Namespace{}
-	if err := s.Client.Get(ctx, client.ObjectKey{Name: namespace}, ns); err != nil || s.Privileged(ns) {
+	if err := s.Client.Get(ctx, client.ObjectKey{Name: namespace}, ns); err != nil || volsyncv1alpha1.PrivilegedMovers(ns) {
 		return ""
 	}
 	return fmt.Sprintf("transfers run unprivileged: file owners, setuid bits and device files are not kept; to keep them, annotate namespace %s with %s=\"true\"",

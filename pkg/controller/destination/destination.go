@@ -214,7 +214,7 @@ func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
 	if err := c.Get(ctx, client.ObjectKey{Name: w.rd.Namespace}, ns); err != nil {
 		return fmt.Errorf("get namespace %s: %w", w.rd.Namespace, err)
 	}
-	privileged := w.r.Privileged(ns)
+	privileged := volsyncv1alpha1.PrivilegedMovers(ns)
 	runAs, err := assign.RunAs(w.rd.Spec.Rsync.MoverSecurityContext, privileged)
 	if err != nil {
 		return cycle.Invalid(err)

@@ -282,7 +282,7 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 	role := &agentv1alpha1.SourceRole{Address: *spec.Address, Port: ptr.Deref(spec.Port, 22),
 		User: ptr.Deref(spec.SSHUser, "root"), Path: ptr.Deref(spec.Path, "/"),
 		KeySecret:   agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()},
-		Privileged:  w.r.Privileged(ns),
+		Privileged:  volsyncv1alpha1.PrivilegedMovers(ns),
 		Compression: rs.Annotations[volsyncv1alpha1.CompressionAnnotation]}
 	ma, err := w.r.Assignments.Ensure(ctx, w.owner, agentv1alpha1.MountAssignmentSpec{NodeName: node,
 		Owner: w.owner.Ref(), Volume: vol, Source: role, SyncGeneration: 1, Limits: assign.Limits(spec.MoverResources)})
