@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -69,13 +68,6 @@ func (e *events) add(ev endpoint.Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.all = append(e.all, ev)
-}
-
-// snapshot is a copy of the events so far.
-func (e *events) snapshot() []endpoint.Event {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return slices.Clone(e.all)
 }
 
 // waitFor polls, with a deadline, for an event of kind and returns it.

@@ -102,6 +102,13 @@ func TestShutdownRacesAStartingTransfer(t *testing.T) {
 	}
 }
 
+// snapshot is a copy of the events so far.
+func (e *events) snapshot() []endpoint.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.all)
+}
+
 // kinds are the kinds of events, in order.
 func kinds(events []endpoint.Event) []endpoint.EventKind {
 	out := make([]endpoint.EventKind, len(events))
