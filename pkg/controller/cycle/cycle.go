@@ -156,12 +156,14 @@ func idle(cr CR, now time.Time, o Options) (trigger.Decision, time.Duration) {
 	st := cr.Status
 	// A failure is dated by the Synchronizing condition turning to Error
 	// (now, if it is being recorded in this pass).
-	failedAt := now
+	// The condition's generation is the spec's when the failure was last
+	// written: an older one means the user changed the spec since.
+	failedAt, changed := now, false
 	if c := meta.FindStatusCondition(st.Conditions, volsyncv1alpha1.ConditionSynchronizing); c != nil && c.Reason == volsyncv1alpha1.SynchronizingReasonError {
-		failedAt = c.LastTransitionTime.Time
+		failedAt, changed = c.LastTransitionTime.Time, c.ObservedGeneration < cr.Object.GetGeneration()
 	}
 	d, err := trigger.Decide(trigger.Input{Trigger: cr.Trigger, Paused: cr.Paused, Status: st,
-		Now: now, RetryAfter: o.RetryAfter, FailedAt: failedAt})
+		Now: now, RetryAfter: o.RetryAfter, FailedAt: failedAt, ChangedSinceFailure: changed})
 	if err != nil {
 		// The spec must change; the watch brings it back.
 		setSync(cr, now, volsyncv1alpha1.SynchronizingReasonError, err.Error())

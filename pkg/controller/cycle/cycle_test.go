@@ -116,6 +116,30 @@ func TestFailedSyncRetries(t *testing.T) {
 	assert.Equal(t, volsyncv1alpha1.SynchronizingReasonSync, reason(cr.Status))
 }
 
+// TestSpecChangeAfterFailureRetriesAtOnce: a sync fails; the user changes
+// the spec (a new manual value after raising a limit), and the next sync
+// starts at once instead of after the retry pause.
+func TestSpecChangeAfterFailureRetriesAtOnce(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{now: time.Date(2026, 11, 26, 10, 1, 0, 0, time.UTC)}
+	o := Options{Now: clk.Now, RetryAfter: time.Minute, Poll: time.Second, Events: events.NewFakeRecorder(10)}
+	cr, rs := newCR(&volsyncv1alpha1.TriggerSpec{Manual: "small"})
+	rs.Generation = 1
+	m := &scripted{result: Result{Done: true, Logs: "rsync was killed: the transfer exceeded its memory limit"}, cleaned: true}
+	after, err := Step(ctx, cr, m, o)
+	require.NoError(t, err)
+	assert.Equal(t, time.Minute, after, "unchanged, a failed sync waits for the retry pause")
+
+	clk.now = clk.now.Add(5 * time.Second)
+	rs.Generation = 2
+	cr.Trigger.Manual = "enough"
+	m.result = Result{Waiting: "sending"}
+	_, err = Step(ctx, cr, m, o)
+	require.NoError(t, err)
+	assert.Equal(t, 2, m.starts, "started at once after the spec changed")
+	assert.Equal(t, volsyncv1alpha1.SynchronizingReasonSync, reason(cr.Status))
+}
+
 // TestBackToBackOnePerSecond: without a trigger the next sync follows at
 // once, but never two starts within one second (a sync is known by its
 // start time).

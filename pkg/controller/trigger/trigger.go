@@ -79,6 +79,10 @@ type Input struct {
 	RetryAfter time.Duration
 	// FailedAt is when the last sync failed (zero: when it started).
 	FailedAt time.Time
+	// ChangedSinceFailure says the spec changed after the last sync
+	// failed (a new manual value, a raised limit): the user's answer to
+	// the failure, tried at once rather than after RetryAfter.
+	ChangedSinceFailure bool
 }
 
 // Decision is when the next sync starts.
@@ -109,9 +113,10 @@ func Decide(in Input) (Decision, error) {
 	if failedAt.IsZero() {
 		failedAt = lastStart
 	}
-	// retry holds a failed sync back when nothing else paces it.
+	// retry holds a failed sync back when nothing else paces it and the
+	// spec is as it was when the sync failed.
 	retry := func(d Decision) Decision {
-		if failed && !failedAt.IsZero() {
+		if failed && !failedAt.IsZero() && !in.ChangedSinceFailure {
 			if at := failedAt.Add(in.RetryAfter); in.Now.Before(at) {
 				d.Start, d.After = false, at.Sub(in.Now)
 				d.Message = fmt.Sprintf("the last sync failed; trying again at %s", at.UTC().Format(time.RFC3339))

@@ -49,6 +49,7 @@ func TestDecide(t *testing.T) {
 		paused     bool
 		status     volsyncv1alpha1.SyncStatus
 		failed     time.Duration // after t0; 0: not known
+		changed    bool          // the spec changed since the failure
 		now        time.Duration // after t0
 		start      bool
 		reason     string
@@ -102,13 +103,17 @@ func TestDecide(t *testing.T) {
 			status: volsyncv1alpha1.SyncStatus{LastManualSync: "first"}, start: true, reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1},
 		"manual, failed a moment ago": {trigger: manual, status: failedAt(0), now: 5 * time.Second,
 			reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1, after: 55 * time.Second},
+		"manual, failed a moment ago, the spec changed since: at once": {trigger: manual, status: failedAt(0), now: 5 * time.Second,
+			changed: true, start: true, reason: volsyncv1alpha1.SynchronizingReasonManual, next: -1},
+		"no trigger, failed a moment ago, the spec changed since: at once": {status: failedAt(0), now: 10 * time.Second,
+			changed: true, start: true, reason: volsyncv1alpha1.SynchronizingReasonSched, next: -1},
 		"manual, paused": {trigger: manual, paused: true, now: time.Minute, reason: volsyncv1alpha1.SynchronizingReasonManual,
 			next: -1, msgContain: "paused"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			in := Input{Trigger: tc.trigger, Paused: tc.paused, Status: &tc.status,
-				Now: t0.Add(tc.now), RetryAfter: time.Minute}
+				Now: t0.Add(tc.now), RetryAfter: time.Minute, ChangedSinceFailure: tc.changed}
 			if tc.failed != 0 {
 				in.FailedAt = t0.Add(tc.failed)
 			}
