@@ -95,7 +95,10 @@ func runPod(t testing.TB, c *cluster.Cluster, pod *corev1.Pod) {
 	t.Helper()
 	ctx := context.Background()
 	require.NoError(t, c.Client.Create(ctx, pod))
-	require.NoError(t, c.WaitPodSucceeded(ctx, pod.Namespace, pod.Name, 3*time.Minute), "pod %s", pod.Name)
+	if err := c.WaitPodSucceeded(ctx, pod.Namespace, pod.Name, 3*time.Minute); err != nil {
+		logs, _ := c.PodLogs(ctx, pod.Namespace, pod.Name)
+		require.NoError(t, err, "pod %s, which said:\n%s", pod.Name, logs)
+	}
 	require.NoError(t, c.Client.Delete(ctx, pod))
 }
 

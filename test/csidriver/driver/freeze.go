@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -56,26 +58,71 @@ func freeze(img string) (func() error, error) {
 	if len(devices) == 0 {
 		return thaw, nil
 	}
-	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return !devices[m.Source], false })
+	paths, err := mountsOf(devices)
 	if err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
+		return nil, err
 	}
-	// One mount per filesystem: binds and publishes share the superblock.
-	seen := map[string]bool{}
-	for _, m := range mounts {
-		if seen[m.Source] {
-			continue
-		}
-		f, err := os.Open(m.Mountpoint)
+	for _, p := range paths {
+		f, err := os.Open(p)
 		if err != nil {
-			return nil, errors.Join(fmt.Errorf("open %s: %w", m.Mountpoint, err), thaw())
+			return nil, errors.Join(fmt.Errorf("open %s: %w", p, err), thaw())
 		}
 		if err := unix.IoctlSetInt(int(f.Fd()), fiFreeze, 0); err != nil {
 			f.Close()
-			return nil, errors.Join(fmt.Errorf("freeze %s: %w", m.Mountpoint, err), thaw())
+			return nil, errors.Join(fmt.Errorf("freeze %s: %w", p, err), thaw())
 		}
-		seen[m.Source] = true
 		frozen = append(frozen, f)
 	}
 	return thaw, nil
+}
+
+// mountsOf returns, for each of devices mounted anywhere on the machine,
+// one path to a mount of it that this process can open. A node of the
+// real-node clusters has a mount namespace of its own, where kubelet
+// mounts the volumes of its pods: a freeze that looked at this process's
+// mounts only would miss them, and a clone would then lack what a pod
+// wrote last (still in the page cache of the filesystem). So every mount
+// namespace is read, through /proc/<pid>/mountinfo of one process in it,
+// and its mounts are reached through /proc/<pid>/root. One path per device:
+// binds, publishes and other namespaces' mounts share the superblock.
+func mountsOf(devices map[string]bool) ([]string, error) {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("read /proc: %w", err)
+	}
+	namespaces := map[string]bool{}
+	seen := map[string]bool{}
+	var paths []string
+	for _, e := range procs {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		pid := filepath.Join("/proc", e.Name())
+		ns, err := os.Readlink(filepath.Join(pid, "ns", "mnt"))
+		if err != nil || namespaces[ns] {
+			continue // gone, or a namespace read already
+		}
+		mounts, err := readMounts(filepath.Join(pid, "mountinfo"), devices)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		namespaces[ns] = true
+		for _, m := range mounts {
+			if !seen[m.Source] {
+				seen[m.Source] = true
+				paths = append(paths, filepath.Join(pid, "root", m.Mountpoint))
+			}
+		}
+	}
+	return paths, nil
+}
+
+// readMounts lists the mounts of devices in one mountinfo file.
+func readMounts(path string, devices map[string]bool) ([]*mountinfo.Info, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return mountinfo.GetMountsFromReader(f, func(m *mountinfo.Info) (skip, stop bool) { return !devices[m.Source], false })
 }
