@@ -15,12 +15,16 @@
 // then run confined to the volume by package confine) and `shutdown N`, which
 // ends the sync with result N as VolSync's source does. Shells, ptys,
 // subsystems, port forwarding and anything else are refused with a message.
+//
+// endpoint.go holds the server and its destinations; conn.go a
+// destination's connections and sessions; preauth.go and limits.go what a
+// peer may make the node do, before authenticating and after; exec.go the
+// two requests; running.go a destination's transfers from admission to
+// exit; record.go what a destination remembers of its last sync.
 package endpoint
 
 import (
 	"context"
-	"crypto/subtle"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -33,8 +37,6 @@ import (
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
-	"github.com/ferrysync/ferry/pkg/transfer/internal/algorithms"
-	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
 	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
@@ -120,73 +122,6 @@ type Event struct {
 	// its volume uses (SyncEnded; 0: it did not say).
 	Needed int64
 }
-
-// Limits bound what peers can make a node do, so that a flood against one
-// destination costs the node little and leaves other destinations served.
-// What goes past a limit is refused at once (the connection closed, the
-// channel or transfer rejected with a message) and counted (WithRefusals).
-type Limits struct {
-	// Conns is how many connections one destination holds at once.
-	Conns int
-	// Handshakes is how many unauthenticated handshakes one destination
-	// runs at once (each costs an RSA signature with the host key), and
-	// HandshakeRate how many failed ones it allows per second, in bursts
-	// of Handshakes (one that authenticates gives its token back).
-	Handshakes    int
-	HandshakeRate float64
-	// HandshakeTimeout ends a handshake that has not completed, and
-	// BannerTimeout one whose peer has sent nothing at all.
-	HandshakeTimeout time.Duration
-	BannerTimeout    time.Duration
-	// HandshakesPerPeer is how many of a destination's handshakes one peer
-	// address runs at once, and PeerHandshakeRate how many failed ones it
-	// is allowed per second: below the destination's, so that one address
-	// cannot take them all.
-	HandshakesPerPeer int
-	PeerHandshakeRate float64
-	// Channels is how many session channels one connection has open at
-	// once (a VolSync source uses two: rsync, then shutdown).
-	Channels int
-	// Transfers is how many rsync receivers run at once on the node, and
-	// TransfersPerDestination how many of them one destination's key can
-	// hold (a source runs one at a time), so that one tenant cannot take
-	// the node's every slot.
-	Transfers               int
-	TransfersPerDestination int
-	// IdleTimeout ends a receiver whose peer has sent nothing for that long
-	// (rsync's own --timeout on the server side): an idle receiver holds a
-	// slot for that long at most.
-	IdleTimeout time.Duration
-}
-
-// banner is how long a silent peer may hold a handshake slot: the
-// BannerTimeout, or the HandshakeTimeout where that is shorter or the
-// BannerTimeout unset.
-func (l Limits) banner() time.Duration {
-	if l.BannerTimeout <= 0 || l.BannerTimeout > l.HandshakeTimeout {
-		return l.HandshakeTimeout
-	}
-	return l.BannerTimeout
-}
-
-// DefaultLimits are generous for any real source (one connection, a
-// channel or two, one transfer per destination) and small for a flood.
-var DefaultLimits = Limits{Conns: 8, Handshakes: 8, HandshakeRate: 10, HandshakeTimeout: 10 * time.Second,
-	BannerTimeout: 2 * time.Second, HandshakesPerPeer: 2, PeerHandshakeRate: 4, Channels: 4, Transfers: 32,
-	TransfersPerDestination: 2, IdleTimeout: 10 * time.Minute}
-
-// Causes of refusals, as counted.
-const (
-	RefusedConnections = "connections"
-	RefusedHandshakes  = "handshakes"
-	// RefusedPeer: one peer address past its share of handshakes.
-	RefusedPeer      = "peer"
-	RefusedChannels  = "channels"
-	RefusedTransfers = "transfers"
-	// RefusedDestinationTransfers: one destination past its share of the
-	// node's transfers.
-	RefusedDestinationTransfers = "destination-transfers"
-)
 
 // Server serves the node's destinations.
 type Server struct {
@@ -382,170 +317,6 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 	for _, id := range ids {
 		s.Remove(id)
-	}
-}
-
-// serverConfig lets in exactly the destination's authorized key, with
-// AES-GCM offered first (as fast as OpenSSH's on x86 with AES-NI).
-func serverConfig(d Destination) *ssh.ServerConfig {
-	want := d.Keys.Authorized.Marshal()
-	cfg := &ssh.ServerConfig{
-		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			if subtle.ConstantTimeCompare(key.Marshal(), want) == 1 {
-				return &ssh.Permissions{}, nil
-			}
-			return nil, errors.New("key not authorized for this destination")
-		},
-		ServerVersion: "SSH-2.0-Ferry",
-	}
-	algorithms.Apply(&cfg.Config)
-	cfg.AddHostKey(d.Keys.HostKey)
-	return cfg
-}
-
-func (s *Server) accept(l *listener) {
-	defer l.wg.Done()
-	for {
-		conn, err := l.ln.Accept()
-		if err != nil {
-			if l.ctx.Err() == nil {
-				s.log.Error(err, "accept failed; destination no longer served", "destination", l.dest.ID)
-			}
-			return
-		}
-		addr := peerAddr(conn)
-		if cause := l.admitConn(s.limits, addr); cause != "" {
-			s.refuse(cause)
-			_ = conn.Close()
-			continue
-		}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			defer l.conns.Add(-1)
-			s.serveConn(l, conn, addr)
-		}()
-	}
-}
-
-// admitConn takes a connection slot, a share of its peer address's
-// handshakes and a handshake token for a new connection from addr, or says
-// which limit refuses it. The peer's share is checked first, so that an
-// address past it spends none of the destination's allowance.
-func (l *listener) admitConn(lim Limits, addr string) string {
-	if int(l.conns.Add(1)) > lim.Conns {
-		l.conns.Add(-1)
-		return RefusedConnections
-	}
-	if !l.peers.take(addr, lim) {
-		l.conns.Add(-1)
-		return RefusedPeer
-	}
-	select {
-	case l.handshakes <- struct{}{}:
-	default:
-		l.peers.done(addr, false)
-		l.conns.Add(-1)
-		return RefusedHandshakes
-	}
-	if !l.handshakeRate.take() {
-		<-l.handshakes
-		l.peers.done(addr, false)
-		l.conns.Add(-1)
-		return RefusedHandshakes
-	}
-	return ""
-}
-
-// serveConn serves a connection from peer address addr, admitted by
-// admitConn, whose handshake token and peer share it gives back once the
-// handshake is over.
-func (s *Server) serveConn(l *listener, conn net.Conn, addr string) {
-	log := s.log.WithValues("destination", l.dest.ID, "peer", conn.RemoteAddr().String())
-	stop := context.AfterFunc(l.ctx, func() { _ = conn.Close() })
-	defer stop()
-	defer conn.Close()
-	now := time.Now()
-	_ = conn.SetDeadline(now.Add(s.limits.banner())) // until it speaks
-	var sconn *ssh.ServerConn
-	var chans <-chan ssh.NewChannel
-	var reqs <-chan *ssh.Request
-	err := fault.At(fault.Handshake)
-	if err == nil {
-		sconn, chans, reqs, err = ssh.NewServerConn(&bannerConn{Conn: conn, handshake: now.Add(s.limits.HandshakeTimeout)}, l.config)
-	}
-	<-l.handshakes
-	l.peers.done(addr, err == nil)
-	if err == nil {
-		l.handshakeRate.give() // only failed handshakes count against the rate
-	}
-	if err != nil {
-		log.V(1).Info("ssh handshake failed", "reason", err.Error())
-		return
-	}
-	_ = conn.SetDeadline(time.Time{})
-	log.V(1).Info("ssh connection", "user", sconn.User(), "client", string(sconn.ClientVersion()))
-	keepalive.Watch(sconn, s.keepalive)
-	go s.serveGlobal(l, log, reqs)
-	var wg sync.WaitGroup
-	var open atomic.Int32
-	for nc := range chans {
-		if nc.ChannelType() != "session" {
-			_ = nc.Reject(ssh.Prohibited, "only session channels are served: this endpoint runs rsync, nothing else")
-			continue
-		}
-		if int(open.Load()) >= s.limits.Channels {
-			s.refuse(RefusedChannels) // counted before the peer can know
-			_ = nc.Reject(ssh.ResourceShortage, fmt.Sprintf("at most %d channels at once per connection", s.limits.Channels))
-			continue
-		}
-		ch, chReqs, err := nc.Accept()
-		if err != nil {
-			log.Info("accept channel failed", "reason", err.Error())
-			continue
-		}
-		open.Add(1)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer open.Add(-1)
-			s.serveSession(l, log, ch, chReqs)
-		}()
-	}
-	wg.Wait()
-}
-
-// exitStatus is the payload of an "exit-status" channel request.
-type exitStatus struct{ Status uint32 }
-
-// execPayload is the payload of an "exec" channel request.
-type execPayload struct{ Command string }
-
-func (s *Server) serveSession(l *listener, log logr.Logger, ch ssh.Channel, reqs <-chan *ssh.Request) {
-	defer ch.Close()
-	for req := range reqs {
-		switch req.Type {
-		case "exec":
-			var p execPayload
-			if err := ssh.Unmarshal(req.Payload, &p); err != nil {
-				_ = req.Reply(false, nil)
-				continue
-			}
-			_ = req.Reply(true, nil)
-			code := s.exec(l, log, ch, p.Command)
-			_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(exitStatus{Status: uint32(code)}))
-			return
-		case "shell":
-			_ = req.Reply(true, nil)
-			fmt.Fprintln(ch.Stderr(), "ferry: no shell here; this endpoint accepts only rsync --server and shutdown N")
-			emit(l, Event{Kind: Refused, Message: "shell request"})
-			_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(exitStatus{Status: 1}))
-			return
-		default: // pty-req, env, subsystem, x11-req, agent forwarding, ...
-			if req.WantReply {
-				_ = req.Reply(false, nil)
-			}
-		}
 	}
 }
 

@@ -56,12 +56,14 @@ func (s *Server) exec(l *listener, log logr.Logger, ch ssh.Channel, command stri
 		if n := l.endRunning(shutdownGrace); n > 0 {
 			log.Info("ended transfers of an earlier try still running", "count", n)
 		}
-		t, why := l.admit(s.limits.TransfersPerDestination) // the hold again, now as one step with registering
-		if t == nil {
-			if why != heldMessage {
-				s.refuse(RefusedDestinationTransfers)
-			}
-			return refused(l, ch, why)
+		t, cause := l.admit(s.limits.TransfersPerDestination) // the hold again, now as one step with registering
+		switch cause {
+		case refusedHeld:
+			return refused(l, ch, heldMessage)
+		case RefusedDestinationTransfers:
+			s.refuse(cause)
+			return refused(l, ch, fmt.Sprintf("this destination runs its maximum of %d transfers; try again shortly",
+				s.limits.TransfersPerDestination))
 		}
 		defer l.release(t)
 		l.record.forget()
@@ -227,12 +229,11 @@ func (s *Server) startReceiver(l *listener, t *transfer, spec confine.Spec, out,
 		err = t.start(cmd)
 	}
 	_ = stdinR.Close() // rsync holds it now
-	if errors.Is(err, errStopped) {
-		_ = stdin.Close()
-		return nil, err
-	}
 	if err != nil {
 		_ = stdin.Close()
+		if errors.Is(err, errStopped) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("start rsync: %w", err)
 	}
 	fault.Started(fault.Receiver, cmd.Process.Pid)

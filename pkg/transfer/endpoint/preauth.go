@@ -6,6 +6,35 @@ import (
 	"time"
 )
 
+// admitConn takes a connection slot, a share of its peer address's
+// handshakes and a handshake token for a new connection from addr, or says
+// which limit refuses it. The peer's share is checked first, so that an
+// address past it spends none of the destination's allowance.
+func (l *listener) admitConn(lim Limits, addr string) string {
+	if int(l.conns.Add(1)) > lim.Conns {
+		l.conns.Add(-1)
+		return RefusedConnections
+	}
+	if !l.peers.take(addr, lim) {
+		l.conns.Add(-1)
+		return RefusedPeer
+	}
+	select {
+	case l.handshakes <- struct{}{}:
+	default:
+		l.peers.done(addr, false)
+		l.conns.Add(-1)
+		return RefusedHandshakes
+	}
+	if !l.handshakeRate.take() {
+		<-l.handshakes
+		l.peers.done(addr, false)
+		l.conns.Add(-1)
+		return RefusedHandshakes
+	}
+	return ""
+}
+
 // bucket is a token bucket whose tokens can be given back: a handshake
 // that authenticates returns what it took, so that only failed handshakes
 // (strangers, floods) spend a peer's or a destination's allowance, and a

@@ -2,7 +2,6 @@ package endpoint
 
 import (
 	"errors"
-	"fmt"
 	"os/exec"
 	"sync"
 	"time"
@@ -15,7 +14,7 @@ type transfer struct {
 	// a stop either comes first (and the process never starts) or sees the
 	// process and kills it.
 	mu      sync.Mutex
-	proc    *exec.Cmd
+	cmd     *exec.Cmd
 	stopped bool
 	// done is closed once the transfer is over (see release).
 	done chan struct{}
@@ -35,7 +34,7 @@ func (t *transfer) start(cmd *exec.Cmd) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	t.proc = cmd
+	t.cmd = cmd
 	return nil
 }
 
@@ -44,14 +43,18 @@ func (t *transfer) stop() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.stopped = true
-	if t.proc != nil {
-		_ = t.proc.Process.Kill()
+	if t.cmd != nil {
+		_ = t.cmd.Process.Kill()
 	}
 }
 
+// refusedHeld is admit's refusal of a held destination; its other is
+// RefusedDestinationTransfers.
+const refusedHeld = "held"
+
 // admit registers a new transfer unless the destination is held or holds
 // perDestination transfers already (0: no limit); refused, it returns nil
-// and why. Checking the hold and registering are one step under runMu,
+// and which of the two refused it. Checking the hold and registering are one step under runMu,
 // and a shutdown takes the hold before it looks at the running transfers
 // under the same lock, so each transfer is either seen by the shutdown
 // (and ended before the sync is reported) or sees the hold (and is
@@ -60,10 +63,10 @@ func (l *listener) admit(perDestination int) (*transfer, string) {
 	l.runMu.Lock()
 	defer l.runMu.Unlock()
 	if l.held.Load() {
-		return nil, heldMessage
+		return nil, refusedHeld
 	}
 	if perDestination > 0 && len(l.running) >= perDestination {
-		return nil, fmt.Sprintf("this destination runs its maximum of %d transfers; try again shortly", perDestination)
+		return nil, RefusedDestinationTransfers
 	}
 	t := &transfer{done: make(chan struct{})}
 	if l.running == nil {
