@@ -13,16 +13,13 @@
 package agent
 
 import (
-	"sync"
-
-	"github.com/ferrysync/ferry/pkg/api/scheme"
-
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,12 +37,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/api/scheme"
 	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
@@ -101,92 +100,41 @@ type Config struct {
 // Run runs the agent until ctx ends, then lets transfers finish for the
 // grace period.
 func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logger) error {
-	if cfg.NodeName == "" || cfg.Namespace == "" {
-		return errors.New("agent: the node name and Ferry's namespace are required")
-	}
-	if cfg.MaxTransfers < 1 {
-		return fmt.Errorf("agent: max transfers must be at least 1, not %d", cfg.MaxTransfers)
-	}
-	if err := confine.CheckRsync(cfg.Rsync); err != nil {
+	if err := cfg.check(); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	s, err := scheme.New()
+	mgr, err := newManager(restConfig, cfg, log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
-	}
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Scheme: s, Logger: log,
-		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
-		HealthProbeBindAddress:  cfg.ProbeAddr,
-		GracefulShutdownTimeout: ptr.To(cfg.GracePeriod + 10*time.Second),
-		// Only this node's assignments are watched and cached; everything
-		// else is read when needed, uncached, so the agent holds no
-		// cluster-wide lists.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Key copies' metadata, not their keys: a change re-serves
-			// the destinations that use it.
-			secretMetadata(): {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
-			&agentv1alpha1.MountAssignment{}: {
-				Namespaces: map[string]cache.Config{cfg.Namespace: {}},
-				Field:      fields.OneTermEqualSelector(agentv1alpha1.NodeNameField, cfg.NodeName),
-			},
-		}},
-	})
-	if err != nil {
-		return fmt.Errorf("agent: create manager: %w", err)
 	}
 	scratch := filepath.Join(cfg.StateDir, "scratch")
 	if err := os.MkdirAll(scratch, 0o700); err != nil {
 		return fmt.Errorf("agent: state directory: %w", err)
 	}
-	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint")),
-		endpoint.WithRefusals(func(cause string) { refusedTotal.WithLabelValues(cfg.NodeName, cause).Inc() }),
-		endpoint.WithFullSyncInterval(cfg.FullSyncInterval), endpoint.WithKeepalive(cfg.Keepalive)}
-	var cgroups *cgroup.Pool
-	if cfg.Transfer != (cgroup.Limits{}) {
-		if cgroups, err = cgroup.New("ferry-transfers", cfg.Transfer); err != nil {
-			return fmt.Errorf("agent: transfer limits: %w (zero limits run transfers without cgroups)", err)
-		}
-		opts = append(opts, endpoint.WithCgroups(cgroups))
+	server, cgroups, err := newServer(cfg, scratch, log)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
-	if cfg.Rsync != "" {
-		opts = append(opts, endpoint.WithRsync(cfg.Rsync))
-	}
+	defer server.Close()
 	aborted := make(chan struct{})
 	abort := sync.OnceFunc(func() { close(aborted) })
 	defer abort()
-	r := &Reconciler{
-		cfg: cfg, client: mgr.GetClient(), api: mgr.GetAPIReader(),
-		publisher: csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi")),
-		server:    endpoint.New(scratch, opts...), scratch: scratch, cgroups: cgroups,
-		slots:  make(chan struct{}, cfg.MaxTransfers),
-		events: mgr.GetEventRecorder("ferry-nodeagent"),
-		log:    log, aborted: aborted, states: map[types.NamespacedName]*state{},
-		records: records{ttl: cfg.FullSyncInterval},
+	pub := csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi"))
+	defer pub.Close()
+	n := &node{cfg: cfg, cache: mgr.GetClient(), api: mgr.GetAPIReader(), publisher: pub,
+		status: apiStatus{api: mgr.GetAPIReader(), writer: mgr.GetClient()},
+		events: mgr.GetEventRecorder("ferry-nodeagent"), log: log}
+	r := &Reconciler{node: n, writer: mgr.GetClient(),
+		source: &sourceRunner{node: n, scratch: scratch, cgroups: cgroups, slots: make(chan struct{}, cfg.MaxTransfers),
+			aborted: aborted, records: records{ttl: cfg.FullSyncInterval}, states: map[types.NamespacedName]*sourceState{}},
+		destination: &destinationServer{node: n, server: server, ctx: ctrllog.IntoContext(ctx, log.WithName("destination")),
+			aborted: aborted, states: map[types.NamespacedName]*destinationState{}},
 	}
-	defer r.publisher.Close()
-	defer r.server.Close()
-	if err := r.recover(ctx); err != nil {
+	if err := recoverVolumes(ctx, mgr.GetAPIReader(), pub, cfg); err != nil {
 		return err
 	}
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return fmt.Errorf("agent: health check: %w", err)
-	}
-	// Ready once this node's assignments are in the cache.
-	var synced atomic.Bool
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		synced.Store(mgr.GetCache().WaitForCacheSync(ctx))
-		return nil
-	})); err != nil {
-		return fmt.Errorf("agent: add cache check: %w", err)
-	}
-	if err := mgr.AddReadyzCheck("readyz", func(*http.Request) error {
-		if !synced.Load() {
-			return errors.New("assignments not loaded yet")
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("agent: ready check: %w", err)
+	if err := addChecks(mgr); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	// Status is the agent's own output: only spec changes (and deletion,
 	// which raises the generation too) are work. Hundreds of transfers'
@@ -203,15 +151,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	// aborted and report so; the manager waits for this.
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		<-ctx.Done()
-		done := make(chan struct{})
-		go func() { r.runs.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(cfg.GracePeriod):
-			log.Info("grace period over; aborting running transfers")
-			abort()
-			<-done
-		}
+		r.source.drain(cfg.GracePeriod, abort)
 		return nil
 	})); err != nil {
 		return fmt.Errorf("agent: add shutdown: %w", err)
@@ -219,6 +159,90 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	log.Info("node agent starting", "node", cfg.NodeName, "namespace", cfg.Namespace, "maxTransfers", cfg.MaxTransfers)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("agent: run: %w", err)
+	}
+	return nil
+}
+
+// check refuses settings the agent cannot run with.
+func (cfg Config) check() error {
+	if cfg.NodeName == "" || cfg.Namespace == "" {
+		return errors.New("the node name and Ferry's namespace are required")
+	}
+	if cfg.MaxTransfers < 1 {
+		return fmt.Errorf("max transfers must be at least 1, not %d", cfg.MaxTransfers)
+	}
+	return confine.CheckRsync(cfg.Rsync)
+}
+
+// newManager makes the agent's manager. Only this node's assignments are
+// watched and cached; everything else is read when needed, uncached, so
+// the agent holds no cluster-wide lists.
+func newManager(restConfig *rest.Config, cfg Config, log logr.Logger) (manager.Manager, error) {
+	s, err := scheme.New()
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme: s, Logger: log,
+		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		HealthProbeBindAddress:  cfg.ProbeAddr,
+		GracefulShutdownTimeout: ptr.To(cfg.GracePeriod + 10*time.Second),
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			// Key copies' metadata, not their keys: a change re-serves
+			// the destinations that use it.
+			secretMetadata(): {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
+			&agentv1alpha1.MountAssignment{}: {
+				Namespaces: map[string]cache.Config{cfg.Namespace: {}},
+				Field:      fields.OneTermEqualSelector(agentv1alpha1.NodeNameField, cfg.NodeName),
+			},
+		}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create manager: %w", err)
+	}
+	return mgr, nil
+}
+
+// newServer makes the node's ssh endpoint and the transfers' cgroup pool
+// (nil when the transfer limits are zero).
+func newServer(cfg Config, scratch string, log logr.Logger) (*endpoint.Server, *cgroup.Pool, error) {
+	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint")),
+		endpoint.WithRefusals(func(cause string) { refusedTotal.WithLabelValues(cfg.NodeName, cause).Inc() }),
+		endpoint.WithFullSyncInterval(cfg.FullSyncInterval), endpoint.WithKeepalive(cfg.Keepalive)}
+	var cgroups *cgroup.Pool
+	if cfg.Transfer != (cgroup.Limits{}) {
+		var err error
+		if cgroups, err = cgroup.New("ferry-transfers", cfg.Transfer); err != nil {
+			return nil, nil, fmt.Errorf("transfer limits: %w (zero limits run transfers without cgroups)", err)
+		}
+		opts = append(opts, endpoint.WithCgroups(cgroups))
+	}
+	if cfg.Rsync != "" {
+		opts = append(opts, endpoint.WithRsync(cfg.Rsync))
+	}
+	return endpoint.New(scratch, opts...), cgroups, nil
+}
+
+// addChecks adds /healthz and /readyz: ready once this node's assignments
+// are in the cache.
+func addChecks(mgr manager.Manager) error {
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return fmt.Errorf("health check: %w", err)
+	}
+	var synced atomic.Bool
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		synced.Store(mgr.GetCache().WaitForCacheSync(ctx))
+		return nil
+	})); err != nil {
+		return fmt.Errorf("add cache check: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("readyz", func(*http.Request) error {
+		if !synced.Load() {
+			return errors.New("assignments not loaded yet")
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("ready check: %w", err)
 	}
 	return nil
 }
@@ -234,7 +258,7 @@ func secretMetadata() *metav1.PartialObjectMetadata {
 // keys of Secret s.
 func (r *Reconciler) usersOfKeys(ctx context.Context, s client.Object) []reconcile.Request {
 	list := &agentv1alpha1.MountAssignmentList{}
-	if err := r.client.List(ctx, list, client.InNamespace(s.GetNamespace())); err != nil {
+	if err := r.cache.List(ctx, list, client.InNamespace(s.GetNamespace())); err != nil {
 		ctrl.LoggerFrom(ctx).Error(err, "list assignments for a changed key Secret", "secret", s.GetName())
 		return nil
 	}
@@ -247,12 +271,12 @@ func (r *Reconciler) usersOfKeys(ctx context.Context, s client.Object) []reconci
 	return out
 }
 
-// recover takes down, before anything else runs, every volume a previous
-// run published that no assignment of this node wants any more.
-func (r *Reconciler) recover(ctx context.Context) error {
+// recoverVolumes takes down, before anything else runs, every volume a
+// previous run published that no assignment of this node wants any more.
+func recoverVolumes(ctx context.Context, api client.Reader, pub *csi.Publisher, cfg Config) error {
 	list := &agentv1alpha1.MountAssignmentList{}
-	if err := r.api.List(ctx, list, client.InNamespace(r.cfg.Namespace),
-		client.MatchingFields{agentv1alpha1.NodeNameField: r.cfg.NodeName}); err != nil {
+	if err := api.List(ctx, list, client.InNamespace(cfg.Namespace),
+		client.MatchingFields{agentv1alpha1.NodeNameField: cfg.NodeName}); err != nil {
 		return fmt.Errorf("agent: list this node's assignments: %w", err)
 	}
 	wanted := map[string]bool{}
@@ -261,7 +285,7 @@ func (r *Reconciler) recover(ctx context.Context) error {
 			wanted[volumeName(client.ObjectKeyFromObject(&ma))] = true
 		}
 	}
-	if err := r.publisher.Recover(ctx, func(name string) bool { return wanted[name] }); err != nil {
+	if err := pub.Recover(ctx, func(name string) bool { return wanted[name] }); err != nil {
 		return fmt.Errorf("agent: take down unwanted volumes: %w", err)
 	}
 	return nil

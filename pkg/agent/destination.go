@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -16,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
@@ -25,70 +27,113 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
 
-// reconcileDestination publishes the volume read-write, serves it on the
-// node's endpoint with its own host key and the one source key, and holds
-// it after a completed sync until spec.syncGeneration moves on.
-func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1.MountAssignment) error {
+// destinationServer is the agent's destination role: it publishes each
+// destination's volume read-write, serves it on the node's ssh endpoint
+// with its own host key and the one source key, follows the syncs that
+// arrive (syncs.go's tracker) and holds the volume after a completed one
+// until spec.syncGeneration moves on.
+type destinationServer struct {
+	*node
+	server server
+	// ctx carries the agent's logger to work the endpoint's events start.
+	ctx context.Context
+	// aborted ends redelivery when the agent stops.
+	aborted <-chan struct{}
+
+	mu     sync.Mutex
+	states map[types.NamespacedName]*destinationState
+}
+
+// destinationState is what this process knows of a destination beyond its
+// status. It belongs to one object (uid).
+type destinationState struct {
+	uid types.UID
+	mu  sync.Mutex
+	// served is what is registered with the endpoint (a fingerprint of
+	// path, keys and rights), at path and endpoint.
+	served   string
+	path     string
+	endpoint *agentv1alpha1.Endpoint
+	syncs    tracker
+	// unreported is the end of a sync that could not be written to the
+	// status when it happened (the apiserver away): the volume stays held
+	// and the end is written again until it lands (redelivering), for the
+	// controller makes the image only from the status.
+	unreported   *agentv1alpha1.SyncResult
+	redelivering bool
+}
+
+// state is the state of this very object, new if the name last belonged to
+// another.
+func (d *destinationServer) state(ma *agentv1alpha1.MountAssignment) *destinationState {
 	key := client.ObjectKeyFromObject(ma)
-	pv, err := checkOwner(ctx, r.api, ma)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.states[key]
+	if s == nil || s.uid != ma.UID {
+		s = &destinationState{uid: ma.UID}
+		d.states[key] = s
+	}
+	return s
+}
+
+// stop stops serving a destination and forgets it.
+func (d *destinationServer) stop(key types.NamespacedName) {
+	d.server.Remove(key.String())
+	d.mu.Lock()
+	delete(d.states, key)
+	d.mu.Unlock()
+}
+
+// reconcile publishes and serves the volume, and writes the status that
+// says so.
+func (d *destinationServer) reconcile(ctx context.Context, ma *agentv1alpha1.MountAssignment) error {
+	key := client.ObjectKeyFromObject(ma)
+	pv, err := checkOwner(ctx, d.api, ma)
 	if err != nil {
 		return err
 	}
-	if attachRequired, err := r.attachRequired(ctx, pv.Spec.CSI.Driver); err != nil {
+	if attach, err := d.attachRequired(ctx, pv.Spec.CSI.Driver); err != nil {
 		return err
-	} else if attachRequired && ma.Spec.Volume.Attachment == nil {
-		return r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+	} else if attach && ma.Spec.Volume.Attachment == nil {
+		return d.status.update(ctx, key, func(ma *agentv1alpha1.MountAssignment) {
 			ma.Status.Phase = agentv1alpha1.PhasePending
 			setReady(ma, false, agentv1alpha1.ReasonWaitingForAttach, "the driver requires attach; waiting for the controller's VolumeAttachment")
 		})
 	}
-	v, err := r.volumeFor(ctx, ma, pv, false)
+	v, err := d.volumeFor(ctx, ma, pv, false)
 	if err != nil {
 		return err
 	}
-	keys, err := readKeys(ctx, r, ma.Spec.Destination.KeySecret, sshkeys.ParseDestination)
+	keys, err := readKeys(ctx, d.node, ma.Spec.Destination.KeySecret, sshkeys.ParseDestination)
 	if err != nil {
 		return err
 	}
-	path, err := r.publish(ctx, key, v, "destination")
+	path, err := d.publish(ctx, key, v, "destination")
 	if err != nil {
 		return fmt.Errorf("mount the volume read-write: %w", err)
 	}
-	privileged, err := r.privileged(ctx, ma)
+	privileged, err := d.privileged(ctx, ma)
 	if err != nil {
 		return err
 	}
-	addr, err := r.serve(ma, path, keys, privileged)
+	addr, err := d.serve(ma, path, keys, privileged)
 	if err != nil {
 		return err
 	}
 	// Decided on the fresh status, under the lock the endpoint's events
 	// take too: a stale cache must never release a hold a sync just set.
-	s := r.state(ma)
+	s := d.state(ma)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err = r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+	err = d.status.update(ctx, key, func(ma *agentv1alpha1.MountAssignment) {
 		s.applyUnreported(ma)
-		last := ma.Status.LastSync
-		hold := last != nil && last.Succeeded && last.Generation >= ma.Spec.SyncGeneration
+		hold := serveStatus(ma, path, addr, s.syncs.live)
 		// A sync that just ended and is not in the status yet keeps the
 		// hold its shutdown set.
-		if !r.server.Ending(key.String()) {
-			r.server.Hold(key.String(), hold)
+		if !d.server.Ending(key.String()) {
+			d.server.Hold(key.String(), hold)
 		}
-		ma.Status.MountPath, ma.Status.Endpoint = path, addr
-		switch {
-		case s.live > 0:
-			ma.Status.Phase = agentv1alpha1.PhaseTransferring
-		case hold:
-			ma.Status.Phase = agentv1alpha1.PhaseHolding
-			ma.Status.CurrentSync = nil
-		default:
-			// A sync in status but none live is one a restart cut off;
-			// the source retries it.
-			ma.Status.Phase, ma.Status.CurrentSync = agentv1alpha1.PhaseMounted, nil
-		}
-		setReady(ma, true, agentv1alpha1.ReasonServing, "the volume is mounted read-write and accepts syncs")
 	})
 	if err == nil {
 		s.unreported = nil
@@ -96,29 +141,30 @@ func (r *Reconciler) reconcileDestination(ctx context.Context, ma *agentv1alpha1
 	return err
 }
 
-// attachRequired reads the CSIDriver's attachRequired (a driver without a
-// CSIDriver object requires attach, as Kubernetes assumes).
-func (r *Reconciler) attachRequired(ctx context.Context, driver string) (bool, error) {
-	d := &storagev1.CSIDriver{}
-	if err := r.api.Get(ctx, client.ObjectKey{Name: driver}, d); err != nil {
-		if client.IgnoreNotFound(err) == nil {
-			return true, nil
+// attachRequired reads the driver's CSIDriver and applies the assignment
+// API's rule (agentv1alpha1.AttachRequired), which the controller applies
+// too.
+func (d *destinationServer) attachRequired(ctx context.Context, driver string) (bool, error) {
+	obj := &storagev1.CSIDriver{}
+	if err := d.api.Get(ctx, client.ObjectKey{Name: driver}, obj); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return false, fmt.Errorf("read CSIDriver %s: %w", driver, err)
 		}
-		return false, fmt.Errorf("get CSIDriver %s: %w", driver, err)
+		obj = nil
 	}
-	return d.Spec.AttachRequired == nil || *d.Spec.AttachRequired, nil
+	return agentv1alpha1.AttachRequired(obj), nil
 }
 
 // privileged is whether the destination's syncs may keep owners, setuid
 // bits and devices: its assignment says so and its CR's namespace carries
 // the annotation. Read from the namespace, not trusted from the
 // assignment, so that whoever can write assignments cannot grant it.
-func (r *Reconciler) privileged(ctx context.Context, ma *agentv1alpha1.MountAssignment) (bool, error) {
+func (d *destinationServer) privileged(ctx context.Context, ma *agentv1alpha1.MountAssignment) (bool, error) {
 	if !ma.Spec.Destination.Privileged {
 		return false, nil
 	}
 	ns := &corev1.Namespace{}
-	if err := r.api.Get(ctx, client.ObjectKey{Name: ma.Spec.Owner.Namespace}, ns); err != nil {
+	if err := d.api.Get(ctx, client.ObjectKey{Name: ma.Spec.Owner.Namespace}, ns); err != nil {
 		return false, fmt.Errorf("read namespace %s for its privileged-movers annotation: %w", ma.Spec.Owner.Namespace, err)
 	}
 	return volsyncv1alpha1.PrivilegedMovers(ns), nil
@@ -141,22 +187,22 @@ func runAs(ma *agentv1alpha1.MountAssignment) *confine.Identity {
 // serve registers the destination with the endpoint, again if its volume
 // path, keys or rights changed, on the port it had before if it can (the
 // controller's Service points there).
-func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Destination, privileged bool) (*agentv1alpha1.Endpoint, error) {
+func (d *destinationServer) serve(ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Destination, privileged bool) (*agentv1alpha1.Endpoint, error) {
 	key := client.ObjectKeyFromObject(ma)
 	id := key.String()
 	fingerprint := fmt.Sprintf("%s|%s|%s|%t|%v|%v|%t", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
 		ssh.FingerprintSHA256(keys.Authorized), privileged, ma.Spec.Destination.RunAs, limits(ma), ma.Spec.Destination.InPlace)
-	s := r.state(ma)
+	s := d.state(ma)
 	s.mu.Lock()
 	served, ep := s.served, s.endpoint
 	s.mu.Unlock()
 	if served == fingerprint {
 		return ep, nil
 	}
-	r.server.Remove(id)
-	d := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: privileged, RunAs: runAs(ma), Limits: limits(ma),
+	d.server.Remove(id)
+	dest := endpoint.Destination{ID: id, Keys: keys, Volume: path, Dir: "/", Privileged: privileged, RunAs: runAs(ma), Limits: limits(ma),
 		InPlace:        ma.Spec.Destination.InPlace,
-		HoldOnShutdown: true, Events: func(e endpoint.Event) { r.onDestinationEvent(key, e) }}
+		HoldOnShutdown: true, Events: func(e endpoint.Event) { d.onEvent(key, e) }}
 	// After a restart, listen where the controller's Service points;
 	// otherwise on the first free port of the range.
 	var prev int32
@@ -165,106 +211,90 @@ func (r *Reconciler) serve(ma *agentv1alpha1.MountAssignment, path string, keys 
 	}
 	var addr net.Addr
 	var err error
-	for _, port := range r.cfg.Ports.Candidates(prev) {
-		d.ListenAddr = net.JoinHostPort(r.cfg.SSHBindAddress, strconv.Itoa(int(port)))
-		if addr, err = r.server.Add(d); err == nil {
+	for _, port := range d.cfg.Ports.Candidates(prev) {
+		dest.ListenAddr = net.JoinHostPort(d.cfg.SSHBindAddress, strconv.Itoa(int(port)))
+		if addr, err = d.server.Add(dest); err == nil {
 			break
 		}
 	}
 	if addr == nil {
-		errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseEndpoint)...).Inc()
-		return nil, fmt.Errorf("serve destination: no free port in the node's range %s (--ssh-port-range): %w", r.cfg.Ports, err)
+		errorsTotal.WithLabelValues(d.labels(ma, agentv1alpha1.CauseEndpoint)...).Inc()
+		return nil, fmt.Errorf("serve destination: no free port in the node's range %s (--ssh-port-range): %w", d.cfg.Ports, err)
 	}
-	ep = &agentv1alpha1.Endpoint{Address: r.cfg.SSHAdvertiseAddress, Port: int32(addr.(*net.TCPAddr).Port)}
-	r.events.Eventf(ma, nil, corev1.EventTypeNormal, agentv1alpha1.ReasonServing, "Serve", "the volume is mounted at %s and accepts syncs on %s:%d", path, ep.Address, ep.Port)
+	ep = &agentv1alpha1.Endpoint{Address: d.cfg.SSHAdvertiseAddress, Port: int32(addr.(*net.TCPAddr).Port)}
+	d.events.Eventf(ma, nil, corev1.EventTypeNormal, agentv1alpha1.ReasonServing, "Serve", "the volume is mounted at %s and accepts syncs on %s:%d", path, ep.Address, ep.Port)
 	s.mu.Lock()
 	s.served, s.path, s.endpoint = fingerprint, path, ep
 	s.mu.Unlock()
 	return ep, nil
 }
 
-// onDestinationEvent follows the syncs arriving at a destination: a sync
-// runs from its first rsync to the source's `shutdown N`; at that point the
-// volume is flushed to disk and, if the sync succeeded, held.
-func (r *Reconciler) onDestinationEvent(key types.NamespacedName, e endpoint.Event) {
+// onEvent carries out what the tracker makes of an endpoint event: metrics,
+// at a sync's end the flush, the hold and the result, and the status write
+// (redelivered while the apiserver is away).
+func (d *destinationServer) onEvent(key types.NamespacedName, e endpoint.Event) {
+	ctx := log.IntoContext(d.ctx, log.FromContext(d.ctx).WithValues("assignment", key, "event", e.Kind))
+	logger := log.FromContext(ctx)
 	ma := &agentv1alpha1.MountAssignment{}
-	if err := r.client.Get(context.Background(), key, ma); err != nil {
-		r.log.Error(err, "destination event for an assignment not in the cache", "assignment", key, "event", e.Kind)
+	if err := d.cache.Get(ctx, key, ma); err != nil {
+		logger.Error(err, "destination event for an assignment not in the cache")
 		return
 	}
-	gen := ma.Spec.SyncGeneration
-	s := r.state(ma)
+	s := d.state(ma)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var mutate func(*agentv1alpha1.MountAssignment)
-	switch e.Kind {
-	case endpoint.RsyncStarted:
-		if s.live == 0 && s.start.IsZero() {
-			s.start = e.Time
-		}
-		s.live++
-		activeTransfers.WithLabelValues(r.cfg.NodeName, "destination").Inc()
-		start := s.start
-		mutate = func(ma *agentv1alpha1.MountAssignment) {
-			ma.Status.Phase = agentv1alpha1.PhaseTransferring
-			if ma.Status.CurrentSync == nil || ma.Status.CurrentSync.Generation != gen {
-				ma.Status.CurrentSync = &agentv1alpha1.SyncProgress{Generation: gen, StartTime: timePtr(start)}
+	start := s.syncs.start
+	st := s.syncs.observe(e, ma.Spec.SyncGeneration, func(needed int64) string { return noSpace(ma, s.path, needed) })
+	d.count(ma, e, start)
+	if res := st.ended; res != nil {
+		if res.Succeeded {
+			if err := syncfs(s.path); err != nil {
+				res.Succeeded, res.Error = false, err.Error()
 			}
-			ma.Status.CurrentSync.Attempt++
-		}
-	case endpoint.RsyncEnded:
-		s.live--
-		activeTransfers.WithLabelValues(r.cfg.NodeName, "destination").Dec()
-		s.received += e.BytesReceived
-		s.sent += e.BytesSent
-		bytesTotal.WithLabelValues(r.labels(ma, "received")...).Add(float64(e.BytesReceived))
-		bytesTotal.WithLabelValues(r.labels(ma, "sent")...).Add(float64(e.BytesSent))
-		if e.ExitCode != 0 {
-			errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseTransfer)...).Inc()
-		}
-		if s.live == 0 {
-			mutate = func(ma *agentv1alpha1.MountAssignment) { ma.Status.Phase = agentv1alpha1.PhaseMounted }
-		}
-	case endpoint.SyncEnded:
-		result := agentv1alpha1.SyncResult{Generation: gen, StartTime: timePtr(s.start), EndTime: timePtr(e.Time),
-			BytesReceived: s.received, BytesSent: s.sent, ExitCode: int32(e.ExitCode), Succeeded: e.ExitCode == 0}
-		if e.ExitCode != 0 && e.Needed > 0 {
-			result.Error = noSpace(ma, s.path, e.Needed)
-		} else if e.Message != "" {
-			result.Error = e.Message
-		} else if e.ExitCode != 0 {
-			result.Error = fmt.Sprintf("the source ended the sync with status %d", e.ExitCode)
-		} else if err := syncfs(s.path); err != nil {
-			result.Succeeded, result.Error = false, err.Error()
 		}
 		// The endpoint held the volume at `shutdown 0`; a sync that did
 		// not end well is not held.
-		r.server.Hold(key.String(), result.Succeeded)
-		if !s.start.IsZero() {
-			transferSeconds.WithLabelValues(r.labels(ma)...).Observe(e.Time.Sub(s.start).Seconds())
-		}
-		s.start, s.received, s.sent = time.Time{}, 0, 0
-		r.syncEnded(r.log.WithValues("assignment", key), ma, &result)
-		s.unreported = &result // until the write below lands
-		mutate = func(*agentv1alpha1.MountAssignment) {}
-	case endpoint.Refused:
-		errorsTotal.WithLabelValues(r.labels(ma, agentv1alpha1.CauseRefusedRequest)...).Inc()
-		r.log.Info("refused a request", "assignment", key, "reason", e.Message)
+		d.server.Hold(key.String(), res.Succeeded)
+		d.syncEnded(logger, ma, res)
+		s.unreported = res // until the write below lands
 	}
-	if mutate == nil {
+	if st.mutate == nil {
 		return
 	}
-	if err := r.updateStatus(key, func(ma *agentv1alpha1.MountAssignment) {
+	if err := d.status.update(ctx, key, func(ma *agentv1alpha1.MountAssignment) {
 		s.applyUnreported(ma)
-		mutate(ma)
+		st.mutate(ma)
 	}); err != nil {
-		r.log.Error(err, "report destination event", "assignment", key, "event", e.Kind)
+		logger.Error(err, "report destination event")
 	} else {
 		s.unreported = nil
 	}
 	if s.unreported != nil && !s.redelivering {
 		s.redelivering = true
-		go r.redeliver(key, s)
+		go d.redeliver(ctx, key, s)
+	}
+}
+
+// count adds an endpoint event to the node's metrics; start is when the
+// sync the event belongs to began.
+func (d *destinationServer) count(ma *agentv1alpha1.MountAssignment, e endpoint.Event, start time.Time) {
+	switch e.Kind {
+	case endpoint.RsyncStarted:
+		activeTransfers.WithLabelValues(d.cfg.NodeName, "destination").Inc()
+	case endpoint.RsyncEnded:
+		activeTransfers.WithLabelValues(d.cfg.NodeName, "destination").Dec()
+		bytesTotal.WithLabelValues(d.labels(ma, "received")...).Add(float64(e.BytesReceived))
+		bytesTotal.WithLabelValues(d.labels(ma, "sent")...).Add(float64(e.BytesSent))
+		if e.ExitCode != 0 {
+			errorsTotal.WithLabelValues(d.labels(ma, agentv1alpha1.CauseTransfer)...).Inc()
+		}
+	case endpoint.SyncEnded:
+		if !start.IsZero() {
+			transferSeconds.WithLabelValues(d.labels(ma)...).Observe(e.Time.Sub(start).Seconds())
+		}
+	case endpoint.Refused:
+		errorsTotal.WithLabelValues(d.labels(ma, agentv1alpha1.CauseRefusedRequest)...).Inc()
+		d.log.Info("refused a request", "assignment", client.ObjectKeyFromObject(ma), "reason", e.Message)
 	}
 }
 
@@ -280,38 +310,12 @@ func noSpace(ma *agentv1alpha1.MountAssignment, path string, needed int64) strin
 	return noSpaceMessage(ma.Spec.Owner.Namespace+"/"+ma.Spec.Volume.Claim, size, needed)
 }
 
-// noSpaceMessage words noSpace's message.
-func noSpaceMessage(claim, size string, needed int64) string {
-	return fmt.Sprintf("the destination volume is full: claim %s, a filesystem %s, ran out of space; the source's volume uses %s: "+
-		"give the destination (spec.rsync.capacity) at least that, with room for a changed file's new copy", claim, size, formatBytes(needed))
-}
-
-// formatBytes writes n bytes for people: 1.5 GiB.
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
-}
-
 // applyUnreported writes the end of a sync not in the status yet into an
 // assignment's status (the same object's only: not one recreated under the
 // name since).
-func (s *state) applyUnreported(ma *agentv1alpha1.MountAssignment) {
-	res := s.unreported
-	if res == nil || ma.UID != s.uid {
-		return
-	}
-	ma.Status.LastSync, ma.Status.CurrentSync = res.DeepCopy(), nil
-	ma.Status.Phase = agentv1alpha1.PhaseMounted
-	if res.Succeeded {
-		ma.Status.Phase = agentv1alpha1.PhaseHolding
+func (s *destinationState) applyUnreported(ma *agentv1alpha1.MountAssignment) {
+	if s.unreported != nil && ma.UID == s.uid {
+		applyEnd(ma, s.unreported)
 	}
 }
 
@@ -328,12 +332,12 @@ const (
 // trigger no reconcile, and an apiserver that comes back brings no event of
 // its own, so without this the controller would wait for the sync's end,
 // and the volume stay held, until the next change of the assignment.
-func (r *Reconciler) redeliver(key types.NamespacedName, s *state) {
+func (d *destinationServer) redeliver(ctx context.Context, key types.NamespacedName, s *destinationState) {
 	delay := redeliverFirst
 	for {
 		select {
 		case <-time.After(delay):
-		case <-r.aborted:
+		case <-d.aborted:
 			return
 		}
 		s.mu.Lock()
@@ -342,9 +346,9 @@ func (r *Reconciler) redeliver(key types.NamespacedName, s *state) {
 			s.mu.Unlock()
 			return
 		}
-		err := r.updateStatus(key, s.applyUnreported)
+		err := d.status.update(ctx, key, s.applyUnreported)
 		if err == nil || apierrors.IsNotFound(err) {
-			r.log.Info("reported a sync's end the apiserver missed", "assignment", key, "generation", s.unreported.Generation, "error", err)
+			log.FromContext(ctx).Info("reported a sync's end the apiserver missed", "generation", s.unreported.Generation, "error", err)
 			s.unreported, s.redelivering = nil, false
 			s.mu.Unlock()
 			return
@@ -362,7 +366,7 @@ func syncfs(path string) error {
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("flush volume: %w", err)
+		return fmt.Errorf("flush volume %s: %w", path, err)
 	}
 	defer f.Close()
 	if err := unix.Syncfs(int(f.Fd())); err != nil {

@@ -10,23 +10,39 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 )
 
-// statusTimeout bounds one status write; it does not hang on the caller's
-// context, so that a transfer aborted at shutdown still reports.
+// statusWriter writes what the agent did into an assignment's status. The
+// reconciler, transfer goroutines and endpoint events all write status,
+// each its own fields, so every write applies its change to the latest
+// object.
+type statusWriter interface {
+	update(ctx context.Context, key types.NamespacedName, mutate func(*agentv1alpha1.MountAssignment)) error
+}
+
+// statusTimeout bounds one status write.
 const statusTimeout = 15 * time.Second
 
-// updateStatus applies mutate to the assignment's latest status and writes
-// it, retrying on conflicts: the reconciler, transfer goroutines and endpoint
-// events all write status, each its own fields.
-func (r *Reconciler) updateStatus(key types.NamespacedName, mutate func(*agentv1alpha1.MountAssignment)) error {
-	ctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+// apiStatus writes status through the apiserver: a fresh read, the change,
+// an update, again on a conflict.
+type apiStatus struct {
+	api    client.Reader
+	writer client.StatusClient
+}
+
+// update applies mutate to the assignment's latest status and writes it.
+// The write keeps ctx's values (the logger) but not its end: a transfer
+// aborted at shutdown, whose context has ended, must still report that it
+// was; statusTimeout bounds it instead.
+func (s apiStatus) update(ctx context.Context, key types.NamespacedName, mutate func(*agentv1alpha1.MountAssignment)) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
 	defer cancel()
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		ma := &agentv1alpha1.MountAssignment{}
-		if err := r.api.Get(ctx, key, ma); err != nil {
+		if err := s.api.Get(ctx, key, ma); err != nil {
 			return err
 		}
 		before := ma.Status.DeepCopy()
@@ -34,7 +50,7 @@ func (r *Reconciler) updateStatus(key types.NamespacedName, mutate func(*agentv1
 		if equality.Semantic.DeepEqual(before, &ma.Status) {
 			return nil
 		}
-		return r.client.Status().Update(ctx, ma)
+		return s.writer.Status().Update(ctx, ma)
 	})
 	if err != nil {
 		return fmt.Errorf("update status of %s: %w", key, err)

@@ -23,6 +23,7 @@ import (
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/keys"
 	"github.com/ferrysync/ferry/pkg/controller/names"
 )
 
@@ -62,6 +63,12 @@ func (o Owner) Name() string {
 		return "rs-" + string(o.GetUID())
 	}
 	return "rd-" + string(o.GetUID())
+}
+
+// KeyCopy is where the owner's keys are mirrored for the agent: its
+// KeysName in the store's namespace, with the owner's labels.
+func (s Store) KeyCopy(o Owner) keys.Copy {
+	return keys.Copy{Namespace: s.Namespace, Name: o.KeysName(), Labels: o.Labels()}
 }
 
 // KeysName is the name of the owner's key copy in Ferry's namespace.

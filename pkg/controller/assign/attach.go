@@ -30,17 +30,17 @@ import (
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 )
 
-// AttachRequired reads the CSIDriver's attachRequired; a driver without a
-// CSIDriver object requires attach, as Kubernetes assumes.
+// AttachRequired reads the driver's CSIDriver and applies the assignment
+// API's rule (agentv1alpha1.AttachRequired), which the agent applies too.
 func AttachRequired(ctx context.Context, c client.Reader, driver string) (bool, error) {
 	d := &storagev1.CSIDriver{}
 	if err := c.Get(ctx, client.ObjectKey{Name: driver}, d); err != nil {
-		if client.IgnoreNotFound(err) == nil {
-			return true, nil
+		if client.IgnoreNotFound(err) != nil {
+			return false, fmt.Errorf("get CSIDriver %s: %w", driver, err)
 		}
-		return false, fmt.Errorf("get CSIDriver %s: %w", driver, err)
+		d = nil
 	}
-	return d.Spec.AttachRequired == nil || *d.Spec.AttachRequired, nil
+	return agentv1alpha1.AttachRequired(d), nil
 }
 
 // Attach attaches the volume to node when its driver requires it and

@@ -24,3 +24,12 @@ func IsInvalid(err error) bool {
 	var i *invalid
 	return errors.As(err, &i)
 }
+
+// InvalidIf marks err Invalid when it is (wraps) target: a package's own
+// sentinel for input the user must fix.
+func InvalidIf(err, target error) error {
+	if errors.Is(err, target) {
+		return Invalid(err)
+	}
+	return err
+}

@@ -16,7 +16,6 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -114,13 +113,11 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if rd.Status.Rsync == nil {
 		rd.Status.Rsync = &volsyncv1alpha1.ReplicationDestinationRsyncStatus{}
 	}
-	data, err := w.keys(ctx)
+	published, err := keys.Prepare(ctx, c, rd, spec.SSHKeys, keys.Destination, w.r.Assignments.KeyCopy(w.owner))
 	if err != nil {
-		return 0, err
+		return 0, cycle.InvalidIf(err, keys.ErrInvalid)
 	}
-	if err := keys.Mirror(ctx, c, w.r.Assignments.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Destination); err != nil {
-		return 0, err
-	}
+	rd.Status.Rsync.SSHKeys = published
 	if w.ma, err = w.r.Assignments.Get(ctx, w.owner); err != nil {
 		return 0, err
 	}
@@ -136,33 +133,24 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	switch {
-	case pv == nil:
-		// Not bound yet: the cycle reports w.waiting.
-	case mover != "":
-		// Taking over from VolSync mid-sync: its mover writes the volume
-		// until its Job ends.
+	facts := volumeFacts{bound: pv != nil, mover: mover, paused: rd.Spec.Paused, transferring: transferring(w.ma), users: len(users),
+		droppingClaim: dropsClaim(rd) && trigger.PhaseOf(&rd.Status.SyncStatus) == trigger.CleaningUp}
+	switch decideVolume(facts) {
+	case volumeYield:
 		w.waiting = mover
-	case dropsClaim(rd) && trigger.PhaseOf(&rd.Status.SyncStatus) == trigger.CleaningUp:
-		// The claim goes at the end of this cleanup (cleanupTempPVC):
-		// nothing is assigned on it again.
-	case rd.Spec.Paused && !transferring(w.ma):
-		// Paused: the volume goes back to Kubernetes (a running transfer
-		// finishes first).
+	case volumePause:
 		if done, err := w.release(ctx, pv.Name); err != nil || !done {
 			return w.r.Poll, err
 		}
 		cycle.Pause(w.cr())
-	case len(users) > 0 && !transferring(w.ma):
-		// Never two writers: a pod wants the claim (a user restoring or
-		// inspecting), so Ferry lets go of it (unpublished, detached)
-		// before the pod needs it; syncs wait until the pod is gone.
+	case volumeLend:
+		// Let go of it (unpublished, detached) before the pod needs it.
 		if done, err := w.release(ctx, pv.Name); err != nil || !done {
 			return w.r.Poll, err
 		}
 		w.waiting = fmt.Sprintf("claim %s is in use by pod %s: Ferry let go of it, and syncs wait until the pod is gone",
 			claimName(rd), strings.Join(podNames(users), ", "))
-	default:
+	case volumeAssign:
 		if err := w.assign(ctx, pv); err != nil {
 			return 0, err
 		}
@@ -180,26 +168,6 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 
 func (w *work) cr() cycle.CR {
 	return cycle.CR{Object: w.rd, Status: &w.rd.Status.SyncStatus, Trigger: w.rd.Spec.Trigger, Paused: w.rd.Spec.Paused, Metrics: w.metrics()}
-}
-
-// keys generates VolSync's Secrets or reads the user's, and says which the
-// source needs in status.rsync.sshKeys.
-func (w *work) keys(ctx context.Context) (map[string][]byte, error) {
-	rd := w.rd
-	if name := rd.Spec.Rsync.SSHKeys; name != nil {
-		data, err := keys.Read(ctx, w.r.Client, rd.Namespace, *name, keys.Destination)
-		if err != nil {
-			return nil, asInvalid(err)
-		}
-		rd.Status.Rsync.SSHKeys = nil
-		return data, nil
-	}
-	data, err := keys.Generate(ctx, w.r.Client, rd, keys.Destination)
-	if err != nil {
-		return nil, err
-	}
-	rd.Status.Rsync.SSHKeys = ptr.To(keys.NamesFor(keys.Destination, rd.Name).Published(keys.Destination))
-	return data, nil
 }
 
 // assign places the volume and writes the assignment for that node,

@@ -49,17 +49,6 @@ func TestOutcome(t *testing.T) {
 	}
 }
 
-func TestHolding(t *testing.T) {
-	held := &agentv1alpha1.MountAssignment{Spec: agentv1alpha1.MountAssignmentSpec{SyncGeneration: 2},
-		Status: agentv1alpha1.MountAssignmentStatus{LastSync: &agentv1alpha1.SyncResult{Generation: 2, Succeeded: true}}}
-	assert.True(t, holding(held))
-	held.Spec.SyncGeneration = 3
-	assert.False(t, holding(held), "raised: accepting the next sync")
-	failed := &agentv1alpha1.MountAssignment{Spec: agentv1alpha1.MountAssignmentSpec{SyncGeneration: 2},
-		Status: agentv1alpha1.MountAssignmentStatus{LastSync: &agentv1alpha1.SyncResult{Generation: 2}}}
-	assert.False(t, holding(failed), "a failed sync is not held")
-}
-
 func TestSnapshotName(t *testing.T) {
 	assert.Equal(t, "volsync-db-dst-20261126100000", snapshotName("volsync-db-dst", t0))
 	assert.Equal(t, "volsync-db-dst-20261126100000", snapshotName("volsync-db-dst", t0.In(time.FixedZone("x", 3600))), "UTC always")

@@ -30,7 +30,7 @@ const EventSnapshotCreated = "VolumeSnapshotCreated"
 // assignment that holds the volume after the last one. (Before the first
 // sync there is nothing to raise.)
 func (w *work) Start(ctx context.Context) error {
-	if w.ma == nil || !holding(w.ma) {
+	if w.ma == nil || !w.ma.Holding() {
 		return nil
 	}
 	w.ma.Spec.SyncGeneration++
@@ -38,13 +38,6 @@ func (w *work) Start(ctx context.Context) error {
 		return fmt.Errorf("let assignment %s accept sync %d: %w", w.ma.Name, w.ma.Spec.SyncGeneration, err)
 	}
 	return nil
-}
-
-// holding: the last sync succeeded and the agent refuses writers until the
-// generation moves on.
-func holding(ma *agentv1alpha1.MountAssignment) bool {
-	ls := ma.Status.LastSync
-	return ls != nil && ls.Succeeded && ls.Generation >= ma.Spec.SyncGeneration
 }
 
 // Synchronize waits for the agent to report the sync of the current

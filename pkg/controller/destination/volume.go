@@ -20,7 +20,6 @@ import (
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
-	"github.com/ferrysync/ferry/pkg/controller/keys"
 	"github.com/ferrysync/ferry/pkg/controller/names"
 	"github.com/ferrysync/ferry/pkg/controller/takeover"
 )
@@ -252,13 +251,5 @@ func (w *work) setAddress(svc *corev1.Service) {
 
 // transferring says whether data is moving into the volume now.
 func transferring(ma *agentv1alpha1.MountAssignment) bool {
-	return ma != nil && ma.Status.Phase == agentv1alpha1.PhaseTransferring
-}
-
-// asInvalid turns a key Secret the user must fix into a condition.
-func asInvalid(err error) error {
-	if errors.Is(err, keys.ErrInvalid) {
-		return cycle.Invalid(err)
-	}
-	return err
+	return ma != nil && ma.Transferring()
 }

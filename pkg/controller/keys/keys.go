@@ -223,3 +223,36 @@ func pick(data map[string][]byte, fields []string) map[string][]byte {
 	}
 	return out
 }
+
+// Copy is where an owner's keys are mirrored for the agent (Mirror): a
+// Secret in Ferry's namespace, labelled with the owner.
+type Copy struct {
+	Namespace, Name string
+	Labels          map[string]string
+}
+
+// Prepare is both kinds' key step: it reads the user's Secret when the CR
+// names one (user), else generates VolSync's, and mirrors the keys of side
+// for the agent. It returns what status.rsync.sshKeys says: the generated
+// Secret the other side needs, nil when the keys are the user's own. A
+// user's Secret that is missing or incomplete is ErrInvalid, for either
+// kind the same.
+func Prepare(ctx context.Context, c client.Client, owner client.Object, user *string, side Side, to Copy) (*string, error) {
+	var data map[string][]byte
+	var published *string
+	var err error
+	if user != nil {
+		data, err = Read(ctx, c, owner.GetNamespace(), *user, side)
+	} else {
+		data, err = Generate(ctx, c, owner, side)
+		name := NamesFor(side, owner.GetName()).Published(side)
+		published = &name
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := Mirror(ctx, c, to.Namespace, to.Name, to.Labels, data, side); err != nil {
+		return nil, err
+	}
+	return published, nil
+}

@@ -69,7 +69,8 @@ func (w *work) Synchronize(ctx context.Context) (cycle.Result, error) {
 
 // outcome reads the transfer's state from the assignment.
 func outcome(ma *agentv1alpha1.MountAssignment) cycle.Result {
-	if ls := ma.Status.LastSync; ls != nil && ls.Generation >= ma.Spec.SyncGeneration {
+	if ma.Ended() {
+		ls := ma.Status.LastSync
 		if ls.Succeeded {
 			return cycle.Result{Done: true, Succeeded: true, Logs: moverlog.Completed(ls,
 				fmt.Sprintf("Ferry: sent %d bytes, %d files changed, from node %s", ls.BytesSent, ls.FilesTransferred, ma.Spec.NodeName))}

@@ -7,13 +7,11 @@ package source
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -96,13 +94,11 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if rs.Status.Rsync == nil {
 		rs.Status.Rsync = &volsyncv1alpha1.ReplicationSourceRsyncStatus{}
 	}
-	data, err := w.keys(ctx)
+	published, err := keys.Prepare(ctx, c, rs, spec.SSHKeys, keys.Source, w.r.Assignments.KeyCopy(w.owner))
 	if err != nil {
-		return 0, err
+		return 0, cycle.InvalidIf(err, keys.ErrInvalid)
 	}
-	if err := keys.Mirror(ctx, c, w.r.Assignments.Namespace, w.owner.KeysName(), w.owner.Labels(), data, keys.Source); err != nil {
-		return 0, err
-	}
+	rs.Status.Rsync.SSHKeys = published
 	if err := c.Get(ctx, client.ObjectKey{Namespace: rs.Namespace, Name: rs.Spec.SourcePVC}, &corev1.PersistentVolumeClaim{}); err != nil {
 		if client.IgnoreNotFound(err) == nil {
 			return 0, cycle.Invalidf("spec.sourcePVC %q does not exist in namespace %s: create it or name an existing claim", rs.Spec.SourcePVC, rs.Namespace)
@@ -116,26 +112,6 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	return cycle.Step(ctx, w.cr(), w, w.r.Options)
-}
-
-// keys reads the user's Secret, or generates VolSync's and publishes the
-// one the destination needs.
-func (w *work) keys(ctx context.Context) (map[string][]byte, error) {
-	rs := w.rs
-	if name := rs.Spec.Rsync.SSHKeys; name != nil {
-		data, err := keys.Read(ctx, w.r.Client, rs.Namespace, *name, keys.Source)
-		if errors.Is(err, keys.ErrInvalid) {
-			return nil, cycle.Invalid(err)
-		}
-		rs.Status.Rsync.SSHKeys = nil
-		return data, err
-	}
-	data, err := keys.Generate(ctx, w.r.Client, rs, keys.Source)
-	if err != nil {
-		return nil, err
-	}
-	rs.Status.Rsync.SSHKeys = ptr.To(keys.NamesFor(keys.Source, rs.Name).Published(keys.Source))
-	return data, nil
 }
 
 // finalize removes the assignment (the agent unmounts first), the copy's
