@@ -13,7 +13,9 @@ import (
 
 func TestServeStatus(t *testing.T) {
 	addr := &agentv1alpha1.Endpoint{Address: "10.0.0.1", Port: 8022}
-	ok := func(gen int64) *agentv1alpha1.SyncResult { return &agentv1alpha1.SyncResult{Generation: gen, Succeeded: true} }
+	ok := func(gen int64) *agentv1alpha1.SyncResult {
+		return &agentv1alpha1.SyncResult{Generation: gen, Succeeded: true}
+	}
 	cases := map[string]struct {
 		gen     int64
 		last    *agentv1alpha1.SyncResult
@@ -127,7 +129,7 @@ func TestTracker(t *testing.T) {
 		},
 		"the endpoint's message is a failure even with status 0": {
 			events: []endpoint.Event{{Kind: endpoint.SyncEnded, Time: at(2), Message: "1 transfer(s) still wrote"}},
-			wants: []want{{write: true, ended: &agentv1alpha1.SyncResult{Generation: 3, Error: "1 transfer(s) still wrote"}}},
+			wants:  []want{{write: true, ended: &agentv1alpha1.SyncResult{Generation: 3, Error: "1 transfer(s) still wrote"}}},
 		},
 		"a refusal changes no status": {
 			events: []endpoint.Event{{Kind: endpoint.Refused, Time: at(0), Message: "held"}},
