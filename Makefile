@@ -1,6 +1,6 @@
 # Ferry's build, in kubebuilder's shape. Tools are built from the Go module
 # proxy at pinned versions into bin/ (gitignored); nothing is downloaded
-# otherwise. `build` and `test` do not depend on `lint`.
+# otherwise. `test` runs `lint` beside the tests.
 
 SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
@@ -87,9 +87,13 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 	go test $(GO_TEST_FLAGS) -short ./...
 
 .PHONY: test
-test: need-root deps testenv images $(CONTROLLER_GEN) $(CSI_SANITY) ## Everything: set-up, then unit and integration tests against real components.
-	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...
-	go test $(GO_TEST_FLAGS) -tags ferryfault -timeout $(TEST_TIMEOUT) -v -run 'TestFaultsBetweenChanges|TestShutdownRacesAStartingTransfer' ./pkg/transfer/
+test: need-root deps testenv images $(CONTROLLER_GEN) $(CSI_SANITY) $(STATICCHECK) ## Everything: set-up, lint (beside the tests, which mostly wait on clusters), then unit and integration tests against real components.
+	set +e; \
+	$(MAKE) --no-print-directory lint > $(BIN)/lint.log 2>&1 & lint=$$!; \
+	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...; rc=$$?; \
+	go test $(GO_TEST_FLAGS) -tags ferryfault -timeout $(TEST_TIMEOUT) -v -run 'TestFaultsBetweenChanges|TestShutdownRacesAStartingTransfer' ./pkg/transfer/ || rc=1; \
+	wait $$lint || { rc=1; echo "make lint failed:"; }; cat $(BIN)/lint.log; \
+	exit $$rc
 
 .PHONY: demo
 demo: need-root deps testenv images ## Two local clusters of real nodes, Ferry installed from deploy/, replicating a database pod's volume with the spec's manifests (root; Ctrl-C tears down).

@@ -205,8 +205,8 @@ func (p *Proc) Stop() (time.Duration, error) {
 	return time.Since(start), err
 }
 
-// Metric reads one series' value from the process's /metrics (-1 if
-// there is none); labels must all match.
+// Metric reads one series' value from the process's /metrics; labels must
+// all match, and a series that does not exist fails the test.
 func (p *Proc) Metric(name string, labels map[string]string) float64 {
 	p.t.Helper()
 	resp, err := http.Get(p.Metrics)
@@ -229,7 +229,9 @@ func (p *Proc) Metric(name string, labels map[string]string) float64 {
 			return f
 		}
 	}
-	return -1
+	require.NoError(p.t, sc.Err())
+	require.Failf(p.t, "no such series", "%s has no series %s%v: a misspelt name or label would otherwise read as a value", p.Metrics, name, labels)
+	return 0
 }
 
 // Kubeconfig installs a component's ServiceAccount and RBAC exactly as

@@ -4,8 +4,11 @@
 // VolumeAttachment a driver that requires attach needs first, and whether
 // the CR's namespace allows privileged transfers.
 //
-// Decisions (Place, Privileged, the assignment's spec) are pure functions;
-// the rest reads and writes the apiserver, each call idempotent.
+// Decisions (Place, RunAs, Limits, the assignment's spec) are pure
+// functions; whether a namespace allows privileged transfers is
+// volsyncv1alpha1.PrivilegedMovers, and what a status means is on the
+// assignment's API type (Ended, Holding). The rest reads and writes the
+// apiserver, each call idempotent.
 package assign
 
 import (

@@ -47,9 +47,12 @@ type Object struct{ Name, Namespace, Role string }
 
 func (o Object) values() []string { return []string{o.Name, o.Namespace, o.Role, Method} }
 
-// Synced records a completed sync and that the volume is in sync.
+// Synced records a completed sync and that the volume is in sync. The
+// missed-intervals series exists from then on (at 0 until one is
+// missed), so that an alert on its increase sees a CR that never missed.
 func (o Object) Synced(d time.Duration) {
 	syncDuration.WithLabelValues(o.values()...).Observe(d.Seconds())
+	missedIntervals.WithLabelValues(o.values()...)
 	outOfSync.WithLabelValues(o.values()...).Set(0)
 }
 
