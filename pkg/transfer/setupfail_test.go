@@ -85,7 +85,7 @@ func portOf(addr net.Addr) int { return addr.(*net.TCPAddr).Port }
 // unchanged.
 func offerDigest(t testing.TB, c *ssh.Client, root string) bool {
 	t.Helper()
-	sum, err := treedigest.Of(root)
+	sum, err := treedigest.Of(t.Context(), root)
 	require.NoError(t, err)
 	ok, _, err := c.SendRequest(treedigest.Request, true, sum[:])
 	require.NoError(t, err)

@@ -222,7 +222,7 @@ func (w *work) checkBinding(ctx context.Context, pvc *corev1.PersistentVolumeCla
 	}
 	if pvc.Spec.DataSource != nil && pvc.Spec.DataSource.Kind == "PersistentVolumeClaim" {
 		msg := fmt.Sprintf("waiting for clone %s of %s to be bound", pvc.Name, pvc.Spec.DataSource.Name)
-		if time.Since(pvc.CreationTimestamp.Time) > slowClone {
+		if w.r.Now().Sub(pvc.CreationTimestamp.Time) > slowClone {
 			msg += ": its CSI driver must support cloning (see the claim's events), or use copyMethod Snapshot"
 		}
 		return msg

@@ -133,7 +133,7 @@ func annotate(ctx context.Context, c client.Client, pvc *corev1.PersistentVolume
 // timeout the wait goes on, but latestMoverStatus and an event say the
 // sync is late and why.
 func (w *work) gate(ctx context.Context, src *corev1.PersistentVolumeClaim) (string, error) {
-	g := decideCopy(src.Annotations, time.Now(), w.r.CopyTriggerTimeout)
+	g := decideCopy(src.Annotations, w.r.Now(), w.r.CopyTriggerTimeout)
 	if err := annotate(ctx, w.r.Client, src, g.Set); err != nil {
 		return "", err
 	}

@@ -129,7 +129,7 @@ func (s *Server) verify(l *listener, log logr.Logger, v *verification, source tr
 	if v.ok && v.gen == r.gen {
 		return true
 	}
-	now, err := treedigest.Of(l.dest.Volume)
+	now, err := treedigest.Of(l.ctx, l.dest.Volume)
 	if err != nil {
 		log.Info("could not sum the volume; syncing in full", "error", err.Error())
 		return false
@@ -202,7 +202,7 @@ func (s *Server) ended(l *listener, log logr.Logger, code int) (int, string) {
 	if code != 0 || offered == nil {
 		return code, ""
 	}
-	volume, err := treedigest.Of(l.dest.Volume) // not under the lock: offers on other connections are answered
+	volume, err := treedigest.Of(l.ctx, l.dest.Volume) // not under the lock: offers on other connections are answered
 	r.mu.Lock()
 	current := r.gen == gen // no receiver started, no other sync ended
 	if current && err == nil {

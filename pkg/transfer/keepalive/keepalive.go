@@ -74,6 +74,8 @@ func (w *Watcher) watch(conn ssh.Conn, interval time.Duration) {
 				return
 			}
 			// One request at a time: ssh waits for each answer in turn.
+			// It has no deadline of its own: a peer that never answers
+			// is closed above, Missed intervals on, and that ends it.
 			if asking.CompareAndSwap(false, true) {
 				go func() {
 					defer asking.Store(false)

@@ -209,7 +209,7 @@ func Push(ctx context.Context, o Options) (Result, error) {
 	var err error
 	var p plan
 	if !o.Full {
-		p = prepare(&o, conn)
+		p = prepare(ctx, &o, conn)
 	}
 	if p.unchanged {
 		res.Unchanged, res.Summary = true, "unchanged since the last sync: nothing to send"
@@ -506,7 +506,7 @@ type plan struct {
 // destination whether it still holds what the recorded sync left; then it
 // offers the new tree's digest. Anything that goes wrong means a sync of
 // the whole tree.
-func prepare(o *Options, conn *connection) plan {
+func prepare(ctx context.Context, o *Options, conn *connection) plan {
 	start := time.Now()
 	base := o.Record.get()
 	type dial struct {
@@ -526,7 +526,7 @@ func prepare(o *Options, conn *connection) plan {
 		}
 		dialed <- d
 	}()
-	tree, err := walk(o)
+	tree, err := walk(ctx, o)
 	d := <-dialed
 	if d.err != nil {
 		return plan{} // the first try reports it
@@ -553,11 +553,11 @@ func prepare(o *Options, conn *connection) plan {
 
 // walk sums the volume, keeping the walk only when there is a Record to
 // keep it in.
-func walk(o *Options) (*treedigest.Tree, error) {
+func walk(ctx context.Context, o *Options) (*treedigest.Tree, error) {
 	if o.Record != nil {
-		return treedigest.Walk(o.Volume)
+		return treedigest.Walk(ctx, o.Volume)
 	}
-	sum, err := treedigest.Of(o.Volume)
+	sum, err := treedigest.Of(ctx, o.Volume)
 	return &treedigest.Tree{Sum: sum}, err
 }
 

@@ -139,7 +139,7 @@ func TestChanges(t *testing.T) {
 func TestChangesOfAWalkedTree(t *testing.T) {
 	root, _ := tree(t)
 	walk := func() *Tree {
-		tr, err := Walk(root)
+		tr, err := Walk(t.Context(), root)
 		require.NoError(t, err)
 		return tr
 	}

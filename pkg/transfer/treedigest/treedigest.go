@@ -22,6 +22,7 @@
 package treedigest
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -62,9 +63,12 @@ const InPlace = "inplace"
 // Sum is a tree's digest.
 type Sum [sha256.Size]byte
 
-// Of sums the tree at root (a directory), its own metadata included.
-func Of(root string) (Sum, error) {
-	t, err := walk(root, false)
+// Of sums the tree at root (a directory), its own metadata included. A
+// walk of a large volume takes a while: it stops, with ctx's error, at the
+// next directory once ctx ends (a released assignment, an agent's
+// shutdown).
+func Of(ctx context.Context, root string) (Sum, error) {
+	t, err := walk(ctx, root, false)
 	if err != nil {
 		return Sum{}, err
 	}
@@ -73,9 +77,9 @@ func Of(root string) (Sum, error) {
 
 // Walk sums the tree at root as Of does and keeps what Changes needs to
 // compare it with another walk of the same volume.
-func Walk(root string) (*Tree, error) { return walk(root, true) }
+func Walk(ctx context.Context, root string) (*Tree, error) { return walk(ctx, root, true) }
 
-func walk(root string, keep bool) (*Tree, error) {
+func walk(ctx context.Context, root string, keep bool) (*Tree, error) {
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", root, err)
@@ -85,7 +89,7 @@ func walk(root string, keep bool) (*Tree, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("stat %s: %w", root, err)
 	}
-	w := &walker{slots: make(chan struct{}, 2*runtime.GOMAXPROCS(0)), keep: keep}
+	w := &walker{ctx: ctx, slots: make(chan struct{}, 2*runtime.GOMAXPROCS(0)), keep: keep}
 	if keep {
 		w.links = map[string]uint64{}
 	}
@@ -106,6 +110,8 @@ func walk(root string, keep bool) (*Tree, error) {
 }
 
 type walker struct {
+	// ctx ends the walk at the next directory.
+	ctx context.Context
 	// slots bounds the goroutines walking subtrees; a directory that finds
 	// none free is walked by its parent's goroutine.
 	slots chan struct{}
@@ -121,6 +127,10 @@ type walker struct {
 // returns the directory's entries.
 func (w *walker) dir(fd int, path, rel string) (Sum, *dir, error) {
 	f := os.NewFile(uintptr(fd), path)
+	if err := w.ctx.Err(); err != nil {
+		f.Close()
+		return Sum{}, nil, fmt.Errorf("sum %s: %w", path, err)
+	}
 	names, err := f.Readdirnames(-1)
 	if err != nil {
 		f.Close()

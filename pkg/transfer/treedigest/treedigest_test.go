@@ -1,6 +1,7 @@
 package treedigest
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +30,7 @@ func tree(t *testing.T) (string, string) {
 
 func sum(t *testing.T, root string) Sum {
 	t.Helper()
-	s, err := Of(root)
+	s, err := Of(t.Context(), root)
 	require.NoError(t, err)
 	return s
 }
@@ -117,6 +118,18 @@ func TestWideTreeSumsAlike(t *testing.T) {
 
 func TestNotADirectory(t *testing.T) {
 	root, _ := tree(t)
-	_, err := Of(filepath.Join(root, "out"))
+	_, err := Of(t.Context(), filepath.Join(root, "out"))
 	require.Error(t, err, "a symlink as the root is not followed")
+}
+
+// TestAnEndedContextStopsTheWalk: a release or shutdown does not wait for
+// the walk of a whole volume.
+func TestAnEndedContextStopsTheWalk(t *testing.T) {
+	root, _ := tree(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := Of(ctx, root)
+	require.ErrorIs(t, err, context.Canceled)
+	_, err = Walk(ctx, root)
+	require.ErrorIs(t, err, context.Canceled)
 }
