@@ -13,11 +13,13 @@ package cycle
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
@@ -244,6 +246,15 @@ func Reconciled(obj client.Object, st *volsyncv1alpha1.SyncStatus, err error, no
 		c.Status, c.Reason, c.Message = metav1.ConditionFalse, volsyncv1alpha1.ReconciledReasonError, err.Error()
 	}
 	meta.SetStatusCondition(&st.Conditions, c)
+}
+
+// Transient says whether err is the apiserver's weather (a write conflict,
+// a timeout, throttling, a restart) rather than anything about the CR:
+// such an error is retried and does not set the Reconciled condition False,
+// which would flap with every apiserver hiccup.
+func Transient(err error) bool {
+	return err != nil && (apierrors.IsConflict(err) || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) ||
+		apierrors.IsTooManyRequests(err) || apierrors.IsServiceUnavailable(err) || errors.Is(err, context.DeadlineExceeded))
 }
 
 func timePtr(t *time.Time) *metav1.Time {

@@ -3,13 +3,16 @@ package cycle
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/events"
 
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
@@ -184,4 +187,25 @@ func TestPausedAndInvalid(t *testing.T) {
 	assert.Equal(t, `spec.sourcePVC "data" does not exist`, c.Message)
 	assert.True(t, IsInvalid(Invalidf("x")))
 	assert.False(t, IsInvalid(errors.New("x")))
+}
+
+func TestTransient(t *testing.T) {
+	gr := schema.GroupResource{Group: "volsync.backube", Resource: "replicationsources"}
+	cases := map[string]struct {
+		err  error
+		want bool
+	}{
+		"none":                     {nil, false},
+		"a write conflict":         {fmt.Errorf("update: %w", apierrors.NewConflict(gr, "rs", errors.New("changed"))), true},
+		"the apiserver times out":  {apierrors.NewServerTimeout(gr, "get", 1), true},
+		"throttled":                {apierrors.NewTooManyRequests("slow down", 1), true},
+		"the apiserver restarting": {apierrors.NewServiceUnavailable("starting"), true},
+		"a deadline":               {fmt.Errorf("get: %w", context.DeadlineExceeded), true},
+		"forbidden: RBAC to fix":   {apierrors.NewForbidden(gr, "rs", errors.New("no")), false},
+		"the user's to fix":        {Invalidf("spec.sourcePVC missing"), false},
+		"anything else":            {errors.New("mount failed"), false},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) { assert.Equal(t, tc.want, Transient(tc.err)) })
+	}
 }

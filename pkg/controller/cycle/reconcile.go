@@ -6,9 +6,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 )
@@ -21,6 +23,10 @@ const EventInvalid = "ReconcileFailed"
 // namespace (its assignment, its key copy in Ferry's namespace) is gone:
 // owner references cannot cross namespaces.
 const Finalizer = "ferrysync.io/cleanup"
+
+// conflictRetry is how soon a reconcile that met a write conflict runs
+// again.
+const conflictRetry = 100 * time.Millisecond
 
 // Shell is what both kinds' reconcilers share around their own work: the
 // finalizer, the Reconciled condition, one status write, when to look
@@ -77,7 +83,9 @@ func (s Shell) Run(ctx context.Context, key client.ObjectKey, obj client.Object,
 	}
 	orig := obj.DeepCopyObject().(client.Object)
 	after, err := body(ctx)
-	Reconciled(obj, st, err, s.unprivilegedNote(ctx, obj.GetNamespace()))
+	if !Transient(err) {
+		Reconciled(obj, st, err, s.unprivilegedNote(ctx, obj.GetNamespace()))
+	}
 	if IsInvalid(err) {
 		s.Events.Eventf(obj, nil, corev1.EventTypeWarning, EventInvalid, "Reconcile", "%s", err.Error())
 		after, err = s.Recheck, nil
@@ -87,8 +95,18 @@ func (s Shell) Run(ctx context.Context, key client.ObjectKey, obj client.Object,
 	patch := client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})
 	if data, perr := patch.Data(obj); perr != nil || string(data) != "{}" {
 		if perr := s.Client.Status().Patch(ctx, obj, patch); perr != nil {
-			return ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("write status: %w", perr))
+			if apierrors.IsConflict(perr) {
+				err = perr
+			} else {
+				return ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("write status: %w", perr))
+			}
 		}
+	}
+	if apierrors.IsConflict(err) {
+		// Expected: someone wrote the object since it was read. Again at
+		// once, on fresh data: not an error to log, nor to back off from.
+		log.FromContext(ctx).V(1).Info("conflict; reconciling again", "error", err.Error())
+		return ctrl.Result{RequeueAfter: conflictRetry}, nil
 	}
 	if err != nil {
 		return ctrl.Result{}, err
