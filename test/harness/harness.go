@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -144,10 +145,17 @@ func (b *Binaries) StartController(t T, c *cluster.Cluster, port int, extra ...s
 // Start starts the process (again) and waits until it is ready.
 func (p *Proc) Start() {
 	p.t.Helper()
+	p.StartWith()
+}
+
+// StartWith starts the process (again) with extra flags for this run only
+// (a later flag wins over the usual one) and waits until it is ready.
+func (p *Proc) StartWith(extra ...string) {
+	p.t.Helper()
 	f, err := os.OpenFile(p.logs, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	require.NoError(p.t, err)
 	defer f.Close()
-	p.cmd = exec.Command(p.path, p.args...)
+	p.cmd = exec.Command(p.path, append(slices.Clone(p.args), extra...)...)
 	p.cmd.Env, p.cmd.Stdout, p.cmd.Stderr = p.env, f, f
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(p.t, p.cmd.Start())
@@ -188,7 +196,11 @@ func (p *Proc) Kill() {
 }
 
 // Stop is SIGTERM; it returns the exit error and how long stopping took.
-func (p *Proc) Stop() (time.Duration, error) {
+func (p *Proc) Stop() (time.Duration, error) { return p.StopWithin(30 * time.Second) }
+
+// StopWithin is Stop for a process given limit to exit (one whose grace
+// period is longer than Stop's 30 s).
+func (p *Proc) StopWithin(limit time.Duration) (time.Duration, error) {
 	if p.cmd == nil {
 		return 0, nil
 	}
@@ -197,9 +209,9 @@ func (p *Proc) Stop() (time.Duration, error) {
 	var err error
 	select {
 	case err = <-p.done:
-	case <-time.After(30 * time.Second):
+	case <-time.After(limit):
 		_ = p.cmd.Process.Kill()
-		err = errors.Join(<-p.done, errors.New("did not stop within 30s after SIGTERM (killed)"))
+		err = errors.Join(<-p.done, fmt.Errorf("did not stop within %s after SIGTERM (killed)", limit))
 	}
 	p.cmd = nil
 	return time.Since(start), err
