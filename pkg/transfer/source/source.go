@@ -56,124 +56,16 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
-	"github.com/ferrysync/ferry/pkg/transfer/compression"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
-	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
 	"github.com/ferrysync/ferry/pkg/transfer/rsh"
 	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
-	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/pkg/transfer/stream"
-	"github.com/ferrysync/ferry/pkg/transfer/treedigest"
 )
-
-// Options say where to push what.
-type Options struct {
-	// Address and Port of the destination's ssh endpoint.
-	Address string
-	Port    int
-	// User for the ssh connection (VolSync: root).
-	User string
-	// Path within the destination volume ("/" for a replica).
-	Path string
-	// Keys are the source's identity and the pinned destination host key.
-	Keys *sshkeys.Source
-	// Volume is the host path of the mounted source data.
-	Volume string
-	// Scratch is an empty directory the agent owns, where each try's
-	// confinement mounts its private root (see confine.Spec).
-	Scratch string
-	// Cgroups, when set, gives each try's rsync a cgroup of its own (its
-	// memory and pids limits), lowered by Limits (the CR's moverResources).
-	Cgroups *cgroup.Pool
-	Limits  cgroup.Limits
-	// Compression is how rsync compresses what it sends (zero value:
-	// compression.Default; compression.None sends data as it is).
-	Compression compression.Compression
-	// Full always runs rsync over the whole tree. Otherwise the source
-	// first offers the digest of the volume's tree (treedigest) and sends
-	// nothing when the destination says its last completed sync received
-	// that very tree and nothing changed there since.
-	Full bool
-	// Record, when set, is what this source remembers of its last
-	// completed sync to the destination. When the destination confirms it
-	// still holds exactly what that sync left, only the entries changed
-	// since are sent (incremental sync). Push updates it.
-	Record *Record
-	// Attempts is how many times rsync is tried (default 5).
-	Attempts int
-	// Backoff is the first pause between tries, doubled each time (default
-	// 2 s).
-	Backoff time.Duration
-	// Keepalive is how often the connection to the destination is asked
-	// for a sign of life (default keepalive.DefaultInterval); one silent
-	// for keepalive.Missed intervals is closed, and the try fails.
-	Keepalive time.Duration
-	// Progress, when set, is called with live progress at most every
-	// ProgressInterval (default 1 s).
-	Progress         func(Progress)
-	ProgressInterval time.Duration
-	// Rsync is the rsync binary, under /usr (default: rsync from PATH).
-	Rsync string
-	// Log receives rsync's error output and the transfer's steps.
-	Log logr.Logger
-}
-
-// Result is the outcome of a push.
-type Result struct {
-	Stats
-	// ExitCode is rsync's exit status of the last try: 0 only when an
-	// rsync ran to 0 (or nothing was to be sent), exitcode.NotRun when the
-	// try failed before rsync could end on its own.
-	ExitCode int
-	// Attempts is the number of tries made.
-	Attempts int
-	// Start and End bound the whole push.
-	Start, End time.Time
-	// Errors is rsync's error output of the last try (bounded), then the
-	// remote side's.
-	Errors string
-	// Unchanged: the destination already held this very tree, and nothing
-	// was sent (Attempts is 0).
-	Unchanged bool
-	// Listed is how many entries an incremental sync handed rsync (0: the
-	// sync ran over the whole tree, or was skipped).
-	Listed int
-	// InPlace: rsync updated changed files in place (--inplace), the
-	// destination allowing it and its replica having no hard links.
-	InPlace bool
-}
 
 // IncrementalSummary starts the Summary of an incremental sync.
 const IncrementalSummary = "incremental:"
-
-// Record is what a source remembers of its last completed sync to a
-// destination: the walk of the tree it sent (treedigest.Tree). Its zero
-// value remembers nothing. The caller keeps one per replication, in
-// memory: a restarted agent, or a source copy mounted on another node,
-// starts without one and syncs in full.
-type Record struct {
-	mu   sync.Mutex
-	tree *treedigest.Tree
-}
-
-func (r *Record) get() *treedigest.Tree {
-	if r == nil {
-		return nil
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.tree
-}
-
-func (r *Record) set(t *treedigest.Tree) {
-	if r != nil {
-		r.mu.Lock()
-		r.tree = t
-		r.mu.Unlock()
-	}
-}
 
 // Where the confined rsync finds the remote-shell helper and its socket.
 const (
@@ -274,36 +166,6 @@ func Push(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	return res, err
-}
-
-func (o *Options) defaults() {
-	if o.User == "" {
-		o.User = "root"
-	}
-	if o.Path == "" {
-		o.Path = "/"
-	}
-	if o.Port == 0 {
-		o.Port = 22
-	}
-	if o.Attempts <= 0 {
-		o.Attempts = 5
-	}
-	if o.Compression.Choice == "" {
-		o.Compression = compression.Default
-	}
-	if o.Backoff <= 0 {
-		o.Backoff = 2 * time.Second
-	}
-	if o.Keepalive <= 0 {
-		o.Keepalive = keepalive.DefaultInterval
-	}
-	if o.ProgressInterval <= 0 {
-		o.ProgressInterval = time.Second
-	}
-	if o.Log.GetSink() == nil {
-		o.Log = logr.Discard()
-	}
 }
 
 // pushOnce runs one rsync try over the held connection, as p says: over
@@ -485,80 +347,6 @@ func throttle(o *Options, attempt int) func(bytes, files int64) {
 			o.Progress(Progress{Attempt: attempt, BytesDone: b, FilesDone: f})
 		}
 	}
-}
-
-// listFile names the list of an incremental sync's entries, in the
-// directory rsync's remote-shell helper shares with the agent.
-const listFile = "changed"
-
-// plan is what a sync sends: nothing (unchanged), the entries of list
-// (an incremental sync), or, with neither, the whole tree; inPlace, with
-// rsync --inplace. tree is the walk of the volume, for the source's next
-// Record.
-type plan struct {
-	tree      *treedigest.Tree
-	unchanged bool
-	list      []string
-	inPlace   bool
-}
-
-// prepare walks the volume while it connects and, with a Record, asks the
-// destination whether it still holds what the recorded sync left; then it
-// offers the new tree's digest. Anything that goes wrong means a sync of
-// the whole tree.
-func prepare(ctx context.Context, o *Options, conn *connection) plan {
-	start := time.Now()
-	base := o.Record.get()
-	type dial struct {
-		client  *ssh.Client
-		err     error
-		base    bool
-		inPlace bool
-	}
-	dialed := make(chan dial, 1)
-	go func() { // meanwhile: the destination checks its volume as the source walks
-		c, err := conn.get()
-		d := dial{client: c, err: err}
-		if err == nil && base != nil {
-			var reply []byte
-			d.base, reply, _ = conn.request(c, treedigest.BaseRequest, base.Sum[:])
-			d.inPlace = d.base && string(reply) == treedigest.InPlace
-		}
-		dialed <- d
-	}()
-	tree, err := walk(ctx, o)
-	d := <-dialed
-	if d.err != nil {
-		return plan{} // the first try reports it
-	}
-	if err != nil {
-		o.Log.Info("could not sum the volume's tree; syncing in full", "error", err.Error())
-		return plan{}
-	}
-	p := plan{tree: tree}
-	ok, _, err := conn.request(d.client, treedigest.Request, tree.Sum[:])
-	p.unchanged = err == nil && ok && fault.At(fault.Offer) == nil
-	if !p.unchanged && d.base {
-		if list, ok := treedigest.Changes(base, tree); ok {
-			p.list = list
-		}
-		// The replica is the recorded tree: without hard links, no file
-		// written in place can change another name's data.
-		p.inPlace = d.inPlace && !base.HardLinks()
-	}
-	o.Log.V(1).Info("offered the tree's digest", "unchanged", p.unchanged, "base", d.base, "listed", len(p.list),
-		"inPlace", p.inPlace, "walk", time.Since(start).String())
-	return p
-}
-
-// walk sums the volume, keeping the walk only when there is a Record to
-// keep it in.
-func walk(ctx context.Context, o *Options) (*treedigest.Tree, error) {
-	if o.Record != nil {
-		return treedigest.Walk(ctx, o.Volume)
-	}
-	sum, err := treedigest.Of(ctx, o.Volume)
-	return &treedigest.Tree{Sum: sum}, err
 }
 
 func lastLine(s string) string {
