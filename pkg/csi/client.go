@@ -50,16 +50,6 @@ func (c *Client) Close() error { return c.conn.Close() }
 // NodePublishVolume.
 func (c *Client) Stages() bool { return c.stage }
 
-// NodeID is the plugin's name for this node: what a VolumeAttachment's
-// attacher hands to ControllerPublishVolume, and what topology is keyed on.
-func (c *Client) NodeID(ctx context.Context) (string, error) {
-	info, err := c.node.NodeGetInfo(ctx, &csispec.NodeGetInfoRequest{})
-	if err != nil {
-		return "", fmt.Errorf("node info: %w", err)
-	}
-	return info.GetNodeId(), nil
-}
-
 // logCalls logs every CSI call (at V(4)) with its request and response
 // stripped of secrets, and how long it took, the way csi-lib-utils does for
 // kubelet's sidecars: the stage and publish secrets never reach a log. A

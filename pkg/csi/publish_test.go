@@ -1,8 +1,6 @@
 package csi
 
 import (
-	"github.com/ferrysync/ferry/pkg/kubelet"
-
 	"bytes"
 	"context"
 	"errors"
@@ -11,12 +9,14 @@ import (
 	"syscall"
 	"testing"
 
+	csispec "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/go-logr/logr/funcr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/ferrysync/ferry/pkg/kubelet"
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/test/cluster"
 )
@@ -37,9 +37,9 @@ func TestPublishLifecycle(t *testing.T) {
 
 	kc, err := Dial(ctx, kubelet.PluginSocket(c.Nodes[0].KubeletDir, cluster.DriverName), discard)
 	require.NoError(t, err)
-	id, err := kc.NodeID(ctx)
+	info, err := kc.node.NodeGetInfo(ctx, &csispec.NodeGetInfoRequest{})
 	require.NoError(t, err)
-	assert.Equal(t, c.Nodes[0].Name, id, "NodeGetInfo names the node")
+	assert.Equal(t, c.Nodes[0].Name, info.GetNodeId(), "NodeGetInfo names the node")
 	assert.True(t, kc.Stages(), "the driver stages")
 	require.NoError(t, kc.Close())
 

@@ -47,6 +47,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -200,42 +201,18 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	if err != nil {
 		return err
 	}
-	args := append(append([]string{}, rsyncFlags...), o.Compression.Args()...)
-	if string(client.ServerVersion()) == ferryVersion {
-		args = append(args, nanosecondTimes)
+	args, err := rsyncArgs(o, client, p, dir, rshCmd)
+	if err != nil {
+		return err
 	}
-	if p.list != nil {
-		// Only the listed entries (their parents come with them), each
-		// directory listed as "dir/." one level deep, so --delete removes
-		// what it lost; --files-from turns -a's recursion off.
-		if err := os.WriteFile(filepath.Join(dir, listFile), []byte(strings.Join(p.list, "\x00")+"\x00"), 0o600); err != nil {
-			return fmt.Errorf("write the list of changed entries: %w", err)
-		}
-		args = append(args, "--files-from="+rshDir+"/"+listFile, "--from0", "--dirs")
-	}
-	if p.inPlace {
-		args = append(args, "--inplace")
-	}
-	args = append(args, "-e", rshCmd, confine.DataDir+"/", o.User+"@ferry-destination:"+o.Path)
 	spec := confine.Spec{Volume: o.Volume, ReadOnly: true, Scratch: o.Scratch, Rsync: o.Rsync, Args: args,
 		Binds: []confine.Bind{{Host: exe, Path: rshBinary}, {Host: dir, Path: rshDir}}}
-	var group *cgroup.Group
-	if o.Cgroups != nil {
-		if err := fault.At(fault.SourceCgroup); err != nil {
-			return fmt.Errorf("make rsync's cgroup: %w", err)
-		}
-		if group, err = o.Cgroups.Make("source", o.Limits); err != nil {
-			return err
-		}
-		defer group.Remove()
-		spec.Cgroups = group.Dirs()
-	}
-	cmd, err := confine.Command(ctx, spec)
-	if ferr := fault.At(fault.SourceConfine); ferr != nil {
-		err = ferr
-	}
+	cmd, group, err := confined(ctx, o, spec)
 	if err != nil {
-		return fmt.Errorf("confine rsync: %w", err)
+		return err
+	}
+	if group != nil {
+		defer group.Remove()
 	}
 	// A pipe of our own: exec's StdoutPipe may not be read after Wait starts,
 	// and Wait must run concurrently so a dead rsync cancels the hand-over.
@@ -285,6 +262,57 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		why, _, _ = strings.Cut(strings.TrimSpace(remoteErr), "\n")
 	}
 	return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, why)
+}
+
+// rsyncArgs are the sending rsync's arguments for the plan: VolSync's
+// flags, the compression, nanosecond times with a Ferry peer, the list of
+// changed entries (written into dir) for an incremental sync, --inplace
+// where the destination allows it.
+func rsyncArgs(o *Options, client *ssh.Client, p *plan, dir, rshCmd string) ([]string, error) {
+	args := append(append([]string{}, rsyncFlags...), o.Compression.Args()...)
+	if string(client.ServerVersion()) == ferryVersion {
+		args = append(args, nanosecondTimes)
+	}
+	if p.list != nil {
+		// Only the listed entries (their parents come with them), each
+		// directory listed as "dir/." one level deep, so --delete removes
+		// what it lost; --files-from turns -a's recursion off.
+		if err := os.WriteFile(filepath.Join(dir, listFile), []byte(strings.Join(p.list, "\x00")+"\x00"), 0o600); err != nil {
+			return nil, fmt.Errorf("write the list of changed entries: %w", err)
+		}
+		args = append(args, "--files-from="+rshDir+"/"+listFile, "--from0", "--dirs")
+	}
+	if p.inPlace {
+		args = append(args, "--inplace")
+	}
+	return append(args, "-e", rshCmd, confine.DataDir+"/", o.User+"@ferry-destination:"+o.Path), nil
+}
+
+// confined makes the confined rsync command, in a cgroup of its own when
+// the options have a pool (the caller removes the group).
+func confined(ctx context.Context, o *Options, spec confine.Spec) (*exec.Cmd, *cgroup.Group, error) {
+	var group *cgroup.Group
+	if o.Cgroups != nil {
+		if err := fault.At(fault.SourceCgroup); err != nil {
+			return nil, nil, fmt.Errorf("make rsync's cgroup: %w", err)
+		}
+		var err error
+		if group, err = o.Cgroups.Make("source", o.Limits); err != nil {
+			return nil, nil, err
+		}
+		spec.Cgroups = group.Dirs()
+	}
+	cmd, err := confine.Command(ctx, spec)
+	if ferr := fault.At(fault.SourceConfine); ferr != nil {
+		err = ferr
+	}
+	if err != nil {
+		if group != nil {
+			group.Remove()
+		}
+		return nil, nil, fmt.Errorf("confine rsync: %w", err)
+	}
+	return cmd, group, nil
 }
 
 // serveRemote waits for rsync's remote shell and runs its command on a new

@@ -138,94 +138,110 @@ func (w *walker) dir(fd int, path, rel string) (Sum, *dir, error) {
 	}
 	sort.Strings(names)
 	w.entries.Add(int64(len(names)))
-	// The entries' records, in name order; a subdirectory's is filled in
-	// by whichever goroutine walks it.
-	entries := make([][]byte, len(names))
-	var kept *dir
+	l := &level{fd: fd, path: path, rel: rel, names: names, records: make([][]byte, len(names))}
 	if w.keep {
-		kept = &dir{names: names, own: make([]recHash, len(names)), subs: make([]*dir, len(names))}
+		l.kept = &dir{names: names, own: make([]recHash, len(names)), subs: make([]*dir, len(names))}
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	fail := func(err error) {
-		mu.Lock()
-		errs = append(errs, err)
-		mu.Unlock()
+	for i := range names {
+		w.visit(l, i)
 	}
-	for i, name := range names {
-		var st unix.Stat_t
-		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			fail(fmt.Errorf("stat %s/%s: %w", path, name, err))
-			continue
-		}
-		xattrs, err := xattrsOf(fd, name)
-		if err != nil {
-			fail(fmt.Errorf("read xattrs of %s/%s: %w", path, name, err))
-			continue
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFLNK:
-			target, err := readlinkat(fd, name)
-			if err != nil {
-				fail(fmt.Errorf("read link %s/%s: %w", path, name, err))
-				continue
-			}
-			entries[i] = entry(name, &st, target, xattrs, Sum{})
-		case unix.S_IFDIR:
-			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err != nil {
-				fail(fmt.Errorf("open %s/%s (changed while walked?): %w", path, name, err))
-				continue
-			}
-			walk := func() {
-				s, d, err := w.dir(sub, path+"/"+name, join(rel, name))
-				if err != nil {
-					fail(err)
-					return
-				}
-				entries[i] = entry(name, &st, "", xattrs, s)
-				if kept != nil {
-					kept.subs[i] = d
-				}
-			}
-			select {
-			case w.slots <- struct{}{}:
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					defer func() { <-w.slots }()
-					walk()
-				}()
-			default:
-				walk()
-			}
-		default:
-			entries[i] = entry(name, &st, "", xattrs, Sum{})
-			if w.keep && st.Nlink > 1 {
-				w.mu.Lock()
-				w.links[join(rel, name)] = st.Ino
-				w.mu.Unlock()
-			}
-		}
-	}
-	wg.Wait()
+	l.wg.Wait()
 	f.Close()
-	if len(errs) > 0 {
-		return Sum{}, nil, errors.Join(errs...)
+	if len(l.errs) > 0 {
+		return Sum{}, nil, errors.Join(l.errs...)
 	}
 	h := sha256.New()
-	for i, e := range entries {
+	for i, e := range l.records {
 		h.Write(e)
-		if kept != nil {
-			kept.own[i] = hashOwn(e)
+		if l.kept != nil {
+			l.kept.own[i] = hashOwn(e)
 		}
 	}
 	sum := Sum(h.Sum(nil))
-	if kept != nil {
-		kept.sum = sum
+	if l.kept != nil {
+		l.kept.sum = sum
 	}
-	return sum, kept, nil
+	return sum, l.kept, nil
+}
+
+// level is one directory being walked: its entries' records, in name
+// order (a subdirectory's is filled in by whichever goroutine walks it),
+// what keep keeps of it, and the errors met.
+type level struct {
+	fd        int
+	path, rel string
+	names     []string
+	records   [][]byte
+	kept      *dir
+	wg        sync.WaitGroup
+	mu        sync.Mutex
+	errs      []error
+}
+
+func (l *level) fail(err error) {
+	l.mu.Lock()
+	l.errs = append(l.errs, err)
+	l.mu.Unlock()
+}
+
+// visit records entry i of the directory; a subdirectory is walked in a
+// goroutine of its own when a slot is free, else in this one.
+func (w *walker) visit(l *level, i int) {
+	name := l.names[i]
+	var st unix.Stat_t
+	if err := unix.Fstatat(l.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		l.fail(fmt.Errorf("stat %s/%s: %w", l.path, name, err))
+		return
+	}
+	xattrs, err := xattrsOf(l.fd, name)
+	if err != nil {
+		l.fail(fmt.Errorf("read xattrs of %s/%s: %w", l.path, name, err))
+		return
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		target, err := readlinkat(l.fd, name)
+		if err != nil {
+			l.fail(fmt.Errorf("read link %s/%s: %w", l.path, name, err))
+			return
+		}
+		l.records[i] = entry(name, &st, target, xattrs, Sum{})
+	case unix.S_IFDIR:
+		sub, err := unix.Openat(l.fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			l.fail(fmt.Errorf("open %s/%s (changed while walked?): %w", l.path, name, err))
+			return
+		}
+		walk := func() {
+			s, d, err := w.dir(sub, l.path+"/"+name, join(l.rel, name))
+			if err != nil {
+				l.fail(err)
+				return
+			}
+			l.records[i] = entry(name, &st, "", xattrs, s)
+			if l.kept != nil {
+				l.kept.subs[i] = d
+			}
+		}
+		select {
+		case w.slots <- struct{}{}:
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				defer func() { <-w.slots }()
+				walk()
+			}()
+		default:
+			walk()
+		}
+	default:
+		l.records[i] = entry(name, &st, "", xattrs, Sum{})
+		if w.keep && st.Nlink > 1 {
+			w.mu.Lock()
+			w.links[join(l.rel, name)] = st.Ino
+			w.mu.Unlock()
+		}
+	}
 }
 
 // entry is an entry's record: its name, metadata, link target, xattrs and
