@@ -6,11 +6,11 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // records keeps, per replication source, what its last completed sync
-// from this node sent (source.Record), for the next sync's incremental
+// from this node sent (sender.Record), for the next sync's incremental
 // pass. A source's assignment lives for one sync, but its name (rs-<uid>)
 // is the same for every sync of the replication, so records are kept by
 // name beyond the assignment. One not used for ttl (the full-sync
@@ -23,13 +23,13 @@ type records struct {
 }
 
 type usedRecord struct {
-	rec  *source.Record
+	rec  *sender.Record
 	used time.Time
 }
 
 // get returns the record of a source, new if it had none; nil when
 // records are off (ttl 0: every sync runs in full).
-func (r *records) get(key types.NamespacedName, now time.Time) *source.Record {
+func (r *records) get(key types.NamespacedName, now time.Time) *sender.Record {
 	if r.ttl <= 0 {
 		return nil
 	}
@@ -45,7 +45,7 @@ func (r *records) get(key types.NamespacedName, now time.Time) *source.Record {
 	}
 	u := r.m[key]
 	if u == nil {
-		u = &usedRecord{rec: &source.Record{}}
+		u = &usedRecord{rec: &sender.Record{}}
 		r.m[key] = u
 	}
 	u.used = now

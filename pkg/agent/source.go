@@ -15,7 +15,7 @@ import (
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/compression"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
 
@@ -254,7 +254,7 @@ func (r *sourceRunner) run(ctx context.Context, ma *agentv1alpha1.MountAssignmen
 	}
 	activeTransfers.WithLabelValues(r.cfg.NodeName, "source").Inc()
 	defer activeTransfers.WithLabelValues(r.cfg.NodeName, "source").Dec()
-	res, err := source.Push(ctx, r.pushOptions(ctx, ma, path, keys))
+	res, err := sender.Push(ctx, r.pushOptions(ctx, ma, path, keys))
 	result.BytesSent, result.BytesReceived, result.FilesTransferred = res.BytesSent, res.BytesReceived, res.FilesTransferred
 	result.ExitCode, result.Summary = int32(res.ExitCode), res.Summary
 	r.count(ma, res, result.StartTime.Time)
@@ -292,7 +292,7 @@ func (r *sourceRunner) acquire(ctx context.Context, key types.NamespacedName) bo
 
 // pushOptions are the transfer's settings: the assignment's, the node's,
 // and progress written to the status.
-func (r *sourceRunner) pushOptions(ctx context.Context, ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Source) source.Options {
+func (r *sourceRunner) pushOptions(ctx context.Context, ma *agentv1alpha1.MountAssignment, path string, keys *sshkeys.Source) sender.Options {
 	key := client.ObjectKeyFromObject(ma)
 	logger := log.FromContext(ctx)
 	src := ma.Spec.Source
@@ -304,7 +304,7 @@ func (r *sourceRunner) pushOptions(ctx context.Context, ma *agentv1alpha1.MountA
 		logger.Info("compression setting refused; sending uncompressed", "error", err.Error())
 		compress = compression.None
 	}
-	return source.Options{
+	return sender.Options{
 		Address: src.Address, Port: int(src.Port), User: src.User, Path: src.Path, Keys: keys, Volume: path, Scratch: r.scratch, Cgroups: r.cgroups, Limits: limits(ma),
 		Backoff: r.cfg.RetryBackoff, Keepalive: r.cfg.Keepalive, Rsync: r.cfg.Rsync, Log: logger, ProgressInterval: r.cfg.ProgressInterval, Compression: compress,
 		Record:   r.records.get(key, time.Now()),
@@ -314,10 +314,10 @@ func (r *sourceRunner) pushOptions(ctx context.Context, ma *agentv1alpha1.MountA
 
 // progress writes a transfer's progress, with the rate since the last
 // report of the same try, into the status.
-func (r *sourceRunner) progress(ctx context.Context, key types.NamespacedName, gen int64) func(source.Progress) {
-	var last source.Progress
+func (r *sourceRunner) progress(ctx context.Context, key types.NamespacedName, gen int64) func(sender.Progress) {
+	var last sender.Progress
 	lastAt := time.Now()
-	return func(p source.Progress) {
+	return func(p sender.Progress) {
 		rate := int64(0)
 		if dt := time.Since(lastAt).Seconds(); dt > 0 && p.Attempt == last.Attempt {
 			rate = int64(float64(p.BytesDone-last.BytesDone) / dt)
@@ -334,7 +334,7 @@ func (r *sourceRunner) progress(ctx context.Context, key types.NamespacedName, g
 }
 
 // count adds a push's figures to the node's metrics.
-func (r *sourceRunner) count(ma *agentv1alpha1.MountAssignment, res source.Result, start time.Time) {
+func (r *sourceRunner) count(ma *agentv1alpha1.MountAssignment, res sender.Result, start time.Time) {
 	bytesTotal.WithLabelValues(r.labels(ma, "sent")...).Add(float64(res.BytesSent))
 	bytesTotal.WithLabelValues(r.labels(ma, "received")...).Add(float64(res.BytesReceived))
 	filesTotal.WithLabelValues(r.labels(ma)...).Add(float64(res.FilesTransferred))

@@ -24,7 +24,7 @@ import (
 	"github.com/ferrysync/ferry/internal/volsyncmover"
 	"github.com/ferrysync/ferry/pkg/transfer/compression"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // BenchmarkDataPlane measures Ferry's client and endpoint against stock
@@ -145,7 +145,7 @@ type bench struct {
 	plainS *volsyncmover.Source
 	// record is what Ferry's source remembers of its last sync to dst, as
 	// the agent keeps it per replication.
-	record source.Record
+	record sender.Record
 }
 
 func newBench(t testing.TB) *bench {
@@ -215,11 +215,11 @@ func (b *bench) run(method, src string) int64 {
 	t := b.t
 	switch method {
 	case "ferry", "ferry-none":
-		o := source.Options{Address: "127.0.0.1", Port: b.port, Keys: b.k.src, Scratch: t.TempDir(), Volume: src, Attempts: 1, Record: &b.record}
+		o := sender.Options{Address: "127.0.0.1", Port: b.port, Keys: b.k.src, Scratch: t.TempDir(), Volume: src, Attempts: 1, Record: &b.record}
 		if method == "ferry-none" {
 			o.Compression = compression.None
 		}
-		res, err := source.Push(context.Background(), o)
+		res, err := sender.Push(context.Background(), o)
 		require.NoError(t, err, res.Errors)
 		return res.BytesSent + res.BytesReceived
 	case "volsync":
@@ -266,7 +266,7 @@ func (b *bench) concurrentRSS(n int) int64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := source.Push(context.Background(), source.Options{Address: "127.0.0.1", Port: addr.(*net.TCPAddr).Port,
+			res, err := sender.Push(context.Background(), sender.Options{Address: "127.0.0.1", Port: addr.(*net.TCPAddr).Port,
 				Keys: k.src, Volume: src, Scratch: t.TempDir(), Attempts: 1})
 			require.NoError(t, err, res.Errors)
 		}()

@@ -2,7 +2,7 @@
 // wire-compatible with VolSync's rsync mover. Its subpackages each do one
 // job: servercmd (what a client may run), confine (rsync shut into its
 // volume), cgroup (each transfer's limits), endpoint (the destination's ssh
-// server), source (the pushing client), rsh (rsync's remote shell over the
+// server), sender (the pushing client), rsh (rsync's remote shell over the
 // agent's connection), reexec (the helper processes), sshkeys (VolSync's
 // key Secrets), compression (the rsync compression setting), keepalive
 // (ssh keepalives that end a cut connection), stream (rsync's bytes

@@ -24,7 +24,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // TestFaultsBetweenChanges interleaves the change fuzzer's random changes
@@ -70,9 +70,9 @@ func TestFaultsBetweenChanges(t *testing.T) {
 	inj := &injector{}
 	t.Cleanup(fault.Set(inj))
 
-	record := &source.Record{}
+	record := &sender.Record{}
 	attempts := 1 // one try, or a retry after the fault
-	options := func(o *source.Options) {
+	options := func(o *sender.Options) {
 		o.Port, o.Record, o.Cgroups, o.Attempts, o.Backoff = px.port, record, pool, attempts, time.Millisecond
 	}
 	// settle waits until the destination has reported the sync's end and
@@ -93,7 +93,7 @@ func TestFaultsBetweenChanges(t *testing.T) {
 		faultCase{name: "receiver killed", started: fault.Receiver, act: kill, big: true},
 		faultCase{name: "connection cut", started: fault.Receiver, act: func(int) bool { return px.cut() > 0 }, big: true},
 		faultCase{name: "source restarted mid-transfer", started: fault.SourceRsync, act: kill, big: true,
-			after: func() { record = &source.Record{} }},
+			after: func() { record = &sender.Record{} }},
 		faultCase{name: "destination restarted before its record", at: fault.Shutdown, hook: func() {
 			srv.Remove(dest.ID)
 			if _, err := srv.Add(dest); err != nil {

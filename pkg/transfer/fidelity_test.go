@@ -13,7 +13,7 @@ import (
 	"github.com/ferrysync/ferry/internal/fstree"
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // TestFidelity pushes the full fixture with Ferry's client to Ferry's
@@ -25,9 +25,9 @@ func TestFidelity(t *testing.T) {
 	var ev events
 	_, port := serve(t, k, dst, &ev)
 
-	var progress []source.Progress
-	res, err := push(t, k.src, port, src, func(o *source.Options) {
-		o.Progress = func(p source.Progress) { progress = append(progress, p) }
+	var progress []sender.Progress
+	res, err := push(t, k.src, port, src, func(o *sender.Options) {
+		o.Progress = func(p sender.Progress) { progress = append(progress, p) }
 		o.ProgressInterval = 1
 	})
 	require.NoError(t, err, res.Errors)
@@ -102,16 +102,16 @@ func TestRewriteInTheSameSecond(t *testing.T) {
 		require.NoError(t, os.Chtimes(file, second.Add(at), second.Add(at)))
 	}
 	write("version one", 100*time.Millisecond)
-	record := &source.Record{}
-	res, err := push(t, k.src, port, src, func(o *source.Options) { o.Record = record })
+	record := &sender.Record{}
+	res, err := push(t, k.src, port, src, func(o *sender.Options) { o.Record = record })
 	require.NoError(t, err, res.Errors)
 	requireSame(t, src, dst)
 
 	write("version two", 600*time.Millisecond)
-	res, err = push(t, k.src, port, src, func(o *source.Options) { o.Record = record })
+	res, err = push(t, k.src, port, src, func(o *sender.Options) { o.Record = record })
 	require.NoError(t, err, res.Errors)
 	requireSame(t, src, dst)
-	res, err = push(t, k.src, port, src, func(o *source.Options) { o.Full = true })
+	res, err = push(t, k.src, port, src, func(o *sender.Options) { o.Full = true })
 	require.NoError(t, err, res.Errors)
 	requireSame(t, src, dst)
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/reexec"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
 
@@ -126,15 +126,15 @@ func serveDestination(t testing.TB, d endpoint.Destination, ev *events, opts ...
 }
 
 // push runs Ferry's source against a local endpoint.
-func push(t testing.TB, k *sshkeys.Source, port int, src string, mod func(*source.Options)) (source.Result, error) {
+func push(t testing.TB, k *sshkeys.Source, port int, src string, mod func(*sender.Options)) (sender.Result, error) {
 	t.Helper()
-	o := source.Options{Address: "127.0.0.1", Port: port, Keys: k, Volume: src, Scratch: t.TempDir(), Attempts: 1, Log: testr.NewWithInterface(t, testr.Options{})}
+	o := sender.Options{Address: "127.0.0.1", Port: port, Keys: k, Volume: src, Scratch: t.TempDir(), Attempts: 1, Log: testr.NewWithInterface(t, testr.Options{})}
 	if mod != nil {
 		mod(&o)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := source.Push(ctx, o)
+	res, err := sender.Push(ctx, o)
 	t.Logf("push: exit %d after %d tries, err %v\n%s\n%s", res.ExitCode, res.Attempts, err, res.Summary, res.Errors)
 	return res, err
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 )
 
@@ -78,7 +78,7 @@ func TestSymlinkInDestinationDoesNotLeadOut(t *testing.T) {
 	// Writing into paths behind symlinks: the remote path goes through "up".
 	require.NoError(t, os.Symlink(outside, filepath.Join(dst, "escape2")))
 	for _, path := range []string{"escape2/", "up" + outside + "/"} {
-		_, err = push(t, k.src, port, src, func(o *source.Options) { o.Path = path })
+		_, err = push(t, k.src, port, src, func(o *sender.Options) { o.Path = path })
 		assert.Error(t, err, path)
 	}
 	emptyDir(t, outside)
@@ -314,11 +314,11 @@ func TestDevSymlinkLeavesHostDevicesAlone(t *testing.T) {
 	}
 	dev := t.TempDir()
 	null(dev)
-	_, _ = push(t, k.src, port, dev, func(o *source.Options) { o.Path = "dv/" })
+	_, _ = push(t, k.src, port, dev, func(o *sender.Options) { o.Path = "dv/" })
 	nested := t.TempDir()
 	require.NoError(t, os.Mkdir(filepath.Join(nested, "dv"), 0o755))
 	null(filepath.Join(nested, "dv"))
-	_, _ = push(t, k.src, port, nested, func(o *source.Options) { o.Path = "/" })
+	_, _ = push(t, k.src, port, nested, func(o *sender.Options) { o.Path = "/" })
 
 	var after unix.Stat_t
 	require.NoError(t, unix.Stat("/dev/null", &after))

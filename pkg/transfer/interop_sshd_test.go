@@ -13,7 +13,7 @@ import (
 	"github.com/ferrysync/ferry/internal/fstree"
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/compression"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // TestFerrySourceToVolSyncDestination pushes with Ferry's client to a stock
@@ -35,7 +35,7 @@ func TestFerrySourceToVolSyncDestination(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(src, "log-"+c), []byte(strings.Repeat("GET /api "+c+"\n", 10000)), 0o644))
 		compress, err := compression.Parse(c)
 		require.NoError(t, err)
-		res, err = push(t, k.src, d.Port, src, func(o *source.Options) { o.Compression = compress })
+		res, err = push(t, k.src, d.Port, src, func(o *sender.Options) { o.Compression = compress })
 		require.NoError(t, err, "%s: %s", c, res.Errors)
 		requireSame(t, src, dst, rrsyncDrops(t)...)
 	}

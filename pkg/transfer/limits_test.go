@@ -19,7 +19,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // refusals counts an endpoint's refusals by cause.
@@ -110,7 +110,7 @@ func TestFloodLeavesOthersServed(t *testing.T) {
 	}
 	// A source retries a refused connection, as this one does: the flood
 	// may have spent A's handshake budget for the moment.
-	res, err = push(t, a.src, portA, src, func(o *source.Options) { o.Attempts, o.Backoff = 5, 200*time.Millisecond })
+	res, err = push(t, a.src, portA, src, func(o *sender.Options) { o.Attempts, o.Backoff = 5, 200*time.Millisecond })
 	require.NoError(t, err, "A serves its own source afterwards: %s", res.Errors)
 	assert.FileExists(t, filepath.Join(dstA, "f"))
 }
@@ -201,7 +201,7 @@ func TestIdleSocketsFromOneAddressLeaveTheSourceServed(t *testing.T) {
 	src := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), []byte("served through the flood"), 0o644))
 	for i := range 3 {
-		res, err := push(t, k.src, port, src, func(o *source.Options) { o.Attempts = 1 })
+		res, err := push(t, k.src, port, src, func(o *sender.Options) { o.Attempts = 1 })
 		require.NoError(t, err, "sync %d during the flood, at its first try: %s", i, res.Errors)
 	}
 	requireSame(t, src, dst)
@@ -257,7 +257,7 @@ func TestOneDestinationCannotTakeEveryReceiver(t *testing.T) {
 
 	src := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(src, "f"), []byte("B's data"), 0o644))
-	res, err := push(t, b.src, addrB.(*net.TCPAddr).Port, src, func(o *source.Options) { o.Attempts = 1 })
+	res, err := push(t, b.src, addrB.(*net.TCPAddr).Port, src, func(o *sender.Options) { o.Attempts = 1 })
 	require.NoError(t, err, "B syncs at its first try while A holds what it can: %s", res.Errors)
 	requireSame(t, src, dstB)
 

@@ -16,7 +16,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // TestPushRetriesThenGivesUp: with nobody listening, every try fails and
@@ -28,7 +28,7 @@ func TestPushRetriesThenGivesUp(t *testing.T) {
 	require.NoError(t, err)
 	port := ln.Addr().(*net.TCPAddr).Port
 	require.NoError(t, ln.Close())
-	res, err := source.Push(context.Background(), source.Options{Address: "127.0.0.1", Port: port, Keys: k.src, Scratch: t.TempDir(),
+	res, err := sender.Push(context.Background(), sender.Options{Address: "127.0.0.1", Port: port, Keys: k.src, Scratch: t.TempDir(),
 		Volume: t.TempDir(), Attempts: 3, Backoff: 10 * time.Millisecond, Log: testr.New(t)})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "connection refused")
@@ -50,8 +50,8 @@ func TestPushCancels(t *testing.T) {
 	started := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		_, err := source.Push(ctx, source.Options{Address: "127.0.0.1", Port: port, Keys: k.src, Volume: src, Scratch: t.TempDir(),
-			ProgressInterval: time.Millisecond, Progress: func(p source.Progress) {
+		_, err := sender.Push(ctx, sender.Options{Address: "127.0.0.1", Port: port, Keys: k.src, Volume: src, Scratch: t.TempDir(),
+			ProgressInterval: time.Millisecond, Progress: func(p sender.Progress) {
 				if p.BytesDone > 0 {
 					select {
 					case <-started:
@@ -112,17 +112,17 @@ func TestFailedIncrementalTryRetriesInFull(t *testing.T) {
 	src, dst := fixture(t), t.TempDir()
 	var ev events
 	srv, port := serve(t, k, dst, &ev)
-	record := &source.Record{}
-	withRecord := func(o *source.Options) { o.Record = record }
+	record := &sender.Record{}
+	withRecord := func(o *sender.Options) { o.Record = record }
 	_, err := push(t, k.src, port, src, withRecord)
 	require.NoError(t, err)
 	ev.waitForCount(t, endpoint.Recorded, 1)
 
 	require.NoError(t, os.WriteFile(filepath.Join(src, "a", "new"), []byte("changed"), 0o644))
 	srv.Hold("ns/dest", true) // the first try is refused
-	done := make(chan source.Result, 1)
+	done := make(chan sender.Result, 1)
 	go func() {
-		res, err := push(t, k.src, port, src, func(o *source.Options) {
+		res, err := push(t, k.src, port, src, func(o *sender.Options) {
 			o.Record, o.Attempts, o.Backoff = record, 2, time.Second
 		})
 		assert.NoError(t, err)
@@ -133,7 +133,7 @@ func TestFailedIncrementalTryRetriesInFull(t *testing.T) {
 	res := <-done
 	assert.Equal(t, 2, res.Attempts)
 	assert.Zero(t, res.Listed, "the second try sent the whole tree")
-	assert.NotContains(t, res.Summary, source.IncrementalSummary)
+	assert.NotContains(t, res.Summary, sender.IncrementalSummary)
 	requireSame(t, src, dst)
 
 	ev.waitForCount(t, endpoint.Recorded, 2)

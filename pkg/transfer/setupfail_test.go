@@ -10,7 +10,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 	"github.com/ferrysync/ferry/pkg/transfer/treedigest"
 )
 
@@ -27,16 +27,16 @@ func TestFailedSetUpIsNoSync(t *testing.T) {
 	src, dst := fixture(t), t.TempDir()
 	var ev events
 	_, port := serve(t, k, dst, &ev)
-	record := &source.Record{}
+	record := &sender.Record{}
 
-	res, err := push(t, k.src, port, src, func(o *source.Options) { o.Scratch, o.Record = "", record })
+	res, err := push(t, k.src, port, src, func(o *sender.Options) { o.Scratch, o.Record = "", record })
 	require.Error(t, err, "confine refuses an empty scratch directory")
 	assert.NotZero(t, res.ExitCode, "no rsync ran to 0")
 	ended := ev.waitFor(t, endpoint.SyncEnded)
 	assert.NotZero(t, ended.ExitCode, "the destination heard of a failed sync")
 	assert.Zero(t, ev.count(endpoint.Recorded), "nothing recorded of a sync that sent nothing")
 
-	res, err = push(t, k.src, port, src, func(o *source.Options) { o.Record = record })
+	res, err = push(t, k.src, port, src, func(o *sender.Options) { o.Record = record })
 	require.NoError(t, err, res.Errors)
 	assert.False(t, res.Unchanged, "the replica never received the tree")
 	requireSame(t, src, dst)

@@ -15,7 +15,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // TestSyncsFollowRandomChanges: rounds of one to three random changes to
@@ -49,7 +49,7 @@ func fuzzSyncs(t *testing.T, inPlace bool) {
 	lim.HandshakeRate = 1000
 	_, port := serveDestination(t, endpoint.Destination{Keys: k.dst, Volume: dst, Privileged: true, InPlace: inPlace}, &ev, endpoint.WithLimits(lim))
 	counts := map[string]int{}
-	record := &source.Record{}
+	record := &sender.Record{}
 	for round := 0; round < rounds; round++ {
 		linked := hardLinks(t, src) // in the tree the replica holds
 		changed := ""
@@ -64,10 +64,10 @@ func fuzzSyncs(t *testing.T, inPlace bool) {
 		}
 		forgot := round%5 == 4
 		if forgot {
-			record = &source.Record{}
+			record = &sender.Record{}
 		}
 		recorded := ev.count(endpoint.Recorded)
-		res, err := push(t, k.src, port, src, func(o *source.Options) { o.Record = record })
+		res, err := push(t, k.src, port, src, func(o *sender.Options) { o.Record = record })
 		require.NoError(t, err, res.Errors)
 		incremental := changed != "" && round > 0 && !forgot
 		require.Equal(t, changed == "" && round > 0, res.Unchanged, "round %d (seed %d): change %q", round, seed, changed)

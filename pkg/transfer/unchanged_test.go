@@ -11,7 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 )
 
 // TestUnchangedTreeSendsNothing: a Ferry source whose tree is as it was
@@ -27,9 +27,9 @@ func TestUnchangedTreeSendsNothing(t *testing.T) {
 	src, dst := fixture(t), t.TempDir()
 	var ev events
 	_, port := serve(t, k, dst, &ev)
-	sync := func(want bool, why string, mod ...func(*source.Options)) {
+	sync := func(want bool, why string, mod ...func(*sender.Options)) {
 		t.Helper()
-		var m func(*source.Options)
+		var m func(*sender.Options)
 		if len(mod) > 0 {
 			m = mod[0]
 		}
@@ -101,7 +101,7 @@ func TestUnchangedTreeSendsNothing(t *testing.T) {
 	vs := volsyncSource(t, k, port)
 	vsRsync(t, vs, src)
 	sync(false, "VolSync's source synced in between: no record")
-	sync(false, "a sync asked to run in full", func(o *source.Options) { o.Full = true })
+	sync(false, "a sync asked to run in full", func(o *sender.Options) { o.Full = true })
 	sync(false, "which leaves no record either")
 	sync(true, "until a Ferry sync completes")
 }

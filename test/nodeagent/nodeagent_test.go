@@ -36,7 +36,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
-	"github.com/ferrysync/ferry/pkg/transfer/source"
+	"github.com/ferrysync/ferry/pkg/transfer/sender"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
 	"github.com/ferrysync/ferry/test/cluster"
 	"github.com/ferrysync/ferry/test/harness"
@@ -248,7 +248,7 @@ func TestAgentsReplicate(t *testing.T) {
 		update(t, src.Name, func(ma *agentv1alpha1.MountAssignment) { ma.Spec.Volume, ma.Spec.SyncGeneration = volumeOf(copyPV), 3 })
 		res := synced(t, src.Name, 3)
 		require.True(t, res.Succeeded, res.Error)
-		assert.Contains(t, res.Summary, source.IncrementalSummary, "the destination holds what sync 2 left: only the changes are listed")
+		assert.Contains(t, res.Summary, sender.IncrementalSummary, "the destination holds what sync 2 left: only the changes are listed")
 		assert.Less(t, res.BytesSent, int64(1<<20), "the 3 MiB log is not sent again")
 		assert.Equal(t, 1.0, agentA.Metric("ferry_agent_incremental_syncs_total", map[string]string{"node": nodeA.Name, "role": "source"}))
 		require.True(t, synced(t, dst.Name, 3).Succeeded)
@@ -290,7 +290,7 @@ func TestAgentsReplicate(t *testing.T) {
 		require.True(t, res.Succeeded, "the sync after %s: %s", why, res.Error)
 		assert.Equal(t, after+1, res.Generation, "generation %d was not run again", after)
 		assert.NotContains(t, res.Summary, "unchanged since the last sync", "an interrupted sync leaves no record: rsync runs in full")
-		assert.NotContains(t, res.Summary, source.IncrementalSummary, "an interrupted sync leaves no record: rsync runs over the whole tree")
+		assert.NotContains(t, res.Summary, sender.IncrementalSummary, "an interrupted sync leaves no record: rsync runs over the whole tree")
 	}
 
 	t.Run("kill -9 of the source's agent mid-transfer", func(t *testing.T) {

@@ -1,4 +1,4 @@
-package source
+package sender
 
 import (
 	"encoding/binary"

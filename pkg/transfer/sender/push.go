@@ -1,4 +1,4 @@
-// Package source is the pushing side of Ferry's data plane: it sends a
+// Package sender is the pushing side of Ferry's data plane: it sends a
 // mounted, read-only point-in-time copy of a volume to a destination the way
 // VolSync's rsync source does, so it works against Ferry's endpoint and
 // against a stock VolSync destination alike.
@@ -38,7 +38,7 @@
 // a non-empty stale directory. As a sender it is reported (shared recipes)
 // to ignore -H silently and not to forward --delete. No part of a
 // VolSync-compatible transfer is complete in it, so Ferry does not use it.
-package source
+package sender
 
 import (
 	"bytes"
