@@ -10,6 +10,12 @@
 // (pkg/csi), adopted again at start and taken down if no assignment wants
 // them; a sync found running in status but not in the process is reported
 // failed, never run a second time.
+//
+// Files: agent.go wires the manager; reconcile.go is the dispatcher;
+// node.go what both roles share (publisher, status writer, reads, labels);
+// source.go the source runner and its rule (decideSource); destination.go
+// the destination server; syncs.go its pure rules (serveStatus, the
+// endpoint-event tracker); owner.go the checks before anything is mounted.
 package agent
 
 import (
