@@ -132,9 +132,9 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		events: mgr.GetEventRecorder("ferry-nodeagent"), log: log}
 	r := &Reconciler{node: n, writer: mgr.GetClient(),
 		source: &sourceRunner{node: n, scratch: scratch, cgroups: cgroups, slots: make(chan struct{}, cfg.MaxTransfers),
-			aborted: aborted, records: records{ttl: cfg.FullSyncInterval}, states: map[types.NamespacedName]*sourceState{}},
+			aborted: aborted, records: records{ttl: cfg.FullSyncInterval}},
 		destination: &destinationServer{node: n, server: server, ctx: ctrllog.IntoContext(ctx, log.WithName("destination")),
-			aborted: aborted, states: map[types.NamespacedName]*destinationState{}},
+			aborted: aborted, states: objects[destinationState]{fresh: func(uid types.UID) *destinationState { return &destinationState{uid: uid} }}},
 	}
 	if err := recoverVolumes(ctx, mgr.GetAPIReader(), pub, cfg); err != nil {
 		return err

@@ -40,8 +40,7 @@ type destinationServer struct {
 	// aborted ends redelivery when the agent stops.
 	aborted <-chan struct{}
 
-	mu     sync.Mutex
-	states map[types.NamespacedName]*destinationState
+	states objects[destinationState]
 }
 
 // destinationState is what this process knows of a destination beyond its
@@ -63,26 +62,12 @@ type destinationState struct {
 	redelivering bool
 }
 
-// state is the state of this very object, new if the name last belonged to
-// another.
-func (d *destinationServer) state(ma *agentv1alpha1.MountAssignment) *destinationState {
-	key := client.ObjectKeyFromObject(ma)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	s := d.states[key]
-	if s == nil || s.uid != ma.UID {
-		s = &destinationState{uid: ma.UID}
-		d.states[key] = s
-	}
-	return s
-}
-
 // stop stops serving a destination and forgets it.
 func (d *destinationServer) stop(key types.NamespacedName) {
 	d.server.Remove(key.String())
-	d.mu.Lock()
-	delete(d.states, key)
-	d.mu.Unlock()
+	if s := d.states.get(key); s != nil {
+		d.states.drop(key, s)
+	}
 }
 
 // reconcile publishes and serves the volume, and writes the status that
@@ -123,7 +108,7 @@ func (d *destinationServer) reconcile(ctx context.Context, ma *agentv1alpha1.Mou
 	}
 	// Decided on the fresh status, under the lock the endpoint's events
 	// take too: a stale cache must never release a hold a sync just set.
-	s := d.state(ma)
+	s := d.states.of(ma)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	err = d.status.update(ctx, key, func(ma *agentv1alpha1.MountAssignment) {
@@ -192,7 +177,7 @@ func (d *destinationServer) serve(ma *agentv1alpha1.MountAssignment, path string
 	id := key.String()
 	fingerprint := fmt.Sprintf("%s|%s|%s|%t|%v|%v|%t", path, ssh.FingerprintSHA256(keys.HostKey.PublicKey()),
 		ssh.FingerprintSHA256(keys.Authorized), privileged, ma.Spec.Destination.RunAs, limits(ma), ma.Spec.Destination.InPlace)
-	s := d.state(ma)
+	s := d.states.of(ma)
 	s.mu.Lock()
 	served, ep := s.served, s.endpoint
 	s.mu.Unlock()
@@ -240,7 +225,7 @@ func (d *destinationServer) onEvent(key types.NamespacedName, e endpoint.Event) 
 		logger.Error(err, "destination event for an assignment not in the cache")
 		return
 	}
-	s := d.state(ma)
+	s := d.states.of(ma)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := s.syncs.start

@@ -38,16 +38,13 @@ type sourceRunner struct {
 	// records are what each source's last completed sync sent.
 	records records
 
-	mu     sync.Mutex
-	states map[types.NamespacedName]*sourceState
+	states objects[sourceState]
 }
 
 // sourceState is what this process knows of a source assignment beyond
-// its status. It belongs to one object (uid): an assignment deleted and
-// created again under the same name starts afresh.
+// its status.
 type sourceState struct {
-	uid types.UID
-	mu  sync.Mutex
+	mu sync.Mutex
 	// running is the generation running (0: none), cancel and done its
 	// end; finished is the last generation this process finished.
 	running  int64
@@ -86,25 +83,11 @@ func decideSource(ma *agentv1alpha1.MountAssignment, running, finished int64) so
 	return sourceStart
 }
 
-// state is the state of this very object, new if the name last belonged to
-// another.
-func (r *sourceRunner) state(ma *agentv1alpha1.MountAssignment) *sourceState {
-	key := client.ObjectKeyFromObject(ma)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s := r.states[key]
-	if s == nil || s.uid != ma.UID {
-		s = &sourceState{uid: ma.UID}
-		r.states[key] = s
-	}
-	return s
-}
-
 // reconcile starts the transfer for spec.syncGeneration when decideSource
 // says so.
 func (r *sourceRunner) reconcile(ctx context.Context, ma *agentv1alpha1.MountAssignment) error {
 	key := client.ObjectKeyFromObject(ma)
-	s := r.state(ma)
+	s := r.states.of(ma)
 	s.mu.Lock()
 	action := decideSource(ma, s.running, s.finished)
 	s.mu.Unlock()
@@ -178,9 +161,7 @@ func (r *sourceRunner) start(ctx context.Context, s *sourceState, ma *agentv1alp
 // stop cancels a source's transfer and waits for it to end, and forgets
 // the source.
 func (r *sourceRunner) stop(key types.NamespacedName) {
-	r.mu.Lock()
-	s := r.states[key]
-	r.mu.Unlock()
+	s := r.states.get(key)
 	if s == nil {
 		return
 	}
@@ -191,11 +172,7 @@ func (r *sourceRunner) stop(key types.NamespacedName) {
 		cancel()
 		<-done
 	}
-	r.mu.Lock()
-	if r.states[key] == s {
-		delete(r.states, key)
-	}
-	r.mu.Unlock()
+	r.states.drop(key, s)
 }
 
 // recordInterrupted reports a sync this process did not run to its end as
@@ -209,7 +186,7 @@ func (r *sourceRunner) recordInterrupted(ctx context.Context, ma *agentv1alpha1.
 	if err := r.publisher.Unpublish(ctx, volumeName(key)); err != nil {
 		return err
 	}
-	s := r.state(ma)
+	s := r.states.of(ma)
 	s.mu.Lock()
 	s.finished = max(s.finished, gen)
 	s.mu.Unlock()

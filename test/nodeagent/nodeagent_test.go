@@ -324,23 +324,33 @@ func TestAgentsReplicate(t *testing.T) {
 		assert.Equal(t, want, harness.Tree(t, replicaDir))
 	})
 
+	// sigtermMidTransfer restarts the source's agent with grace, starts big
+	// sync n, stops the agent with SIGTERM (waiting up to limit) and returns
+	// the sync's reported end and how long the agent took to exit; it
+	// leaves the agent running again with its usual flags.
+	sigtermMidTransfer := func(t *testing.T, grace string, n int, limit time.Duration) (*agentv1alpha1.SyncResult, time.Duration) {
+		t.Helper()
+		_, err := agentA.Stop()
+		require.NoError(t, err)
+		agentA.StartWith("--grace-period=" + grace)
+		gen = bigSyncUnderWay(t, n)
+		took, err := agentA.StopWithin(limit)
+		require.NoError(t, err, "the agent exits cleanly on SIGTERM")
+		res := get(t, src.Name).Status.LastSync
+		require.NotNil(t, res)
+		require.Equal(t, gen, res.Generation, "the sync's end is reported before the agent exits")
+		assertNotMounted(t, nodeA, src.Name)
+		agentA.Start()
+		return res, took
+	}
+
 	t.Run("SIGTERM past the grace period aborts the sync", func(t *testing.T) {
 		// A grace period far shorter than what is left of the transfer:
 		// the agent aborts the sync, reports it aborted and unmounts.
-		_, err := agentA.Stop()
-		require.NoError(t, err)
-		agentA.StartWith("--grace-period=1ms")
-		gen = bigSyncUnderWay(t, 3)
-		took, err := agentA.Stop()
-		require.NoError(t, err, "the agent exits cleanly on SIGTERM")
+		res, took := sigtermMidTransfer(t, "1ms", 3, 30*time.Second)
 		assert.Less(t, took, 15*time.Second, "at once: the grace period is over")
-		res = get(t, src.Name).Status.LastSync
-		require.NotNil(t, res)
-		require.Equal(t, gen, res.Generation, "the sync's end is reported before the agent exits")
 		require.False(t, res.Succeeded, "a sync cut off by shutdown is not reported succeeded")
 		assert.Contains(t, res.Error, "aborted: the node agent is shutting down")
-		assertNotMounted(t, nodeA, src.Name)
-		agentA.Start()
 		nextSucceeds(t, gen, "the abort")
 		assert.Equal(t, want, harness.Tree(t, replicaDir))
 	})
@@ -348,21 +358,11 @@ func TestAgentsReplicate(t *testing.T) {
 	t.Run("SIGTERM within the grace period lets the sync finish", func(t *testing.T) {
 		// A grace period longer than the transfer: the agent waits for it,
 		// reports it succeeded, and only then exits.
-		_, err := agentA.Stop()
-		require.NoError(t, err)
-		agentA.StartWith("--grace-period=2m")
-		gen = bigSyncUnderWay(t, 4)
-		took, err := agentA.StopWithin(3 * time.Minute)
-		require.NoError(t, err, "the agent exits cleanly on SIGTERM")
-		res = get(t, src.Name).Status.LastSync
-		require.NotNil(t, res)
-		require.Equal(t, gen, res.Generation, "the sync's end is reported before the agent exits")
+		res, took := sigtermMidTransfer(t, "2m", 4, 3*time.Minute)
 		require.True(t, res.Succeeded, "the sync finished within the grace period: %s", res.Error)
 		t.Logf("SIGTERM mid-transfer: the agent finished the sync and stopped in %v", took)
-		assertNotMounted(t, nodeA, src.Name)
 		require.True(t, get(t, dst.Name).Status.LastSync.Succeeded)
 		assert.Equal(t, want, harness.Tree(t, replicaDir))
-		agentA.Start()
 	})
 
 	t.Run("a second source queues for the node's one slot", func(t *testing.T) {
