@@ -1,0 +1,51 @@
+package driver
+
+import (
+	"context"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ControllerPublishVolume attaches a volume to a node (attach-required mode).
+func (d *Driver) ControllerPublishVolume(_ context.Context, req *csi.ControllerPublishVolumeRequest) (*csi.ControllerPublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" || req.GetNodeId() == "" || req.GetVolumeCapability() == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume ID, node ID and capability are required")
+	}
+	err := d.store.update(func(st *state) error {
+		v := st.Volumes[req.GetVolumeId()]
+		if v == nil {
+			return status.Errorf(codes.NotFound, "volume %q not found", req.GetVolumeId())
+		}
+		if !st.Nodes[req.GetNodeId()] {
+			return status.Errorf(codes.NotFound, "node %q not found", req.GetNodeId())
+		}
+		if v.Attached == nil {
+			v.Attached = map[string]bool{}
+		}
+		v.Attached[req.GetNodeId()] = true
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &csi.ControllerPublishVolumeResponse{PublishContext: map[string]string{"image": d.imagePath(req.GetVolumeId())}}, nil
+}
+
+// ControllerUnpublishVolume detaches; detaching what is not attached succeeds.
+func (d *Driver) ControllerUnpublishVolume(_ context.Context, req *csi.ControllerUnpublishVolumeRequest) (*csi.ControllerUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
+	}
+	err := d.store.update(func(st *state) error {
+		if v := st.Volumes[req.GetVolumeId()]; v != nil {
+			delete(v.Attached, req.GetNodeId())
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &csi.ControllerUnpublishVolumeResponse{}, nil
+}
