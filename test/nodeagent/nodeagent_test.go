@@ -5,16 +5,13 @@
 package nodeagent_test
 
 import (
-	"syscall"
-
-	"github.com/ferrysync/ferry/pkg/controller/assign"
-
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +30,7 @@ import (
 	"github.com/ferrysync/ferry/internal/testenv"
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/csi"
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
