@@ -122,3 +122,27 @@ func splitCRLF(data []byte, atEOF bool) (advance int, token []byte, err error) {
 	}
 	return 0, nil, nil
 }
+
+// lastLine is the last line of s: where rsync says why it stopped.
+func lastLine(s string) string {
+	s = string(bytes.TrimSpace([]byte(s)))
+	if i := bytes.LastIndexByte([]byte(s), '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// limitedWriter keeps the first bytes written and drops the rest.
+type limitedWriter struct {
+	w    io.Writer
+	left int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.left > 0 {
+		n := min(len(p), l.left)
+		_, _ = l.w.Write(p[:n])
+		l.left -= n
+	}
+	return len(p), nil
+}

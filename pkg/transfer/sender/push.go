@@ -45,7 +45,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -375,27 +374,4 @@ func throttle(o *Options, attempt int) func(bytes, files int64) {
 			o.Progress(Progress{Attempt: attempt, BytesDone: b, FilesDone: f})
 		}
 	}
-}
-
-func lastLine(s string) string {
-	s = string(bytes.TrimSpace([]byte(s)))
-	if i := bytes.LastIndexByte([]byte(s), '\n'); i >= 0 {
-		return s[i+1:]
-	}
-	return s
-}
-
-// limitedWriter keeps the first bytes written and drops the rest.
-type limitedWriter struct {
-	w    io.Writer
-	left int
-}
-
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	if l.left > 0 {
-		n := min(len(p), l.left)
-		_, _ = l.w.Write(p[:n])
-		l.left -= n
-	}
-	return len(p), nil
 }
