@@ -117,23 +117,25 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err := os.MkdirAll(scratch, 0o700); err != nil {
 		return fmt.Errorf("agent: state directory: %w", err)
 	}
+	aborted := make(chan struct{})
+	abort := sync.OnceFunc(func() { close(aborted) })
+	defer abort()
+	// Closed in reverse: the endpoint (its receivers write into published
+	// volumes) before the publisher.
+	pub := csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi"))
+	defer pub.Close()
 	server, cgroups, err := newServer(cfg, scratch, log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer server.Close()
-	aborted := make(chan struct{})
-	abort := sync.OnceFunc(func() { close(aborted) })
-	defer abort()
-	pub := csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi"))
-	defer pub.Close()
 	n := &node{cfg: cfg, cache: mgr.GetClient(), api: mgr.GetAPIReader(), publisher: pub,
 		status: apiStatus{api: mgr.GetAPIReader(), writer: mgr.GetClient()},
 		events: mgr.GetEventRecorder("ferry-nodeagent"), log: log}
 	r := &Reconciler{node: n, writer: mgr.GetClient(),
 		source: &sourceRunner{node: n, scratch: scratch, cgroups: cgroups, slots: make(chan struct{}, cfg.MaxTransfers),
 			aborted: aborted, records: records{ttl: cfg.FullSyncInterval}},
-		destination: &destinationServer{node: n, server: server, ctx: ctrllog.IntoContext(ctx, log.WithName("destination")),
+		destination: &destinationServer{node: n, server: server, ctx: ctrllog.IntoContext(context.WithoutCancel(ctx), log.WithName("destination")),
 			aborted: aborted, states: objects[destinationState]{fresh: func(uid types.UID) *destinationState { return &destinationState{uid: uid} }}},
 	}
 	if err := recoverVolumes(ctx, mgr.GetAPIReader(), pub, cfg); err != nil {

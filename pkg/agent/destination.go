@@ -35,7 +35,10 @@ import (
 type destinationServer struct {
 	*node
 	server server
-	// ctx carries the agent's logger to work the endpoint's events start.
+	// ctx carries the agent's logger to the work the endpoint's events
+	// start. It does not end with the manager: a sync that ends during the
+	// shutdown's grace period must still be read from the cache and
+	// reported.
 	ctx context.Context
 	// aborted ends redelivery when the agent stops.
 	aborted <-chan struct{}

@@ -102,6 +102,8 @@ func (t *tracker) observe(e endpoint.Event, gen int64, full func(needed int64) s
 			res.Error = fmt.Sprintf("the source ended the sync with status %d", e.ExitCode)
 		}
 		t.start, t.received, t.sent = time.Time{}, 0, 0
+		// The change is the result itself, which the caller keeps as
+		// unreported and every write applies: write with nothing more.
 		return step{ended: res, mutate: func(*agentv1alpha1.MountAssignment) {}}
 	}
 	return step{}

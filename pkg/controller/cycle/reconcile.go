@@ -95,10 +95,11 @@ func (s Shell) Run(ctx context.Context, key client.ObjectKey, obj client.Object,
 	patch := client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})
 	if data, perr := patch.Data(obj); perr != nil || string(data) != "{}" {
 		if perr := s.Client.Status().Patch(ctx, obj, patch); perr != nil {
-			if apierrors.IsConflict(perr) {
-				err = perr
-			} else {
+			if !apierrors.IsConflict(perr) {
 				return ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("write status: %w", perr))
+			}
+			if err == nil { // a body's own error is the one to report
+				err = perr
 			}
 		}
 	}
