@@ -17,7 +17,8 @@
 // # Attachments and kube-controller-manager
 //
 // Found by running a real kube-controller-manager (v1.37) against a real
-// external-attacher and restarting it (TestAttachAcrossControllerManagerRestart):
+// external-attacher and restarting it (pkg/controller/assign's
+// TestAttachAcrossControllerManagerRestart):
 // on start its attach-detach controller lists every VolumeAttachment and
 // adds each to its actual state of the world as "uncertain", then detaches
 // whatever no pod it knows of needs. It waits while the node reports the
@@ -32,9 +33,9 @@
 // (assign.AttachmentName), and a restart leaves them alone.
 //
 // Anything else can still detach a volume (a person, a node drain tool). A
-// detached volume comes back by itself: assign.WaitAttached creates the attachment
-// again once the old one is gone, the new attachment has a new UID, and a
-// Volume whose Attachment differs from what was published is unpublished,
+// detached volume comes back by itself: the controller's assign.Attach
+// creates the attachment again once the old one is gone, the new attachment
+// has a new UID, and a Volume whose Attachment differs from what was published is unpublished,
 // unstaged and staged again with the new publish context. A sync running on
 // it fails and is retried; no data is lost, because nothing on the volume is
 // touched by the detach.

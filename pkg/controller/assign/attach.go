@@ -3,26 +3,24 @@ package assign
 // Ferry's VolumeAttachments. Why they are named "ferry-" + the hash
 // kubelet's attach-detach controller would use ("csi-" + the same hash):
 // found by running a real kube-controller-manager (v1.37) against a real
-// external-attacher and restarting it (pkg/csi's
-// TestAttachAcrossControllerManagerRestart): on start its attach-detach
+// external-attacher and restarting it
+// (TestAttachAcrossControllerManagerRestart): on start its attach-detach
 // controller marks every VolumeAttachment "uncertain" and detaches those of
 // its own naming that no pod needs as soon as the node's status comes
 // without them in volumesInUse; one of another name is left alone. A
 // volume detached anyway (a person, a drain tool) is attached again by
-// WaitAttached with a new UID, and the agent publishes it anew.
+// Attach with a new UID, and the agent publishes it anew.
 
 import (
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	storagev1 "k8s.io/api/storage/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -156,26 +154,4 @@ func Attached(va *storagev1.VolumeAttachment) (map[string]string, bool, error) {
 		return nil, false, fmt.Errorf("attach %s: %s", va.Name, e.Message)
 	}
 	return nil, false, nil
-}
-
-// WaitAttached attaches and waits until the attachment is done, re-creating
-// it if it is deleted meanwhile. Attach errors the attacher reports are
-// retried too (it retries them itself) until ctx ends.
-func WaitAttached(ctx context.Context, c client.Client, driver, volumeHandle, pv, node string) (*storagev1.VolumeAttachment, error) {
-	var va *storagev1.VolumeAttachment
-	var last error
-	err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		var err error
-		if va, err = attachment(ctx, c, driver, volumeHandle, pv, node); err != nil {
-			last = err
-			return false, nil
-		}
-		_, ok, err := Attached(va)
-		last = err
-		return ok, nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("wait for %s to attach to %s: %w (last: %v)", pv, node, err, last)
-	}
-	return va, nil
 }
