@@ -155,11 +155,14 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		WithOptions(controller.Options{MaxConcurrentReconciles: 8}).Complete(r); err != nil {
 		return fmt.Errorf("agent: create reconciler: %w", err)
 	}
-	// At shutdown, transfers get the grace period to finish, then are
-	// aborted and report so; the manager waits for this.
+	// At shutdown, transfers get the grace period to finish, on both
+	// ends, then are aborted and report so; the manager waits for this.
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		<-ctx.Done()
-		r.source.drain(cfg.GracePeriod, abort)
+		var wg sync.WaitGroup
+		wg.Go(func() { r.source.drain(cfg.GracePeriod, abort) })
+		wg.Go(func() { r.destination.drain(cfg.GracePeriod) })
+		wg.Wait()
 		return nil
 	})); err != nil {
 		return fmt.Errorf("agent: add shutdown: %w", err)

@@ -362,3 +362,25 @@ func syncfs(path string) error {
 	}
 	return nil
 }
+
+// drainPoll is how often drain looks whether the sources are gone.
+const drainPoll = 100 * time.Millisecond
+
+// drain waits up to grace for the sources connected to this node's
+// destinations to finish their syncs: at shutdown the syncs arriving get
+// the grace period, as the ones leaving do. What is still connected then is
+// cut when the endpoint closes, and its end reported (d.ctx outlives the
+// manager).
+func (d *destinationServer) drain(grace time.Duration) {
+	over := time.After(grace)
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	for d.server.Connected() > 0 {
+		select {
+		case <-over:
+			d.log.Info("grace period over; cutting the syncs arriving")
+			return
+		case <-tick.C:
+		}
+	}
+}

@@ -33,6 +33,7 @@ type server interface {
 	Remove(id string)
 	Hold(id string, hold bool)
 	Ending(id string) bool
+	Connected() int
 }
 
 // node is what the agent's two roles share: the node's settings, the

@@ -52,6 +52,19 @@ type NodeNet struct {
 	IP string
 }
 
+// Limit shapes what the node sends to rate (tc's notation, "400mbit"), like
+// a modest cluster network, so that a big transfer takes seconds and a test
+// can act in its middle. The returned func lifts the limit.
+func (nn NodeNet) Limit(rate string) (lift func() error, err error) {
+	if err := run("ip", "netns", "exec", nn.Namespace,
+		"tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"); err != nil {
+		return nil, err
+	}
+	return func() error {
+		return run("ip", "netns", "exec", nn.Namespace, "tc", "qdisc", "del", "dev", "eth0", "root")
+	}, nil
+}
+
 // addNode creates a namespace with a veth on the bridge.
 func (n *Network) addNode(node string) (NodeNet, error) {
 	n.mu.Lock()

@@ -307,6 +307,19 @@ func (s *Server) Ending(id string) bool {
 	return ok && l.ending.Load() > 0
 }
 
+// Connected is how many connections the destinations have open. A source
+// holds one for the whole of a sync, so an agent that stops waits (up to its
+// grace period) for none before it cuts the syncs arriving.
+func (s *Server) Connected() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, l := range s.dests {
+		n += int(l.conns.Load())
+	}
+	return n
+}
+
 // Close removes every destination.
 func (s *Server) Close() {
 	s.mu.Lock()
