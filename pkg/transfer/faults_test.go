@@ -46,122 +46,21 @@ func TestFaultsBetweenChanges(t *testing.T) {
 	testenv.NeedRoot(t)
 	seed := uint64(envFloat("FERRY_FUZZ_SEED", 21))
 	rounds := int(envFloat("FERRY_FAULT_ROUNDS", 80))
-	rng := rand.New(rand.NewPCG(seed, seed))
-	k := keys(t, "faults")
-	src, dst := t.TempDir(), smallVolume(t, 64<<20)
-	startTree(t, rng, src, true)
-	poolName := "ferry-faults-" + strconv.Itoa(os.Getpid())
-	pool, err := cgroup.New(poolName, cgroup.Limits{})
-	require.NoError(t, err)
-	t.Cleanup(pool.Remove)
-
-	var ev events
-	lim := endpoint.DefaultLimits
-	lim.HandshakeRate = 1000 // a skipped sync takes milliseconds
-	srv := endpoint.New(t.TempDir(), endpoint.WithLogger(testr.NewWithInterface(t, testr.Options{})),
-		endpoint.WithLimits(lim), endpoint.WithCgroups(pool))
-	t.Cleanup(srv.Close)
-	dest := endpoint.Destination{ID: "ns/dest", Keys: k.dst, Volume: dst, Privileged: true, HoldOnShutdown: true,
-		ListenAddr: "127.0.0.1:0", Events: ev.add}
-	addr, err := srv.Add(dest)
-	require.NoError(t, err)
-	dest.ListenAddr = addr.String() // a restarted destination listens where it did
-	px := newProxy(t, addr.String())
-	inj := &injector{}
-	t.Cleanup(fault.Set(inj))
-
-	record := &sender.Record{}
-	attempts := 1 // one try, or a retry after the fault
-	options := func(o *sender.Options) {
-		o.Port, o.Record, o.Cgroups, o.Attempts, o.Backoff = px.port, record, pool, attempts, time.Millisecond
-	}
-	// settle waits until the destination has reported the sync's end and
-	// lifts the hold a success took, as the agent does once it snapshots.
-	settle := func() {
-		testenv.Eventually(t, "the sync's end delivered", 20*time.Second, func() bool { return !srv.Ending(dest.ID) })
-		srv.Hold(dest.ID, false)
-	}
-	kill := func(pidfd int) bool { return unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0) == nil }
-	var cases []faultCase
-	for _, p := range []fault.Point{fault.Dial, fault.Offer, fault.RshSocket, fault.SourceCgroup, fault.SourceConfine,
-		fault.SourceStart, fault.Shutdown, fault.Handshake, fault.Answer, fault.ReceiverCgroup, fault.ReceiverConfine,
-		fault.ReceiverStart, fault.ShutdownReply} {
-		cases = append(cases, faultCase{name: string(p) + " fails", at: p})
-	}
-	cases = append(cases,
-		faultCase{name: "source rsync killed", started: fault.SourceRsync, act: kill, big: true},
-		faultCase{name: "receiver killed", started: fault.Receiver, act: kill, big: true},
-		faultCase{name: "connection cut", started: fault.Receiver, act: func(int) bool { return px.cut() > 0 }, big: true},
-		faultCase{name: "source restarted mid-transfer", started: fault.SourceRsync, act: kill, big: true,
-			after: func() { record = &sender.Record{} }},
-		faultCase{name: "destination restarted before its record", at: fault.Shutdown, hook: func() {
-			srv.Remove(dest.ID)
-			if _, err := srv.Add(dest); err != nil {
-				t.Errorf("restart the destination: %v", err)
-			}
-		}},
-		faultCase{name: "destination volume full", big: true, full: true,
-			before: func() { resizeVolume(t, dst, usedBytes(t, dst)+512<<10) },
-			after:  func() { resizeVolume(t, dst, 64<<20) }},
-	)
-
+	f := newFaultRun(t, seed)
+	cases := f.cases()
 	fired := make([]int, len(cases))
 	var queue []int
 	for round := 0; round < rounds; round++ {
 		if len(queue) == 0 {
-			queue = rng.Perm(len(cases))
+			queue = f.rng.Perm(len(cases))
 		}
 		i := queue[0]
 		queue = queue[1:]
-		c := &cases[i]
-		changed := ""
-		for n := rng.IntN(4); n > 0; n-- {
-			changed += change(t, rng, src, round*3+n) + " "
-		}
-		if c.big { // something to send for long enough to be cut short
-			require.NoError(t, os.RemoveAll(filepath.Join(src, "big"))) // the changes may have made it a directory
-			require.NoError(t, os.WriteFile(filepath.Join(src, "big"), randomBytes(rng, 2<<20), 0o644))
-		}
-		attempts = 1 + rng.IntN(2)
-		what := fmt.Sprintf("round %d (seed %d), %s (%d tries) after %q", round, seed, c.name, attempts, changed)
-		if c.before != nil {
-			c.before()
-		}
-		seen := ev.len()
-		armed := inj.arm(c, time.Duration(rng.IntN(30))*time.Millisecond)
-		res, err := push(t, k.src, px.port, src, options)
-		armed.pending.Wait()
-		inj.arm(nil, 0)
-		settle()
-		if c.after != nil {
-			c.after()
-		}
-		if armed.fired.Load() || (c.full && err != nil) {
+		if f.round(round, &cases[i]) {
 			fired[i]++
 		} else {
 			queue = append(queue, i) // it came too late: again, later
 		}
-		if err == nil {
-			requireSameMsg(t, src, dst, what+": the push reported success (unchanged "+strconv.FormatBool(res.Unchanged)+")")
-		}
-		if c.full && err != nil {
-			require.Equal(t, 1, res.Attempts, "%s: a full volume is not retried", what)
-			require.True(t, slices.ContainsFunc(ev.since(seen), func(e endpoint.Event) bool { return e.Kind == endpoint.SyncEnded && e.Needed > 0 }),
-				"%s: the destination hears how much the source's volume uses", what)
-		}
-		for _, e := range ev.since(seen) {
-			if e.Kind == endpoint.SyncEnded && e.ExitCode == 0 {
-				requireSameMsg(t, src, dst, what+": the destination reported success")
-			}
-		}
-
-		res, err = push(t, k.src, px.port, src, options)
-		require.NoError(t, err, "%s: the next sync converges\n%s", what, res.Errors)
-		requireSameMsg(t, src, dst, what+": the next sync converges")
-		settle()
-		testenv.Eventually(t, what+": every transfer's cgroup removed", 10*time.Second, func() bool {
-			return len(groupsIn(poolName)) == 0
-		})
 	}
 	var missing []string
 	counts := map[string]int{}
@@ -173,6 +72,154 @@ func TestFaultsBetweenChanges(t *testing.T) {
 	}
 	t.Logf("seed %d, %d rounds, faults fired: %v", seed, rounds, counts)
 	require.Empty(t, missing, "faults that never fired in %d rounds: raise FERRY_FAULT_ROUNDS", rounds)
+}
+
+// faultRun is TestFaultsBetweenChanges' source tree, destination volume
+// and endpoint (behind a proxy that can cut connections), the fault
+// injector and the source's record, carried from round to round.
+type faultRun struct {
+	t        *testing.T
+	seed     uint64
+	rng      *rand.Rand
+	k        *keyset
+	src, dst string
+	poolName string
+	pool     *cgroup.Pool
+	srv      *endpoint.Server
+	dest     endpoint.Destination
+	px       *proxy
+	inj      *injector
+	ev       *events
+	record   *sender.Record
+	// attempts is the round's tries: one, or a retry after the fault.
+	attempts int
+}
+
+// newFaultRun starts the destination's endpoint on a 64 MiB volume and
+// writes the source's first tree.
+func newFaultRun(t *testing.T, seed uint64) *faultRun {
+	f := &faultRun{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, seed)), k: keys(t, "faults"),
+		src: t.TempDir(), dst: smallVolume(t, 64<<20), poolName: "ferry-faults-" + strconv.Itoa(os.Getpid()),
+		inj: &injector{}, ev: &events{}, record: &sender.Record{}, attempts: 1}
+	startTree(t, f.rng, f.src, true)
+	var err error
+	f.pool, err = cgroup.New(f.poolName, cgroup.Limits{})
+	require.NoError(t, err)
+	t.Cleanup(f.pool.Remove)
+	lim := endpoint.DefaultLimits
+	lim.HandshakeRate = 1000 // a skipped sync takes milliseconds
+	f.srv = endpoint.New(t.TempDir(), endpoint.WithLogger(testr.NewWithInterface(t, testr.Options{})),
+		endpoint.WithLimits(lim), endpoint.WithCgroups(f.pool))
+	t.Cleanup(f.srv.Close)
+	f.dest = endpoint.Destination{ID: "ns/dest", Keys: f.k.dst, Volume: f.dst, Privileged: true, HoldOnShutdown: true,
+		ListenAddr: "127.0.0.1:0", Events: f.ev.add}
+	addr, err := f.srv.Add(f.dest)
+	require.NoError(t, err)
+	f.dest.ListenAddr = addr.String() // a restarted destination listens where it did
+	f.px = newProxy(t, addr.String())
+	t.Cleanup(fault.Set(f.inj))
+	return f
+}
+
+// cases are the kinds of fault, each a step that fails or an act on a
+// running transfer.
+func (f *faultRun) cases() []faultCase {
+	kill := func(pidfd int) bool { return unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0) == nil }
+	var cases []faultCase
+	for _, p := range []fault.Point{fault.Dial, fault.Offer, fault.RshSocket, fault.SourceCgroup, fault.SourceConfine,
+		fault.SourceStart, fault.Shutdown, fault.Handshake, fault.Answer, fault.ReceiverCgroup, fault.ReceiverConfine,
+		fault.ReceiverStart, fault.ShutdownReply} {
+		cases = append(cases, faultCase{name: string(p) + " fails", at: p})
+	}
+	return append(cases,
+		faultCase{name: "source rsync killed", started: fault.SourceRsync, act: kill, big: true},
+		faultCase{name: "receiver killed", started: fault.Receiver, act: kill, big: true},
+		faultCase{name: "connection cut", started: fault.Receiver, act: func(int) bool { return f.px.cut() > 0 }, big: true},
+		faultCase{name: "source restarted mid-transfer", started: fault.SourceRsync, act: kill, big: true,
+			after: func() { f.record = &sender.Record{} }},
+		faultCase{name: "destination restarted before its record", at: fault.Shutdown, hook: func() {
+			f.srv.Remove(f.dest.ID)
+			if _, err := f.srv.Add(f.dest); err != nil {
+				f.t.Errorf("restart the destination: %v", err)
+			}
+		}},
+		faultCase{name: "destination volume full", big: true, full: true,
+			before: func() { resizeVolume(f.t, f.dst, usedBytes(f.t, f.dst)+512<<10) },
+			after:  func() { resizeVolume(f.t, f.dst, 64<<20) }},
+	)
+}
+
+// options are the pushes' options: through the proxy, with the record, the
+// round's tries and the cgroup pool.
+func (f *faultRun) options(o *sender.Options) {
+	o.Port, o.Record, o.Cgroups, o.Attempts, o.Backoff = f.px.port, f.record, f.pool, f.attempts, time.Millisecond
+}
+
+// settle waits until the destination has reported the sync's end and
+// lifts the hold a success took, as the agent does once it snapshots.
+func (f *faultRun) settle() {
+	testenv.Eventually(f.t, "the sync's end delivered", 20*time.Second, func() bool { return !f.srv.Ending(f.dest.ID) })
+	f.srv.Hold(f.dest.ID, false)
+}
+
+// round changes the source at random, pushes with c armed, checks what
+// either end reported succeeded, then pushes again and checks that the
+// replica converges. It says whether the fault fired.
+func (f *faultRun) round(n int, c *faultCase) bool {
+	t := f.t
+	changed := ""
+	for i := f.rng.IntN(4); i > 0; i-- {
+		changed += change(t, f.rng, f.src, n*3+i) + " "
+	}
+	if c.big { // something to send for long enough to be cut short
+		require.NoError(t, os.RemoveAll(filepath.Join(f.src, "big"))) // the changes may have made it a directory
+		require.NoError(t, os.WriteFile(filepath.Join(f.src, "big"), randomBytes(f.rng, 2<<20), 0o644))
+	}
+	f.attempts = 1 + f.rng.IntN(2)
+	what := fmt.Sprintf("round %d (seed %d), %s (%d tries) after %q", n, f.seed, c.name, f.attempts, changed)
+	fired := f.faulted(c, what)
+
+	res, err := push(t, f.k.src, f.px.port, f.src, f.options)
+	require.NoError(t, err, "%s: the next sync converges\n%s", what, res.Errors)
+	requireSameMsg(t, f.src, f.dst, what+": the next sync converges")
+	f.settle()
+	testenv.Eventually(t, what+": every transfer's cgroup removed", 10*time.Second, func() bool {
+		return len(groupsIn(f.poolName)) == 0
+	})
+	return fired
+}
+
+// faulted pushes with c armed and checks that a push reporting success,
+// or a sync the destination reports succeeded, left a replica equal to the
+// source, and that a full volume was said so and not retried.
+func (f *faultRun) faulted(c *faultCase, what string) bool {
+	t := f.t
+	if c.before != nil {
+		c.before()
+	}
+	seen := f.ev.len()
+	armed := f.inj.arm(c, time.Duration(f.rng.IntN(30))*time.Millisecond)
+	res, err := push(t, f.k.src, f.px.port, f.src, f.options)
+	armed.pending.Wait()
+	f.inj.arm(nil, 0)
+	f.settle()
+	if c.after != nil {
+		c.after()
+	}
+	if err == nil {
+		requireSameMsg(t, f.src, f.dst, what+": the push reported success (unchanged "+strconv.FormatBool(res.Unchanged)+")")
+	}
+	if c.full && err != nil {
+		require.Equal(t, 1, res.Attempts, "%s: a full volume is not retried", what)
+		require.True(t, slices.ContainsFunc(f.ev.since(seen), func(e endpoint.Event) bool { return e.Kind == endpoint.SyncEnded && e.Needed > 0 }),
+			"%s: the destination hears how much the source's volume uses", what)
+	}
+	for _, e := range f.ev.since(seen) {
+		if e.Kind == endpoint.SyncEnded && e.ExitCode == 0 {
+			requireSameMsg(t, f.src, f.dst, what+": the destination reported success")
+		}
+	}
+	return armed.fired.Load() || (c.full && err != nil)
 }
 
 // faultCase is one kind of fault the test injects.

@@ -41,27 +41,19 @@
 package sender
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/internal/exitcode"
-	"github.com/ferrysync/ferry/pkg/transfer/internal/fault"
-	"github.com/ferrysync/ferry/pkg/transfer/rsh"
 	"github.com/ferrysync/ferry/pkg/transfer/servercmd"
-	"github.com/ferrysync/ferry/pkg/transfer/stream"
 )
 
 // IncrementalSummary starts the Summary of an incremental sync.
@@ -179,33 +171,17 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	if err != nil {
 		return err
 	}
-	if err := fault.At(fault.RshSocket); err != nil {
-		return fmt.Errorf("make rsh socket dir: %w", err)
-	}
-	dir, err := os.MkdirTemp("", "ferry-rsh-")
-	if err != nil {
-		return fmt.Errorf("make rsh socket dir: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	ln, err := rsh.Listen(dir)
+	sh, err := newRemoteShell()
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	exe, err := rsh.Executable()
-	if err != nil {
-		return err
-	}
-	rshCmd, err := rsh.Command(rshBinary, rshDir+"/"+filepath.Base(ln.Socket()))
-	if err != nil {
-		return err
-	}
-	args, err := rsyncArgs(o, client, p, dir, rshCmd)
+	defer sh.close()
+	args, err := rsyncArgs(o, client, p, sh.dir, sh.command)
 	if err != nil {
 		return err
 	}
 	spec := confine.Spec{Volume: o.Volume, ReadOnly: true, Scratch: o.Scratch, Rsync: o.Rsync, Args: args,
-		Binds: []confine.Bind{{Host: exe, Path: rshBinary}, {Host: dir, Path: rshDir}}}
+		Binds: []confine.Bind{{Host: sh.exe, Path: rshBinary}, {Host: sh.dir, Path: rshDir}}}
 	cmd, group, err := confined(ctx, o, spec)
 	if err != nil {
 		return err
@@ -213,50 +189,14 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 	if group != nil {
 		defer group.Remove()
 	}
-	// A pipe of our own: exec's StdoutPipe may not be read after Wait starts,
-	// and Wait must run concurrently so a dead rsync cancels the hand-over.
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return fmt.Errorf("rsync stdout: %w", err)
-	}
-	defer pr.Close()
-	cmd.Stdout = pw
-	var stderr bytes.Buffer
-	cmd.Stderr = &limitedWriter{w: &stderr, left: 16 << 10}
-	if err = fault.At(fault.SourceStart); err == nil {
-		err = cmd.Start()
-	}
-	_ = pw.Close()
-	if err != nil {
-		return fmt.Errorf("start rsync: %w", err)
-	}
-	fault.Started(fault.SourceRsync, cmd.Process.Pid)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	waited := make(chan error, 1)
-	go func() {
-		waited <- cmd.Wait()
-		cancel() // the helper never connects if rsync dies first
-	}()
-	var remote sync.WaitGroup
-	var remoteErr string
-	remote.Add(1)
-	go func() {
-		defer remote.Done()
-		remoteErr = serveRemote(ctx, ln, cmd.Process.Pid, client, o.Log)
-	}()
-	stats := parseOutput(pr, throttle(o, attempt))
-	werr := <-waited
-	remote.Wait()
-	res.Stats, res.Errors = stats, stderr.String()+remoteErr
-	res.ExitCode = exitcode.Of(werr)
-	if werr == nil {
-		return nil
+	werr, remoteErr, err := runRsync(ctx, o, cmd, sh.ln, client, attempt, res)
+	if err != nil || werr == nil {
+		return err
 	}
 	if group != nil && group.OOMKilled() {
 		return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, cgroup.OOMMessage)
 	}
-	why := lastLine(stderr.String())
+	why := lastLine(res.Errors)
 	if remoteErr != "" { // the receiver's own words come first: the cause
 		why, _, _ = strings.Cut(strings.TrimSpace(remoteErr), "\n")
 	}
@@ -285,80 +225,6 @@ func rsyncArgs(o *Options, client *ssh.Client, p *plan, dir, rshCmd string) ([]s
 		args = append(args, "--inplace")
 	}
 	return append(args, "-e", rshCmd, confine.DataDir+"/", o.User+"@ferry-destination:"+o.Path), nil
-}
-
-// confined makes the confined rsync command, in a cgroup of its own when
-// the options have a pool (the caller removes the group).
-func confined(ctx context.Context, o *Options, spec confine.Spec) (*exec.Cmd, *cgroup.Group, error) {
-	var group *cgroup.Group
-	if o.Cgroups != nil {
-		if err := fault.At(fault.SourceCgroup); err != nil {
-			return nil, nil, fmt.Errorf("make rsync's cgroup: %w", err)
-		}
-		var err error
-		if group, err = o.Cgroups.Make("source", o.Limits); err != nil {
-			return nil, nil, err
-		}
-		spec.Cgroups = group.Dirs()
-	}
-	cmd, err := confine.Command(ctx, spec)
-	if ferr := fault.At(fault.SourceConfine); ferr != nil {
-		err = ferr
-	}
-	if err != nil {
-		if group != nil {
-			group.Remove()
-		}
-		return nil, nil, fmt.Errorf("confine rsync: %w", err)
-	}
-	return cmd, group, nil
-}
-
-// serveRemote waits for rsync's remote shell and runs its command on a new
-// session of the connection; it returns what the remote side wrote to its
-// standard error (bounded), where a receiver's failure is told.
-func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.Client, log logr.Logger) string {
-	req, err := ln.Accept(ctx, rsync)
-	if err != nil {
-		return ""
-	}
-	status := 255
-	defer func() { req.Close(status) }()
-	sess, err := client.NewSession()
-	if err != nil {
-		log.Info("open ssh session", "error", err.Error())
-		return ""
-	}
-	defer sess.Close()
-	stdin, err := sess.StdinPipe()
-	if err != nil {
-		return ""
-	}
-	sess.Stdout = req.Out
-	var remoteErr bytes.Buffer
-	sess.Stderr = &limitedWriter{w: &remoteErr, left: 16 << 10}
-	if err := sess.Start(req.Command); err != nil {
-		log.Info("start remote rsync", "error", err.Error())
-		return ""
-	}
-	// Not waited for: rsync closes its end only after the helper exits.
-	go func() {
-		_, _ = stream.Copy(stdin, req.In)
-		_ = stdin.Close()
-	}()
-	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })
-	defer stop()
-	err = sess.Wait()
-	req.CloseWrite()
-	status = exitcode.Of(err)
-	var ee *ssh.ExitError
-	if errors.As(err, &ee) {
-		status = ee.ExitStatus()
-	}
-	if remoteErr.Len() > 0 {
-		log.Info("destination said", "stderr", remoteErr.String())
-	}
-	return remoteErr.String()
 }
 
 // throttle turns rsync's progress records into Progress calls at most every
