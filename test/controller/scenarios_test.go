@@ -310,24 +310,37 @@ func limited(e *env) {
 	e.trigger("limited", "rs", "enough")
 }
 
-// controllerKilled kills the controller with SIGKILL while a sync is in
-// progress and starts it again: the sync completes, and the image the
-// destination names holds the source's data as of that sync.
+// controllerKilled kills the controller with SIGKILL while a sync's bytes
+// are moving (the nodes' links slowed so that they still are) and starts it
+// again: the sync completes, and the image the destination names holds the
+// source's data as of that sync.
 func controllerKilled(e *env) {
 	t := e.t
+	const size = 96 << 20
 	e.namespace("crash", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
 	e.claim("crash", "data", "1Gi", nil)
 	e.onVolume("crash", "data", false, func(dir string) {
 		writeApp(t, dir, "1")
-		harness.WriteRandom(t, filepath.Join(dir, "big"), 96<<20)
+		harness.WriteRandom(t, filepath.Join(dir, "big"), size)
 	})
 	want := e.tree("crash", "data")
+	for _, n := range e.c.Nodes {
+		lift, err := n.Net.Limit("400mbit")
+		require.NoError(t, err)
+		defer func() { assert.NoError(t, lift()) }()
+	}
 	e.pair("crash", volsyncv1alpha1.CopyMethodClone, &volsyncv1alpha1.TriggerSpec{Manual: "go"})
-	var rs *volsyncv1alpha1.ReplicationSource
-	testenv.Eventually(t, "the sync to be in progress", time.Minute, func() bool {
-		rs = e.rs("crash", "rs")
-		return condition(&rs.Status.SyncStatus, volsyncv1alpha1.ConditionSynchronizing).Reason == volsyncv1alpha1.SynchronizingReasonSync
+	uid := string(e.rs("crash", "rs").UID)
+	var cs *agentv1alpha1.SyncProgress
+	testenv.Eventually(t, "the sync's bytes to be moving", time.Minute, func() bool {
+		ma := e.assignment(uid)
+		cs = nil
+		if ma != nil {
+			cs = ma.Status.CurrentSync
+		}
+		return cs != nil && cs.BytesDone > 0
 	})
+	require.Less(t, cs.BytesDone, int64(size/2), "still early in the transfer")
 	e.ctrl.Kill()
 	e.ctrl.Start()
 	e.synced("crash", "rs", "go")

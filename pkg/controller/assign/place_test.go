@@ -1,6 +1,8 @@
 package assign
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
@@ -126,4 +128,14 @@ func TestTrimPod(t *testing.T) {
 	assert.Equal(t, []string{"replica"}, ClaimsOf(trimmed))
 	assert.Empty(t, trimmed.Spec.Containers, "nothing else is cached")
 	assert.Empty(t, trimmed.Labels)
+}
+
+// TestUnplaceable: an error the user must fix is recognised as such by
+// both kinds and keeps its own words and cause.
+func TestUnplaceable(t *testing.T) {
+	err := unplaceable{fmt.Errorf("%w: no node runs the CSI driver x", ErrNoNode)}
+	assert.ErrorIs(t, err, ErrUnplaceable)
+	assert.ErrorIs(t, err, ErrNoNode)
+	assert.Equal(t, "no node can mount the volume: no node runs the CSI driver x", err.Error())
+	assert.NotErrorIs(t, fmt.Errorf("list nodes: %w", errors.New("timeout")), ErrUnplaceable)
 }

@@ -174,30 +174,21 @@ func (w *work) cr() cycle.CR {
 // attaching the volume first where the driver requires it.
 func (w *work) assign(ctx context.Context, pv *corev1.PersistentVolume) error {
 	c := w.r.Client
-	vol, err := assign.VolumeOf(pv, w.pvc.Name)
+	privileged, err := assign.Privileged(ctx, c, w.rd.Namespace)
 	if err != nil {
-		return cycle.Invalid(err)
+		return err
 	}
-	ns := &corev1.Namespace{}
-	if err := c.Get(ctx, client.ObjectKey{Name: w.rd.Namespace}, ns); err != nil {
-		return fmt.Errorf("get namespace %s: %w", w.rd.Namespace, err)
-	}
-	privileged := volsyncv1alpha1.PrivilegedMovers(ns)
 	runAs, err := assign.RunAs(w.rd.Spec.Rsync.MoverSecurityContext, privileged)
 	if err != nil {
 		return cycle.Invalid(err)
-	}
-	nodes, csiNodes, err := assign.Nodes(ctx, c)
-	if err != nil {
-		return err
 	}
 	var prefer string
 	if w.ma != nil {
 		prefer = w.ma.Spec.NodeName
 	}
-	node, err := assign.Place(pv, vol.Driver, string(w.rd.UID), nodes, csiNodes, prefer)
+	vol, node, err := assign.Locate(ctx, c, pv, w.pvc.Name, string(w.rd.UID), prefer)
 	if err != nil {
-		return cycle.Invalid(err)
+		return cycle.InvalidIf(err, assign.ErrUnplaceable)
 	}
 	if w.ma != nil && w.ma.Spec.NodeName != node {
 		// Moving: the old node unmounts before the volume is attached

@@ -97,23 +97,16 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 	if err := c.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv); err != nil {
 		return "", fmt.Errorf("get volume of %s: %w", pvc.Name, err)
 	}
-	vol, err := assign.VolumeOf(pv, pvc.Name)
-	if err != nil {
-		return "", cycle.Invalid(err)
-	}
-	nodes, csiNodes, err := assign.Nodes(ctx, c)
-	if err != nil {
-		return "", err
-	}
 	podNode := ""
 	if spec.CopyMethod.IsDirect() {
+		var err error
 		if podNode, err = assign.UsedOn(ctx, w.r.Pods, rs.Namespace, pvc.Name); err != nil {
 			return "", err
 		}
 	}
-	node, err := assign.Place(pv, vol.Driver, string(rs.UID), nodes, csiNodes, podNode)
+	vol, node, err := assign.Locate(ctx, c, pv, pvc.Name, string(rs.UID), podNode)
 	if err != nil {
-		return "", cycle.Invalid(err)
+		return "", cycle.InvalidIf(err, assign.ErrUnplaceable)
 	}
 	if podNode != "" && node == podNode {
 		// kubelet has it attached and mounted for the pod: bind that.
@@ -128,14 +121,14 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 		}
 		vol.Attachment = attachment
 	}
-	ns := &corev1.Namespace{}
-	if err := c.Get(ctx, client.ObjectKey{Name: rs.Namespace}, ns); err != nil {
-		return "", fmt.Errorf("get namespace %s: %w", rs.Namespace, err)
+	privileged, err := assign.Privileged(ctx, c, rs.Namespace)
+	if err != nil {
+		return "", err
 	}
 	role := &agentv1alpha1.SourceRole{Address: *spec.Address, Port: ptr.Deref(spec.Port, 22),
 		User: ptr.Deref(spec.SSHUser, "root"), Path: ptr.Deref(spec.Path, "/"),
 		KeySecret:   agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()},
-		Privileged:  volsyncv1alpha1.PrivilegedMovers(ns),
+		Privileged:  privileged,
 		Compression: rs.Annotations[volsyncv1alpha1.CompressionAnnotation]}
 	ma, err := w.r.Assignments.Ensure(ctx, w.owner, agentv1alpha1.MountAssignmentSpec{NodeName: node,
 		Owner: w.owner.Ref(), Volume: vol, Source: role, SyncGeneration: 1, Limits: assign.Limits(spec.MoverResources)})
