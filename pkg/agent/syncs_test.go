@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -50,30 +51,83 @@ func TestServeStatus(t *testing.T) {
 	}
 }
 
+// trackerStep is what one event must leave: a status write or none, the
+// phase and attempt after it, the sync's result if it ended.
+type trackerStep struct {
+	write   bool
+	phase   agentv1alpha1.Phase
+	attempt int32
+	ended   *agentv1alpha1.SyncResult
+}
+
+// trackerCase is a whole sequence of endpoint events and what each leaves.
+type trackerCase struct {
+	events []endpoint.Event
+	wants  []trackerStep
+}
+
 // TestTracker drives the endpoint-event state machine through whole syncs
-// and checks the status each event leaves and the result each sync ends
-// with.
+// (trackerCases) and checks the status each event leaves and the result
+// each sync ends with.
 func TestTracker(t *testing.T) {
+	full := func(needed int64) string { return noSpaceMessage("ns/data", "of 1.0 GiB", needed) }
+	for name, tc := range trackerCases(full) {
+		t.Run(name, func(t *testing.T) {
+			var tr tracker
+			ma := &agentv1alpha1.MountAssignment{Spec: agentv1alpha1.MountAssignmentSpec{SyncGeneration: 3}}
+			var start time.Time
+			for i, e := range tc.events {
+				if e.Kind == endpoint.RsyncStarted && start.IsZero() {
+					start = e.Time
+				}
+				st := tr.observe(e, 3, full)
+				checkTrackerStep(t, fmt.Sprintf("event %d (%s)", i, e.Kind), tc.wants[i], st, ma, e.Time, start)
+				if st.ended != nil {
+					assert.Equal(t, tracker{}, tr, "a new sync starts from nothing")
+				}
+			}
+		})
+	}
+}
+
+// checkTrackerStep applies a step to ma and checks it against w; at is the
+// event's time, start the sync's first rsync's.
+func checkTrackerStep(t *testing.T, what string, w trackerStep, st step, ma *agentv1alpha1.MountAssignment, at, start time.Time) {
+	t.Helper()
+	assert.Equal(t, w.write, st.mutate != nil, "%s: a status write", what)
+	if st.mutate != nil {
+		st.mutate(ma)
+	}
+	assert.Equal(t, w.phase, ma.Status.Phase, "%s: phase", what)
+	if w.attempt > 0 {
+		require.NotNil(t, ma.Status.CurrentSync, what)
+		assert.Equal(t, w.attempt, ma.Status.CurrentSync.Attempt, "%s: attempt", what)
+		assert.Equal(t, start, ma.Status.CurrentSync.StartTime.Time, "%s: the sync's start is its first rsync's", what)
+	}
+	if w.ended == nil {
+		assert.Nil(t, st.ended, "%s: no sync ended", what)
+		return
+	}
+	require.NotNil(t, st.ended, "%s: the sync ended", what)
+	got := *st.ended
+	assert.Equal(t, timePtr(at), got.EndTime)
+	assert.Equal(t, timePtr(start), got.StartTime)
+	got.StartTime, got.EndTime = nil, nil
+	assert.Equal(t, *w.ended, got)
+}
+
+// trackerCases are TestTracker's event sequences; full words a full volume.
+func trackerCases(full func(needed int64) string) map[string]trackerCase {
 	t0 := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-	full := func(needed int64) string { return noSpaceMessage("ns/data", "of 1.0 GiB", needed) }
-	type want struct {
-		write   bool
-		phase   agentv1alpha1.Phase
-		attempt int32
-		ended   *agentv1alpha1.SyncResult
-	}
-	cases := map[string]struct {
-		events []endpoint.Event
-		wants  []want
-	}{
+	return map[string]trackerCase{
 		"one try that succeeds": {
 			events: []endpoint.Event{
 				{Kind: endpoint.RsyncStarted, Time: at(0)},
 				{Kind: endpoint.RsyncEnded, Time: at(5), BytesReceived: 100, BytesSent: 10},
 				{Kind: endpoint.SyncEnded, Time: at(6)},
 			},
-			wants: []want{
+			wants: []trackerStep{
 				{write: true, phase: agentv1alpha1.PhaseTransferring, attempt: 1},
 				{write: true, phase: agentv1alpha1.PhaseMounted, attempt: 1},
 				{write: true, phase: agentv1alpha1.PhaseMounted, attempt: 1, ended: &agentv1alpha1.SyncResult{Generation: 3, Succeeded: true,
@@ -90,7 +144,7 @@ func TestTracker(t *testing.T) {
 				{Kind: endpoint.RsyncEnded, Time: at(9), BytesReceived: 60, BytesSent: 1},
 				{Kind: endpoint.SyncEnded, Time: at(9)},
 			},
-			wants: []want{
+			wants: []trackerStep{
 				{write: true, phase: agentv1alpha1.PhaseTransferring, attempt: 1},
 				{write: true, phase: agentv1alpha1.PhaseMounted, attempt: 1},
 				{write: true, phase: agentv1alpha1.PhaseTransferring, attempt: 2},
@@ -107,7 +161,7 @@ func TestTracker(t *testing.T) {
 				{Kind: endpoint.RsyncEnded, Time: at(1), ExitCode: 23},
 				{Kind: endpoint.SyncEnded, Time: at(2), ExitCode: 23},
 			},
-			wants: []want{
+			wants: []trackerStep{
 				{write: true, phase: agentv1alpha1.PhaseTransferring, attempt: 1},
 				{write: true, phase: agentv1alpha1.PhaseMounted, attempt: 1},
 				{write: true, phase: agentv1alpha1.PhaseMounted, attempt: 1, ended: &agentv1alpha1.SyncResult{Generation: 3, ExitCode: 23,
@@ -120,7 +174,7 @@ func TestTracker(t *testing.T) {
 				{Kind: endpoint.RsyncEnded, Time: at(1), ExitCode: 11},
 				{Kind: endpoint.SyncEnded, Time: at(2), ExitCode: 11, Needed: 2 << 30},
 			},
-			wants: []want{
+			wants: []trackerStep{
 				{write: true, phase: agentv1alpha1.PhaseTransferring, attempt: 1},
 				{write: true, phase: agentv1alpha1.PhaseMounted, attempt: 1},
 				{write: true, phase: agentv1alpha1.PhaseMounted, attempt: 1, ended: &agentv1alpha1.SyncResult{Generation: 3, ExitCode: 11,
@@ -129,47 +183,12 @@ func TestTracker(t *testing.T) {
 		},
 		"the endpoint's message is a failure even with status 0": {
 			events: []endpoint.Event{{Kind: endpoint.SyncEnded, Time: at(2), Message: "1 transfer(s) still wrote"}},
-			wants:  []want{{write: true, ended: &agentv1alpha1.SyncResult{Generation: 3, Error: "1 transfer(s) still wrote"}}},
+			wants:  []trackerStep{{write: true, ended: &agentv1alpha1.SyncResult{Generation: 3, Error: "1 transfer(s) still wrote"}}},
 		},
 		"a refusal changes no status": {
 			events: []endpoint.Event{{Kind: endpoint.Refused, Time: at(0), Message: "held"}},
-			wants:  []want{{}},
+			wants:  []trackerStep{{}},
 		},
-	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			var tr tracker
-			ma := &agentv1alpha1.MountAssignment{Spec: agentv1alpha1.MountAssignmentSpec{SyncGeneration: 3}}
-			var start time.Time
-			for i, e := range tc.events {
-				if e.Kind == endpoint.RsyncStarted && start.IsZero() {
-					start = e.Time
-				}
-				st := tr.observe(e, 3, full)
-				w := tc.wants[i]
-				assert.Equal(t, w.write, st.mutate != nil, "event %d (%s): a status write", i, e.Kind)
-				if st.mutate != nil {
-					st.mutate(ma)
-				}
-				assert.Equal(t, w.phase, ma.Status.Phase, "event %d (%s): phase", i, e.Kind)
-				if w.attempt > 0 {
-					require.NotNil(t, ma.Status.CurrentSync, "event %d", i)
-					assert.Equal(t, w.attempt, ma.Status.CurrentSync.Attempt, "event %d: attempt", i)
-					assert.Equal(t, start, ma.Status.CurrentSync.StartTime.Time, "event %d: the sync's start is its first rsync's", i)
-				}
-				if w.ended == nil {
-					assert.Nil(t, st.ended, "event %d (%s): no sync ended", i, e.Kind)
-					continue
-				}
-				require.NotNil(t, st.ended, "event %d (%s): the sync ended", i, e.Kind)
-				got := *st.ended
-				assert.Equal(t, timePtr(e.Time), got.EndTime)
-				assert.Equal(t, timePtr(start), got.StartTime)
-				got.StartTime, got.EndTime = nil, nil
-				assert.Equal(t, *w.ended, got)
-				assert.Equal(t, tracker{}, tr, "a new sync starts from nothing")
-			}
-		})
 	}
 }
 

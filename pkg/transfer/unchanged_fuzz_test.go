@@ -122,107 +122,141 @@ func hardLinks(t *testing.T, root string) bool {
 func change(t *testing.T, rng *rand.Rand, root string, round int) string {
 	t.Helper()
 	files, dirs := entries(t, root)
-	pick := func(list []string) string { return list[rng.IntN(len(list))] }
-	p := func(rel string) string { return filepath.Join(root, rel) }
-	later := time.Now().Add(time.Duration(round+1) * time.Second)
+	c := &treeChange{t: t, rng: rng, root: root, round: round, files: files, dirs: dirs,
+		later: time.Now().Add(time.Duration(round+1) * time.Second)}
 	ops := []string{"create", "create", "edit", "append", "truncate", "rename", "rename-dir", "rename-dir", "delete", "rmdir", "chmod", "chown",
 		"link", "unlink-link", "symlink", "retarget", "xattr", "acl", "file-to-dir", "dir-to-symlink", "mtime"}
 	for {
-		op := pick(ops)
+		op := c.pick(ops)
 		needsFile := op != "create" && op != "symlink" && op != "rmdir" && op != "dir-to-symlink" && op != "rename-dir"
 		if needsFile && len(files) == 0 {
 			continue
 		}
-		switch op {
-		case "create":
-			name := filepath.Join(pick(dirs), fmt.Sprintf("f%d", round))
-			require.NoError(t, os.WriteFile(p(name), randomBytes(rng, rng.IntN(20000)), 0o644))
-		case "edit":
-			f := pick(files)
-			data, err := os.ReadFile(p(f))
-			require.NoError(t, err)
-			if len(data) == 0 {
-				continue
-			}
-			data[rng.IntN(len(data))] ^= 0x5a
-			require.NoError(t, os.WriteFile(p(f), data, 0o644))
-			require.NoError(t, os.Chtimes(p(f), later, later))
-		case "append":
-			f, err := os.OpenFile(p(pick(files)), os.O_APPEND|os.O_WRONLY, 0)
-			require.NoError(t, err)
-			_, err = f.Write(randomBytes(rng, 1+rng.IntN(5000)))
-			require.NoError(t, err)
-			require.NoError(t, f.Close())
-		case "truncate":
-			require.NoError(t, os.Truncate(p(pick(files)), int64(rng.IntN(100))))
-		case "rename":
-			f := pick(files)
-			require.NoError(t, os.Rename(p(f), p(filepath.Join(pick(dirs), fmt.Sprintf("moved%d", round)))))
-		case "rename-dir":
-			from, to := pick(dirs), pick(dirs)
-			if from == "." || to == from || strings.HasPrefix(to, from+"/") {
-				continue
-			}
-			require.NoError(t, os.Rename(p(from), p(filepath.Join(to, fmt.Sprintf("moved-dir%d", round)))))
-		case "delete":
-			require.NoError(t, os.Remove(p(pick(files))))
-		case "rmdir":
-			d := pick(dirs)
-			if d == "." {
-				continue
-			}
-			require.NoError(t, os.RemoveAll(p(d)))
-		case "chmod":
-			require.NoError(t, os.Chmod(p(pick(files)), os.FileMode(0o600+rng.IntN(0o100))))
-		case "chown":
-			require.NoError(t, os.Lchown(p(pick(files)), 1000+rng.IntN(5), 1000+rng.IntN(5)))
-		case "link":
-			require.NoError(t, os.Link(p(pick(files)), p(filepath.Join(pick(dirs), fmt.Sprintf("hl%d", round)))))
-		case "unlink-link":
-			f := pick(files)
-			var st unix.Stat_t
-			require.NoError(t, unix.Lstat(p(f), &st))
-			if st.Nlink < 2 {
-				continue
-			}
-			data, err := os.ReadFile(p(f))
-			require.NoError(t, err)
-			require.NoError(t, os.Remove(p(f)))
-			require.NoError(t, os.WriteFile(p(f), append(data, 'x'), 0o644))
-		case "symlink":
-			require.NoError(t, os.Symlink(fmt.Sprintf("target-%d", rng.IntN(10)), p(filepath.Join(pick(dirs), fmt.Sprintf("s%d", round)))))
-		case "retarget":
-			links := symlinks(t, root)
-			if len(links) == 0 {
-				continue
-			}
-			l := pick(links)
-			require.NoError(t, os.Remove(p(l)))
-			require.NoError(t, os.Symlink(fmt.Sprintf("elsewhere-%d", round), p(l)))
-		case "xattr":
-			require.NoError(t, unix.Lsetxattr(p(pick(files)), "user.round", []byte(fmt.Sprint(round)), 0))
-		case "acl":
-			out, err := exec.Command("setfacl", "-m", fmt.Sprintf("u:%d:r", 2000+round) /* a new entry: setfacl leaves an ACL it would not change alone */, p(pick(files))).CombinedOutput()
-			require.NoError(t, err, string(out))
-		case "file-to-dir":
-			f := pick(files)
-			require.NoError(t, os.Remove(p(f)))
-			require.NoError(t, os.MkdirAll(p(filepath.Join(f, "inner")), 0o755))
-		case "dir-to-symlink":
-			d := pick(dirs)
-			if d == "." {
-				continue
-			}
-			require.NoError(t, os.RemoveAll(p(d)))
-			require.NoError(t, os.Symlink("a", p(d)))
-		case "mtime":
-			require.NoError(t, os.Chtimes(p(pick(files)), later, later))
+		if !c.content(op) && !c.names(op) {
+			continue
 		}
 		if len(dirsOf(t, root)) == 0 { // keep somewhere to create things
 			require.NoError(t, os.Mkdir(filepath.Join(root, fmt.Sprintf("dir%d", round)), 0o755))
 		}
 		return op
 	}
+}
+
+// treeChange is one round's change: the tree's files and directories
+// before it, and the mtime a change of data gets.
+type treeChange struct {
+	t           *testing.T
+	rng         *rand.Rand
+	root        string
+	round       int
+	files, dirs []string
+	later       time.Time
+}
+
+func (c *treeChange) pick(list []string) string { return list[c.rng.IntN(len(list))] }
+func (c *treeChange) p(rel string) string       { return filepath.Join(c.root, rel) }
+
+// content makes op if it changes files' data or existence; false: op is
+// not one of those, or the tree has nothing it applies to.
+func (c *treeChange) content(op string) bool {
+	switch op {
+	case "create":
+		name := filepath.Join(c.pick(c.dirs), fmt.Sprintf("f%d", c.round))
+		require.NoError(c.t, os.WriteFile(c.p(name), randomBytes(c.rng, c.rng.IntN(20000)), 0o644))
+	case "edit":
+		f := c.pick(c.files)
+		data, err := os.ReadFile(c.p(f))
+		require.NoError(c.t, err)
+		if len(data) == 0 {
+			return false
+		}
+		data[c.rng.IntN(len(data))] ^= 0x5a
+		require.NoError(c.t, os.WriteFile(c.p(f), data, 0o644))
+		require.NoError(c.t, os.Chtimes(c.p(f), c.later, c.later))
+	case "append":
+		f, err := os.OpenFile(c.p(c.pick(c.files)), os.O_APPEND|os.O_WRONLY, 0)
+		require.NoError(c.t, err)
+		_, err = f.Write(randomBytes(c.rng, 1+c.rng.IntN(5000)))
+		require.NoError(c.t, err)
+		require.NoError(c.t, f.Close())
+	case "truncate":
+		require.NoError(c.t, os.Truncate(c.p(c.pick(c.files)), int64(c.rng.IntN(100))))
+	case "delete":
+		require.NoError(c.t, os.Remove(c.p(c.pick(c.files))))
+	case "unlink-link":
+		f := c.pick(c.files)
+		var st unix.Stat_t
+		require.NoError(c.t, unix.Lstat(c.p(f), &st))
+		if st.Nlink < 2 {
+			return false
+		}
+		data, err := os.ReadFile(c.p(f))
+		require.NoError(c.t, err)
+		require.NoError(c.t, os.Remove(c.p(f)))
+		require.NoError(c.t, os.WriteFile(c.p(f), append(data, 'x'), 0o644))
+	case "file-to-dir":
+		f := c.pick(c.files)
+		require.NoError(c.t, os.Remove(c.p(f)))
+		require.NoError(c.t, os.MkdirAll(c.p(filepath.Join(f, "inner")), 0o755))
+	case "mtime":
+		require.NoError(c.t, os.Chtimes(c.p(c.pick(c.files)), c.later, c.later))
+	default:
+		return false
+	}
+	return true
+}
+
+// names makes op if it changes names, links or metadata; false: op is not
+// one of those, or the tree has nothing it applies to.
+func (c *treeChange) names(op string) bool {
+	switch op {
+	case "rename":
+		f := c.pick(c.files)
+		require.NoError(c.t, os.Rename(c.p(f), c.p(filepath.Join(c.pick(c.dirs), fmt.Sprintf("moved%d", c.round)))))
+	case "rename-dir":
+		from, to := c.pick(c.dirs), c.pick(c.dirs)
+		if from == "." || to == from || strings.HasPrefix(to, from+"/") {
+			return false
+		}
+		require.NoError(c.t, os.Rename(c.p(from), c.p(filepath.Join(to, fmt.Sprintf("moved-dir%d", c.round)))))
+	case "rmdir":
+		d := c.pick(c.dirs)
+		if d == "." {
+			return false
+		}
+		require.NoError(c.t, os.RemoveAll(c.p(d)))
+	case "chmod":
+		require.NoError(c.t, os.Chmod(c.p(c.pick(c.files)), os.FileMode(0o600+c.rng.IntN(0o100))))
+	case "chown":
+		require.NoError(c.t, os.Lchown(c.p(c.pick(c.files)), 1000+c.rng.IntN(5), 1000+c.rng.IntN(5)))
+	case "link":
+		require.NoError(c.t, os.Link(c.p(c.pick(c.files)), c.p(filepath.Join(c.pick(c.dirs), fmt.Sprintf("hl%d", c.round)))))
+	case "symlink":
+		require.NoError(c.t, os.Symlink(fmt.Sprintf("target-%d", c.rng.IntN(10)), c.p(filepath.Join(c.pick(c.dirs), fmt.Sprintf("s%d", c.round)))))
+	case "retarget":
+		links := symlinks(c.t, c.root)
+		if len(links) == 0 {
+			return false
+		}
+		l := c.pick(links)
+		require.NoError(c.t, os.Remove(c.p(l)))
+		require.NoError(c.t, os.Symlink(fmt.Sprintf("elsewhere-%d", c.round), c.p(l)))
+	case "xattr":
+		require.NoError(c.t, unix.Lsetxattr(c.p(c.pick(c.files)), "user.round", []byte(fmt.Sprint(c.round)), 0))
+	case "acl":
+		out, err := exec.Command("setfacl", "-m", fmt.Sprintf("u:%d:r", 2000+c.round) /* a new entry: setfacl leaves an ACL it would not change alone */, c.p(c.pick(c.files))).CombinedOutput()
+		require.NoError(c.t, err, string(out))
+	case "dir-to-symlink":
+		d := c.pick(c.dirs)
+		if d == "." {
+			return false
+		}
+		require.NoError(c.t, os.RemoveAll(c.p(d)))
+		require.NoError(c.t, os.Symlink("a", c.p(d)))
+	default:
+		return false
+	}
+	return true
 }
 
 // entries lists the regular files and directories under root (relative;

@@ -130,22 +130,10 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: state dir: %w", err)
 	}
-	envOpts := []apiserver.Option{apiserver.WithCRDs(filepath.Join(bin, "snapshot-crds")),
-		apiserver.WithAPIServerFlag("service-cluster-ip-range", o.ServiceCIDR)}
-	if o.Network != nil {
-		envOpts = append(envOpts, apiserver.WithAPIServerFlag("bind-address", "0.0.0.0"))
-	}
-	if o.Kubelet {
-		if o.Network == nil || o.Images == "" {
-			os.RemoveAll(dir)
-			return nil, errors.New("cluster: real nodes need a Network and Images")
-		}
-		opts, err := realNodeAPIServer(dir, o)
-		if err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
-		envOpts = append(envOpts, opts...)
+	envOpts, err := apiServerOptions(dir, bin, o)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
 	env, err := apiserver.Start(envOpts...)
 	if err != nil {
@@ -161,19 +149,8 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 			_ = c.Stop()
 		}
 	}()
-	for _, n := range o.Nodes {
-		node := Node{Name: n, KubeletDir: filepath.Join(dir, "nodes", n, "kubelet")}
-		if o.Network != nil {
-			if node.Net, err = o.Network.addNode(n); err != nil {
-				return nil, err
-			}
-			for _, cidr := range c.routed() {
-				if err := Route(node.Net, cidr, ""); err != nil {
-					return nil, err
-				}
-			}
-		}
-		c.Nodes = append(c.Nodes, node)
+	if err := c.addNodes(o); err != nil {
+		return nil, err
 	}
 	if err := c.startDrivers(dctx); err != nil {
 		return nil, err
@@ -184,25 +161,53 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if err := c.createObjects(ctx); err != nil {
 		return nil, err
 	}
-	if o.Kubelet {
-		if c.NetworkKubeconfig, err = c.networkKubeconfig(o.Network); err != nil {
-			return nil, err
-		}
-		if err := c.startKubelets(ctx, bin, o.Images); err != nil {
-			return nil, err
-		}
-	}
-	if o.Network != nil {
-		if err := c.startKubeProxies(bin, o.Network); err != nil {
-			return nil, err
-		}
-	}
-	if o.Kubelet {
-		if err := c.startNodePlugins(ctx); err != nil {
-			return nil, err
-		}
+	if err := c.startNodeServices(ctx, bin, o); err != nil {
+		return nil, err
 	}
 	return c, nil
+}
+
+// apiServerOptions are the apiserver's flags for o: the snapshot CRDs,
+// the Service range, reachable from the network's nodes, and what real
+// kubelets need.
+func apiServerOptions(dir, bin string, o Options) ([]apiserver.Option, error) {
+	envOpts := []apiserver.Option{apiserver.WithCRDs(filepath.Join(bin, "snapshot-crds")),
+		apiserver.WithAPIServerFlag("service-cluster-ip-range", o.ServiceCIDR)}
+	if o.Network != nil {
+		envOpts = append(envOpts, apiserver.WithAPIServerFlag("bind-address", "0.0.0.0"))
+	}
+	if o.Kubelet {
+		if o.Network == nil || o.Images == "" {
+			return nil, errors.New("cluster: real nodes need a Network and Images")
+		}
+		opts, err := realNodeAPIServer(dir, o)
+		if err != nil {
+			return nil, err
+		}
+		envOpts = append(envOpts, opts...)
+	}
+	return envOpts, nil
+}
+
+// addNodes gives each node its directory and, on a network, its namespace
+// with routes to the cluster's Services.
+func (c *Cluster) addNodes(o Options) error {
+	for _, n := range o.Nodes {
+		node := Node{Name: n, KubeletDir: filepath.Join(c.Dir, "nodes", n, "kubelet")}
+		if o.Network != nil {
+			var err error
+			if node.Net, err = o.Network.addNode(n); err != nil {
+				return err
+			}
+			for _, cidr := range c.routed() {
+				if err := Route(node.Net, cidr, ""); err != nil {
+					return err
+				}
+			}
+		}
+		c.Nodes = append(c.Nodes, node)
+	}
+	return nil
 }
 
 // routed are the ranges that reach this cluster's Services: kube-proxy on

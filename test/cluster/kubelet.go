@@ -275,3 +275,26 @@ serializeImagePulls: false
 	}
 	return os.MkdirAll(filepath.Join(rn.root, "etc", "manifests"), 0o755)
 }
+
+// startNodeServices starts what runs on the nodes: kubelets (real nodes),
+// kube-proxy (on a network) and the CSI node plugins as pods (real nodes).
+func (c *Cluster) startNodeServices(ctx context.Context, bin string, o Options) error {
+	var err error
+	if o.Kubelet {
+		if c.NetworkKubeconfig, err = c.networkKubeconfig(o.Network); err != nil {
+			return err
+		}
+		if err := c.startKubelets(ctx, bin, o.Images); err != nil {
+			return err
+		}
+	}
+	if o.Network != nil {
+		if err := c.startKubeProxies(bin, o.Network); err != nil {
+			return err
+		}
+	}
+	if o.Kubelet {
+		return c.startNodePlugins(ctx)
+	}
+	return nil
+}

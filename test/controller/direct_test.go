@@ -31,6 +31,24 @@ import (
 // condition says so. Pausing the destination releases its volume.
 func direct(e *env) {
 	t, k, ctx := e.t, e.k, context.Background()
+	rd, replicaPV := directDestination(e)
+	rs := directSource(e, rd)
+	directPaused(e, rs, rd, replicaPV)
+	require.NoError(t, k.Delete(ctx, rs))
+	require.NoError(t, k.Delete(ctx, rd))
+	testenv.Eventually(t, "both to be gone", time.Minute, func() bool { return gone(k, rs) && gone(k, rd) })
+	assert.Empty(t, e.leftovers(string(rd.UID), replicaPV.Name))
+	assert.Empty(t, e.leftovers(string(rs.UID), ""))
+	require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: "direct-dst", Name: "replica"}, &corev1.PersistentVolumeClaim{}),
+		"the user's destination claim stays")
+}
+
+// directDestination makes the user's keys and claim and a Direct
+// destination of them behind a LoadBalancer, plays the cloud's
+// load-balancer controller and checks the destination's status and
+// assignment.
+func directDestination(e *env) (*volsyncv1alpha1.ReplicationDestination, *corev1.PersistentVolume) {
+	t, k, ctx := e.t, e.k, context.Background()
 	e.namespace("direct-src", map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"})
 	e.namespace("direct-dst", nil)
 	dstKeys, srcKeys, err := sshkeys.Secrets()
@@ -70,7 +88,14 @@ func direct(e *env) {
 	var ma agentv1alpha1.MountAssignment
 	require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: harness.Namespace, Name: "rd-" + string(rd.UID)}, &ma))
 	assert.Equal(t, &agentv1alpha1.RunAs{UID: 1000, GID: 2000}, ma.Spec.Destination.RunAs, "moverSecurityContext reaches the agent")
+	return rd, replicaPV
+}
 
+// directSource makes the Direct source of a live claim with a setuid
+// file, syncs it once and checks that the destination names its claim as
+// the image.
+func directSource(e *env, rd *volsyncv1alpha1.ReplicationDestination) *volsyncv1alpha1.ReplicationSource {
+	t, k, ctx := e.t, e.k, context.Background()
 	e.claim("direct-src", "app", "1Gi", nil)
 	e.onVolume("direct-src", "app", false, func(dir string) {
 		writeApp(t, dir, "1")
@@ -88,7 +113,14 @@ func direct(e *env) {
 		return rd.Status.LatestImage != nil && rd.Status.LastSyncTime != nil
 	})
 	assert.Equal(t, &corev1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "replica"}, rd.Status.LatestImage)
+	return rs
+}
 
+// directPaused pauses the source (no sync for a new trigger) and the
+// destination (its volume released for the user, who finds the files the
+// ordinary user's).
+func directPaused(e *env, rs *volsyncv1alpha1.ReplicationSource, rd *volsyncv1alpha1.ReplicationDestination, replicaPV *corev1.PersistentVolume) {
+	t, k, ctx := e.t, e.k, context.Background()
 	// A paused source starts no sync for a new trigger, and says so.
 	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		rs = e.rs("direct-src", "rs")
@@ -126,12 +158,4 @@ func direct(e *env) {
 	})
 	assert.Equal(t, len(src), len(got), "every entry arrived")
 	assert.Equal(t, []uint32{1000, 1000}, owners, "unprivileged: files belong to moverSecurityContext's runAsUser, not the sender's owners")
-
-	require.NoError(t, k.Delete(ctx, rs))
-	require.NoError(t, k.Delete(ctx, rd))
-	testenv.Eventually(t, "both to be gone", time.Minute, func() bool { return gone(k, rs) && gone(k, rd) })
-	assert.Empty(t, e.leftovers(string(rd.UID), replicaPV.Name))
-	assert.Empty(t, e.leftovers(string(rs.UID), ""))
-	require.NoError(t, k.Get(ctx, client.ObjectKey{Namespace: "direct-dst", Name: "replica"}, &corev1.PersistentVolumeClaim{}),
-		"the user's destination claim stays")
 }

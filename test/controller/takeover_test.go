@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -142,6 +143,26 @@ func leftByVolSync(e *env, ns string) *volsyncv1alpha1.ReplicationDestination {
 		require.NoError(t, controllerutil.SetControllerReference(rd, obj, k.Scheme()))
 		require.NoError(t, k.Create(ctx, obj))
 	}
+	volSyncKeys(t, create)
+	image := volSyncImage(e, ns, create)
+	svc := volSyncMover(rd, create)
+
+	start := metav1.NewTime(time.Now().Add(-time.Hour))
+	rd.Status = volsyncv1alpha1.ReplicationDestinationStatus{SyncStatus: volsyncv1alpha1.SyncStatus{
+		LastSyncTime: ptr.To(metav1.NewTime(start.Add(-time.Minute))), LastSyncStartTime: &start,
+		LastSyncDuration:  &metav1.Duration{Duration: 40 * time.Second},
+		LatestMoverStatus: &volsyncv1alpha1.MoverStatus{Result: volsyncv1alpha1.MoverResultSuccessful},
+		Conditions: []metav1.Condition{{Type: volsyncv1alpha1.ConditionSynchronizing, Status: metav1.ConditionTrue,
+			Reason: volsyncv1alpha1.SynchronizingReasonSync, Message: "Synchronization in-progress", LastTransitionTime: start}}},
+		LatestImage: snapshot.Ref(image),
+		Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncStatus{Address: ptr.To(svc.Spec.ClusterIP), Port: ptr.To(int32(22)),
+			SSHKeys: ptr.To("volsync-rsync-dst-src-rd")}}
+	require.NoError(t, k.Status().Update(ctx, rd))
+	return rd
+}
+
+// volSyncKeys creates the key Secrets VolSync's destination generates.
+func volSyncKeys(t *testing.T, create func(client.Object)) {
 	dst, src, err := sshkeys.Secrets()
 	require.NoError(t, err)
 	main := map[string][]byte{}
@@ -162,7 +183,13 @@ func leftByVolSync(e *env, ns string) *volsyncv1alpha1.ReplicationDestination {
 		Data: pick(sshkeys.SourcePrivate, sshkeys.SourcePublic, sshkeys.DestinationPublic)})
 	create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "volsync-rsync-dst-dest-rd"},
 		Data: pick(sshkeys.DestinationPrivate, sshkeys.DestinationPublic, sshkeys.SourcePublic)})
+}
 
+// volSyncImage makes VolSync's destination claim, a clone of "data" (the
+// last sync's data), and its ready latestImage snapshot, and returns the
+// snapshot's name.
+func volSyncImage(e *env, ns string, create func(client.Object)) string {
+	t, k, ctx := e.t, e.k, context.Background()
 	// The last sync's data: a clone of the source as it is now.
 	create(&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "volsync-rd-dst"},
 		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
@@ -185,7 +212,12 @@ func leftByVolSync(e *env, ns string) *volsyncv1alpha1.ReplicationDestination {
 		require.NoError(t, err)
 		return ready
 	})
+	return image
+}
 
+// volSyncMover creates the destination's Service and the mover Job on its
+// claim, as VolSync leaves them mid-sync, and returns the Service.
+func volSyncMover(rd *volsyncv1alpha1.ReplicationDestination, create func(client.Object)) *corev1.Service {
 	moverPods := map[string]string{"app.kubernetes.io/name": "dst-rd", "app.kubernetes.io/component": "rsync-mover",
 		"app.kubernetes.io/part-of": "volsync"}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "volsync-rsync-dst-rd"},
@@ -200,19 +232,7 @@ func leftByVolSync(e *env, ns string) *volsyncv1alpha1.ReplicationDestination {
 					VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
 				Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
 					PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "volsync-rd-dst"}}}}}}}})
-
-	start := metav1.NewTime(time.Now().Add(-time.Hour))
-	rd.Status = volsyncv1alpha1.ReplicationDestinationStatus{SyncStatus: volsyncv1alpha1.SyncStatus{
-		LastSyncTime: ptr.To(metav1.NewTime(start.Add(-time.Minute))), LastSyncStartTime: &start,
-		LastSyncDuration:  &metav1.Duration{Duration: 40 * time.Second},
-		LatestMoverStatus: &volsyncv1alpha1.MoverStatus{Result: volsyncv1alpha1.MoverResultSuccessful},
-		Conditions: []metav1.Condition{{Type: volsyncv1alpha1.ConditionSynchronizing, Status: metav1.ConditionTrue,
-			Reason: volsyncv1alpha1.SynchronizingReasonSync, Message: "Synchronization in-progress", LastTransitionTime: start}}},
-		LatestImage: snapshot.Ref(image),
-		Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncStatus{Address: ptr.To(svc.Spec.ClusterIP), Port: ptr.To(int32(22)),
-			SSHKeys: ptr.To("volsync-rsync-dst-src-rd")}}
-	require.NoError(t, k.Status().Update(ctx, rd))
-	return rd
+	return svc
 }
 
 // finishJob plays the kubelet for a Job's pod (no kubelet runs here): the

@@ -101,14 +101,25 @@ func Run(ctx context.Context, out io.Writer) (err error) {
 }
 
 func (r *runner) run() {
+	src, dst := r.startClusters()
+	r.sourceVolume(src)
+	rd := r.destination(dst)
+	r.copyKeys(src, dst, rd)
+	img := r.firstSync(src, dst, rd)
+	r.secondSync(src, dst, img)
+}
+
+// startClusters starts the two clusters on one network and installs
+// Ferry in each from deploy/.
+func (r *runner) startClusters() (src, dst *cluster.Cluster) {
 	root, err := testenv.RepoRoot()
 	r.check(err, "repository")
 	r.step("starting two clusters on this machine, joined on one node network: real nodes (kubelet, containerd) in namespaces")
 	network, err := cluster.NewNetwork(networkName, "10.249.0")
 	r.check(err, "network")
 	r.Cleanup(func() { _ = network.Close() })
-	src := r.cluster(network, root, "source", "10.96.0.0/24", "10.98.0.0/24")
-	dst := r.cluster(network, root, "dest", "10.97.0.0/24", "10.99.0.0/24")
+	src = r.cluster(network, root, "source", "10.96.0.0/24", "10.98.0.0/24")
+	dst = r.cluster(network, root, "dest", "10.97.0.0/24", "10.99.0.0/24")
 	r.check(cluster.Connect(src, dst), "join the clusters")
 	r.say("source cluster: KUBECONFIG=%s", src.Kubeconfig)
 	r.say("destination cluster: KUBECONFIG=%s", dst.Kubeconfig)
@@ -123,9 +134,12 @@ func (r *runner) run() {
 	for _, n := range src.Nodes {
 		r.say("agent on %s: metrics at http://%s:9810/metrics", n.Name, n.Net.IP)
 	}
+	return src, dst
+}
 
+// sourceVolume makes the source's database volume, written by a pod.
+func (r *runner) sourceVolume(src *cluster.Cluster) {
 	r.step("the source cluster: a database volume, mysql-pv-claim in namespace source, written by a pod")
-	privileged := map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"}
 	r.kubectl(src, "create", "namespace", "source")
 	r.kubectl(src, "annotate", "namespace", "source", volsyncv1alpha1.PrivilegedMoversAnnotation+"=true")
 	r.check(src.Client.Create(r.ctx, &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "source", Name: "mysql-pv-claim"},
@@ -134,25 +148,39 @@ func (r *runner) run() {
 		"source claim")
 	r.runPod(src, cluster.AppPod("source", "database-1", "mysql-pv-claim", databaseScript(1)))
 	r.say("the pod wrote a database's files: tables, a binlog, an owned config with a hard link, a symlink, a sparse file, a sqlite3 db")
+}
 
+// destination applies the spec's ReplicationDestination and waits for its
+// address and keys.
+func (r *runner) destination(dst *cluster.Cluster) *volsyncv1alpha1.ReplicationDestination {
+	privileged := map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"}
 	r.step("the destination cluster: the spec's ReplicationDestination (examples/volsync/destination.yaml)")
 	r.check(dst.Client.Create(r.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dest", Annotations: privileged}}), "namespace")
 	r.kubectl(dst, "apply", "-f", harness.ExamplePath(r, "destination.yaml"))
-	var rd volsyncv1alpha1.ReplicationDestination
+	rd := &volsyncv1alpha1.ReplicationDestination{}
 	testenv.Eventually(r, "the destination's address and key Secret", 2*time.Minute, func() bool {
-		r.check(dst.Client.Get(r.ctx, client.ObjectKey{Namespace: "dest", Name: "database-destination"}, &rd), "get")
+		r.check(dst.Client.Get(r.ctx, client.ObjectKey{Namespace: "dest", Name: "database-destination"}, rd), "get")
 		return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil && rd.Status.Rsync.SSHKeys != nil
 	})
 	r.kubectl(dst, "get", "replicationdestination", "-n", "dest", "-o", "wide")
 	r.say("status.rsync.address=%s status.rsync.sshKeys=%s", *rd.Status.Rsync.Address, *rd.Status.Rsync.SSHKeys)
+	return rd
+}
 
+// copyKeys copies the destination's key Secret to the source cluster, as
+// the spec's "Copying the SSH key secret" does.
+func (r *runner) copyKeys(src, dst *cluster.Cluster, rd *volsyncv1alpha1.ReplicationDestination) {
 	r.step("copying the SSH key Secret to the source cluster, as the spec's \"Copying the SSH key secret\" does")
 	secret := &corev1.Secret{}
 	r.check(dst.Client.Get(r.ctx, client.ObjectKey{Namespace: "dest", Name: *rd.Status.Rsync.SSHKeys}, secret), "get Secret")
 	r.say("kubectl -n dest get secret %s -o yaml > secret.yaml; (remove namespace, uid, ownerReferences...); kubectl -n source create -f secret.yaml", secret.Name)
 	r.check(src.Client.Create(r.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "source", Name: secret.Name},
 		Type: secret.Type, Data: secret.Data}), "create Secret")
+}
 
+// firstSync applies the spec's ReplicationSource, triggers it and shows
+// that the image holds the source's data; it returns the image.
+func (r *runner) firstSync(src, dst *cluster.Cluster, rd *volsyncv1alpha1.ReplicationDestination) string {
 	r.step("the source: the spec's ReplicationSource (examples/volsync/source.yaml), address from the destination")
 	rs := &volsyncv1alpha1.ReplicationSource{}
 	harness.Example(r, "source.yaml", rs)
@@ -174,11 +202,16 @@ func (r *runner) run() {
 
 	r.step("proving it: a claim restored from latestImage (%s) holds exactly the source's data", img)
 	r.compare(src, dst, img)
+	return img
+}
 
+// secondSync changes the data and syncs again: only the change moves,
+// and the new image replaces the previous one.
+func (r *runner) secondSync(src, dst *cluster.Cluster, img string) {
 	r.step("changing the data (a new binlog segment, a row in a table) and syncing again")
 	r.runPod(src, cluster.AppPod("source", "database-2", "mysql-pv-claim", databaseScript(2)))
 	before := sentBytes(r, src)
-	triggered = time.Now()
+	triggered := time.Now()
 	r.check(patchManual(r, src, "second"), "trigger")
 	synced := r.waitSynced(src, "second")
 	r.say("trigger → lastSyncTime: %.2fs", time.Since(triggered).Seconds())
