@@ -21,7 +21,7 @@ var ErrUnplaceable = errors.New("the volume cannot be placed")
 // message.
 type unplaceable struct{ error }
 
-func (u unplaceable) Unwrap() error        { return u.error }
+func (u unplaceable) Unwrap() error      { return u.error }
 func (unplaceable) Is(target error) bool { return target == ErrUnplaceable }
 
 // Locate is the first step of both kinds' assignment: the assignment's
