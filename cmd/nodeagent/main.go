@@ -35,6 +35,7 @@ func main() {
 	flag.StringVar(&cfg.SSHAdvertiseAddress, "ssh-advertise-address", os.Getenv("NODE_IP"), "node address reported for destinations (default: $NODE_IP)")
 	ports := flag.String("ssh-port-range", "", "ports destinations listen on, MIN-MAX (such as 30500-30999), so node firewalls can allow exactly them; empty: any port")
 	flag.IntVar(&cfg.MaxTransfers, "max-transfers", 4, "source transfers that run at once on this node; more wait, Queued")
+	maxBandwidth := flag.String("max-bandwidth", "", "cap on what this node's source transfers send together, bytes per second as a quantity (100Mi: 100 MiB/s); empty: none")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-bind-address", ":9810", "address of the Prometheus /metrics endpoint (0 disables it)")
 	flag.StringVar(&cfg.ProbeAddr, "health-probe-bind-address", ":9811", "address of the /healthz and /readyz endpoints")
 	flag.DurationVar(&cfg.GracePeriod, "grace-period", 30*time.Second, "how long running transfers may finish after SIGTERM before they are aborted")
@@ -63,6 +64,14 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.Transfer.MemoryBytes = q.Value()
+	if *maxBandwidth != "" {
+		q, err := resource.ParseQuantity(*maxBandwidth)
+		if err != nil || q.Sign() <= 0 {
+			fmt.Fprintf(os.Stderr, "nodeagent: --max-bandwidth %q: give bytes per second as a positive quantity, for example 100Mi\n", *maxBandwidth)
+			os.Exit(2)
+		}
+		cfg.MaxBandwidth = q.Value()
+	}
 	if cfg.SSHAdvertiseAddress == "" {
 		cfg.SSHAdvertiseAddress = cfg.SSHBindAddress
 	}

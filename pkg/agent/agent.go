@@ -55,6 +55,7 @@ import (
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
+	"github.com/ferrysync/ferry/pkg/transfer/stream"
 )
 
 // Config is the agent's settings, from its command line.
@@ -77,6 +78,10 @@ type Config struct {
 	// MaxTransfers is how many source transfers run at once on the node;
 	// more wait, Queued.
 	MaxTransfers int
+	// MaxBandwidth caps what the node's source transfers send together, in
+	// bytes per second on the wire (0: no cap); each ReplicationSource may
+	// cap its own lower (its bandwidth-limit annotation).
+	MaxBandwidth int64
 	// MetricsAddr and ProbeAddr are where /metrics and /healthz, /readyz
 	// listen.
 	MetricsAddr, ProbeAddr string
@@ -133,7 +138,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		status: apiStatus{api: mgr.GetAPIReader(), writer: mgr.GetClient()},
 		events: mgr.GetEventRecorder("ferry-nodeagent"), log: log}
 	r := &Reconciler{node: n, writer: mgr.GetClient(),
-		source: &sourceRunner{node: n, scratch: scratch, cgroups: cgroups, slots: make(chan struct{}, cfg.MaxTransfers),
+		source: &sourceRunner{node: n, scratch: scratch, cgroups: cgroups, slots: make(chan struct{}, cfg.MaxTransfers), bandwidth: stream.NewLimiter(cfg.MaxBandwidth),
 			aborted: aborted, records: records{ttl: cfg.FullSyncInterval}},
 		destination: &destinationServer{node: n, server: server, ctx: ctrllog.IntoContext(context.WithoutCancel(ctx), log.WithName("destination")),
 			aborted: aborted, states: objects[destinationState]{fresh: func(uid types.UID) *destinationState { return &destinationState{uid: uid} }}},

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -31,6 +32,8 @@ type sourceRunner struct {
 	scratch string        // where confinements mount their roots
 	cgroups *cgroup.Pool  // each transfer's limits; nil: none
 	slots   chan struct{} // one per concurrent transfer
+	// bandwidth is the node's cap all transfers share (nil: none).
+	bandwidth *rate.Limiter
 	// aborted is closed a grace period after shutdown begins: running
 	// transfers end then.
 	aborted <-chan struct{}
@@ -284,6 +287,7 @@ func (r *sourceRunner) pushOptions(ctx context.Context, ma *agentv1alpha1.MountA
 	return sender.Options{
 		Address: src.Address, Port: int(src.Port), User: src.User, Path: src.Path, Keys: keys, Volume: path, Scratch: r.scratch, Cgroups: r.cgroups, Limits: limits(ma),
 		Backoff: r.cfg.RetryBackoff, Keepalive: r.cfg.Keepalive, Rsync: r.cfg.Rsync, Log: logger, ProgressInterval: r.cfg.ProgressInterval, Compression: compress,
+		BandwidthLimit: src.BandwidthLimit, NodeBandwidth: r.bandwidth,
 		Record:   r.records.get(key, time.Now()),
 		Progress: r.progress(ctx, key, ma.Spec.SyncGeneration),
 	}

@@ -69,6 +69,8 @@ func badInput(e *env) {
 			"spec.rsync.address is required"},
 		{annotate(source("bad-compression", func(*volsyncv1alpha1.ReplicationSourceSpec) {}), volsyncv1alpha1.CompressionAnnotation, "gzip"),
 			`annotation ferrysync.io/compression: invalid compression "gzip": want zstd, lz4, zlib or none`},
+		{annotate(source("bad-bandwidth", func(*volsyncv1alpha1.ReplicationSourceSpec) {}), volsyncv1alpha1.BandwidthLimitAnnotation, "fast"),
+			`annotation ferrysync.io/bandwidth-limit: "fast" is not a rate: give bytes per second as a positive quantity, for example 10Mi`},
 		{source("rclone", func(s *volsyncv1alpha1.ReplicationSourceSpec) {
 			s.Rsync, s.Rclone = nil, &apiextensionsv1.JSON{Raw: []byte(`{}`)}
 		}), "Ferry serves VolSync's rsync mover only"},

@@ -1,8 +1,11 @@
 package v1alpha1
 
 import (
+	"fmt"
+
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -41,6 +44,27 @@ const PrivilegedMoversAnnotation = "volsync.backube/privileged-movers"
 // zlib, zlib:LEVEL or none; without it, zstd at level 1. An annotation, not
 // a spec field, so that the CR stays valid for VolSync, which ignores it.
 const CompressionAnnotation = "ferrysync.io/compression"
+
+// BandwidthLimitAnnotation on a ReplicationSource caps what its transfers
+// send, in bytes per second on the wire (after compression), as a
+// Kubernetes quantity: "10Mi" is 10 MiB/s, "500k" 500,000 bytes/s. For WAN
+// links; the node agent's --max-bandwidth caps a node's transfers together.
+// An annotation, as CompressionAnnotation, so the CR stays VolSync's.
+const BandwidthLimitAnnotation = "ferrysync.io/bandwidth-limit"
+
+// BandwidthLimit reads BandwidthLimitAnnotation from annotations: bytes per
+// second, 0 when there is none.
+func BandwidthLimit(annotations map[string]string) (int64, error) {
+	v, ok := annotations[BandwidthLimitAnnotation]
+	if !ok {
+		return 0, nil
+	}
+	q, err := resource.ParseQuantity(v)
+	if err != nil || q.Sign() <= 0 {
+		return 0, fmt.Errorf("%q is not a rate: give bytes per second as a positive quantity, for example 10Mi", v)
+	}
+	return q.Value(), nil
+}
 
 // PrivilegedMovers says whether namespace ns allows privileged transfers.
 // The controller decides with it and the node agent decides again, so that

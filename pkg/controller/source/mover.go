@@ -125,11 +125,10 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 	if err != nil {
 		return "", err
 	}
-	role := &agentv1alpha1.SourceRole{Address: *spec.Address, Port: ptr.Deref(spec.Port, 22),
-		User: ptr.Deref(spec.SSHUser, "root"), Path: ptr.Deref(spec.Path, "/"),
-		KeySecret:   agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()},
-		Privileged:  privileged,
-		Compression: rs.Annotations[volsyncv1alpha1.CompressionAnnotation]}
+	role, err := sourceRole(rs, agentv1alpha1.SecretReference{Namespace: w.r.Assignments.Namespace, Name: w.owner.KeysName()}, privileged)
+	if err != nil {
+		return "", err
+	}
 	ma, err := w.r.Assignments.Ensure(ctx, w.owner, agentv1alpha1.MountAssignmentSpec{NodeName: node,
 		Owner: w.owner.Ref(), Volume: vol, Source: role, SyncGeneration: 1, Limits: assign.Limits(spec.MoverResources)})
 	if err != nil || ma == nil {
@@ -174,4 +173,28 @@ func (w *work) Cleanup(ctx context.Context, _ bool) (bool, error) {
 		}
 	}
 	return gone, nil
+}
+
+// sourceRole is what the agent needs to push rs: where to, as whom, with
+// which keys (keys, the copy in Ferry's namespace) and rights, and the
+// user's compression and bandwidth annotations.
+func sourceRole(rs *volsyncv1alpha1.ReplicationSource, keys agentv1alpha1.SecretReference, privileged bool) (*agentv1alpha1.SourceRole, error) {
+	spec := rs.Spec.Rsync
+	limit, err := bandwidthLimit(rs)
+	if err != nil {
+		return nil, err
+	}
+	return &agentv1alpha1.SourceRole{Address: ptr.Deref(spec.Address, ""), Port: ptr.Deref(spec.Port, 22),
+		User: ptr.Deref(spec.SSHUser, "root"), Path: ptr.Deref(spec.Path, "/"), KeySecret: keys, Privileged: privileged,
+		Compression: rs.Annotations[volsyncv1alpha1.CompressionAnnotation], BandwidthLimit: limit}, nil
+}
+
+// bandwidthLimit reads rs's bandwidth annotation; a bad one is the user's
+// to fix.
+func bandwidthLimit(rs *volsyncv1alpha1.ReplicationSource) (int64, error) {
+	limit, err := volsyncv1alpha1.BandwidthLimit(rs.Annotations)
+	if err != nil {
+		return 0, cycle.Invalidf("annotation %s: %v", volsyncv1alpha1.BandwidthLimitAnnotation, err)
+	}
+	return limit, nil
 }

@@ -91,6 +91,9 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if _, err := compression.Parse(rs.Annotations[volsyncv1alpha1.CompressionAnnotation]); err != nil {
 		return 0, cycle.Invalidf("annotation %s: %v", volsyncv1alpha1.CompressionAnnotation, err)
 	}
+	if _, err := bandwidthLimit(rs); err != nil {
+		return 0, err
+	}
 	if rs.Status.Rsync == nil {
 		rs.Status.Rsync = &volsyncv1alpha1.ReplicationSourceRsyncStatus{}
 	}

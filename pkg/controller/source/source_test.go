@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -70,4 +71,27 @@ func TestCopyClaim(t *testing.T) {
 	assert.Equal(t, "cheap", *c.Spec.StorageClassName, "overridden")
 	assert.Equal(t, "8Gi", ptr.To(c.Spec.Resources.Requests[corev1.ResourceStorage]).String())
 	assert.Equal(t, []corev1.PersistentVolumeAccessMode{corev1.ReadOnlyMany}, c.Spec.AccessModes)
+}
+
+// TestSourceRole: the user's settings reach the agent: VolSync's defaults
+// for what the spec leaves out, the compression and bandwidth annotations;
+// a bad bandwidth annotation is the user's to fix.
+func TestSourceRole(t *testing.T) {
+	keys := agentv1alpha1.SecretReference{Namespace: "ferry-system", Name: "rs-keys"}
+	rs := &volsyncv1alpha1.ReplicationSource{Spec: volsyncv1alpha1.ReplicationSourceSpec{
+		Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{Address: ptr.To("10.0.0.9")}}}
+	role, err := sourceRole(rs, keys, true)
+	require.NoError(t, err)
+	assert.Equal(t, &agentv1alpha1.SourceRole{Address: "10.0.0.9", Port: 22, User: "root", Path: "/", KeySecret: keys, Privileged: true}, role)
+
+	rs.Annotations = map[string]string{volsyncv1alpha1.CompressionAnnotation: "lz4", volsyncv1alpha1.BandwidthLimitAnnotation: "10Mi"}
+	rs.Spec.Rsync.Port, rs.Spec.Rsync.SSHUser, rs.Spec.Rsync.Path = ptr.To(int32(2022)), ptr.To("backup"), ptr.To("/data")
+	role, err = sourceRole(rs, keys, false)
+	require.NoError(t, err)
+	assert.Equal(t, &agentv1alpha1.SourceRole{Address: "10.0.0.9", Port: 2022, User: "backup", Path: "/data", KeySecret: keys,
+		Compression: "lz4", BandwidthLimit: 10 << 20}, role)
+
+	rs.Annotations[volsyncv1alpha1.BandwidthLimitAnnotation] = "fast"
+	_, err = sourceRole(rs, keys, false)
+	require.ErrorContains(t, err, `annotation ferrysync.io/bandwidth-limit: "fast" is not a rate`)
 }

@@ -4,11 +4,13 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/time/rate"
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/compression"
 	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+	"github.com/ferrysync/ferry/pkg/transfer/stream"
 )
 
 // Options say where to push what.
@@ -57,10 +59,20 @@ type Options struct {
 	// ProgressInterval (default 1 s).
 	Progress         func(Progress)
 	ProgressInterval time.Duration
+	// BandwidthLimit caps what the transfer sends, in bytes per second on
+	// the wire (after compression, as rsync's --bwlimit counts); 0: none
+	// of its own.
+	BandwidthLimit int64
+	// NodeBandwidth, when set, is a limit all of a node's transfers share
+	// (stream.NewLimiter of the agent's --max-bandwidth).
+	NodeBandwidth *rate.Limiter
 	// Rsync is the rsync binary, under /usr (default: rsync from PATH).
 	Rsync string
 	// Log receives rsync's error output and the transfer's steps.
 	Log logr.Logger
+
+	// limiter paces this push's tries at BandwidthLimit.
+	limiter *rate.Limiter
 }
 
 // Result is the outcome of a push.
@@ -116,4 +128,5 @@ func (o *Options) defaults() {
 	if o.Log.GetSink() == nil {
 		o.Log = logr.Discard()
 	}
+	o.limiter = stream.NewLimiter(o.BandwidthLimit)
 }

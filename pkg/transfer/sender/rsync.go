@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/go-logr/logr"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
@@ -94,7 +93,7 @@ func runRsync(ctx context.Context, o *Options, cmd *exec.Cmd, ln *rsh.Listener, 
 		cancel() // the helper never connects if rsync dies first
 	}()
 	var remote sync.WaitGroup
-	remote.Go(func() { remoteErr = serveRemote(ctx, ln, cmd.Process.Pid, client, o.Log) })
+	remote.Go(func() { remoteErr = serveRemote(ctx, ln, cmd.Process.Pid, client, o) })
 	stats := parseOutput(pr, throttle(o, attempt))
 	werr = <-waited
 	remote.Wait()
@@ -133,7 +132,8 @@ func confined(ctx context.Context, o *Options, spec confine.Spec) (*exec.Cmd, *c
 // serveRemote waits for rsync's remote shell and runs its command on a new
 // session of the connection; it returns what the remote side wrote to its
 // standard error (bounded), where a receiver's failure is told.
-func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.Client, log logr.Logger) string {
+func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.Client, o *Options) string {
+	log := o.Log
 	req, err := ln.Accept(ctx, rsync)
 	if err != nil {
 		return ""
@@ -159,7 +159,7 @@ func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.C
 	}
 	// Not waited for: rsync closes its end only after the helper exits.
 	go func() {
-		_, _ = stream.Copy(stdin, req.In)
+		_, _ = stream.Copy(stream.Paced(ctx, stdin, o.limiter, o.NodeBandwidth), req.In)
 		_ = stdin.Close()
 	}()
 	stop := context.AfterFunc(ctx, func() { _ = sess.Close() })

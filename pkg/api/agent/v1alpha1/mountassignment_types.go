@@ -109,6 +109,11 @@ type SourceRole struct {
 	// +kubebuilder:validation:Pattern=`^(none|lz4|(zstd|zlib)(:-?[0-9]+)?)$`
 	// +optional
 	Compression string `json:"compression,omitempty"`
+	// bandwidthLimit caps what the transfer sends, in bytes per second on
+	// the wire (0: no limit of its own; the node's cap still applies).
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	BandwidthLimit int64 `json:"bandwidthLimit,omitempty"`
 }
 
 // DestinationRole makes the agent publish the volume read-write and accept
