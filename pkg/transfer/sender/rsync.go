@@ -130,8 +130,9 @@ func confined(ctx context.Context, o *Options, spec confine.Spec) (*exec.Cmd, *c
 }
 
 // serveRemote waits for rsync's remote shell and runs its command on a new
-// session of the connection; it returns what the remote side wrote to its
-// standard error (bounded), where a receiver's failure is told.
+// session of the connection, what rsync sends paced at the options'
+// bandwidth limits; it returns what the remote side wrote to its standard
+// error (bounded), where a receiver's failure is told.
 func serveRemote(ctx context.Context, ln *rsh.Listener, rsync int, client *ssh.Client, o *Options) string {
 	log := o.Log
 	req, err := ln.Accept(ctx, rsync)
