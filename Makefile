@@ -61,8 +61,12 @@ lint: vet $(STATICCHECK) ## go vet, staticcheck and a gofmt check.
 ##@ Build
 
 .PHONY: build
-build: ## Build the controller and the node agent into bin/.
+build: ## Build the controller, the node agent, its helper and the kubectl plugin into bin/.
 	go build -o $(BIN)/ ./cmd/...
+
+.PHONY: kubectl-ferry
+kubectl-ferry: ## Build the kubectl plugin into bin/kubectl-ferry (put it on the PATH: kubectl ferry --help).
+	go build -o $(BIN)/kubectl-ferry ./cmd/kubectl-ferry
 
 ##@ Test
 

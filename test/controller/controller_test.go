@@ -101,6 +101,10 @@ func TestController(t *testing.T) {
 		t.Parallel()
 		ferryIntoVolSync(e.with(t))
 	})
+	t.Run("kubectl ferry pairs across clusters, syncs, shows status and restores", func(t *testing.T) {
+		t.Parallel()
+		kubectlFerry(e.with(t), far.with(t))
+	})
 	t.Run("Snapshot source into a Direct destination in another cluster, LoadBalancer, the fidelity set", func(t *testing.T) {
 		t.Parallel()
 		snapshotIntoDirect(e.with(t), far.with(t))

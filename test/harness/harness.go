@@ -68,7 +68,7 @@ func Build() (*Binaries, error) {
 	if err != nil {
 		return nil, err
 	}
-	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/nodeagent", "./cmd/ferry-helper", "./cmd/controller")
+	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/nodeagent", "./cmd/ferry-helper", "./cmd/controller", "./cmd/kubectl-ferry")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
