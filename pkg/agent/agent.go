@@ -222,6 +222,9 @@ func newManager(restConfig *rest.Config, cfg Config, log logr.Logger) (manager.M
 // newServer makes the node's ssh endpoint and the transfers' cgroup pool
 // (nil when the transfer limits are zero).
 func newServer(cfg Config, scratch string, log logr.Logger) (*endpoint.Server, *cgroup.Pool, error) {
+	for _, cause := range refusalCauses {
+		refusedTotal.WithLabelValues(cfg.NodeName, cause)
+	}
 	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint")),
 		endpoint.WithRefusals(func(cause string) { refusedTotal.WithLabelValues(cfg.NodeName, cause).Inc() }),
 		endpoint.WithFullSyncInterval(cfg.FullSyncInterval), endpoint.WithKeepalive(cfg.Keepalive)}

@@ -273,7 +273,10 @@ func (d *destinationServer) count(ma *agentv1alpha1.MountAssignment, e endpoint.
 		activeTransfers.WithLabelValues(d.cfg.NodeName, "destination").Dec()
 		bytesTotal.WithLabelValues(d.labels(ma, "received")...).Add(float64(e.BytesReceived))
 		bytesTotal.WithLabelValues(d.labels(ma, "sent")...).Add(float64(e.BytesSent))
-		if e.ExitCode != 0 {
+		switch {
+		case e.OOMKilled:
+			errorsTotal.WithLabelValues(d.labels(ma, agentv1alpha1.CauseOOMKilled)...).Inc()
+		case e.ExitCode != 0:
 			errorsTotal.WithLabelValues(d.labels(ma, agentv1alpha1.CauseTransfer)...).Inc()
 		}
 	case endpoint.SyncEnded:

@@ -62,9 +62,15 @@ var (
 	refusedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ferry_agent_refused_total",
 		Help: "Connections, handshakes, channels and transfers this node's ssh endpoint refused past its limits, by cause (" +
-			strings.Join([]string{endpoint.RefusedConnections, endpoint.RefusedHandshakes, endpoint.RefusedPeer, endpoint.RefusedChannels, endpoint.RefusedTransfers, endpoint.RefusedDestinationTransfers}, ", ") + ").",
+			strings.Join(refusalCauses, ", ") + ").",
 	}, []string{"node", "cause"})
 )
+
+// refusalCauses are the endpoint's refusal causes. Each node's series
+// exist from the agent's start, at 0, so that dashboards show a node that
+// never refused and an alert sees the first refusal as an increase.
+var refusalCauses = []string{endpoint.RefusedConnections, endpoint.RefusedHandshakes, endpoint.RefusedPeer, endpoint.RefusedChannels,
+	endpoint.RefusedTransfers, endpoint.RefusedDestinationTransfers}
 
 func init() {
 	metrics.Registry.MustRegister(bytesTotal, filesTotal, syncsTotal, unchangedTotal, incrementalTotal, transferSeconds, publishSeconds,

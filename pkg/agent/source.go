@@ -241,7 +241,11 @@ func (r *sourceRunner) run(ctx context.Context, ma *agentv1alpha1.MountAssignmen
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("aborted: the node agent is shutting down: %w", err)
 	}
-	r.finish(ctx, ma, &result, agentv1alpha1.CauseTransfer, err)
+	cause := agentv1alpha1.CauseTransfer
+	if errors.Is(err, cgroup.ErrOOMKilled) {
+		cause = agentv1alpha1.CauseOOMKilled
+	}
+	r.finish(ctx, ma, &result, cause, err)
 	return true
 }
 

@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -59,4 +61,20 @@ func (c *Cluster) PodLogs(ctx context.Context, ns, name string) (string, error) 
 		return "", fmt.Errorf("cluster: logs of %s/%s: %w", ns, name, err)
 	}
 	return string(raw), nil
+}
+
+// Events words a namespace's events, oldest first, one a line: what a
+// test that waited in vain shows of why (a claim not bound, a pod not
+// scheduled, a volume not mounted).
+func (c *Cluster) Events(ctx context.Context, ns string) string {
+	list := &corev1.EventList{}
+	if err := c.Client.List(ctx, list, client.InNamespace(ns)); err != nil {
+		return fmt.Sprintf("cluster: events of %s: %v", ns, err)
+	}
+	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].LastTimestamp.Before(&list.Items[j].LastTimestamp) })
+	var b strings.Builder
+	for _, e := range list.Items {
+		fmt.Fprintf(&b, "%s %s %s/%s: %s\n", e.LastTimestamp.Format(time.TimeOnly), e.Reason, e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Message)
+	}
+	return b.String()
 }

@@ -97,7 +97,7 @@ func runPod(t testing.TB, c *cluster.Cluster, pod *corev1.Pod) {
 	require.NoError(t, c.Client.Create(ctx, pod))
 	if err := c.WaitPodSucceeded(ctx, pod.Namespace, pod.Name, 3*time.Minute); err != nil {
 		logs, _ := c.PodLogs(ctx, pod.Namespace, pod.Name)
-		require.NoError(t, err, "pod %s, which said:\n%s", pod.Name, logs)
+		require.NoError(t, err, "pod %s, which said:\n%s\nevents of %s:\n%s", pod.Name, logs, pod.Namespace, c.Events(ctx, pod.Namespace))
 	}
 	require.NoError(t, c.Client.Delete(ctx, pod))
 }

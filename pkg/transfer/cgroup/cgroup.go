@@ -67,6 +67,10 @@ const Root = "/sys/fs/cgroup"
 // OOMMessage says why a transfer whose group OOMKilled ended.
 const OOMMessage = "rsync was killed: the transfer exceeded its memory limit"
 
+// ErrOOMKilled is the error of a transfer whose group OOMKilled, for the
+// agent to count apart (an alert on limits set too low).
+var ErrOOMKilled = errors.New(OOMMessage)
+
 // New prepares a pool named name under this process's cgroups, whose
 // groups get limits l (or lower). It fails when memory and pids limits
 // cannot be enforced here (no cgroup filesystem, no controller, no write

@@ -121,6 +121,9 @@ type Event struct {
 	// Needed is, when the replica ran out of space, what the source said
 	// its volume uses (SyncEnded; 0: it did not say).
 	Needed int64
+	// OOMKilled: the receiver was killed past its memory limit
+	// (RsyncEnded).
+	OOMKilled bool
 }
 
 // Server serves the node's destinations.

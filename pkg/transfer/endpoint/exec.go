@@ -175,7 +175,7 @@ func (s *Server) runRsync(l *listener, log logr.Logger, ch ssh.Channel, r *serve
 	l.record.received(code == 0)
 	ended := Event{Kind: RsyncEnded, ExitCode: code, BytesReceived: in.n.Load(), BytesSent: out.n.Load()}
 	if group != nil && group.OOMKilled() {
-		ended.Message = cgroup.OOMMessage
+		ended.Message, ended.OOMKilled = cgroup.OOMMessage, true
 		fmt.Fprintf(ch.Stderr(), "ferry: %s\n", ended.Message)
 	}
 	log.Info("rsync ended", "exitCode", code, "bytesReceived", ended.BytesReceived, "bytesSent", ended.BytesSent, "message", ended.Message)

@@ -194,7 +194,7 @@ func pushOnce(ctx context.Context, o *Options, conn *connection, attempt int, re
 		return err
 	}
 	if group != nil && group.OOMKilled() {
-		return fmt.Errorf("rsync exited with %d: %s", res.ExitCode, cgroup.OOMMessage)
+		return fmt.Errorf("rsync exited with %d: %w", res.ExitCode, cgroup.ErrOOMKilled)
 	}
 	why := lastLine(res.Errors)
 	if remoteErr != "" { // the receiver's own words come first: the cause

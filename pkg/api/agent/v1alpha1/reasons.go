@@ -49,7 +49,10 @@ const (
 	CauseEndpoint = "endpoint"
 	// CauseRefusedRequest: the endpoint refused a client's request.
 	CauseRefusedRequest = "refused-request"
+	// CauseOOMKilled: a transfer was killed past its memory limit
+	// (--transfer-memory-limit, or the CR's moverResources).
+	CauseOOMKilled = "oom-killed"
 )
 
 // Causes lists every cause, for the metric's help text.
-var Causes = []string{CauseRefused, CauseFailed, CausePublish, CauseTransfer, CauseInterrupted, CauseEndpoint, CauseRefusedRequest}
+var Causes = []string{CauseRefused, CauseFailed, CausePublish, CauseTransfer, CauseInterrupted, CauseEndpoint, CauseRefusedRequest, CauseOOMKilled}
