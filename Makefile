@@ -13,6 +13,7 @@ export GOFLAGS := -buildvcs=false
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 STATICCHECK_VERSION ?= v0.8.2
 CSI_TEST_VERSION ?= v5.6.0
+PROMETHEUS_VERSION ?= v0.316.0
 K8S_VERSION ?= v1.37.2
 ETCD_VERSION ?= v3.6.16
 export K8S_VERSION ETCD_VERSION
@@ -20,6 +21,8 @@ export K8S_VERSION ETCD_VERSION
 CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 STATICCHECK := $(BIN)/staticcheck-$(STATICCHECK_VERSION)
 CSI_SANITY := $(BIN)/csi-sanity-$(CSI_TEST_VERSION)
+PROMETHEUS := $(BIN)/prometheus-$(PROMETHEUS_VERSION)
+PROMTOOL := $(BIN)/promtool-$(PROMETHEUS_VERSION)
 TESTENV := $(BIN)/testenv
 # Tests find the real control plane here (controller-runtime's envtest reads it).
 export KUBEBUILDER_ASSETS := $(TESTENV)
@@ -91,10 +94,10 @@ test-unit: ## Pure-logic tests: no root, no cluster.
 	go test $(GO_TEST_FLAGS) -short ./...
 
 .PHONY: test
-test: need-root deps testenv images $(CONTROLLER_GEN) $(CSI_SANITY) $(STATICCHECK) ## Everything: set-up, lint (beside the tests, which mostly wait on clusters), then unit and integration tests against real components.
+test: need-root deps testenv images $(CONTROLLER_GEN) $(CSI_SANITY) $(STATICCHECK) $(PROMETHEUS) $(PROMTOOL) ## Everything: set-up, lint (beside the tests, which mostly wait on clusters), then unit and integration tests against real components.
 	set +e; \
 	$(MAKE) --no-print-directory lint > $(BIN)/lint.log 2>&1 & lint=$$!; \
-	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...; rc=$$?; \
+	CONTROLLER_GEN=$(CONTROLLER_GEN) CSI_SANITY=$(CSI_SANITY) PROMETHEUS=$(PROMETHEUS) PROMTOOL=$(PROMTOOL) go test $(GO_TEST_FLAGS) -timeout $(TEST_TIMEOUT) -v ./...; rc=$$?; \
 	go test $(GO_TEST_FLAGS) -tags ferryfault -timeout $(TEST_TIMEOUT) -v -run 'TestFaultsBetweenChanges|TestShutdownRacesAStartingTransfer' ./pkg/transfer/ || rc=1; \
 	wait $$lint || { rc=1; echo "make lint failed:"; }; cat $(BIN)/lint.log; \
 	exit $$rc
@@ -141,6 +144,16 @@ $(CSI_SANITY):
 $(STATICCHECK):
 	GOBIN=$(BIN) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	mv $(BIN)/staticcheck $@
+
+# Prometheus and promtool check deploy/monitoring's rules and dashboard in
+# make test (built without the web UI's assets: the API is what the tests use).
+$(PROMETHEUS):
+	GOBIN=$(BIN) go install github.com/prometheus/prometheus/cmd/prometheus@$(PROMETHEUS_VERSION)
+	mv $(BIN)/prometheus $@
+
+$(PROMTOOL):
+	GOBIN=$(BIN) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
+	mv $(BIN)/promtool $@
 
 .PHONY: help
 help: ## Show the targets.

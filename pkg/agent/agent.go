@@ -134,6 +134,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer server.Close()
+	nodeSeries(cfg.NodeName)
 	n := &node{cfg: cfg, cache: mgr.GetClient(), api: mgr.GetAPIReader(), publisher: pub,
 		status: apiStatus{api: mgr.GetAPIReader(), writer: mgr.GetClient()},
 		events: mgr.GetEventRecorder("ferry-nodeagent"), log: log}
@@ -222,9 +223,6 @@ func newManager(restConfig *rest.Config, cfg Config, log logr.Logger) (manager.M
 // newServer makes the node's ssh endpoint and the transfers' cgroup pool
 // (nil when the transfer limits are zero).
 func newServer(cfg Config, scratch string, log logr.Logger) (*endpoint.Server, *cgroup.Pool, error) {
-	for _, cause := range refusalCauses {
-		refusedTotal.WithLabelValues(cfg.NodeName, cause)
-	}
 	opts := []endpoint.Option{endpoint.WithLogger(log.WithName("endpoint")),
 		endpoint.WithRefusals(func(cause string) { refusedTotal.WithLabelValues(cfg.NodeName, cause).Inc() }),
 		endpoint.WithFullSyncInterval(cfg.FullSyncInterval), endpoint.WithKeepalive(cfg.Keepalive)}

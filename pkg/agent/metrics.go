@@ -66,11 +66,22 @@ var (
 	}, []string{"node", "cause"})
 )
 
-// refusalCauses are the endpoint's refusal causes. Each node's series
-// exist from the agent's start, at 0, so that dashboards show a node that
-// never refused and an alert sees the first refusal as an increase.
+// refusalCauses are the endpoint's refusal causes.
 var refusalCauses = []string{endpoint.RefusedConnections, endpoint.RefusedHandshakes, endpoint.RefusedPeer, endpoint.RefusedChannels,
 	endpoint.RefusedTransfers, endpoint.RefusedDestinationTransfers}
+
+// nodeSeries makes the node's own series exist from the agent's start, at
+// 0: dashboards show a node that never queued or refused, and an alert sees
+// the first refusal as an increase.
+func nodeSeries(node string) {
+	for _, cause := range refusalCauses {
+		refusedTotal.WithLabelValues(node, cause)
+	}
+	queuedTransfers.WithLabelValues(node)
+	for _, role := range []string{"source", "destination"} {
+		activeTransfers.WithLabelValues(node, role)
+	}
+}
 
 func init() {
 	metrics.Registry.MustRegister(bytesTotal, filesTotal, syncsTotal, unchangedTotal, incrementalTotal, transferSeconds, publishSeconds,

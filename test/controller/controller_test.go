@@ -101,6 +101,10 @@ func TestController(t *testing.T) {
 		t.Parallel()
 		ferryIntoVolSync(e.with(t))
 	})
+	t.Run("a real Prometheus scrapes Ferry: every dashboard query has series; an alert fires for an unreachable destination and clears", func(t *testing.T) {
+		t.Parallel()
+		monitoring(e.with(t))
+	})
 	t.Run("kubectl ferry pairs across clusters, syncs, shows status and restores", func(t *testing.T) {
 		t.Parallel()
 		kubectlFerry(e.with(t), far.with(t))
