@@ -117,6 +117,7 @@ cluster: deps testenv images ## Start two local clusters (control plane, CSI dri
 .PHONY: bench
 bench: deps testenv images ## Benchmark Ferry's data plane against stock rsync/OpenSSH on loopback, then a sync on real nodes against VolSync's pod-per-sync shape (root; about 20 minutes, several GiB; FERRY_BENCH_CASES=B picks data-plane cases).
 	go test -count=1 -v -run "^$$" -bench BenchmarkDataPlane -benchtime 1x -timeout 60m ./pkg/transfer/ | grep -v -e '^    [a-z_]*\.go:[0-9]*: "level"' -e '^    [a-z_]*\.go:[0-9]*: sshd: '
+	go test -count=1 -v -run "^$$" -bench BenchmarkSyncOverhead -benchtime 1x -timeout 30m ./test/controller/ | grep 'per-sync overhead'
 	go test -count=1 -run "^$$" -bench BenchmarkPodPerSyncVersusAgent -benchtime 1x -timeout 30m ./test/e2e/
 
 .PHONY: soak

@@ -22,102 +22,67 @@ import (
 	"github.com/ferrysync/ferry/test/harness"
 )
 
-// TestController runs the scenarios with Ferry running on two clusters.
+// TestController runs the scenarios with Ferry running on two clusters:
+// first, one at a time, those that count or break what others would share
+// (the soak's counts see only its own syncs), then the rest in parallel.
 func TestController(t *testing.T) {
 	e := setup(t, shared, 18080)
 	far := setup(t, remote, 18090)
-	t.Run("the spec's flow: Clone source into a Snapshot destination, generated keys, ClusterIP", func(t *testing.T) {
-		specFlow(e.with(t))
-	})
-	// First, alone: its counts see only its own syncs.
-	t.Run("soak: many syncs through the CRs leave nothing behind", func(t *testing.T) {
-		soak(e.with(t))
-	})
-	t.Run("faults in the middle of syncs across clusters: each sync completes, no image holds a partial tree", func(t *testing.T) {
-		faults(t, e, far)
-	})
-	t.Run("the controller killed -9 mid-sync finishes the sync; latestImage holds complete data", func(t *testing.T) {
-		controllerKilled(e.with(t))
-	})
-	t.Run("per-sync overhead", func(t *testing.T) {
-		overhead(e.with(t))
-	})
-	t.Run("Ferry takes over a pair VolSync left mid-sync: same keys, claim and address; the next sync sends the change", func(t *testing.T) {
-		takeoverVolSync(e.with(t))
-	})
-	t.Run("a one-minute schedule keeps the replica current over three intervals", func(t *testing.T) {
-		t.Parallel()
-		schedule(e.with(t))
-	})
-	t.Run("VolSync's e2e: a yearly schedule syncs at once when new; a manual trigger beside it starts a sync", func(t *testing.T) {
-		t.Parallel()
-		firstSyncAndManual(e.with(t))
-	})
-	t.Run("VolSync's e2e: a 70- and a 240-character pair sync and restore", func(t *testing.T) {
-		t.Parallel()
-		longNames(e.with(t))
-	})
-	t.Run("Direct into Direct, user-given keys, LoadBalancer, unprivileged destination, paused", func(t *testing.T) {
-		t.Parallel()
-		direct(e.with(t))
-	})
-	t.Run("a destination whose driver requires attach is attached, and detached when deleted", func(t *testing.T) {
-		t.Parallel()
-		attached(e.with(t))
-	})
-	t.Run("cleanupTempPVC: the provisioned claim goes after each sync, the next gets a new one", func(t *testing.T) {
-		t.Parallel()
-		tempClaim(e.with(t))
-	})
-	t.Run("keys replaced in the user's Secret take effect at the next sync; the old key stops working", func(t *testing.T) {
-		t.Parallel()
-		rotate(e.with(t))
-	})
-	t.Run("copy triggers: the copy waits for the application's trigger, and the claim says where it stands", func(t *testing.T) {
-		t.Parallel()
-		copyTriggers(e.with(t))
-	})
-	t.Run("a claim whose dataSourceRef names the destination is filled from its latestImage", func(t *testing.T) {
-		t.Parallel()
-		populate(e.with(t))
-	})
-	t.Run("a pod that uses a destination's claim makes Ferry let go of it until the pod is gone", func(t *testing.T) {
-		t.Parallel()
-		twoWriters(e.with(t))
-	})
-	t.Run("moverResources: a transfer past its memory limit fails and says so", func(t *testing.T) {
-		t.Parallel()
-		limited(e.with(t))
-	})
-	t.Run("bad input ends in a condition that says what to fix", func(t *testing.T) {
-		t.Parallel()
-		badInput(e.with(t))
-	})
-	t.Run("VolSync's own source (stock OpenSSH and rsync) into a Ferry destination in another cluster", func(t *testing.T) {
-		t.Parallel()
-		volsyncSourceIntoFerry(e.with(t), far.with(t))
-	})
-	t.Run("a Ferry source into VolSync's own destination (stock sshd and rrsync)", func(t *testing.T) {
-		t.Parallel()
-		ferryIntoVolSync(e.with(t))
-	})
-	t.Run("a real Prometheus scrapes Ferry: every dashboard query has series; an alert fires for an unreachable destination and clears", func(t *testing.T) {
-		t.Parallel()
-		monitoring(e.with(t))
-	})
-	t.Run("kubectl ferry pairs across clusters, syncs, shows status and restores", func(t *testing.T) {
-		t.Parallel()
-		kubectlFerry(e.with(t), far.with(t))
-	})
-	t.Run("Snapshot source into a Direct destination in another cluster, LoadBalancer, the fidelity set", func(t *testing.T) {
-		t.Parallel()
-		snapshotIntoDirect(e.with(t), far.with(t))
-	})
+	for _, s := range []scenario{
+		{"the spec's flow: Clone source into a Snapshot destination, generated keys, ClusterIP", one(specFlow)},
+		{"soak: many syncs through the CRs leave nothing behind", one(soak)},
+		{"faults in the middle of syncs across clusters: each sync completes, no image holds a partial tree", faults},
+		{"the controller killed -9 mid-sync finishes the sync; latestImage holds complete data", one(controllerKilled)},
+		{"Ferry takes over a pair VolSync left mid-sync: same keys, claim and address; the next sync sends the change", one(takeoverVolSync)},
+	} {
+		t.Run(s.name, func(t *testing.T) { s.run(t, e, far) })
+	}
+	for _, s := range []scenario{
+		{"a one-minute schedule keeps the replica current over three intervals", one(schedule)},
+		{"VolSync's e2e: a yearly schedule syncs at once when new; a manual trigger beside it starts a sync", one(firstSyncAndManual)},
+		{"VolSync's e2e: a 70- and a 240-character pair sync and restore", one(longNames)},
+		{"Direct into Direct, user-given keys, LoadBalancer, unprivileged destination, paused", one(direct)},
+		{"a destination whose driver requires attach is attached, and detached when deleted", one(attached)},
+		{"cleanupTempPVC: the provisioned claim goes after each sync, the next gets a new one", one(tempClaim)},
+		{"keys replaced in the user's Secret take effect at the next sync; the old key stops working", one(rotate)},
+		{"copy triggers: the copy waits for the application's trigger, and the claim says where it stands", one(copyTriggers)},
+		{"a claim whose dataSourceRef names the destination is filled from its latestImage", one(populate)},
+		{"a pod that uses a destination's claim makes Ferry let go of it until the pod is gone", one(twoWriters)},
+		{"moverResources: a transfer past its memory limit fails and says so", one(limited)},
+		{"bad input ends in a condition that says what to fix", one(badInput)},
+		{"VolSync's own source (stock OpenSSH and rsync) into a Ferry destination in another cluster", two(volsyncSourceIntoFerry)},
+		{"a Ferry source into VolSync's own destination (stock sshd and rrsync)", one(ferryIntoVolSync)},
+		{"a real Prometheus scrapes Ferry: every dashboard query has series; an alert fires for an unreachable destination and clears", one(monitoring)},
+		{"kubectl ferry pairs across clusters, syncs, shows status and restores", two(kubectlFerry)},
+		{"Snapshot source into a Direct destination in another cluster, LoadBalancer, the fidelity set", two(snapshotIntoDirect)},
+	} {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			s.run(t, e, far)
+		})
+	}
+}
+
+// scenario is one of TestController's subtests: it runs against the source
+// cluster's env and the far one's.
+type scenario struct {
+	name string
+	run  func(t *testing.T, e, far *env)
+}
+
+// one is a scenario on the source cluster alone.
+func one(fn func(*env)) func(*testing.T, *env, *env) {
+	return func(t *testing.T, e, _ *env) { fn(e.with(t)) }
+}
+
+// two is a scenario across both clusters.
+func two(fn func(src, dst *env)) func(*testing.T, *env, *env) {
+	return func(t *testing.T, e, far *env) { fn(e.with(t), far.with(t)) }
 }
 
 // writeApp fills a volume with what a database volume holds: owned files,
 // a hard link, a symlink, a sparse file and an odd name.
-func writeApp(t *testing.T, dir string, generation string) {
+func writeApp(t testing.TB, dir string, generation string) {
 	t.Helper()
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "db/logs"), 0o750))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "db/config"), []byte("generation "+generation+"\n"), 0o640))

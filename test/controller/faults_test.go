@@ -343,7 +343,7 @@ func (e *env) deleteSnapshot(name string) {
 }
 
 // with is p for a subtest.
-func (p *faultPair) with(t *testing.T) *faultPair {
+func (p *faultPair) with(t testing.TB) *faultPair {
 	c := *p
 	c.src, c.dst = p.src.with(t), p.dst.with(t)
 	return &c

@@ -128,7 +128,7 @@ func stop(c *cluster.Cluster) bool {
 
 // env is the shared cluster with Ferry running on it.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	c    *cluster.Cluster
 	k    client.Client
 	ctrl *harness.Proc
@@ -140,7 +140,7 @@ type env struct {
 // setup starts the agents on both nodes of c and its controller, whose
 // metrics listen on port; they stop when the test ends, so scenarios share
 // them as subtests of one test.
-func setup(t *testing.T, c *cluster.Cluster, port int) *env {
+func setup(t testing.TB, c *cluster.Cluster, port int) *env {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a cluster; runs in make test")
@@ -176,7 +176,7 @@ func setup(t *testing.T, c *cluster.Cluster, port int) *env {
 }
 
 // with is e for a subtest.
-func (e *env) with(t *testing.T) *env {
+func (e *env) with(t testing.TB) *env {
 	c := *e
 	c.t = t
 	return &c

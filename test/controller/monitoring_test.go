@@ -83,7 +83,7 @@ type prometheus struct{ url string }
 // startPrometheus runs Prometheus scraping e's controller and agents every
 // second, with deploy/monitoring's alerts evaluated every second and held
 // for seconds instead of minutes; it stops when the test ends.
-func startPrometheus(t *testing.T, e *env) *prometheus {
+func startPrometheus(t testing.TB, e *env) *prometheus {
 	bin := tool(t, "PROMETHEUS")
 	dir := t.TempDir()
 	rules, err := os.ReadFile(filepath.Join(monitoringDir(t), "alerts.yaml"))
@@ -139,7 +139,7 @@ scrape_configs:
 }
 
 // query runs an instant query and returns its series' labels.
-func (p *prometheus) query(t *testing.T, q string) []map[string]string {
+func (p *prometheus) query(t testing.TB, q string) []map[string]string {
 	var body struct {
 		Status string
 		Error  string
@@ -158,7 +158,7 @@ func (p *prometheus) query(t *testing.T, q string) []map[string]string {
 
 // alert is the state ("pending", "firing") of the alert whose labels
 // include want; "" when there is none.
-func (p *prometheus) alert(t *testing.T, want map[string]string) string {
+func (p *prometheus) alert(t testing.TB, want map[string]string) string {
 	var body struct {
 		Data struct {
 			Alerts []struct {
@@ -180,7 +180,7 @@ func (p *prometheus) alert(t *testing.T, want map[string]string) string {
 	return ""
 }
 
-func (p *prometheus) get(t *testing.T, path string, into any) {
+func (p *prometheus) get(t testing.TB, path string, into any) {
 	res, err := http.Get(p.url + path)
 	require.NoError(t, err)
 	defer res.Body.Close()
@@ -188,7 +188,7 @@ func (p *prometheus) get(t *testing.T, path string, into any) {
 }
 
 // dashboardQueries are the expressions of deploy/monitoring's dashboard.
-func dashboardQueries(t *testing.T) []string {
+func dashboardQueries(t testing.TB) []string {
 	raw, err := os.ReadFile(filepath.Join(monitoringDir(t), "dashboard.json"))
 	require.NoError(t, err)
 	var d struct {
@@ -208,7 +208,7 @@ func dashboardQueries(t *testing.T) []string {
 }
 
 // monitoringDir is deploy/monitoring in the checkout.
-func monitoringDir(t *testing.T) string {
+func monitoringDir(t testing.TB) string {
 	root, err := testenv.RepoRoot()
 	require.NoError(t, err)
 	return filepath.Join(root, "deploy", "monitoring")
@@ -216,7 +216,7 @@ func monitoringDir(t *testing.T) string {
 
 // tool is the path in environment variable name (make test sets it to the
 // binary it built at a pinned version).
-func tool(t *testing.T, name string) string {
+func tool(t testing.TB, name string) string {
 	path := os.Getenv(name)
 	require.NotEmpty(t, path, "%s is not set: run make test, which builds it into bin/", name)
 	return path

@@ -162,7 +162,7 @@ func leftByVolSync(e *env, ns string) *volsyncv1alpha1.ReplicationDestination {
 }
 
 // volSyncKeys creates the key Secrets VolSync's destination generates.
-func volSyncKeys(t *testing.T, create func(client.Object)) {
+func volSyncKeys(t testing.TB, create func(client.Object)) {
 	dst, src, err := sshkeys.Secrets()
 	require.NoError(t, err)
 	main := map[string][]byte{}
