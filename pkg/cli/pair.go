@@ -141,14 +141,11 @@ func keySecretName(name string) string { return name + "-ferry-keys" }
 // pair fetches the claim, plans, writes the keys and the destination,
 // waits for its address and writes the source.
 func (o *options) pair(ctx context.Context, claim string, p pairOptions) error {
-	src, srcNS, err := o.source()
+	s, err := o.sides()
 	if err != nil {
 		return err
 	}
-	dst, dstNS, err := o.destination(srcNS)
-	if err != nil {
-		return err
-	}
+	src, srcNS, dst, dstNS := s.src, s.srcNS, s.dst, s.dstNS
 	pvc := &corev1.PersistentVolumeClaim{}
 	if err := src.Get(ctx, client.ObjectKey{Namespace: srcNS, Name: claim}, pvc); err != nil {
 		return fmt.Errorf("the source claim %s/%s: %w", srcNS, claim, err)

@@ -40,14 +40,11 @@ func newRestoreCommand(o *options) *cobra.Command {
 
 // restore reads the destination and creates the claim.
 func (o *options) restore(ctx context.Context, name, claim, storageClass string, populator bool) error {
-	_, srcNS, err := o.source()
+	s, err := o.sides()
 	if err != nil {
 		return err
 	}
-	c, ns, err := o.destination(srcNS)
-	if err != nil {
-		return err
-	}
+	c, ns := s.dst, s.dstNS
 	rd := &volsyncv1alpha1.ReplicationDestination{}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, rd); err != nil {
 		return fmt.Errorf("replicationdestination %s/%s: %w", ns, name, err)

@@ -67,6 +67,25 @@ func (o *options) source() (client.Client, string, error) {
 	return c, ns, err
 }
 
+// sides are both clusters' clients and namespaces.
+type sides struct {
+	src, dst     client.Client
+	srcNS, dstNS string
+}
+
+// sides connects to the source's and the destination's clusters.
+func (o *options) sides() (sides, error) {
+	src, srcNS, err := o.source()
+	if err != nil {
+		return sides{}, err
+	}
+	dst, dstNS, err := o.destination(srcNS)
+	if err != nil {
+		return sides{}, err
+	}
+	return sides{src: src, dst: dst, srcNS: srcNS, dstNS: dstNS}, nil
+}
+
 // destination is a client of the destination's cluster and its namespace,
 // given the source's namespace.
 func (o *options) destination(sourceNamespace string) (client.Client, string, error) {

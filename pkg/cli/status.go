@@ -40,14 +40,11 @@ func newStatusCommand(o *options) *cobra.Command {
 
 // status prints the table once, or on every change until interrupted.
 func (o *options) status(ctx context.Context, all, watch bool) error {
-	src, srcNS, err := o.source()
+	s, err := o.sides()
 	if err != nil {
 		return err
 	}
-	dst, dstNS, err := o.destination(srcNS)
-	if err != nil {
-		return err
-	}
+	src, srcNS, dst, dstNS := s.src, s.srcNS, s.dst, s.dstNS
 	if all {
 		srcNS, dstNS = "", ""
 	}
