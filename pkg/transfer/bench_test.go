@@ -31,7 +31,7 @@ import (
 // -benchtime 1x), never in make test: it writes several GiB and takes
 // minutes. FERRY_BENCH_SCALE (default 1) scales the data sizes;
 // FERRY_BENCH_RUNS (default 5) the runs per figure; FERRY_BENCH_CASES
-// (default ABCDEFGR) picks cases by letter (R: peak memory of 20 concurrent
+// (default ABCDEFGHR) picks cases by letter (R: peak memory of 20 concurrent
 // transfers). The methods take turns run by run (this machine is shared and
 // noisy: a slow spell then hits every method).
 func BenchmarkDataPlane(tb *testing.B) {
@@ -41,7 +41,7 @@ func BenchmarkDataPlane(tb *testing.B) {
 	runs := int(envFloat("FERRY_BENCH_RUNS", 5))
 	cases := os.Getenv("FERRY_BENCH_CASES")
 	if cases == "" {
-		cases = "ABCDEFGR"
+		cases = "ABCDEFGHR"
 	}
 	picked := func(letters string) bool { return strings.ContainsAny(cases, letters) }
 	b := newBench(t)
@@ -111,6 +111,15 @@ func BenchmarkDataPlane(tb *testing.B) {
 		writeLogs(t, filepath.Join(src, "app.log"), int64(200<<20*scale))
 		rows = append(rows, b.measure("F 200 MiB of text logs, fresh", src, runs, func(dst string) { clear(t, dst) }))
 	}
+	// H: the shape of the case that found Ferry's former default (zstd:1)
+	// sending more than VolSync's -z: 256 MiB of zeros and 12 MiB of text,
+	// fresh.
+	if picked("H") {
+		src := b.dir("H-src")
+		mustRun(t, "truncate", "-s", strconv.FormatInt(int64(256<<20*scale), 10), filepath.Join(src, "zeros"))
+		writeLogs(t, filepath.Join(src, "app.log"), int64(12<<20*scale))
+		rows = append(rows, b.measure("H 256 MiB zeros + 12 MiB text, fresh", src, runs, func(dst string) { clear(t, dst) }))
+	}
 	var rss int64
 	if picked("R") {
 		rss = b.concurrentRSS(20)
@@ -127,8 +136,10 @@ type benchRow struct {
 }
 
 // methods in table order; the ratios are to volsync. ferry compresses as it
-// does by default (compression.Default), ferry-none not at all.
-var methods = []string{"ferry", "ferry-none", "volsync", "rsync-aes", "ceiling"}
+// does by default (compression.Default), ferry-zstd1 and ferry-zstd3 at
+// those levels (the candidates for the default; VolSync's two rsync 3.5
+// peers negotiate zstd at level 3), ferry-none not at all.
+var methods = []string{"ferry", "ferry-zstd1", "ferry-zstd3", "ferry-none", "volsync", "rsync-aes", "ceiling"}
 
 type bench struct {
 	t      testing.TB
@@ -212,9 +223,14 @@ func (b *bench) measureAfter(name, src string, runs int, reset func(method, src,
 func (b *bench) run(method, src string) int64 {
 	t := b.t
 	switch method {
-	case "ferry", "ferry-none":
+	case "ferry", "ferry-zstd1", "ferry-zstd3", "ferry-none":
 		o := sender.Options{Address: "127.0.0.1", Port: b.port, Keys: b.k.src, Scratch: t.TempDir(), Volume: src, Attempts: 1, Record: &b.record}
-		if method == "ferry-none" {
+		switch method {
+		case "ferry-zstd1":
+			o.Compression = compression.Compression{Choice: "zstd", Level: 1}
+		case "ferry-zstd3":
+			o.Compression = compression.Compression{Choice: "zstd", Level: 3}
+		case "ferry-none":
 			o.Compression = compression.None
 		}
 		res, err := sender.Push(context.Background(), o)
@@ -293,15 +309,24 @@ func printTable(t testing.TB, rows []benchRow, rss int64) {
 		}
 		fmt.Fprintf(&sb, "   %-14s %-15s %-12s\n", ratio(r.medians["ferry"], r.medians["volsync"]),
 			ratio(r.medians["ferry"], r.medians["rsync-aes"]), ratio(r.medians["ferry"], r.medians["ceiling"]))
-		fmt.Fprintf(&sb, "%-38s", "  wire "+r.note)
+		fmt.Fprintf(&sb, "%-38s", "  wire bytes "+r.note)
 		for _, m := range methods {
-			fmt.Fprintf(&sb, " %17s", mib(r.wire[m]))
+			fmt.Fprintf(&sb, " %17s", thousands(r.wire[m]))
 		}
 		fmt.Fprintf(&sb, "   wire ferry/volsync %.2fx\n", float64(r.wire["ferry"])/float64(max(r.wire["volsync"], 1)))
 	}
 	fmt.Fprintf(&sb, "peak RSS of the Go process (endpoint and client) with 20 concurrent transfers: %s\n", mib(rss))
 	fmt.Print(sb.String())
 	t.Log(sb.String())
+}
+
+// thousands writes n with thousands separators, as rsync's --stats do.
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 var countLine = regexp.MustCompile(`(?m)^(\d+)$`)

@@ -41,7 +41,7 @@ const PrivilegedMoversAnnotation = "volsync.backube/privileged-movers"
 
 // CompressionAnnotation on a ReplicationSource overrides how Ferry's
 // sender compresses: zstd (at rsync's default level), zstd:LEVEL, lz4,
-// zlib, zlib:LEVEL or none; without it, zstd at level 1. An annotation, not
+// zlib, zlib:LEVEL or none; without it, zstd at level 3. An annotation, not
 // a spec field, so that the CR stays valid for VolSync, which ignores it.
 const CompressionAnnotation = "ferrysync.io/compression"
 

@@ -13,7 +13,7 @@ func TestParse(t *testing.T) {
 		args []string
 		err  string
 	}{
-		"":        {c: Default, args: []string{"-z", "--compress-choice=zstd", "--compress-level=1"}},
+		"":        {c: Default, args: []string{"-z", "--compress-choice=zstd", "--compress-level=3"}},
 		"none":    {c: None},
 		"zstd":    {c: Compression{Choice: "zstd"}, args: []string{"-z", "--compress-choice=zstd"}},
 		"zstd:-5": {c: Compression{Choice: "zstd", Level: -5}, args: []string{"-z", "--compress-choice=zstd", "--compress-level=-5"}},

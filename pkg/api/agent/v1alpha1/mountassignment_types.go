@@ -105,7 +105,7 @@ type SourceRole struct {
 	// +optional
 	Privileged bool `json:"privileged,omitempty"`
 	// compression is how the sender compresses: zstd, zstd:LEVEL, lz4,
-	// zlib, zlib:LEVEL or none ("": the agent's default, zstd:1).
+	// zlib, zlib:LEVEL or none ("": the agent's default, zstd:3, as VolSync's -z).
 	// +kubebuilder:validation:Pattern=`^(none|lz4|(zstd|zlib)(:-?[0-9]+)?)$`
 	// +optional
 	Compression string `json:"compression,omitempty"`
