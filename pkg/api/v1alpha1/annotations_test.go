@@ -9,7 +9,7 @@ import (
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 )
 
-func TestBandwidthLimit(t *testing.T) {
+func TestBandwidthLimitAnnotation(t *testing.T) {
 	cases := map[string]struct {
 		value string
 		set   bool
