@@ -120,6 +120,10 @@ bench: deps testenv images ## Benchmark Ferry's data plane against stock rsync/O
 	go test -count=1 -v -run "^$$" -bench BenchmarkSyncOverhead -benchtime 1x -timeout 30m ./test/controller/ | grep 'per-sync overhead'
 	go test -count=1 -run "^$$" -bench BenchmarkPodPerSyncVersusAgent -benchtime 1x -timeout 30m ./test/e2e/
 
+.PHONY: scale
+scale: need-root deps testenv ## Many one-minute schedules on the real agents of two local clusters: missed intervals, trigger lag, API requests per sync, CPU and memory per level; writes docs/scale.md and its plot (root; FERRY_SCALE_N=100,250,500, FERRY_SCALE_MINUTES=10 per level: about an hour).
+	FERRY_SCALE_DOC=$(ROOT)/docs/scale.md go test -count=1 -v -run "^$$" -bench BenchmarkScale -benchtime 1x -timeout 180m ./test/controller/ | grep -E '^(\s+scale_test.go|ok|FAIL|---)'
+
 .PHONY: soak
 soak: need-root deps testenv ## 1,000 syncs through the CRs on the local clusters, counting mounts, loop devices, fds, goroutines, processes, cgroups, temp dirs and objects before and after: no growth (root; FERRY_SOAK_SYNCS; make test runs 30).
 	FERRY_SOAK_SYNCS=$${FERRY_SOAK_SYNCS:-1000} go test -count=1 -v -run 'TestController/soak' -timeout 90m ./test/controller/ \

@@ -121,3 +121,12 @@ func NoLoopDevices(t *testing.T, dir string) {
 		return !strings.Contains(string(out), dir)
 	}, func() string { return string(out) })
 }
+
+// EnvFloat reads a positive number from environment variable name (a
+// benchmark's or a fuzz run's size), def when it is unset or not one.
+func EnvFloat(name string, def float64) float64 {
+	if v, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil && v > 0 {
+		return v
+	}
+	return def
+}

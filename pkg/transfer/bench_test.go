@@ -37,8 +37,8 @@ import (
 func BenchmarkDataPlane(tb *testing.B) {
 	testenv.NeedRoot(tb)
 	t := testing.TB(tb)
-	scale := envFloat("FERRY_BENCH_SCALE", 1)
-	runs := int(envFloat("FERRY_BENCH_RUNS", 5))
+	scale := testenv.EnvFloat("FERRY_BENCH_SCALE", 1)
+	runs := int(testenv.EnvFloat("FERRY_BENCH_RUNS", 5))
 	cases := os.Getenv("FERRY_BENCH_CASES")
 	if cases == "" {
 		cases = "ABCDEFGHR"

@@ -115,13 +115,6 @@ func peakRSS(t testing.TB) int64 {
 	return 0
 }
 
-func envFloat(name string, def float64) float64 {
-	if v, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil && v > 0 {
-		return v
-	}
-	return def
-}
-
 // changeFiles rewrites n of the small files (spread over dirs directories)
 // with new content (round makes it new each time) and a later mtime.
 func changeFiles(t testing.TB, dir string, n, dirs, round int) {

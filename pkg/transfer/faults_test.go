@@ -42,8 +42,8 @@ import (
 // ferryfault build tag, which turns the data plane's fault hooks on.
 func TestFaultsBetweenChanges(t *testing.T) {
 	testenv.NeedRoot(t)
-	seed := uint64(envFloat("FERRY_FUZZ_SEED", 21))
-	rounds := int(envFloat("FERRY_FAULT_ROUNDS", 80))
+	seed := uint64(testenv.EnvFloat("FERRY_FUZZ_SEED", 21))
+	rounds := int(testenv.EnvFloat("FERRY_FAULT_ROUNDS", 80))
 	f := newFaultRun(t, seed)
 	cases := f.cases()
 	fired := make([]int, len(cases))

@@ -36,8 +36,8 @@ func TestSyncsFollowRandomChanges(t *testing.T) {
 }
 
 func fuzzSyncs(t *testing.T, inPlace bool) {
-	seed := uint64(envFloat("FERRY_FUZZ_SEED", 15))
-	rounds := int(envFloat("FERRY_FUZZ_ROUNDS", 100))
+	seed := uint64(testenv.EnvFloat("FERRY_FUZZ_SEED", 15))
+	rounds := int(testenv.EnvFloat("FERRY_FUZZ_ROUNDS", 100))
 	rng := rand.New(rand.NewPCG(seed, seed))
 	k := keys(t, "fuzz")
 	src, dst := t.TempDir(), t.TempDir()

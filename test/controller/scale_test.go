@@ -1,0 +1,177 @@
+package controller_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ferrysync/ferry/internal/testenv"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+)
+
+// BenchmarkScale runs many one-minute schedules on the real agents of the
+// two test clusters (sources in one, destinations in the other, two nodes
+// each) and measures, per number of ReplicationSources: missed intervals,
+// trigger lag, sync duration, API requests per sync, and the CPU and memory
+// of the controller, the agents, the apiservers and etcd. make scale runs
+// it and writes docs/scale.md (FERRY_SCALE_N, default "100,250,500";
+// FERRY_SCALE_MINUTES per level, default 10; FERRY_SCALE_DOC, where to
+// write). Levels add pairs to the previous level's, half Direct and half
+// Clone sources, Direct destinations; most syncs find the volume unchanged.
+func BenchmarkScale(b *testing.B) {
+	e := setup(b, shared, 18110)
+	far := setup(b, remote, 18120)
+	levels := scaleLevels(b)
+	minutes := int(testenv.EnvFloat("FERRY_SCALE_MINUTES", 10))
+	s := newScaleRun(e, far)
+	var rows []scaleRow
+	for _, n := range levels {
+		s.grow(n)
+		rows = append(rows, s.measure(n, time.Duration(minutes)*time.Minute))
+		b.Logf("%s", rows[len(rows)-1])
+	}
+	doc := os.Getenv("FERRY_SCALE_DOC")
+	if doc == "" {
+		doc = "../../docs/scale.md"
+	}
+	require.NoError(b, writeScaleDoc(doc, minutes, rows))
+}
+
+// scaleLevels reads FERRY_SCALE_N.
+func scaleLevels(t testing.TB) []int {
+	spec := os.Getenv("FERRY_SCALE_N")
+	if spec == "" {
+		spec = "100,250,500"
+	}
+	var out []int
+	for _, f := range strings.Split(spec, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		require.NoError(t, err, "FERRY_SCALE_N %q", spec)
+		out = append(out, n)
+	}
+	return out
+}
+
+// scaleNS is the namespace of the scale run's objects in both clusters.
+const scaleNS = "scale"
+
+// scaleRun is the pairs made so far.
+type scaleRun struct {
+	src, dst *env
+	n        int
+}
+
+// newScaleRun makes the namespaces and one key Secret both sides' CRs use
+// (a key pair per pair would cost a second of RSA each, and no figure here
+// depends on it).
+func newScaleRun(src, dst *env) *scaleRun {
+	t, ctx := src.t, context.Background()
+	src.namespace(scaleNS, privileged)
+	dst.namespace(scaleNS, privileged)
+	d, s, err := sshkeys.Secrets()
+	require.NoError(t, err)
+	maps.Copy(d, s)
+	for _, c := range []client.Client{src.k, dst.k} {
+		require.NoError(t, c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: scaleNS, Name: "keys"}, Data: d}))
+	}
+	return &scaleRun{src: src, dst: dst}
+}
+
+// grow adds pairs up to n and waits until each new source has synced once.
+func (s *scaleRun) grow(n int) {
+	t, ctx := s.src.t, context.Background()
+	for i := s.n; i < n; i++ {
+		name := fmt.Sprintf("v%04d", i)
+		s.src.claim(scaleNS, name, "16Mi", nil)
+		s.dst.claim(scaleNS, name, "16Mi", nil)
+		s.src.onVolume(scaleNS, name, false, func(dir string) { writeApp(t, dir, "1") })
+		rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: scaleNS, Name: name},
+			Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
+				ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{
+					CopyMethod: volsyncv1alpha1.CopyMethodDirect, DestinationPVC: ptr.To(name)},
+				SSHKeys: ptr.To("keys")}}}
+		require.NoError(t, s.dst.k.Create(ctx, rd))
+		testenv.Eventually(t, "destination "+name+"'s address", time.Minute, func() bool {
+			rd = s.dst.rd(scaleNS, name)
+			return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil
+		})
+		method := volsyncv1alpha1.CopyMethodDirect
+		if i%2 == 1 {
+			method = volsyncv1alpha1.CopyMethodClone
+		}
+		require.NoError(t, s.src.k.Create(ctx, &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: scaleNS, Name: name},
+			Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: name, Trigger: &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("*/1 * * * *")},
+				Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: method},
+					SSHKeys: ptr.To("keys"), Address: rd.Status.Rsync.Address}}}))
+	}
+	s.n = n
+	testenv.Eventually(t, fmt.Sprintf("all %d sources to have synced", n), 10*time.Minute, func() bool {
+		list := &volsyncv1alpha1.ReplicationSourceList{}
+		require.NoError(t, s.src.k.List(ctx, list, client.InNamespace(scaleNS)))
+		synced := 0
+		for _, rs := range list.Items {
+			if rs.Status.LastSyncTime != nil {
+				synced++
+			}
+		}
+		return synced >= n
+	})
+}
+
+// measure waits for the next minute, then follows the syncs for window
+// and returns the level's figures.
+func (s *scaleRun) measure(n int, window time.Duration) scaleRow {
+	t, ctx := s.src.t, context.Background()
+	<-time.After(time.Until(time.Now().Truncate(time.Minute).Add(time.Minute))) // the schedule's next minute
+	before := s.sample()
+	start := time.Now()
+	seen := map[string]time.Time{} // each source's last sync start seen
+	var lags, durations []time.Duration
+	lists := 0
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for ; time.Since(start) < window; <-tick.C {
+		list := &volsyncv1alpha1.ReplicationSourceList{}
+		require.NoError(t, s.src.k.List(ctx, list, client.InNamespace(scaleNS)))
+		lists++
+		for _, rs := range list.Items {
+			st := rs.Status
+			if st.LastSyncStartTime == nil || st.LastSyncTime == nil || !st.LastSyncTime.After(st.LastSyncStartTime.Time) {
+				continue
+			}
+			began := st.LastSyncStartTime.Time
+			if !began.After(start) || began.Equal(seen[rs.Name]) {
+				continue
+			}
+			seen[rs.Name] = began
+			lags = append(lags, began.Sub(began.Truncate(time.Minute)))
+			if st.LastSyncDuration != nil {
+				durations = append(durations, st.LastSyncDuration.Duration)
+			}
+		}
+	}
+	after := s.sample()
+	return newScaleRow(n, window, before, after, lags, durations, lists)
+}
+
+// percentile of sorted-in-place durations (0 when none).
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[min(len(d)-1, int(p*float64(len(d))))]
+}
