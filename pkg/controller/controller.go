@@ -119,7 +119,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		return fmt.Errorf("controller: create manager: %w", err)
 	}
 	shell := cycle.Shell{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recheck: cfg.Recheck, Options: cycle.Options{
-		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Events: mgr.GetEventRecorder("ferry-controller")}}
+		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Resync: cfg.Recheck, Events: mgr.GetEventRecorder("ferry-controller")}}
 	assignments := assign.Store{Reader: mgr.GetAPIReader(), Client: mgr.GetClient(), Namespace: cfg.Namespace}
 	if err := assign.IndexPodsByClaim(ctx, mgr.GetFieldIndexer()); err != nil {
 		return fmt.Errorf("controller: %w", err)

@@ -34,6 +34,8 @@ import (
 func BenchmarkScale(b *testing.B) {
 	e := setup(b, shared, 18110)
 	far := setup(b, remote, 18120)
+	production(b, e)
+	production(b, far)
 	levels := scaleLevels(b)
 	minutes := int(testenv.EnvFloat("FERRY_SCALE_MINUTES", 10))
 	s := newScaleRun(e, far)
@@ -48,6 +50,20 @@ func BenchmarkScale(b *testing.B) {
 		doc = "../../docs/scale.md"
 	}
 	require.NoError(b, writeScaleDoc(doc, minutes, rows))
+}
+
+// production restarts an env's controller and agents with their shipped
+// intervals: the harness's (polls every 250 ms) are a test's, and would
+// measure the test's load.
+func production(t testing.TB, e *env) {
+	_, err := e.ctrl.Stop()
+	require.NoError(t, err)
+	e.ctrl.StartWith("--poll-interval=2s", "--recheck-interval=30s", "--retry-after=1m")
+	for _, a := range e.agents {
+		_, err := a.Stop()
+		require.NoError(t, err)
+		a.StartWith("--progress-interval=2s", "--retry-backoff=2s", "--grace-period=30s")
+	}
 }
 
 // scaleLevels reads FERRY_SCALE_N.

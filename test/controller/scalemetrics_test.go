@@ -148,8 +148,8 @@ type scaleRow struct {
 	lagP50, lagP99, durP50, durP99 time.Duration
 	// perSync are API requests per sync by side ("source", "destination").
 	perSync map[string]float64
-	// top are the source side's most frequent requests per sync.
-	top []string
+	// top are each side's most frequent requests per sync.
+	top map[string][]string
 	// cores and mib are CPU (cores, averaged over the window) and peak
 	// resident memory by process kind.
 	cores, mib map[string]float64
@@ -162,7 +162,7 @@ func newScaleRow(n int, window time.Duration, before, after scaleSample, lags, d
 		lagP50: percentile(lags, 0.5), lagP99: percentile(lags, 0.99), durP50: percentile(durations, 0.5), durP99: percentile(durations, 0.99),
 		perSync: map[string]float64{}, cores: map[string]float64{}, mib: map[string]float64{}}
 	syncs := float64(max(r.syncs, 1))
-	per := map[string]float64{}
+	per := map[string]map[string]float64{}
 	for k, v := range after.requests {
 		d := v - before.requests[k]
 		if k == "source LIST replicationsources" {
@@ -173,17 +173,21 @@ func newScaleRow(n int, window time.Duration, before, after scaleSample, lags, d
 		}
 		side, what, _ := strings.Cut(k, " ")
 		r.perSync[side] += d / syncs
-		if side == "source" {
-			per[what] = d / syncs
+		if per[side] == nil {
+			per[side] = map[string]float64{}
 		}
+		per[side][what] = d / syncs
 	}
-	whats := make([]string, 0, len(per))
-	for w := range per {
-		whats = append(whats, w)
-	}
-	sort.Slice(whats, func(i, j int) bool { return per[whats[i]] > per[whats[j]] })
-	for _, w := range whats[:min(6, len(whats))] {
-		r.top = append(r.top, fmt.Sprintf("%s %.1f", w, per[w]))
+	r.top = map[string][]string{}
+	for side, m := range per {
+		whats := make([]string, 0, len(m))
+		for w := range m {
+			whats = append(whats, w)
+		}
+		sort.Slice(whats, func(i, j int) bool { return m[whats[i]] > m[whats[j]] })
+		for _, w := range whats[:min(6, len(whats))] {
+			r.top[side] = append(r.top[side], fmt.Sprintf("%s %.1f", w, m[w]))
+		}
 	}
 	secs := after.at.Sub(before.at).Seconds()
 	for name, v := range after.cpu {
@@ -214,5 +218,5 @@ func processKind(name string) string {
 func (r scaleRow) String() string {
 	return fmt.Sprintf("N=%d: %d syncs, %.0f missed, lag p50 %v p99 %v, duration p50 %v p99 %v, requests/sync source %.1f destination %.1f, controller %.2f cores %.0f MiB, agent %.2f cores %.0f MiB, apiservers %.2f, etcd %.2f cores; top: %s",
 		r.n, r.syncs, r.missed, r.lagP50, r.lagP99, r.durP50, r.durP99, r.perSync["source"], r.perSync["destination"],
-		r.cores["controller"], r.mib["controller"], r.cores["agent"], r.mib["agent"], r.cores["kube-apiserver"], r.cores["etcd"], strings.Join(r.top, ", "))
+		r.cores["controller"], r.mib["controller"], r.cores["agent"], r.mib["agent"], r.cores["kube-apiserver"], r.cores["etcd"], strings.Join(r.top["source"], ", ")+" | "+strings.Join(r.top["destination"], ", "))
 }

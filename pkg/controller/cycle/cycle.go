@@ -50,6 +50,12 @@ type Result struct {
 	Progress *volsyncv1alpha1.TransferProgress
 	// Waiting explains, while not done, what the sync waits for.
 	Waiting string
+	// Watched: what the sync waits for arrives through a watch (the
+	// assignment's status), so the CR is looked at only every Resync
+	// meanwhile. A destination waits for its source this way between
+	// syncs: polled, each would cost its reads and a status write every
+	// Poll, for ever.
+	Watched bool
 }
 
 // Mover is one kind's part of the cycle. Each method is called again and
@@ -84,6 +90,10 @@ type Options struct {
 	// Poll is how often a running step is looked at when no watch will
 	// say that it moved on.
 	Poll time.Duration
+	// Resync is how often a step a watch follows (Result.Watched) is
+	// looked at anyway: for what no watch covers, such as a user's key
+	// Secret replaced between syncs.
+	Resync time.Duration
 	// Events records the cycle's events.
 	Events events.EventRecorder
 }
@@ -125,6 +135,9 @@ func Step(ctx context.Context, cr CR, m Mover, o Options) (time.Duration, error)
 				msg = res.Waiting
 			}
 			setSync(cr, now, volsyncv1alpha1.SynchronizingReasonSync, msg)
+			if res.Watched {
+				return o.Resync, nil
+			}
 			return o.Poll, nil
 		}
 		result := volsyncv1alpha1.MoverResultSuccessful

@@ -209,3 +209,22 @@ func TestTransient(t *testing.T) {
 		t.Run(name, func(t *testing.T) { assert.Equal(t, tc.want, Transient(tc.err)) })
 	}
 }
+
+// TestWatchedWaitIsNotPolled: a sync whose next move comes through a watch
+// is looked at again only at the resync; one that is not watched is polled.
+func TestWatchedWaitIsNotPolled(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{now: time.Date(2026, 11, 26, 10, 1, 0, 0, time.UTC)}
+	o := Options{Now: clk.Now, RetryAfter: time.Minute, Poll: time.Second, Resync: 30 * time.Second, Events: events.NewFakeRecorder(10)}
+	cr, _ := newCR(&volsyncv1alpha1.TriggerSpec{Manual: "one"})
+	m := &scripted{result: Result{Waiting: "waiting for the source to connect", Watched: true}}
+	after, err := Step(ctx, cr, m, o)
+	require.NoError(t, err)
+	assert.Equal(t, 30*time.Second, after, "the assignment's watch brings the next change; a resync catches the rest")
+	assert.Equal(t, volsyncv1alpha1.SynchronizingReasonSync, reason(cr.Status))
+
+	m.result = Result{Waiting: "waiting for the volume to attach"}
+	after, err = Step(ctx, cr, m, o)
+	require.NoError(t, err)
+	assert.Equal(t, time.Second, after, "no watch: polled")
+}

@@ -91,9 +91,10 @@ func (s Shell) Run(ctx context.Context, key client.ObjectKey, obj client.Object,
 		after, err = s.Recheck, nil
 	}
 	// Optimistic: a status written from what has since changed is refused
-	// (and the reconcile runs again on fresh data).
+	// (and the reconcile runs again on fresh data). Written only when it
+	// changed: the lock alone (resourceVersion) is in every patch.
 	patch := client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})
-	if data, perr := patch.Data(obj); perr != nil || string(data) != "{}" {
+	if data, perr := client.MergeFrom(orig).Data(obj); perr != nil || string(data) != "{}" {
 		if perr := s.Client.Status().Patch(ctx, obj, patch); perr != nil {
 			if !apierrors.IsConflict(perr) {
 				return ctrl.Result{}, client.IgnoreNotFound(fmt.Errorf("write status: %w", perr))

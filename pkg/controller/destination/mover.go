@@ -51,6 +51,9 @@ func (w *work) Synchronize(context.Context) (cycle.Result, error) {
 		return cycle.Result{Waiting: msg}, nil
 	}
 	res := outcome(w.ma, w.rd.Status.LastSyncStartTime)
+	// The agent's reports come through the assignment's watch; an
+	// attachment (w.waiting) does not, and is polled.
+	res.Watched = !res.Done && w.waiting == ""
 	if !res.Done && w.waiting != "" {
 		res.Waiting = w.waiting
 	}
