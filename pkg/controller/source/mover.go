@@ -51,7 +51,11 @@ func (w *work) Synchronize(ctx context.Context) (cycle.Result, error) {
 			return cycle.Result{Waiting: waiting}, err
 		}
 	}
-	return outcome(w.ma), nil
+	// The agent's reports (queued, progress, the end) come through the
+	// assignment's watch.
+	res := outcome(w.ma)
+	res.Watched = !res.Done
+	return res, nil
 }
 
 // outcome reads the transfer's state from the assignment.
