@@ -26,6 +26,9 @@ import (
 // promtool: it parses, and each alert fires when its series say so and
 // clears after (alerts_test.yaml, on synthetic series).
 func TestAlertRules(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs promtool, which make test builds")
+	}
 	promtool := tool(t, "PROMTOOL")
 	dir := monitoringDir(t)
 	for _, args := range [][]string{{"check", "rules", "alerts.yaml"}, {"test", "rules", "alerts_test.yaml"}} {
