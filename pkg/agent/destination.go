@@ -21,6 +21,7 @@ import (
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/bytesize"
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
@@ -296,7 +297,7 @@ func noSpace(ma *agentv1alpha1.MountAssignment, path string, needed int64) strin
 	size := "of unknown size"
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err == nil {
-		size = "of " + formatBytes(int64(st.Blocks)*st.Bsize)
+		size = "of " + bytesize.Format(int64(st.Blocks)*st.Bsize)
 	}
 	return noSpaceMessage(ma.Spec.Owner.Namespace+"/"+ma.Spec.Volume.Claim, size, needed)
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/bytesize"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 )
 
@@ -112,19 +113,5 @@ func (t *tracker) observe(e endpoint.Event, gen int64, full func(needed int64) s
 // noSpaceMessage words noSpace's message.
 func noSpaceMessage(claim, size string, needed int64) string {
 	return fmt.Sprintf("the destination volume is full: claim %s, a filesystem %s, ran out of space; the source's volume uses %s: "+
-		"give the destination (spec.rsync.capacity) at least that, with room for a changed file's new copy", claim, size, formatBytes(needed))
-}
-
-// formatBytes writes n bytes for people: 1.5 GiB.
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+		"give the destination (spec.rsync.capacity) at least that, with room for a changed file's new copy", claim, size, bytesize.Format(needed))
 }

@@ -202,24 +202,6 @@ func TestApplyEnd(t *testing.T) {
 	assert.Equal(t, agentv1alpha1.PhaseMounted, ma.Status.Phase, "a failed sync is not held")
 }
 
-func TestFormatBytes(t *testing.T) {
-	for _, tc := range []struct {
-		n    int64
-		want string
-	}{
-		{0, "0 B"},
-		{1023, "1023 B"},
-		{1024, "1.0 KiB"},
-		{64 << 20, "64.0 MiB"},
-		{3 << 29, "1.5 GiB"},
-		{5 << 40, "5.0 TiB"},
-		{3 << 50, "3.0 PiB"},
-		{1 << 62, "4096.0 PiB"},
-	} {
-		assert.Equal(t, tc.want, formatBytes(tc.n), tc.n)
-	}
-}
-
 func TestNoSpaceMessageNamesClaimSizeAndNeed(t *testing.T) {
 	msg := noSpaceMessage("ns/data", "of 60.0 MiB", 80<<20)
 	assert.Contains(t, msg, "claim ns/data")

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/bytesize"
 )
 
 func newStatusCommand(o *options) *cobra.Command {
@@ -117,10 +118,10 @@ func statusRow(side, namespace, name string, st *volsyncv1alpha1.SyncStatus, now
 		row[5] = "due"
 	}
 	if p := st.Progress; p != nil {
-		row[6], row[7] = bytesOf(p.BytesDone), bytesOf(p.BytesPerSecond)+"/s"
+		row[6], row[7] = bytesize.Format(p.BytesDone), bytesize.Format(p.BytesPerSecond)+"/s"
 	} else if st.LatestMoverStatus != nil {
 		if moved, rate, ok := transferLine(st.LatestMoverStatus.Logs, side == "source"); ok {
-			row[6], row[7] = bytesOf(moved), bytesOf(rate)+"/s"
+			row[6], row[7] = bytesize.Format(moved), bytesize.Format(rate)+"/s"
 		}
 	}
 	if c := meta.FindStatusCondition(st.Conditions, volsyncv1alpha1.ConditionReconciled); c != nil && c.Status == "False" {

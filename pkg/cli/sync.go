@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/bytesize"
 )
 
 func newSyncCommand(o *options) *cobra.Command {
@@ -108,27 +109,13 @@ func observeSync(rs *volsyncv1alpha1.ReplicationSource, value string, gen int64,
 		return syncOutcome{done: true, failed: "the sync failed: " + c.Message, line: "failed: " + c.Message}
 	}
 	if p := st.Progress; p != nil {
-		return syncOutcome{line: fmt.Sprintf("%s  %s, %d files, %s/s  try %d on %s", clock, bytesOf(p.BytesDone), p.FilesDone,
-			bytesOf(p.BytesPerSecond), max(p.Attempt, 1), p.Node)}
+		return syncOutcome{line: fmt.Sprintf("%s  %s, %d files, %s/s  try %d on %s", clock, bytesize.Format(p.BytesDone), p.FilesDone,
+			bytesize.Format(p.BytesPerSecond), max(p.Attempt, 1), p.Node)}
 	}
 	if c != nil && c.Message != "" {
 		return syncOutcome{line: clock + "  " + c.Message}
 	}
 	return syncOutcome{line: clock + "  waiting for the sync to start"}
-}
-
-// bytesOf words a byte count in binary units, as kubectl's quantities.
-func bytesOf(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // liveLine shows a changing line: rewritten in place on a terminal, one
