@@ -79,24 +79,22 @@ func (o *options) sides() (sides, error) {
 	if err != nil {
 		return sides{}, err
 	}
-	dst, dstNS, err := o.destination(srcNS)
-	if err != nil {
-		return sides{}, err
+	dstNS := o.toNamespace
+	if dstNS == "" {
+		dstNS = srcNS
+	}
+	dst := src
+	if o.toKubeconfig != "" || o.toContext != "" {
+		if dst, err = o.destination(); err != nil {
+			return sides{}, err
+		}
 	}
 	return sides{src: src, dst: dst, srcNS: srcNS, dstNS: dstNS}, nil
 }
 
-// destination is a client of the destination's cluster and its namespace,
-// given the source's namespace.
-func (o *options) destination(sourceNamespace string) (client.Client, string, error) {
-	ns := o.toNamespace
-	if ns == "" {
-		ns = sourceNamespace
-	}
-	if o.toKubeconfig == "" && o.toContext == "" {
-		c, _, err := o.source()
-		return c, ns, err
-	}
+// destination is a client of the destination's cluster, when it is
+// another than the source's.
+func (o *options) destination() (client.Client, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	if o.toKubeconfig != "" {
 		rules.ExplicitPath = o.toKubeconfig
@@ -104,8 +102,7 @@ func (o *options) destination(sourceNamespace string) (client.Client, string, er
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
 		&clientcmd.ConfigOverrides{CurrentContext: o.toContext}).ClientConfig()
 	if err != nil {
-		return nil, "", fmt.Errorf("the destination's cluster: %w", err)
+		return nil, fmt.Errorf("the destination's cluster: %w", err)
 	}
-	c, err := newClient(cfg)
-	return c, ns, err
+	return newClient(cfg)
 }
