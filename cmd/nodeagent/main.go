@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/ferrysync/ferry/pkg/agent"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
 	"github.com/ferrysync/ferry/pkg/transfer/reexec"
@@ -65,12 +66,10 @@ func main() {
 	}
 	cfg.Transfer.MemoryBytes = q.Value()
 	if *maxBandwidth != "" {
-		q, err := resource.ParseQuantity(*maxBandwidth)
-		if err != nil || q.Sign() <= 0 {
-			fmt.Fprintf(os.Stderr, "nodeagent: --max-bandwidth %q: give bytes per second as a positive quantity, for example 100Mi\n", *maxBandwidth)
+		if cfg.MaxBandwidth, err = volsyncv1alpha1.ParseBandwidth(*maxBandwidth); err != nil {
+			fmt.Fprintf(os.Stderr, "nodeagent: --max-bandwidth: %v\n", err)
 			os.Exit(2)
 		}
-		cfg.MaxBandwidth = q.Value()
 	}
 	if cfg.SSHAdvertiseAddress == "" {
 		cfg.SSHAdvertiseAddress = cfg.SSHBindAddress

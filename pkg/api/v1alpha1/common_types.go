@@ -59,6 +59,12 @@ func BandwidthLimit(annotations map[string]string) (int64, error) {
 	if !ok {
 		return 0, nil
 	}
+	return ParseBandwidth(v)
+}
+
+// ParseBandwidth reads a rate in bytes per second written as a positive
+// quantity ("10Mi"): the annotation's, and the agent's --max-bandwidth.
+func ParseBandwidth(v string) (int64, error) {
 	q, err := resource.ParseQuantity(v)
 	if err != nil || q.Sign() <= 0 {
 		return 0, fmt.Errorf("%q is not a rate: give bytes per second as a positive quantity, for example 10Mi", v)
