@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/controller/assign"
 )
 
 // EventInvalid is the event reason for a spec or a missing object the user
@@ -46,8 +47,7 @@ type Shell struct {
 // unprivilegedNote tells the user, in the Reconciled condition, what an
 // unannotated namespace costs and how to change it.
 func (s Shell) unprivilegedNote(ctx context.Context, namespace string) string {
-	ns := &corev1.Namespace{}
-	if err := s.Client.Get(ctx, client.ObjectKey{Name: namespace}, ns); err != nil || volsyncv1alpha1.PrivilegedMovers(ns) {
+	if privileged, err := assign.Privileged(ctx, s.Client, namespace); err != nil || privileged {
 		return ""
 	}
 	return fmt.Sprintf("transfers run unprivileged: file owners, setuid bits and device files are not kept; to keep them, annotate namespace %s with %s=\"true\"",
