@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -39,7 +37,7 @@ type scaleSample struct {
 func (s *scaleRun) sample() scaleSample {
 	t := s.src.t
 	out := scaleSample{at: time.Now(), requests: map[string]float64{}, cpu: map[string]float64{}, rss: map[string]float64{}}
-	out.missed = metricSum(t, s.src.ctrl.Metrics, "volsync_missed_intervals_total")
+	out.missed = s.src.ctrl.MetricSum("volsync_missed_intervals_total")
 	for side, e := range map[string]*env{"source": s.src, "destination": s.dst} {
 		for k, v := range apiRequests(t, e.c) {
 			out.requests[side+" "+k] = v
@@ -57,27 +55,6 @@ func (s *scaleRun) sample() scaleSample {
 		out.cpu[comm] = commCPU(t, comm)
 	}
 	return out
-}
-
-// metricSum adds up every series of a metric on a /metrics page.
-func metricSum(t require.TestingT, url, name string) float64 {
-	res, err := http.Get(url)
-	require.NoError(t, err)
-	defer res.Body.Close()
-	raw, err := io.ReadAll(res.Body)
-	require.NoError(t, err)
-	sum := 0.0
-	sc := bufio.NewScanner(bytes.NewReader(raw))
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
-			f := strings.Fields(line)
-			v, err := strconv.ParseFloat(f[len(f)-1], 64)
-			require.NoError(t, err, line)
-			sum += v
-		}
-	}
-	return sum
 }
 
 var requestLine = regexp.MustCompile(`^apiserver_request_total\{(.*)\} (\S+)$`)

@@ -7,7 +7,6 @@
 package harness
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -215,35 +214,6 @@ func (p *Proc) StopWithin(limit time.Duration) (time.Duration, error) {
 	}
 	p.cmd = nil
 	return time.Since(start), err
-}
-
-// Metric reads one series' value from the process's /metrics; labels must
-// all match, and a series that does not exist fails the test.
-func (p *Proc) Metric(name string, labels map[string]string) float64 {
-	p.t.Helper()
-	resp, err := http.Get(p.Metrics)
-	require.NoError(p.t, err)
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		ok := true
-		for k, v := range labels {
-			ok = ok && strings.Contains(line, fmt.Sprintf("%s=%q", k, v))
-		}
-		if ok {
-			f, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-			require.NoError(p.t, err)
-			return f
-		}
-	}
-	require.NoError(p.t, sc.Err())
-	require.Failf(p.t, "no such series", "%s has no series %s%v: a misspelt name or label would otherwise read as a value", p.Metrics, name, labels)
-	return 0
 }
 
 // Kubeconfig installs a component's ServiceAccount and RBAC exactly as

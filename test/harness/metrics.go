@@ -1,0 +1,63 @@
+package harness
+
+import (
+	"fmt"
+	"io"
+	"iter"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Metric reads one series' value from the process's /metrics; labels must
+// all match, and a series that does not exist fails the test.
+func (p *Proc) Metric(name string, labels map[string]string) float64 {
+	p.t.Helper()
+	for line, value := range p.series(name) {
+		ok := true
+		for k, v := range labels {
+			ok = ok && strings.Contains(line, fmt.Sprintf("%s=%q", k, v))
+		}
+		if ok {
+			return value
+		}
+	}
+	require.Failf(p.t, "no such series", "%s has no series %s%v: a misspelt name or label would otherwise read as a value", p.Metrics, name, labels)
+	return 0
+}
+
+// MetricSum adds up every series of a metric (0 when it has none).
+func (p *Proc) MetricSum(name string) float64 {
+	p.t.Helper()
+	sum := 0.0
+	for _, value := range p.series(name) {
+		sum += value
+	}
+	return sum
+}
+
+// series reads the process's /metrics and yields each sample line of the
+// metric name with its value.
+func (p *Proc) series(name string) iter.Seq2[string, float64] {
+	p.t.Helper()
+	resp, err := http.Get(p.Metrics)
+	require.NoError(p.t, err)
+	raw, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(p.t, err)
+	return func(yield func(string, float64) bool) {
+		for line := range strings.Lines(string(raw)) {
+			line = strings.TrimSuffix(line, "\n")
+			if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+				continue
+			}
+			f, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+			require.NoError(p.t, err, line)
+			if !yield(line, f) {
+				return
+			}
+		}
+	}
+}
