@@ -26,10 +26,7 @@ import (
 // interrupt transfers on either end (kill -9, SIGTERM), queue, publish
 // kubelet's mount, refuse what the agent must not do, and clean up.
 func TestAgentsReplicate(t *testing.T) {
-	testenv.NeedRoot(t)
-	if testing.Short() {
-		t.Skip("starts a cluster")
-	}
+	testenv.NeedRoot(t) // skips in -short: it starts a cluster
 	r := startReplication(t)
 	r.firstPair(t)
 	r.firstSync(t)

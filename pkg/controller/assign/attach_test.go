@@ -39,10 +39,7 @@ import (
 //   - deleted by hand (any detach), it is attached again with a new UID;
 //     Detach removes it.
 func TestAttachAcrossControllerManagerRestart(t *testing.T) {
-	testenv.NeedRoot(t)
-	if testing.Short() {
-		t.Skip("starts a cluster")
-	}
+	testenv.NeedRoot(t) // skips in -short: it starts a cluster
 	ctx := context.Background()
 	c, err := cluster.Start(ctx, cluster.Options{Nodes: []string{"node-a"}, Log: testr.New(t)})
 	require.NoError(t, err)
