@@ -20,15 +20,19 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/api/scheme"
+	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/pkg/controller/cycle"
 	"github.com/ferrysync/ferry/pkg/controller/destination"
+	"github.com/ferrysync/ferry/pkg/controller/fresh"
+	"github.com/ferrysync/ferry/pkg/controller/keys"
 	"github.com/ferrysync/ferry/pkg/controller/populator"
 	"github.com/ferrysync/ferry/pkg/controller/source"
 	"github.com/ferrysync/ferry/pkg/controller/takeover"
@@ -79,6 +83,10 @@ type Config struct {
 	// Recheck is how often a CR whose input the user must fix is looked at
 	// again.
 	Recheck time.Duration
+	// Workers is how many CRs of each kind are reconciled at once (never
+	// one CR twice at once): a schedule's minute starts hundreds of syncs
+	// together, and one worker would take them in turn.
+	Workers int
 	// CopyTriggerTimeout is how long a sync waits for its claim's copy
 	// trigger before it reports being late (it waits on).
 	CopyTriggerTimeout time.Duration
@@ -100,6 +108,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		LeaderElection:          cfg.LeaderElect,
 		LeaderElectionID:        "controller.ferrysync.io",
 		LeaderElectionNamespace: cfg.Namespace,
+		Controller:              ctrlconfig.Controller{MaxConcurrentReconciles: cfg.Workers},
 		// Assignments only in Ferry's namespace; Secrets never cached
 		// (read by name); Pods cached trimmed (assign.TrimPod) and read
 		// only through the cache's claim index, never the client, so no
@@ -118,16 +127,21 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	if err != nil {
 		return fmt.Errorf("controller: create manager: %w", err)
 	}
-	shell := cycle.Shell{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recheck: cfg.Recheck, Options: cycle.Options{
+	// The CRs and assignments drive each step: read from the cache, but
+	// never older than the controller's own last write (package fresh).
+	c := fresh.New(mgr.GetClient(), mgr.GetAPIReader(),
+		&volsyncv1alpha1.ReplicationSource{}, &volsyncv1alpha1.ReplicationDestination{}, &agentv1alpha1.MountAssignment{})
+	shell := cycle.Shell{Client: c, Recheck: cfg.Recheck, Options: cycle.Options{
 		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Resync: cfg.Recheck, Events: mgr.GetEventRecorder("ferry-controller")}}
-	assignments := assign.Store{Reader: mgr.GetAPIReader(), Client: mgr.GetClient(), Namespace: cfg.Namespace}
+	assignments := assign.Store{Client: c, Namespace: cfg.Namespace}
+	prepared := &keys.Recent{Every: cfg.Recheck, Now: time.Now}
 	if err := assign.IndexPodsByClaim(ctx, mgr.GetFieldIndexer()); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	if err := (&destination.Reconciler{Shell: shell, Assignments: assignments, Pods: mgr.GetCache()}).SetupWithManager(mgr); err != nil {
+	if err := (&destination.Reconciler{Shell: shell, Assignments: assignments, Keys: prepared, Pods: mgr.GetCache()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationDestination reconciler: %w", err)
 	}
-	if err := (&source.Reconciler{Shell: shell, Assignments: assignments, Pods: mgr.GetCache(), CopyTriggerTimeout: cfg.CopyTriggerTimeout}).SetupWithManager(mgr); err != nil {
+	if err := (&source.Reconciler{Shell: shell, Assignments: assignments, Keys: prepared, Pods: mgr.GetCache(), CopyTriggerTimeout: cfg.CopyTriggerTimeout}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: ReplicationSource reconciler: %w", err)
 	}
 	if err := (&populator.Reconciler{Client: mgr.GetClient(), Events: shell.Events}).SetupWithManager(mgr); err != nil {

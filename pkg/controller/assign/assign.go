@@ -91,13 +91,12 @@ func VolumeOf(pv *corev1.PersistentVolume, claim string) (agentv1alpha1.Volume, 
 		VolumeHandle: pv.Spec.CSI.VolumeHandle}, nil
 }
 
-// Store reads and writes assignments in Ferry's namespace. It reads them
-// from the apiserver, not from a cache: a stale assignment (a hold already
-// lifted, a sync already ended) must never drive a decision.
+// Store reads and writes assignments in Ferry's namespace.
 type Store struct {
-	// Reader reads uncached.
-	Reader client.Reader
-	// Client writes.
+	// Client reads and writes. Its reads must never be older than its own
+	// last write (package fresh): an assignment from before it (not yet
+	// created, a sync generation not yet raised) would be written again.
+	// The agent's writes come through the watch that enqueues the read.
 	Client client.Client
 	// Namespace is Ferry's namespace.
 	Namespace string
@@ -106,7 +105,7 @@ type Store struct {
 // Get reads the owner's assignment; nil if there is none.
 func (s Store) Get(ctx context.Context, o Owner) (*agentv1alpha1.MountAssignment, error) {
 	ma := &agentv1alpha1.MountAssignment{}
-	err := s.Reader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: o.Name()}, ma)
+	err := s.Client.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: o.Name()}, ma)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}

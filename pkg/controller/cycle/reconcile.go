@@ -33,11 +33,10 @@ const conflictRetry = 100 * time.Millisecond
 // finalizer, the Reconciled condition, one status write, when to look
 // again.
 type Shell struct {
-	// Client writes, and reads what may be a moment old.
+	// Client reads and writes. Its reads of the CR must never be older
+	// than its own last write (package fresh): the cycle's phase is in the
+	// status, and an older copy would replay a step.
 	Client client.Client
-	// Reader reads the CR itself from the apiserver: the cycle's phase
-	// must be current.
-	Reader client.Reader
 	Options
 	// Recheck is when to look again after an error the user must fix, for
 	// objects no watch covers (Secrets, classes).
@@ -54,14 +53,14 @@ func (s Shell) unprivilegedNote(ctx context.Context, namespace string) string {
 		namespace, volsyncv1alpha1.PrivilegedMoversAnnotation)
 }
 
-// Run reconciles the CR key into obj (st is obj's status): it reads it
-// fresh from the apiserver (a cached copy a moment old would replay a step
-// the last pass already took), finalizes it when it is being deleted or
+// Run reconciles the CR key into obj (st is obj's status): it reads it (no
+// older than this controller's last write of it, so no step the last pass
+// took is replayed), finalizes it when it is being deleted or
 // runs body, then records the outcome in the Reconciled condition and
 // writes the status if it changed.
 func (s Shell) Run(ctx context.Context, key client.ObjectKey, obj client.Object, st *volsyncv1alpha1.SyncStatus,
 	finalize func(context.Context) (bool, error), body func(context.Context) (time.Duration, error)) (ctrl.Result, error) {
-	if err := s.Reader.Get(ctx, key, obj); err != nil {
+	if err := s.Client.Get(ctx, key, obj); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !obj.GetDeletionTimestamp().IsZero() {

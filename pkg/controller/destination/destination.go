@@ -37,9 +37,12 @@ import (
 // Reconciler reconciles ReplicationDestinations.
 type Reconciler struct {
 	cycle.Shell
-	// Assignments reads (uncached) and writes the CRs' assignments, in
+	// Assignments reads and writes the CRs' assignments, in
 	// Ferry's namespace, where their key copies go too.
 	Assignments assign.Store
+	// Keys prepares the key Secrets, at most once per recheck interval
+	// while the spec is unchanged.
+	Keys *keys.Recent
 	// Pods reads the cache of trimmed pods, indexed by claim
 	// (assign.ClaimIndex).
 	Pods client.Reader
@@ -113,7 +116,9 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if rd.Status.Rsync == nil {
 		rd.Status.Rsync = &volsyncv1alpha1.ReplicationDestinationRsyncStatus{}
 	}
-	published, err := keys.Prepare(ctx, c, rd, spec.SSHKeys, keys.Destination, w.r.Assignments.KeyCopy(w.owner))
+	published, err := w.r.Keys.Prepare(rd, func() (*string, error) {
+		return keys.Prepare(ctx, c, rd, spec.SSHKeys, keys.Destination, w.r.Assignments.KeyCopy(w.owner))
+	})
 	if err != nil {
 		return 0, cycle.InvalidIf(err, keys.ErrInvalid)
 	}
@@ -240,6 +245,7 @@ func (w *work) finalize(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	w.metrics().Forget()
+	w.r.Keys.Forget(w.rd.UID)
 	return true, keys.Delete(ctx, w.r.Client, w.r.Assignments.Namespace, w.owner.KeysName())
 }
 

@@ -11,10 +11,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -255,4 +258,58 @@ func Prepare(ctx context.Context, c client.Client, owner client.Object, user *st
 		return nil, err
 	}
 	return published, nil
+}
+
+// Recent remembers, per CR, that its keys were prepared a moment ago, so
+// that the reconciles of a sync in flight (each report of the agent's
+// causes one) do not read and mirror the same Secrets each time: at scale
+// those reads were the largest share of a sync's API requests. A changed
+// spec prepares again at once; a user's Secret changed meanwhile is picked
+// up within Every, as Secrets are not watched (--recheck-interval).
+type Recent struct {
+	// Every is how long a preparation holds.
+	Every time.Duration
+	// Now is the clock.
+	Now func() time.Time
+
+	mu   sync.Mutex
+	done map[types.UID]prepared
+}
+
+type prepared struct {
+	generation int64
+	at         time.Time
+	published  *string
+}
+
+// Prepare runs prepare (Prepare for owner) unless owner's last one, at its
+// generation, holds; it returns what that says status.rsync.sshKeys is.
+func (r *Recent) Prepare(owner client.Object, prepare func() (*string, error)) (*string, error) {
+	now := r.Now()
+	r.mu.Lock()
+	p, ok := r.done[owner.GetUID()]
+	r.mu.Unlock()
+	if ok && p.generation == owner.GetGeneration() && now.Sub(p.at) < r.Every {
+		return p.published, nil
+	}
+	published, err := prepare()
+	if err != nil {
+		r.Forget(owner.GetUID())
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done == nil {
+		r.done = map[types.UID]prepared{}
+	}
+	r.done[owner.GetUID()] = prepared{generation: owner.GetGeneration(), at: now, published: published}
+	return published, nil
+}
+
+// Forget drops what is remembered of a CR: it is gone, or its keys must be
+// looked at again.
+func (r *Recent) Forget(uid types.UID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.done, uid)
 }

@@ -31,9 +31,12 @@ import (
 // Reconciler reconciles ReplicationSources.
 type Reconciler struct {
 	cycle.Shell
-	// Assignments reads (uncached) and writes the CRs' assignments, in
+	// Assignments reads and writes the CRs' assignments, in
 	// Ferry's namespace, where their key copies go too.
 	Assignments assign.Store
+	// Keys prepares the key Secrets, at most once per recheck interval
+	// while the spec is unchanged.
+	Keys *keys.Recent
 	// Pods reads the cache of trimmed pods, indexed by claim
 	// (assign.ClaimIndex): a Direct copy goes where its pod runs.
 	Pods client.Reader
@@ -97,7 +100,9 @@ func (w *work) reconcile(ctx context.Context) (time.Duration, error) {
 	if rs.Status.Rsync == nil {
 		rs.Status.Rsync = &volsyncv1alpha1.ReplicationSourceRsyncStatus{}
 	}
-	published, err := keys.Prepare(ctx, c, rs, spec.SSHKeys, keys.Source, w.r.Assignments.KeyCopy(w.owner))
+	published, err := w.r.Keys.Prepare(rs, func() (*string, error) {
+		return keys.Prepare(ctx, c, rs, spec.SSHKeys, keys.Source, w.r.Assignments.KeyCopy(w.owner))
+	})
 	if err != nil {
 		return 0, cycle.InvalidIf(err, keys.ErrInvalid)
 	}
@@ -126,6 +131,7 @@ func (w *work) finalize(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	w.metrics().Forget()
+	w.r.Keys.Forget(w.rs.UID)
 	return true, keys.Delete(ctx, w.r.Client, w.r.Assignments.Namespace, w.owner.KeysName())
 }
 
