@@ -14,6 +14,7 @@ CONTROLLER_TOOLS_VERSION ?= v0.23.0
 STATICCHECK_VERSION ?= v0.8.2
 CSI_TEST_VERSION ?= v5.6.0
 PROMETHEUS_VERSION ?= v0.316.0
+KWOK_VERSION ?= v0.8.0
 K8S_VERSION ?= v1.37.2
 ETCD_VERSION ?= v3.6.16
 export K8S_VERSION ETCD_VERSION
@@ -23,6 +24,7 @@ STATICCHECK := $(BIN)/staticcheck-$(STATICCHECK_VERSION)
 CSI_SANITY := $(BIN)/csi-sanity-$(CSI_TEST_VERSION)
 PROMETHEUS := $(BIN)/prometheus-$(PROMETHEUS_VERSION)
 PROMTOOL := $(BIN)/promtool-$(PROMETHEUS_VERSION)
+KWOK := $(BIN)/kwok-$(KWOK_VERSION)
 TESTENV := $(BIN)/testenv
 # Tests find the real control plane here (controller-runtime's envtest reads it).
 export KUBEBUILDER_ASSETS := $(TESTENV)
@@ -121,8 +123,9 @@ bench: deps testenv images ## Benchmark Ferry's data plane against stock rsync/O
 	go test -count=1 -run "^$$" -bench BenchmarkPodPerSyncVersusAgent -benchtime 1x -timeout 30m ./test/e2e/
 
 .PHONY: scale
-scale: need-root deps testenv ## Many one-minute schedules on the real agents of two local clusters: missed intervals, trigger lag, API requests per sync, CPU and memory per level; writes docs/scale.md and its plot (root; FERRY_SCALE_N=100,250,500, FERRY_SCALE_MINUTES=10 per level: about an hour).
+scale: need-root deps testenv $(KWOK) ## Two scenarios, each writing its section of docs/scale.md with a table and a plot: many one-minute schedules on the real agents of two local clusters (FERRY_SCALE_N=100,250,500, FERRY_SCALE_MINUTES=10 per level), then thousands of pairs on 1,000 kwok nodes with an agent simulator (FERRY_SIM_N=2000,5000,10000 on FERRY_SIM_SCHEDULE="*/5 * * * *"). Root; hours.
 	FERRY_SCALE_DOC=$(ROOT)/docs/scale.md go test -count=1 -v -run "^$$" -bench BenchmarkScale -benchtime 1x -timeout 180m ./test/controller/ | grep -E '^(\s+scale_test.go|ok|FAIL|---)'
+	KWOK=$(KWOK) FERRY_SCALE_DOC=$(ROOT)/docs/scale.md go test -count=1 -v -run "^$$" -bench BenchmarkSimulatedNodes -benchtime 1x -timeout 300m ./test/kwok/ | grep -E '^(\s+simulated_test.go|ok|FAIL|---)'
 
 .PHONY: soak
 soak: need-root deps testenv ## 1,000 syncs through the CRs on the local clusters, counting mounts, loop devices, fds, goroutines, processes, cgroups, temp dirs and objects before and after: no growth (root; FERRY_SOAK_SYNCS; make test runs 30).
@@ -159,6 +162,11 @@ $(PROMETHEUS):
 $(PROMTOOL):
 	GOBIN=$(BIN) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
 	mv $(BIN)/promtool $@
+
+# kwok simulates make scale's thousand nodes.
+$(KWOK):
+	GOBIN=$(BIN) go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+	mv $(BIN)/kwok $@
 
 .PHONY: help
 help: ## Show the targets.

@@ -83,6 +83,9 @@ type Config struct {
 	// Recheck is how often a CR whose input the user must fix is looked at
 	// again.
 	Recheck time.Duration
+	// KeyRefresh is how long a CR's prepared keys hold while its spec is
+	// unchanged: how soon a user's replaced key Secret reaches the agent.
+	KeyRefresh time.Duration
 	// Workers is how many CRs of each kind are reconciled at once (never
 	// one CR twice at once): a schedule's minute starts hundreds of syncs
 	// together, and one worker would take them in turn.
@@ -134,7 +137,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	shell := cycle.Shell{Client: c, Recheck: cfg.Recheck, Options: cycle.Options{
 		Now: time.Now, RetryAfter: cfg.RetryAfter, Poll: cfg.Poll, Resync: cfg.Recheck, Events: mgr.GetEventRecorder("ferry-controller")}}
 	assignments := assign.Store{Client: c, Namespace: cfg.Namespace}
-	prepared := &keys.Recent{Every: cfg.Recheck, Now: time.Now}
+	prepared := &keys.Recent{Every: cfg.KeyRefresh, Now: time.Now}
 	if err := assign.IndexPodsByClaim(ctx, mgr.GetFieldIndexer()); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,12 +13,15 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/ferrysync/ferry/internal/testenv"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/transfer/sshkeys"
+	"github.com/ferrysync/ferry/test/harness"
+	"github.com/ferrysync/ferry/test/scale"
 )
 
 // BenchmarkScale runs many one-minute schedules on the real agents of the
@@ -39,7 +41,7 @@ func BenchmarkScale(b *testing.B) {
 	levels := scaleLevels(b)
 	minutes := int(testenv.EnvFloat("FERRY_SCALE_MINUTES", 10))
 	s := newScaleRun(e, far)
-	var rows []scaleRow
+	var rows []scale.Row
 	for _, n := range levels {
 		s.grow(n)
 		rows = append(rows, s.measure(n, time.Duration(minutes)*time.Minute))
@@ -49,7 +51,13 @@ func BenchmarkScale(b *testing.B) {
 	if doc == "" {
 		doc = "../../docs/scale.md"
 	}
-	require.NoError(b, writeScaleDoc(doc, minutes, rows))
+	require.NoError(b, scale.Write(doc, scale.Section{Name: "real-agents", Title: "Real agents",
+		Intro: fmt.Sprintf(`A source cluster and a destination cluster of two nodes each, with Ferry's real agents moving
+the data. N ReplicationSources on `+"`*/1`"+`, half Direct and half Clone, into Direct destinations; the
+volumes do not change between syncs (each sync finds its tree unchanged). Each level adds pairs
+to the one before, waits until every new source has synced, then measures %d minutes from a
+minute's start.`, minutes),
+		Sides: []string{"source", "destination"}, X: "ReplicationSources on */1", Rows: rows}))
 }
 
 // production restarts an env's controller and agents with their shipped
@@ -149,45 +157,18 @@ func (s *scaleRun) grow(n int) {
 
 // measure waits for the next minute, then follows the syncs for window
 // and returns the level's figures.
-func (s *scaleRun) measure(n int, window time.Duration) scaleRow {
-	t, ctx := s.src.t, context.Background()
-	<-time.After(time.Until(time.Now().Truncate(time.Minute).Add(time.Minute))) // the schedule's next minute
-	before := s.sample()
-	start := time.Now()
-	seen := map[string]time.Time{} // each source's last sync start seen
-	var lags, durations []time.Duration
-	lists := 0
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	for ; time.Since(start) < window; <-tick.C {
-		list := &volsyncv1alpha1.ReplicationSourceList{}
-		require.NoError(t, s.src.k.List(ctx, list, client.InNamespace(scaleNS)))
-		lists++
-		for _, rs := range list.Items {
-			st := rs.Status
-			if st.LastSyncStartTime == nil || st.LastSyncTime == nil || !st.LastSyncTime.After(st.LastSyncStartTime.Time) {
-				continue
-			}
-			began := st.LastSyncStartTime.Time
-			if !began.After(start) || began.Equal(seen[rs.Name]) {
-				continue
-			}
-			seen[rs.Name] = began
-			lags = append(lags, began.Sub(began.Truncate(time.Minute)))
-			if st.LastSyncDuration != nil {
-				durations = append(durations, st.LastSyncDuration.Duration)
-			}
+func (s *scaleRun) measure(n int, window time.Duration) scale.Row {
+	t := s.src.t
+	target := scale.Target{Clusters: map[string]*rest.Config{"source": s.src.c.Config, "destination": s.dst.c.Config},
+		Procs:      map[string]*harness.Proc{"controller": s.src.ctrl, "destination controller": s.dst.ctrl},
+		Controller: s.src.ctrl, Comms: []string{"kube-apiserver", "etcd"}}
+	for _, e := range []*env{s.src, s.dst} {
+		for i, a := range e.agents {
+			target.Procs["agent "+e.c.Nodes[i].Name] = a
 		}
 	}
-	after := s.sample()
-	return newScaleRow(n, window, before, after, lags, durations, lists)
-}
-
-// percentile of sorted-in-place durations (0 when none).
-func percentile(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	return d[min(len(d)-1, int(p*float64(len(d))))]
+	<-time.After(time.Until(time.Now().Truncate(time.Minute).Add(time.Minute))) // the schedule's next minute
+	before := target.Sample(t)
+	syncs := scale.Follow(t, s.src.k, scaleNS, before.At(), window, 5*time.Second, time.Minute)
+	return scale.NewRow(n, before, target.Sample(t), syncs, "source")
 }

@@ -134,7 +134,7 @@ func (b *Binaries) StartController(t T, c *cluster.Cluster, port int, extra ...s
 		Metrics: "http://" + addr + "/metrics",
 		env:     append(os.Environ(), "KUBECONFIG="+kc),
 		args: []string{"--namespace=" + Namespace, "--metrics-bind-address=" + addr, "--health-probe-bind-address=" + probe,
-			"--leader-elect=false", "--poll-interval=250ms", "--recheck-interval=2s", "--retry-after=5s", "--copy-trigger-timeout=3s", "--zap-log-level=debug"}}
+			"--leader-elect=false", "--poll-interval=250ms", "--recheck-interval=2s", "--key-refresh-interval=2s", "--retry-after=5s", "--copy-trigger-timeout=3s", "--zap-log-level=debug"}}
 	p.args = append(p.args, extra...)
 	p.Start()
 	t.Cleanup(func() { _, _ = p.Stop() })
@@ -246,7 +246,11 @@ func Kubeconfig(t T, c *cluster.Cluster, component, serviceAccount string) strin
 			require.NoError(t, c.Client.Create(context.Background(), obj), "%s %s", f, obj.GetName())
 		}
 	}
-	cfg, err := clientcmd.LoadFromFile(c.NetworkKubeconfig)
+	from := c.NetworkKubeconfig
+	if from == "" { // a cluster without a node network
+		from = c.Kubeconfig
+	}
+	cfg, err := clientcmd.LoadFromFile(from)
 	require.NoError(t, err)
 	for _, user := range cfg.AuthInfos {
 		user.Impersonate = "system:serviceaccount:" + Namespace + ":" + serviceAccount

@@ -265,7 +265,7 @@ func Prepare(ctx context.Context, c client.Client, owner client.Object, user *st
 // causes one) do not read and mirror the same Secrets each time: at scale
 // those reads were the largest share of a sync's API requests. A changed
 // spec prepares again at once; a user's Secret changed meanwhile is picked
-// up within Every, as Secrets are not watched (--recheck-interval).
+// up within Every, as Secrets are not watched (--key-refresh-interval).
 type Recent struct {
 	// Every is how long a preparation holds.
 	Every time.Duration
