@@ -22,6 +22,7 @@ func main() {
 	flag.StringVar(&cfg.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "Ferry's namespace, where assignments and key copies live (default: $POD_NAMESPACE)")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-bind-address", ":8080", "address the Prometheus /metrics endpoint listens on (0 disables it)")
 	flag.StringVar(&cfg.ProbeAddr, "health-probe-bind-address", ":8081", "address of the /healthz and /readyz endpoints")
+	flag.StringVar(&cfg.PprofAddr, "pprof-bind-address", "", "address Go's /debug/pprof listens on (empty: off)")
 	flag.BoolVar(&cfg.LeaderElect, "leader-elect", true, "elect a leader so that only one replica reconciles")
 	flag.DurationVar(&cfg.RetryAfter, "retry-after", time.Minute, "pause before a failed sync is tried again when no schedule says when")
 	flag.DurationVar(&cfg.Poll, "poll-interval", 2*time.Second, "how often waits that no watch covers (attachments, progress) are looked at")

@@ -71,8 +71,9 @@ type Config struct {
 	// there, and the agents read nothing outside it.
 	Namespace string
 	// MetricsAddr and ProbeAddr are where /metrics and /healthz, /readyz
-	// listen.
-	MetricsAddr, ProbeAddr string
+	// listen; PprofAddr, when set, serves Go's /debug/pprof (profiles of
+	// a controller at scale).
+	MetricsAddr, ProbeAddr, PprofAddr string
 	// LeaderElect makes replicas elect one active reconciler.
 	LeaderElect bool
 	// RetryAfter paces retries of failed syncs that no schedule paces.
@@ -108,6 +109,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		Scheme: s, Logger: log,
 		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
 		HealthProbeBindAddress:  cfg.ProbeAddr,
+		PprofBindAddress:        cfg.PprofAddr,
 		LeaderElection:          cfg.LeaderElect,
 		LeaderElectionID:        "controller.ferrysync.io",
 		LeaderElectionNamespace: cfg.Namespace,

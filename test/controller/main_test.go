@@ -191,7 +191,14 @@ func (e *env) namespace(name string, annotations map[string]string) {
 // claim creates a PVC of size in ns and waits until it is bound.
 func (e *env) claim(ns, name, size string, source *corev1.TypedLocalObjectReference) *corev1.PersistentVolume {
 	e.t.Helper()
-	pv, err := e.c.Bind(context.Background(), &corev1.PersistentVolumeClaim{
+	pv, err := e.c.Bind(context.Background(), claimOf(ns, name, size, source))
+	require.NoError(e.t, err)
+	return pv
+}
+
+// claimOf is a claim of the test driver's class.
+func claimOf(ns, name, size string, source *corev1.TypedLocalObjectReference) *corev1.PersistentVolumeClaim {
+	return &corev1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
@@ -199,9 +206,7 @@ func (e *env) claim(ns, name, size string, source *corev1.TypedLocalObjectRefere
 			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(size)}},
 			DataSource:       source,
 		},
-	})
-	require.NoError(e.t, err)
-	return pv
+	}
 }
 
 // onVolume mounts a bound claim's volume on the host through the first

@@ -114,33 +114,50 @@ func newScaleRun(src, dst *env) *scaleRun {
 	return &scaleRun{src: src, dst: dst}
 }
 
-// grow adds pairs up to n and waits until each new source has synced once.
+// grow adds pairs up to n (the claims and CRs made eight at a time, the
+// application's data written one claim at a time) and waits until each new
+// source has synced once.
 func (s *scaleRun) grow(n int) {
 	t, ctx := s.src.t, context.Background()
-	for i := s.n; i < n; i++ {
-		name := fmt.Sprintf("v%04d", i)
-		s.src.claim(scaleNS, name, "16Mi", nil)
-		s.dst.claim(scaleNS, name, "16Mi", nil)
-		s.src.onVolume(scaleNS, name, false, func(dir string) { writeApp(t, dir, "1") })
-		rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: scaleNS, Name: name},
+	name := func(i int) string { return fmt.Sprintf("v%04d", s.n+i) }
+	require.NoError(t, scale.Parallel(n-s.n, func(i int) error {
+		if _, err := s.src.c.Bind(ctx, claimOf(scaleNS, name(i), "16Mi", nil)); err != nil {
+			return err
+		}
+		_, err := s.dst.c.Bind(ctx, claimOf(scaleNS, name(i), "16Mi", nil))
+		return err
+	}))
+	for i := range n - s.n {
+		s.src.onVolume(scaleNS, name(i), false, func(dir string) { writeApp(t, dir, "1") })
+	}
+	require.NoError(t, scale.Parallel(n-s.n, func(i int) error {
+		return s.dst.k.Create(ctx, &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Namespace: scaleNS, Name: name(i)},
 			Spec: volsyncv1alpha1.ReplicationDestinationSpec{Rsync: &volsyncv1alpha1.ReplicationDestinationRsyncSpec{
 				ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{
-					CopyMethod: volsyncv1alpha1.CopyMethodDirect, DestinationPVC: ptr.To(name)},
-				SSHKeys: ptr.To("keys")}}}
-		require.NoError(t, s.dst.k.Create(ctx, rd))
-		testenv.Eventually(t, "destination "+name+"'s address", time.Minute, func() bool {
-			rd = s.dst.rd(scaleNS, name)
-			return rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil
-		})
+					CopyMethod: volsyncv1alpha1.CopyMethodDirect, DestinationPVC: ptr.To(name(i))},
+				SSHKeys: ptr.To("keys")}}})
+	}))
+	addresses := map[string]*string{}
+	testenv.Eventually(t, fmt.Sprintf("all %d destinations to have an address", n), 10*time.Minute, func() bool {
+		list := &volsyncv1alpha1.ReplicationDestinationList{}
+		require.NoError(t, s.dst.k.List(ctx, list, client.InNamespace(scaleNS)))
+		for _, rd := range list.Items {
+			if rd.Status.Rsync != nil && rd.Status.Rsync.Address != nil {
+				addresses[rd.Name] = rd.Status.Rsync.Address
+			}
+		}
+		return len(addresses) >= n
+	})
+	require.NoError(t, scale.Parallel(n-s.n, func(i int) error {
 		method := volsyncv1alpha1.CopyMethodDirect
-		if i%2 == 1 {
+		if (s.n+i)%2 == 1 {
 			method = volsyncv1alpha1.CopyMethodClone
 		}
-		require.NoError(t, s.src.k.Create(ctx, &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: scaleNS, Name: name},
-			Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: name, Trigger: &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("*/1 * * * *")},
+		return s.src.k.Create(ctx, &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: scaleNS, Name: name(i)},
+			Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: name(i), Trigger: &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To("*/1 * * * *")},
 				Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{CopyMethod: method},
-					SSHKeys: ptr.To("keys"), Address: rd.Status.Rsync.Address}}}))
-	}
+					SSHKeys: ptr.To("keys"), Address: addresses[name(i)]}}})
+	}))
 	s.n = n
 	testenv.Eventually(t, fmt.Sprintf("all %d sources to have synced", n), 10*time.Minute, func() bool {
 		list := &volsyncv1alpha1.ReplicationSourceList{}

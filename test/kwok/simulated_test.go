@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,6 +52,8 @@ const (
 	nodeIP = "10.0.0.1"
 	// ns holds the run's objects.
 	ns = "scale"
+	// pprofAddr is where the controller serves its profiles.
+	pprofAddr = "127.0.0.1:18312"
 )
 
 // BenchmarkSimulatedNodes runs FERRY_SIM_NODES (1,000) kwok nodes and, per
@@ -85,7 +86,8 @@ func BenchmarkSimulatedNodes(b *testing.B) {
 	startKwok(b, c, kwokBin, nodes)
 	k := bulkClient(b, c.Config)
 	require.NoError(b, k.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: harness.Namespace}}))
-	ctl := bins.StartController(b, c, 18310, "--poll-interval=2s", "--recheck-interval=30s", "--retry-after=1m", "--zap-log-level=info")
+	ctl := bins.StartController(b, c, 18310, "--poll-interval=2s", "--recheck-interval=30s", "--retry-after=1m", "--zap-log-level=info",
+		"--pprof-bind-address="+pprofAddr)
 	startSim(b, c.Config, time.Duration(testenv.EnvFloat("FERRY_SIM_DELAY", 1)*float64(time.Second)))
 	r := &simRun{t: b, k: k, schedule: schedule, objects: followCache(b, c.Config)}
 	r.keys()
@@ -96,12 +98,20 @@ func BenchmarkSimulatedNodes(b *testing.B) {
 		Background: []string{"leases", "nodes", "nodes/status"}}
 	window := time.Duration(testenv.EnvFloat("FERRY_SIM_INTERVALS", 2)) * interval
 	var rows []scale.Row
+	var profile string
 	for _, n := range levels(b) {
 		r.grow(n)
 		<-time.After(time.Until(time.Now().Truncate(interval).Add(interval)))
 		before := target.Sample(b)
+		profiled := make(chan error, 1)
+		go func() { // the interval's first minute: its burst
+			var err error
+			profile, err = scale.Profile(context.Background(), pprofAddr, c.Dir, time.Minute)
+			profiled <- err
+		}()
 		syncs := scale.Follow(b, r.objects, ns, before.At(), window, 10*time.Second, interval)
 		rows = append(rows, scale.NewRow(n, before, target.Sample(b), syncs, ""))
+		require.NoError(b, <-profiled)
 		b.Logf("%s", rows[len(rows)-1])
 	}
 	doc := os.Getenv("FERRY_SCALE_DOC")
@@ -117,7 +127,7 @@ slots. N Direct ReplicationSources on `+"`%s`"+` and their Direct ReplicationDes
 cluster (so its requests per sync count both sides). Each level adds pairs, waits until every
 new source has synced, then measures %s from an interval's start.`, nodes,
 			time.Duration(testenv.EnvFloat("FERRY_SIM_DELAY", 1)*float64(time.Second)), schedule, window),
-		Sides: []string{"cluster"}, X: "ReplicationSources on " + schedule, Rows: rows}))
+		Sides: []string{"cluster"}, X: "ReplicationSources on " + schedule, Rows: rows, Profile: profile}))
 }
 
 // levels reads FERRY_SIM_N.
@@ -198,7 +208,7 @@ func startKwok(t testing.TB, c *cluster.Cluster, bin string, nodes int) {
 	defer log.Close()
 	cmd := exec.Command(bin, "--kubeconfig="+c.Kubeconfig, "--config="+stage, "--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", "--node-ip="+nodeIP,
-		"--node-lease-duration-seconds=40", "--server-address=127.0.0.1:0")
+		"--node-lease-duration-seconds=40", "--server-address=127.0.0.1:0", "--v=WARN")
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(t, cmd.Start())
@@ -207,7 +217,7 @@ func startKwok(t testing.TB, c *cluster.Cluster, bin string, nodes int) {
 	k := bulkClient(t, c.Config)
 	require.NoError(t, k.Create(ctx, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: simDriver},
 		Spec: storagev1.CSIDriverSpec{AttachRequired: ptr.To(false)}}))
-	parallel(t, nodes, func(i int) error {
+	require.NoError(t, scale.Parallel(nodes, func(i int) error {
 		name := fmt.Sprintf("kwok-node-%04d", i)
 		if err := k.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name,
 			Annotations: map[string]string{"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
@@ -216,7 +226,7 @@ func startKwok(t testing.TB, c *cluster.Cluster, bin string, nodes int) {
 		}
 		return k.Create(ctx, &storagev1.CSINode{ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec: storagev1.CSINodeSpec{Drivers: []storagev1.CSINodeDriver{{Name: simDriver, NodeID: name}}}})
-	})
+	}))
 	testenv.Eventually(t, fmt.Sprintf("%d kwok nodes Ready", nodes), 5*time.Minute, func() bool {
 		list := &corev1.NodeList{}
 		require.NoError(t, k.List(ctx, list, client.MatchingLabels{"type": "kwok"}))
@@ -274,7 +284,7 @@ func (r *simRun) keys() {
 // destinations' addresses), and waits until each new source has synced.
 func (r *simRun) grow(n int) {
 	t, ctx := r.t, context.Background()
-	parallel(t, n-r.n, func(i int) error {
+	require.NoError(t, scale.Parallel(n-r.n, func(i int) error {
 		name := fmt.Sprintf("v%05d", r.n+i)
 		if err := r.volume("src-"+name, name); err != nil {
 			return err
@@ -287,7 +297,7 @@ func (r *simRun) grow(n int) {
 				ReplicationDestinationVolumeOptions: volsyncv1alpha1.ReplicationDestinationVolumeOptions{
 					CopyMethod: volsyncv1alpha1.CopyMethodDirect, DestinationPVC: ptr.To("dst-" + name)},
 				SSHKeys: ptr.To("keys")}}})
-	})
+	}))
 	testenv.Eventually(t, fmt.Sprintf("all %d destinations to have an address", n), 30*time.Minute, func() bool {
 		list := &volsyncv1alpha1.ReplicationDestinationList{}
 		require.NoError(t, r.objects.List(ctx, list, client.InNamespace(ns)))
@@ -299,7 +309,7 @@ func (r *simRun) grow(n int) {
 		}
 		return ready >= n
 	})
-	parallel(t, n-r.n, func(i int) error {
+	require.NoError(t, scale.Parallel(n-r.n, func(i int) error {
 		name := fmt.Sprintf("v%05d", r.n+i)
 		rd := &volsyncv1alpha1.ReplicationDestination{}
 		if err := r.objects.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, rd); err != nil {
@@ -309,7 +319,7 @@ func (r *simRun) grow(n int) {
 			Spec: volsyncv1alpha1.ReplicationSourceSpec{SourcePVC: "src-" + name, Trigger: &volsyncv1alpha1.TriggerSpec{Schedule: ptr.To(r.schedule)},
 				Rsync: &volsyncv1alpha1.ReplicationSourceRsyncSpec{ReplicationSourceVolumeOptions: volsyncv1alpha1.ReplicationSourceVolumeOptions{
 					CopyMethod: volsyncv1alpha1.CopyMethodDirect}, SSHKeys: ptr.To("keys"), Address: rd.Status.Rsync.Address}}})
-	})
+	}))
 	r.n = n
 	testenv.Eventually(t, fmt.Sprintf("all %d sources to have synced", n), 30*time.Minute, func() bool {
 		list := &volsyncv1alpha1.ReplicationSourceList{}
@@ -324,26 +334,40 @@ func (r *simRun) grow(n int) {
 	})
 }
 
-// volume makes a claim bound to its own pre-made PV of the simulated
-// driver (kube-controller-manager's binder completes the binding).
+// volume makes a claim of the simulated driver and its PV, bound to each
+// other as a provisioner and kube-controller-manager's binder leave them
+// (the binder, left to bind thousands, would take most of the run).
 func (r *simRun) volume(claim, owner string) error {
 	ctx := context.Background()
-	size := resource.MustParse("1Gi")
-	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: ns + "-" + claim},
-		Spec: corev1.PersistentVolumeSpec{Capacity: corev1.ResourceList{corev1.ResourceStorage: size},
-			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain, StorageClassName: "",
-			ClaimRef: &corev1.ObjectReference{Namespace: ns, Name: claim},
+	size := corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}
+	modes := []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}
+	pvName := ns + "-" + claim
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: claim,
+		Annotations: map[string]string{"pv.kubernetes.io/bind-completed": "yes"}},
+		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: modes, VolumeName: pvName, StorageClassName: ptr.To(""),
+			Resources: corev1.VolumeResourceRequirements{Requests: size}}}
+	if err := r.k.Create(ctx, pvc); err != nil {
+		return fmt.Errorf("create claim %s of %s: %w", claim, owner, err)
+	}
+	created := pvc.DeepCopy()
+	pvc.Status = corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound, AccessModes: modes, Capacity: size}
+	// Patched, not updated: the binder may have written it meanwhile.
+	if err := r.k.Status().Patch(ctx, pvc, client.MergeFrom(created)); err != nil {
+		return fmt.Errorf("bind claim %s: %w", claim, err)
+	}
+	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: pvName},
+		Spec: corev1.PersistentVolumeSpec{Capacity: size, AccessModes: modes, StorageClassName: "",
+			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
+			ClaimRef:                      &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: ns, Name: claim, UID: pvc.UID},
 			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{
 				Driver: simDriver, VolumeHandle: ns + "/" + claim}}}}
 	if err := r.k.Create(ctx, pv); err != nil {
-		return fmt.Errorf("create volume %s of %s: %w", pv.Name, owner, err)
+		return fmt.Errorf("create volume %s: %w", pvName, err)
 	}
-	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: claim},
-		Spec: corev1.PersistentVolumeClaimSpec{AccessModes: pv.Spec.AccessModes, VolumeName: pv.Name, StorageClassName: ptr.To(""),
-			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: size}}}}
-	if err := r.k.Create(ctx, pvc); err != nil {
-		return fmt.Errorf("create claim %s: %w", claim, err)
+	createdPV := pv.DeepCopy()
+	pv.Status.Phase = corev1.VolumeBound
+	if err := r.k.Status().Patch(ctx, pv, client.MergeFrom(createdPV)); err != nil {
+		return fmt.Errorf("bind volume %s: %w", pvName, err)
 	}
 	return nil
 }
@@ -369,32 +393,4 @@ func scheme(t testing.TB) *runtime.Scheme {
 	s, err := apischeme.New()
 	require.NoError(t, err)
 	return s
-}
-
-// parallel runs f(0..n-1) on 16 goroutines and fails t with the first
-// error.
-func parallel(t testing.TB, n int, f func(i int) error) {
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	next := make(chan int)
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := f(i); err != nil {
-					errs <- err
-				}
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
 }

@@ -41,6 +41,9 @@ type Section struct {
 	// X labels the plot's x axis.
 	X    string
 	Rows []Row
+	// Profile is the controller's CPU profile at the last level (go tool
+	// pprof -top), if taken.
+	Profile string
 }
 
 // Write replaces sec's section of the document at path (keeping the other
@@ -88,6 +91,9 @@ func Write(path string, sec Section) error {
 			parts = append(parts, side+": "+strings.Join(r.Top[side], ", "))
 		}
 		fmt.Fprintf(&b, "- N=%d, %s\n", r.N, strings.Join(parts, "; "))
+	}
+	if sec.Profile != "" {
+		fmt.Fprintf(&b, "\nThe controller's CPU profile during the last level's window (`go tool pprof -top -cum`):\n\n```\n%s```\n", sec.Profile)
 	}
 	fmt.Fprintf(&b, "\n![missed intervals, trigger lag, requests per sync and CPU against N](%s)\n%s", plotName, end)
 	doc = strings.TrimRight(doc, "\n") + "\n\n" + b.String()

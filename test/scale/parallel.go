@@ -1,0 +1,35 @@
+package scale
+
+import (
+	"errors"
+	"sync"
+)
+
+// Parallel runs f(0) to f(n-1) on eight goroutines (making a level's
+// thousands of objects one at a time would take most of a run) and
+// returns their errors joined.
+func Parallel(n int, f func(i int) error) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	next := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := f(i); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return errors.Join(errs...)
+}
