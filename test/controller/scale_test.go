@@ -66,11 +66,11 @@ minute's start.`, minutes),
 func production(t testing.TB, e *env) {
 	_, err := e.ctrl.Stop()
 	require.NoError(t, err)
-	e.ctrl.StartWith("--poll-interval=2s", "--recheck-interval=30s", "--retry-after=1m")
+	e.ctrl.StartWith(harness.Shipped...)
 	for _, a := range e.agents {
 		_, err := a.Stop()
 		require.NoError(t, err)
-		a.StartWith("--progress-interval=2s", "--retry-backoff=2s", "--grace-period=30s")
+		a.StartWith("--progress-interval=2s", "--retry-backoff=2s", "--grace-period=30s", "--zap-log-level=info")
 	}
 }
 

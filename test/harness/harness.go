@@ -120,6 +120,12 @@ func (b *Binaries) StartAgent(t T, c *cluster.Cluster, node cluster.Node, extra 
 	return p
 }
 
+// Shipped are the controller's flags as shipped (its defaults), which a
+// scale run passes after the tests' fast ones: it must measure the
+// product's load, not a test's.
+var Shipped = []string{"--poll-interval=2s", "--recheck-interval=30s", "--key-refresh-interval=5m", "--retry-after=1m",
+	"--copy-trigger-timeout=10m", "--zap-log-level=info"}
+
 // StartController runs the controller on the host, acting as the
 // ferry-controller ServiceAccount, with fast polls for tests; extra flags
 // are appended. It is stopped when the test ends.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -86,8 +87,7 @@ func BenchmarkSimulatedNodes(b *testing.B) {
 	startKwok(b, c, kwokBin, nodes)
 	k := bulkClient(b, c.Config)
 	require.NoError(b, k.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: harness.Namespace}}))
-	ctl := bins.StartController(b, c, 18310, "--poll-interval=2s", "--recheck-interval=30s", "--retry-after=1m", "--zap-log-level=info",
-		"--pprof-bind-address="+pprofAddr)
+	ctl := bins.StartController(b, c, 18310, append(slices.Clone(harness.Shipped), "--pprof-bind-address="+pprofAddr)...)
 	startSim(b, c.Config, time.Duration(testenv.EnvFloat("FERRY_SIM_DELAY", 1)*float64(time.Second)))
 	r := &simRun{t: b, k: k, schedule: schedule, objects: followCache(b, c.Config)}
 	r.keys()

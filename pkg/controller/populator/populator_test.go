@@ -64,3 +64,25 @@ func TestPrime(t *testing.T) {
 	assert.Equal(t, ptr.To("fast"), p.Spec.StorageClassName)
 	assert.Equal(t, &corev1.TypedLocalObjectReference{APIGroup: ptr.To("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: "img"}, p.Spec.DataSource)
 }
+
+// TestWaitingFor: only an unbound claim that names a ReplicationDestination
+// is indexed, under the destination's name.
+func TestWaitingFor(t *testing.T) {
+	ref := func(group, kind string) *corev1.TypedObjectReference {
+		return &corev1.TypedObjectReference{APIGroup: ptr.To(group), Kind: kind, Name: "rd"}
+	}
+	for _, tc := range []struct {
+		name   string
+		ref    *corev1.TypedObjectReference
+		volume string
+		want   []string
+	}{
+		{"waiting", ref("volsync.backube", "ReplicationDestination"), "", []string{"rd"}},
+		{"filled", ref("volsync.backube", "ReplicationDestination"), "pv1", nil},
+		{"another kind", ref("snapshot.storage.k8s.io", "VolumeSnapshot"), "", nil},
+		{"no source", nil, "", nil},
+	} {
+		pvc := &corev1.PersistentVolumeClaim{Spec: corev1.PersistentVolumeClaimSpec{DataSourceRef: tc.ref, VolumeName: tc.volume}}
+		assert.Equal(t, tc.want, waitingFor(pvc), tc.name)
+	}
+}
