@@ -118,7 +118,10 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 		// (read by name); Pods cached trimmed (assign.TrimPod) and read
 		// only through the cache's claim index, never the client, so no
 		// read mistakes a trimmed pod for a whole one.
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+		// Every cached object without its managedFields (never read; much
+		// of each object's size: the cache was most of the controller's
+		// memory at scale).
+		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields(), ByObject: map[client.Object]cache.ByObject{
 			&agentv1alpha1.MountAssignment{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
 			// Pods trimmed to name, node, phase and claims: a pod that
 			// starts using a destination's claim makes Ferry let go of it.

@@ -22,6 +22,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -120,7 +121,7 @@ func Step(ctx context.Context, cr CR, m Mover, o Options) (time.Duration, error)
 		st.LastSyncStartTime = &metav1.Time{Time: now}
 		st.Progress = nil
 		setSync(cr, now, volsyncv1alpha1.SynchronizingReasonSync, "sync started")
-		o.Events.Eventf(cr.Object, nil, corev1.EventTypeNormal, EventSyncStarted, "Sync", "sync started")
+		o.Events.Eventf(unversioned(cr.Object), nil, corev1.EventTypeNormal, EventSyncStarted, "Sync", "sync started")
 		phase = trigger.Syncing
 	}
 	if phase == trigger.Syncing {
@@ -268,6 +269,25 @@ func Reconciled(obj client.Object, st *volsyncv1alpha1.SyncStatus, err error, no
 func Transient(err error) bool {
 	return err != nil && (apierrors.IsConflict(err) || apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) ||
 		apierrors.IsTooManyRequests(err) || apierrors.IsServiceUnavailable(err) || errors.Is(err, context.DeadlineExceeded))
+}
+
+// unversioned refers to a CR without its resourceVersion, for events whose
+// note never changes: the events library folds repeated events into one
+// with a count when their references are equal, and the version, which
+// every status write changes, would make each a new event (one POST per
+// sync and CR at scale).
+func unversioned(obj client.Object) runtime.Object {
+	var kind string
+	switch obj.(type) {
+	case *volsyncv1alpha1.ReplicationSource:
+		kind = "ReplicationSource"
+	case *volsyncv1alpha1.ReplicationDestination:
+		kind = "ReplicationDestination"
+	default:
+		return obj
+	}
+	return &corev1.ObjectReference{APIVersion: volsyncv1alpha1.GroupVersion.String(), Kind: kind,
+		Namespace: obj.GetNamespace(), Name: obj.GetName(), UID: obj.GetUID()}
 }
 
 func timePtr(t *time.Time) *metav1.Time {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -227,4 +228,17 @@ func TestWatchedWaitIsNotPolled(t *testing.T) {
 	after, err = Step(ctx, cr, m, o)
 	require.NoError(t, err)
 	assert.Equal(t, time.Second, after, "no watch: polled")
+}
+
+// TestUnversioned: two versions of a CR give one reference (so its starts
+// fold into one event), of the CR's own kind.
+func TestUnversioned(t *testing.T) {
+	rs := &volsyncv1alpha1.ReplicationSource{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a", UID: "u", ResourceVersion: "7"}}
+	later := rs.DeepCopy()
+	later.ResourceVersion = "8"
+	assert.Equal(t, unversioned(rs), unversioned(later))
+	assert.Equal(t, &corev1.ObjectReference{APIVersion: "volsync.backube/v1alpha1", Kind: "ReplicationSource", Namespace: "ns", Name: "a", UID: "u"},
+		unversioned(rs))
+	rd := &volsyncv1alpha1.ReplicationDestination{ObjectMeta: metav1.ObjectMeta{Name: "b"}}
+	assert.Equal(t, "ReplicationDestination", unversioned(rd).(*corev1.ObjectReference).Kind)
 }
