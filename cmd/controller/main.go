@@ -29,7 +29,7 @@ func main() {
 	flag.DurationVar(&cfg.CopyTriggerTimeout, "copy-trigger-timeout", source.DefaultCopyTriggerTimeout, "how long a sync waits for a claim's volsync.backube/copy-trigger before latestMoverStatus and an event say it is late (it waits on), as VolSync")
 	flag.DurationVar(&cfg.Recheck, "recheck-interval", 30*time.Second, "how often a CR whose input must be fixed (a missing Secret, PVC or class) is looked at again")
 	flag.DurationVar(&cfg.KeyRefresh, "key-refresh-interval", 5*time.Minute, "how soon a key Secret the user replaced is read again and mirrored for the agents (Secrets are read by name, not watched)")
-	flag.IntVar(&cfg.Workers, "workers", 4, "how many ReplicationSources (and, apart, ReplicationDestinations) are reconciled at once")
+	flag.IntVar(&cfg.Workers, "workers", 8, "how many ReplicationSources (and, apart, ReplicationDestinations) are reconciled at once")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()

@@ -7,6 +7,7 @@ package keys
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -63,6 +64,10 @@ func Check(data map[string][]byte, side Side) error {
 		return fmt.Errorf("%w: missing or empty field(s) %s (a %s Secret needs %s)", ErrInvalid,
 			strings.Join(missing, ", "), side, strings.Join(side.Fields(), ", "))
 	}
+	sum := digest(data, side)
+	if parsed.has(sum) {
+		return nil
+	}
 	var err error
 	if side == Source {
 		_, err = sshkeys.ParseSource(data)
@@ -72,7 +77,51 @@ func Check(data map[string][]byte, side Side) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	parsed.add(sum)
 	return nil
+}
+
+// parsed remembers key material that parsed, by digest: parsing a
+// 4096-bit RSA key costs milliseconds (its precomputation and
+// validation), and every preparation of every CR's keys checked it again;
+// at thousands of CRs that was a third of the controller's CPU.
+var parsed = &digests{seen: map[[sha256.Size]byte]bool{}}
+
+// digests is a set of digests, emptied when it grows past maxDigests (a
+// digest is recomputed then, not trusted stale).
+type digests struct {
+	mu   sync.Mutex
+	seen map[[sha256.Size]byte]bool
+}
+
+const maxDigests = 100_000
+
+func (d *digests) has(sum [sha256.Size]byte) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.seen[sum]
+}
+
+func (d *digests) add(sum [sha256.Size]byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.seen) >= maxDigests {
+		clear(d.seen)
+	}
+	d.seen[sum] = true
+}
+
+// digest identifies the fields side needs, with their values.
+func digest(data map[string][]byte, side Side) [sha256.Size]byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00", side)
+	for _, f := range side.Fields() {
+		fmt.Fprintf(h, "%s\x00%d\x00", f, len(data[f]))
+		h.Write(data[f])
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
 }
 
 func (s Side) String() string {

@@ -81,3 +81,21 @@ func TestRecent(t *testing.T) {
 		assert.Equal(t, &published, got, s.name)
 	}
 }
+
+// TestCheckRemembersWhatParsed: key material that parsed once is not parsed
+// again; a change of any field is checked anew, and a bad key is never
+// taken for a good one.
+func TestCheckRemembersWhatParsed(t *testing.T) {
+	dst, _, err := sshkeys.Secrets()
+	require.NoError(t, err)
+	require.NoError(t, Check(dst, Destination))
+	assert.True(t, parsed.has(digest(dst, Destination)))
+	broken := map[string][]byte{}
+	for k, v := range dst {
+		broken[k] = v
+	}
+	broken[sshkeys.DestinationPrivate] = []byte("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a key\n-----END OPENSSH PRIVATE KEY-----\n")
+	assert.False(t, parsed.has(digest(broken, Destination)))
+	assert.ErrorIs(t, Check(broken, Destination), ErrInvalid)
+	assert.NotEqual(t, digest(dst, Destination), digest(dst, Source), "each side's fields are its own")
+}
