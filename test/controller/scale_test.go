@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -38,7 +36,7 @@ func BenchmarkScale(b *testing.B) {
 	far := setup(b, remote, 18120)
 	production(b, e)
 	production(b, far)
-	levels := scaleLevels(b)
+	levels := scale.Levels(b, "FERRY_SCALE_N", "100,250,500")
 	minutes := int(testenv.EnvFloat("FERRY_SCALE_MINUTES", 10))
 	s := newScaleRun(e, far)
 	var rows []scale.Row
@@ -72,21 +70,6 @@ func production(t testing.TB, e *env) {
 		require.NoError(t, err)
 		a.StartWith("--progress-interval=2s", "--retry-backoff=2s", "--grace-period=30s", "--zap-log-level=info")
 	}
-}
-
-// scaleLevels reads FERRY_SCALE_N.
-func scaleLevels(t testing.TB) []int {
-	spec := os.Getenv("FERRY_SCALE_N")
-	if spec == "" {
-		spec = "100,250,500"
-	}
-	var out []int
-	for _, f := range strings.Split(spec, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		require.NoError(t, err, "FERRY_SCALE_N %q", spec)
-		out = append(out, n)
-	}
-	return out
 }
 
 // scaleNS is the namespace of the scale run's objects in both clusters.

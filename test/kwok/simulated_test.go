@@ -99,7 +99,7 @@ func BenchmarkSimulatedNodes(b *testing.B) {
 	window := time.Duration(testenv.EnvFloat("FERRY_SIM_INTERVALS", 2)) * interval
 	var rows []scale.Row
 	var profile string
-	for _, n := range levels(b) {
+	for _, n := range scale.Levels(b, "FERRY_SIM_N", "2000,5000,10000") {
 		r.grow(n)
 		<-time.After(time.Until(time.Now().Truncate(interval).Add(interval)))
 		before := target.Sample(b)
@@ -128,21 +128,6 @@ cluster (so its requests per sync count both sides). Each level adds pairs, wait
 new source has synced, then measures %s from an interval's start.`, nodes,
 			time.Duration(testenv.EnvFloat("FERRY_SIM_DELAY", 1)*float64(time.Second)), schedule, window),
 		Sides: []string{"cluster"}, X: "ReplicationSources on " + schedule, Rows: rows, Profile: profile}))
-}
-
-// levels reads FERRY_SIM_N.
-func levels(t testing.TB) []int {
-	spec := os.Getenv("FERRY_SIM_N")
-	if spec == "" {
-		spec = "2000,5000,10000"
-	}
-	var out []int
-	for _, f := range strings.Split(spec, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		require.NoError(t, err, "FERRY_SIM_N %q", spec)
-		out = append(out, n)
-	}
-	return out
 }
 
 // scheduleInterval is the period of a "*/m * * * *" schedule.

@@ -2,7 +2,12 @@ package scale
 
 import (
 	"errors"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
+
+	"github.com/stretchr/testify/require"
 )
 
 // Parallel runs f(0) to f(n-1) on eight goroutines (making a level's
@@ -32,4 +37,20 @@ func Parallel(n int, f func(i int) error) error {
 	close(next)
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// Levels reads the levels of a run, N values separated by commas, from the
+// environment variable name (def when unset).
+func Levels(t require.TestingT, name, def string) []int {
+	spec := os.Getenv(name)
+	if spec == "" {
+		spec = def
+	}
+	var out []int
+	for _, f := range strings.Split(spec, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		require.NoError(t, err, "%s %q", name, spec)
+		out = append(out, n)
+	}
+	return out
 }
