@@ -80,7 +80,7 @@ func run(m *testing.M) (code int) {
 		return 1
 	}
 	defer network.Close()
-	if shared, err = cluster.Start(context.Background(), cluster.Options{Network: network, ServiceCIDR: "10.96.0.0/24",
+	if shared, err = cluster.Start(context.Background(), cluster.Options{Network: network, ServiceCIDR: "10.96.0.0/22",
 		LoadBalancerCIDR: lbCIDR, Log: logr.Discard()}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -90,7 +90,7 @@ func run(m *testing.M) (code int) {
 			code = 1
 		}
 	}()
-	if remote, err = cluster.Start(context.Background(), cluster.Options{Network: network, ServiceCIDR: "10.97.0.0/24",
+	if remote, err = cluster.Start(context.Background(), cluster.Options{Network: network, ServiceCIDR: "10.97.0.0/22",
 		LoadBalancerCIDR: remoteLBCIDR, Nodes: []string{"remote-node-a", "remote-node-b"}, Log: logr.Discard()}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
