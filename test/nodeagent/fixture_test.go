@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -208,12 +209,16 @@ func (r *replication) get(t *testing.T, name string) *agentv1alpha1.MountAssignm
 	return ma
 }
 
-// update changes an assignment's spec as the controller would.
+// update changes an assignment's spec as the controller would: on a
+// fresh read, again if the agent wrote its status in between (a CI run
+// lost that race once).
 func (r *replication) update(t *testing.T, name string, fn func(*agentv1alpha1.MountAssignment)) {
 	t.Helper()
-	ma := r.get(t, name)
-	fn(ma)
-	require.NoError(t, r.k.Update(r.ctx, ma))
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ma := r.get(t, name)
+		fn(ma)
+		return r.k.Update(r.ctx, ma)
+	}))
 }
 
 // synced waits until an assignment reports sync gen (or a later one) and
