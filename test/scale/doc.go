@@ -59,8 +59,8 @@ func Write(path string, sec Section) error {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
 	doc := string(old)
-	if !strings.HasPrefix(doc, "# Scale") {
-		doc = header
+	if !strings.Contains(doc, "<!-- scenario ") {
+		doc = header // not written by this: start over
 	}
 	if i, j := strings.Index(doc, begin), strings.Index(doc, end); i >= 0 && j > i {
 		doc = doc[:i] + doc[j+len(end):]
