@@ -15,13 +15,23 @@ import (
 // answer in seconds.
 const bindTimeout = time.Minute
 
+// claimWait is how long the waits below wait: bindTimeout, or ctx's own
+// deadline where it has one (a scale run provisions hundreds of volumes
+// while hundreds sync, and waits longer).
+func claimWait(ctx context.Context) time.Duration {
+	if deadline, ok := ctx.Deadline(); ok {
+		return time.Until(deadline)
+	}
+	return bindTimeout
+}
+
 // Bind creates the claim and returns its PersistentVolume once the claim is
 // bound (the classes here bind immediately).
 func (c *Cluster) Bind(ctx context.Context, claim *corev1.PersistentVolumeClaim) (*corev1.PersistentVolume, error) {
 	if err := c.Client.Create(ctx, claim); err != nil {
 		return nil, fmt.Errorf("cluster: create claim %s: %w", claim.Name, err)
 	}
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, bindTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, claimWait(ctx), true, func(ctx context.Context) (bool, error) {
 		return c.Client.Get(ctx, client.ObjectKeyFromObject(claim), claim) == nil && claim.Status.Phase == corev1.ClaimBound, nil
 	})
 	if err != nil {
@@ -47,7 +57,7 @@ func (c *Cluster) Snapshot(ctx context.Context, ns, name, claim string) error {
 	if err := c.Client.Create(ctx, snap); err != nil {
 		return fmt.Errorf("cluster: create snapshot %s: %w", name, err)
 	}
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, bindTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, claimWait(ctx), true, func(ctx context.Context) (bool, error) {
 		if c.Client.Get(ctx, client.ObjectKeyFromObject(snap), snap) != nil {
 			return false, nil
 		}

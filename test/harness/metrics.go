@@ -16,11 +16,7 @@ import (
 func (p *Proc) Metric(name string, labels map[string]string) float64 {
 	p.t.Helper()
 	for line, value := range p.series(name) {
-		ok := true
-		for k, v := range labels {
-			ok = ok && strings.Contains(line, fmt.Sprintf("%s=%q", k, v))
-		}
-		if ok {
+		if hasLabels(line, labels) {
 			return value
 		}
 	}
@@ -28,14 +24,27 @@ func (p *Proc) Metric(name string, labels map[string]string) float64 {
 	return 0
 }
 
-// MetricSum adds up every series of a metric (0 when it has none).
-func (p *Proc) MetricSum(name string) float64 {
+// MetricSum adds up every series of a metric that has all of labels (nil:
+// every series; 0 when none has).
+func (p *Proc) MetricSum(name string, labels map[string]string) float64 {
 	p.t.Helper()
 	sum := 0.0
-	for _, value := range p.series(name) {
-		sum += value
+	for line, value := range p.series(name) {
+		if hasLabels(line, labels) {
+			sum += value
+		}
 	}
 	return sum
+}
+
+// hasLabels says whether a sample line carries every one of labels.
+func hasLabels(line string, labels map[string]string) bool {
+	for k, v := range labels {
+		if !strings.Contains(line, fmt.Sprintf("%s=%q", k, v)) {
+			return false
+		}
+	}
+	return true
 }
 
 // series reads the process's /metrics and yields each sample line of the

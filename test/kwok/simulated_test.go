@@ -97,6 +97,10 @@ func BenchmarkSimulatedNodes(b *testing.B) {
 		// kwok's node leases and status grow with the nodes, not the syncs.
 		Background: []string{"leases", "nodes", "nodes/status"}}
 	window := time.Duration(testenv.EnvFloat("FERRY_SIM_INTERVALS", 2)) * interval
+	doc := os.Getenv("FERRY_SCALE_DOC")
+	if doc == "" {
+		doc = "../../docs/scale.md"
+	}
 	var rows []scale.Row
 	var profile string
 	for _, n := range scale.Levels(b, "FERRY_SIM_N", "2000,5000,10000") {
@@ -113,21 +117,18 @@ func BenchmarkSimulatedNodes(b *testing.B) {
 		rows = append(rows, scale.NewRow(n, before, target.Sample(b), syncs, ""))
 		require.NoError(b, <-profiled)
 		b.Logf("%s", rows[len(rows)-1])
-	}
-	doc := os.Getenv("FERRY_SCALE_DOC")
-	if doc == "" {
-		doc = "../../docs/scale.md"
-	}
-	require.NoError(b, scale.Write(doc, scale.Section{Name: "simulated-nodes", Title: "Simulated nodes",
-		Intro: fmt.Sprintf(`One cluster of %d nodes simulated by kwok v0.8.0 (status and leases as kubelets keep them),
+		// After each level: a later level that fails keeps the ones before.
+		require.NoError(b, scale.Write(doc, scale.Section{Name: "simulated-nodes", Title: "Simulated nodes",
+			Intro: fmt.Sprintf(`One cluster of %d nodes simulated by kwok v0.8.0 (status and leases as kubelets keep them),
 the real kube-controller-manager, Ferry's controller, and an agent simulator in place of the
 agents: it reports each assignment's steps as an agent does (Queued, Transferring, the end on both
 sides, the destination's hold) without moving data; a transfer takes %s in one of its node's 4
 slots. N Direct ReplicationSources on `+"`%s`"+` and their Direct ReplicationDestinations, in the same
 cluster (so its requests per sync count both sides). Each level adds pairs, waits until every
 new source has synced, then measures %s from an interval's start.`, nodes,
-			time.Duration(testenv.EnvFloat("FERRY_SIM_DELAY", 1)*float64(time.Second)), schedule, window),
-		Sides: []string{"cluster"}, X: "ReplicationSources on " + schedule, Rows: rows, Profile: profile}))
+				time.Duration(testenv.EnvFloat("FERRY_SIM_DELAY", 1)*float64(time.Second)), schedule, window),
+			Sides: []string{"cluster"}, X: "ReplicationSources on " + schedule, Rows: rows, Profile: profile}))
+	}
 }
 
 // scheduleInterval is the period of a "*/m * * * *" schedule.

@@ -92,6 +92,12 @@ func Write(path string, sec Section) error {
 		}
 		fmt.Fprintf(&b, "- N=%d, %s\n", r.N, strings.Join(parts, "; "))
 	}
+	if len(sec.Rows) > 0 && sec.Rows[0].SlotString() != "" {
+		fmt.Fprintf(&b, "\nWhere a source's transfer slot went (the source agents' histograms over the window):\n\n")
+		for _, r := range sec.Rows {
+			fmt.Fprintf(&b, "- N=%d: %s\n", r.N, r.SlotString())
+		}
+	}
 	if sec.Profile != "" {
 		fmt.Fprintf(&b, "\nThe controller's CPU profile during the last level's window (`go tool pprof -top -cum`):\n\n```\n%s```\n", sec.Profile)
 	}

@@ -66,6 +66,9 @@ type Row struct {
 	// resident memory by process kind: "controller", "destination
 	// controller", "agent" (the busiest), and the Target's Comms.
 	Cores, MiB map[string]float64
+	// Slot is the mean time of each step that holds a source's transfer
+	// slot on the agents ("publish", "transfer"; empty without agents).
+	Slot map[string]time.Duration
 }
 
 // NewRow works out a level's figures from its window's two samples and its
@@ -75,7 +78,7 @@ func NewRow(n int, before, after Sample, s Syncs, side string) Row {
 	r := Row{N: n, Syncs: len(s.Lags), Missed: after.missed - before.missed,
 		LagP50: percentile(s.Lags, 0.5), LagP99: percentile(s.Lags, 0.99),
 		DurP50: percentile(s.Durations, 0.5), DurP99: percentile(s.Durations, 0.99),
-		PerSync: map[string]float64{}, Cores: map[string]float64{}, MiB: map[string]float64{}}
+		PerSync: map[string]float64{}, Cores: map[string]float64{}, MiB: map[string]float64{}, Slot: map[string]time.Duration{}}
 	syncs := float64(max(r.Syncs, 1))
 	per := map[string]map[string]float64{}
 	for k, v := range after.requests {
@@ -113,7 +116,20 @@ func NewRow(n int, before, after Sample, s Syncs, side string) Row {
 		kind := processKind(name)
 		r.MiB[kind] = max(r.MiB[kind], max(v, before.rss[name])/(1<<20))
 	}
+	for step := range slotSteps {
+		if n := after.slot[step+" count"] - before.slot[step+" count"]; n > 0 {
+			r.Slot[step] = time.Duration((after.slot[step+" sum"] - before.slot[step+" sum"]) / n * float64(time.Second))
+		}
+	}
 	return r
+}
+
+// SlotString says where a source's transfer slot went ("" without agents).
+func (r Row) SlotString() string {
+	if len(r.Slot) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("publish %v, transfer %v (means)", r.Slot["publish"].Round(time.Millisecond), r.Slot["transfer"].Round(time.Millisecond))
 }
 
 // processKind groups processes for the table: the agents by their busiest.
@@ -144,7 +160,7 @@ func (r Row) String() string {
 		top = append(top, side+": "+strings.Join(t, ", "))
 	}
 	sort.Strings(top)
-	return fmt.Sprintf("N=%d: %d syncs, %.0f missed, lag p50 %v p99 %v, duration p50 %v p99 %v, requests/sync %s, controller %.2f cores %.0f MiB, agent %.2f cores %.0f MiB, apiservers %.2f, etcd %.2f cores; top: %s",
+	return fmt.Sprintf("N=%d: %d syncs, %.0f missed, lag p50 %v p99 %v, duration p50 %v p99 %v, requests/sync %s, controller %.2f cores %.0f MiB, agent %.2f cores %.0f MiB, apiservers %.2f, etcd %.2f cores; source slot: %s; top: %s",
 		r.N, r.Syncs, r.Missed, r.LagP50, r.LagP99, r.DurP50, r.DurP99, strings.Join(per, ", "),
-		r.Cores["controller"], r.MiB["controller"], r.Cores["agent"], r.MiB["agent"], r.Cores["kube-apiserver"], r.Cores["etcd"], strings.Join(top, " | "))
+		r.Cores["controller"], r.MiB["controller"], r.Cores["agent"], r.MiB["agent"], r.Cores["kube-apiserver"], r.Cores["etcd"], r.SlotString(), strings.Join(top, " | "))
 }

@@ -55,6 +55,17 @@ type Sample struct {
 	requests map[string]float64
 	// cpu is CPU seconds and rss resident bytes, by process name.
 	cpu, rss map[string]float64
+	// slot is the source agents' histograms of the steps that hold a
+	// transfer slot, summed over agents: "<step> sum" seconds and "<step>
+	// count" observations, for the steps in slotSteps.
+	slot map[string]float64
+}
+
+// slotSteps are the agent histograms, by step, whose means show where a
+// source's transfer slot goes (its role="source" series).
+var slotSteps = map[string]string{
+	"publish":  "ferry_agent_publish_duration_seconds",
+	"transfer": "ferry_agent_transfer_duration_seconds",
 }
 
 // At is when the sample was read.
@@ -62,8 +73,8 @@ func (s Sample) At() time.Time { return s.at }
 
 // Sample reads the counters of the target's clusters and processes.
 func (tg Target) Sample(t require.TestingT) Sample {
-	out := Sample{at: time.Now(), requests: map[string]float64{}, cpu: map[string]float64{}, rss: map[string]float64{}}
-	out.missed = tg.Controller.MetricSum("volsync_missed_intervals_total")
+	out := Sample{at: time.Now(), requests: map[string]float64{}, cpu: map[string]float64{}, rss: map[string]float64{}, slot: map[string]float64{}}
+	out.missed = tg.Controller.MetricSum("volsync_missed_intervals_total", nil)
 	for side, cfg := range tg.Clusters {
 		for k, v := range apiRequests(t, cfg) {
 			if _, resource, _ := strings.Cut(k, " "); !slices.Contains(tg.Background, resource) {
@@ -74,6 +85,13 @@ func (tg Target) Sample(t require.TestingT) Sample {
 	for name, p := range tg.Procs {
 		out.cpu[name] = p.Metric("process_cpu_seconds_total", nil)
 		out.rss[name] = p.Metric("process_resident_memory_bytes", nil)
+		if processKind(name) != "agent" {
+			continue
+		}
+		for step, metric := range slotSteps {
+			out.slot[step+" sum"] += p.MetricSum(metric+"_sum", map[string]string{"role": "source"})
+			out.slot[step+" count"] += p.MetricSum(metric+"_count", map[string]string{"role": "source"})
+		}
 	}
 	for _, comm := range tg.Comms {
 		out.cpu[comm] = commCPU(t, comm)
