@@ -23,11 +23,7 @@ const (
 var labels = []string{"obj_name", "obj_namespace", "role", "method"}
 
 var (
-	syncDuration = prometheus.NewSummaryVec(prometheus.SummaryOpts{
-		Name:       "volsync_sync_duration_seconds",
-		Help:       "Duration of the sync interval in seconds",
-		Objectives: map[float64]float64{0.5: 0.05, 0.9: 0.01, 0.99: 0.001},
-	}, labels)
+	syncDuration    = newDurations(time.Now)
 	missedIntervals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "volsync_missed_intervals_total",
 		Help: "The number of times a synchronization failed to complete before the next scheduled start",
@@ -45,13 +41,16 @@ func init() {
 // Object is one CR's series.
 type Object struct{ Name, Namespace, Role string }
 
-func (o Object) values() []string { return []string{o.Name, o.Namespace, o.Role, Method} }
+func (o Object) values() []string { v := o.series(); return v[:] }
+
+// series are the label values as syncDuration keys them.
+func (o Object) series() [4]string { return [4]string{o.Name, o.Namespace, o.Role, Method} }
 
 // Synced records a completed sync and that the volume is in sync. The
 // missed-intervals series exists from then on (at 0 until one is
 // missed), so that an alert on its increase sees a CR that never missed.
 func (o Object) Synced(d time.Duration) {
-	syncDuration.WithLabelValues(o.values()...).Observe(d.Seconds())
+	syncDuration.observe(o.series(), d.Seconds())
 	missedIntervals.WithLabelValues(o.values()...)
 	outOfSync.WithLabelValues(o.values()...).Set(0)
 }
@@ -70,7 +69,7 @@ func (o Object) Missed(n int) {
 
 // Forget drops the CR's series when it is deleted.
 func (o Object) Forget() {
-	syncDuration.DeleteLabelValues(o.values()...)
+	syncDuration.forget(o.series())
 	missedIntervals.DeleteLabelValues(o.values()...)
 	outOfSync.DeleteLabelValues(o.values()...)
 }
