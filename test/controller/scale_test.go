@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"os"
 	"testing"
 	"time"
 
@@ -39,10 +38,7 @@ func BenchmarkScale(b *testing.B) {
 	levels := scale.Levels(b, "FERRY_SCALE_N", "100,250,500")
 	minutes := int(testenv.EnvFloat("FERRY_SCALE_MINUTES", 10))
 	s := newScaleRun(e, far)
-	doc := os.Getenv("FERRY_SCALE_DOC")
-	if doc == "" {
-		doc = "../../docs/scale.md"
-	}
+	doc := scale.Doc()
 	var rows []scale.Row
 	for _, n := range levels {
 		s.grow(n)

@@ -97,10 +97,7 @@ func BenchmarkSimulatedNodes(b *testing.B) {
 		// kwok's node leases and status grow with the nodes, not the syncs.
 		Background: []string{"leases", "nodes", "nodes/status"}}
 	window := time.Duration(testenv.EnvFloat("FERRY_SIM_INTERVALS", 2)) * interval
-	doc := os.Getenv("FERRY_SCALE_DOC")
-	if doc == "" {
-		doc = "../../docs/scale.md"
-	}
+	doc := scale.Doc()
 	var rows []scale.Row
 	var profile string
 	for _, n := range scale.Levels(b, "FERRY_SIM_N", "2000,5000,10000") {

@@ -15,6 +15,15 @@ import (
 	"gonum.org/v1/plot/vg/vgimg"
 )
 
+// Doc is the document the scenarios write: FERRY_SCALE_DOC, or the
+// repository's docs/scale.md from a test package's directory.
+func Doc() string {
+	if doc := os.Getenv("FERRY_SCALE_DOC"); doc != "" {
+		return doc
+	}
+	return "../../docs/scale.md"
+}
+
 // header opens docs/scale.md; each scenario's section follows it.
 const header = `# Scale
 

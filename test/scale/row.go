@@ -117,8 +117,9 @@ func NewRow(n int, before, after Sample, s Syncs, side string) Row {
 		r.MiB[kind] = max(r.MiB[kind], max(v, before.rss[name])/(1<<20))
 	}
 	for step := range slotSteps {
-		if n := after.slot[step+" count"] - before.slot[step+" count"]; n > 0 {
-			r.Slot[step] = time.Duration((after.slot[step+" sum"] - before.slot[step+" sum"]) / n * float64(time.Second))
+		a, b := after.slot[step], before.slot[step]
+		if n := a.count - b.count; n > 0 {
+			r.Slot[step] = time.Duration((a.sum - b.sum) / n * float64(time.Second))
 		}
 	}
 	return r

@@ -56,10 +56,12 @@ type Sample struct {
 	// cpu is CPU seconds and rss resident bytes, by process name.
 	cpu, rss map[string]float64
 	// slot is the source agents' histograms of the steps that hold a
-	// transfer slot, summed over agents: "<step> sum" seconds and "<step>
-	// count" observations, for the steps in slotSteps.
-	slot map[string]float64
+	// transfer slot, summed over agents, by step of slotSteps.
+	slot map[string]histogram
 }
+
+// histogram is a Prometheus histogram's sum (seconds) and count.
+type histogram struct{ sum, count float64 }
 
 // slotSteps are the agent histograms, by step, whose means show where a
 // source's transfer slot goes (its role="source" series).
@@ -73,7 +75,7 @@ func (s Sample) At() time.Time { return s.at }
 
 // Sample reads the counters of the target's clusters and processes.
 func (tg Target) Sample(t require.TestingT) Sample {
-	out := Sample{at: time.Now(), requests: map[string]float64{}, cpu: map[string]float64{}, rss: map[string]float64{}, slot: map[string]float64{}}
+	out := Sample{at: time.Now(), requests: map[string]float64{}, cpu: map[string]float64{}, rss: map[string]float64{}, slot: map[string]histogram{}}
 	out.missed = tg.Controller.MetricSum("volsync_missed_intervals_total", nil)
 	for side, cfg := range tg.Clusters {
 		for k, v := range apiRequests(t, cfg) {
@@ -89,8 +91,10 @@ func (tg Target) Sample(t require.TestingT) Sample {
 			continue
 		}
 		for step, metric := range slotSteps {
-			out.slot[step+" sum"] += p.MetricSum(metric+"_sum", map[string]string{"role": "source"})
-			out.slot[step+" count"] += p.MetricSum(metric+"_count", map[string]string{"role": "source"})
+			h := out.slot[step]
+			h.sum += p.MetricSum(metric+"_sum", map[string]string{"role": "source"})
+			h.count += p.MetricSum(metric+"_count", map[string]string{"role": "source"})
+			out.slot[step] = h
 		}
 	}
 	for _, comm := range tg.Comms {
