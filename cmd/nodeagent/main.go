@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/ferrysync/ferry/pkg/agent"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
+	"github.com/ferrysync/ferry/pkg/csi"
+	"github.com/ferrysync/ferry/pkg/kubelet"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
 	"github.com/ferrysync/ferry/pkg/transfer/keepalive"
 	"github.com/ferrysync/ferry/pkg/transfer/reexec"
@@ -31,6 +34,9 @@ func main() {
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, from the downward API)")
 	flag.StringVar(&cfg.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "Ferry's namespace, where assignments and key Secrets live (default: $POD_NAMESPACE)")
 	flag.StringVar(&cfg.KubeletRoot, "kubelet-root", "/var/lib/kubelet", "kubelet's root directory: CSI plugin sockets and Ferry's mounts are under it")
+	var endpoints stringList
+	flag.Var(&endpoints, "csi-endpoint", "DRIVER=SOCKET: the node plugin socket of a CSI driver whose plugin the agent cannot find through kubelet's plugin registration (plugins_registry), as it finds all others; repeat for more drivers")
+	flag.DurationVar(&cfg.CSICallTimeout, "csi-call-timeout", csi.DefaultCallTimeout, "bound on each call to a CSI node plugin, as kubelet bounds its own")
 	flag.StringVar(&cfg.StateDir, "state-dir", "/var/lib/ferry", "the agent's own state directory")
 	flag.StringVar(&cfg.SSHBindAddress, "ssh-bind-address", os.Getenv("NODE_IP"), "address destinations' ssh listeners bind to (default: $NODE_IP; empty: all)")
 	flag.StringVar(&cfg.SSHAdvertiseAddress, "ssh-advertise-address", os.Getenv("NODE_IP"), "node address reported for destinations (default: $NODE_IP)")
@@ -55,6 +61,10 @@ func main() {
 	log := zap.New(zap.UseFlagOptions(&opts))
 	ctrl.SetLogger(log)
 	var err error
+	if cfg.CSIEndpoints, err = kubelet.ParseEndpoints(endpoints); err != nil {
+		fmt.Fprintln(os.Stderr, "nodeagent: --csi-endpoint:", err)
+		os.Exit(2)
+	}
 	if cfg.Ports, err = agent.ParsePortRange(*ports); err != nil {
 		fmt.Fprintln(os.Stderr, "nodeagent:", err)
 		os.Exit(2)
@@ -95,4 +105,14 @@ func useHelper(log logr.Logger) {
 		reexec.UseBinary(helper)
 		log.Info("helper processes start from ferry-helper", "path", helper)
 	}
+}
+
+// stringList is a flag that may be given more than once.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
 }

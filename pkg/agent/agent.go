@@ -67,6 +67,12 @@ type Config struct {
 	Namespace string
 	// KubeletRoot is kubelet's root directory (/var/lib/kubelet).
 	KubeletRoot string
+	// CSIEndpoints names node plugin sockets outright (driver name →
+	// socket path) for drivers the agent cannot find through kubelet's
+	// plugin registration; others are found as kubelet finds them.
+	CSIEndpoints map[string]string
+	// CSICallTimeout bounds each call to a node plugin.
+	CSICallTimeout time.Duration
 	// StateDir is the agent's own directory (scratch for confinement).
 	StateDir string
 	// SSHBindAddress is the address destinations listen on ("" for all).
@@ -127,7 +133,7 @@ func Run(ctx context.Context, restConfig *rest.Config, cfg Config, log logr.Logg
 	defer abort()
 	// Closed in reverse: the endpoint (its receivers write into published
 	// volumes) before the publisher.
-	pub := csi.NewPublisher(csi.DefaultRoot(cfg.KubeletRoot), cfg.KubeletRoot, log.WithName("csi"))
+	pub := csi.NewPublisher(cfg.KubeletRoot, log.WithName("csi"), csi.WithEndpoints(cfg.CSIEndpoints), csi.WithCallTimeout(cfg.CSICallTimeout))
 	defer pub.Close()
 	server, cgroups, err := newServer(cfg, scratch, log)
 	if err != nil {

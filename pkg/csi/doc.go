@@ -1,11 +1,28 @@
 // Package csi lets the node agent reach a volume's data without a pod: it
-// talks to the CSI node plugin on the plugin's unix socket the way kubelet
-// does (NodeStageVolume to a per-volume staging path when the plugin stages,
-// NodePublishVolume to a path of Ferry's own, read-only for sources, a device
-// file for Block volumes). For drivers that require attach it publishes with
-// the publish context of the VolumeAttachment the controller made
-// (pkg/controller/assign): attaching is control-plane work, so this package
-// carries no Kubernetes API client.
+// talks to the CSI node plugin the way kubelet does, so that a driver sees
+// from Ferry exactly what it sees from kubelet:
+//
+//   - the plugin's socket is the endpoint its registration announces in
+//     kubelet's plugins_registry (kubelet.Plugins), never guessed from the
+//     driver's name;
+//   - NodeStageVolume (when the plugin stages) goes to kubelet's own staging
+//     path for the volume (kubelet.StagingPath): a node has one staging path
+//     per volume, shared with kubelet; Ferry leaves a volume staged while
+//     kubelet has it staged or anything else mounts from it (keepStaged),
+//     as kubelet leaves it staged while Ferry's mount remains;
+//   - NodePublishVolume goes to a path of Ferry's own under kubelet's CSI
+//     plugin directory (DefaultRoot), which every node plugin container
+//     mounts, read-only for sources, a device file for Block volumes, and
+//     the mount is checked afterwards: a plugin that mounted only inside its
+//     own container fails the publish instead of a later sync;
+//   - the access mode is kubelet's mapping of the PV's first access mode
+//     (accessMode), and every call is bounded as kubelet bounds it
+//     (DefaultCallTimeout).
+//
+// For drivers that require attach it publishes with the publish context of
+// the VolumeAttachment the controller made (pkg/controller/assign):
+// attaching is control-plane work, so this package carries no Kubernetes
+// API client.
 //
 // Every step is idempotent and recorded before it is taken (a small
 // volume.json beside the mounts, without secrets), so that an agent killed at

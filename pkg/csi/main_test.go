@@ -2,8 +2,12 @@ package csi
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -15,6 +19,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/kubelet"
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/test/cluster"
 )
@@ -46,7 +51,7 @@ func needCluster(t *testing.T) *cluster.Cluster {
 		t.Skip("needs a cluster; not in -short mode")
 	}
 	clusterOnce.Do(func() {
-		shared, clusterErr = cluster.Start(context.Background(), cluster.Options{Nodes: []string{"node-a"}})
+		shared, clusterErr = cluster.Start(context.Background(), cluster.Options{Nodes: []string{"node-a"}, Profiles: []string{"ceph", "longhorn", "lvm", "topolvm"}})
 	})
 	require.NoError(t, clusterErr)
 	t.Cleanup(func() {
@@ -57,6 +62,8 @@ func needCluster(t *testing.T) *cluster.Cluster {
 	return shared
 }
 
+var size32Mi = resource.MustParse("32Mi")
+
 // claim creates a PVC and returns its PV once bound.
 func claim(t *testing.T, c *cluster.Cluster, name, class string, mode corev1.PersistentVolumeMode, source *corev1.TypedLocalObjectReference) *corev1.PersistentVolume {
 	t.Helper()
@@ -66,7 +73,7 @@ func claim(t *testing.T, c *cluster.Cluster, name, class string, mode corev1.Per
 			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 			StorageClassName: ptr.To(class),
 			VolumeMode:       ptr.To(mode),
-			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("32Mi")}},
+			Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: size32Mi}},
 			DataSource:       source,
 		},
 	})
@@ -74,14 +81,24 @@ func claim(t *testing.T, c *cluster.Cluster, name, class string, mode corev1.Per
 	return pv
 }
 
-// assertNothingLeft checks that nothing is mounted under root, root holds no
-// volume directory, and no loop device backs one of the cluster's images.
-func assertNothingLeft(t *testing.T, c *cluster.Cluster, root string) {
+// assertNothingLeft checks that nothing is mounted under the node's
+// kubelet CSI directory (where Ferry's roots and kubelet's staging paths
+// are), that no directory is left there but empty driver directories and
+// the test roots, and that no loop device backs one of the cluster's
+// images.
+func assertNothingLeft(t *testing.T, c *cluster.Cluster, kubeletDir string) {
 	t.Helper()
-	assertNoMounts(t, root)
-	entries, err := os.ReadDir(root)
-	if err == nil {
-		require.Empty(t, entries, "volume directories left under %s", root)
+	dir := kubelet.CSIPluginDir(kubeletDir)
+	assertNoMounts(t, dir)
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		require.NoError(t, err)
+		if rel, _ := filepath.Rel(dir, path); strings.Contains(rel, "/") || !d.IsDir() {
+			t.Errorf("left behind: %s", path)
+		}
+		return nil
+	})
+	if !errors.Is(err, fs.ErrNotExist) {
+		require.NoError(t, err)
 	}
 	assertNoLoopDevices(t, c)
 }

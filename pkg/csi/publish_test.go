@@ -29,13 +29,13 @@ import (
 func TestPublishLifecycle(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	root := filepath.Join(c.Nodes[0].KubeletDir, "plugins", "ferrysync.io", "lifecycle")
+	root := filepath.Join(kubelet.CSIPluginDir(c.Nodes[0].KubeletDir), "ferrysync.io~lifecycle")
 	var logs bytes.Buffer
 	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + args + "\n") }, funcr.Options{Verbosity: 4})
-	p := NewPublisher(root, c.Nodes[0].KubeletDir, log)
+	p := NewPublisher(c.Nodes[0].KubeletDir, log, WithRoot(root))
 	defer p.Close()
 
-	kc, err := Dial(ctx, kubelet.PluginSocket(c.Nodes[0].KubeletDir, cluster.DriverName), discard)
+	kc, err := Dial(ctx, c.Nodes[0].PluginSocket(cluster.DriverName), DefaultCallTimeout, discard)
 	require.NoError(t, err)
 	info, err := kc.node.NodeGetInfo(ctx, &csispec.NodeGetInfoRequest{})
 	require.NoError(t, err)
@@ -90,7 +90,7 @@ func TestPublishLifecycle(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, "new"), []byte("x"), 0o644))
 		require.NoError(t, p.Unpublish(ctx, pv.Name))
 	}
-	assertNothingLeft(t, c, root)
+	assertNothingLeft(t, c, c.Nodes[0].KubeletDir)
 }
 
 // TestPublishBlock publishes a Block volume: a device file, whose bytes
@@ -98,8 +98,8 @@ func TestPublishLifecycle(t *testing.T) {
 func TestPublishBlock(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	root := filepath.Join(c.Nodes[0].KubeletDir, "plugins", "ferrysync.io", "block")
-	p := NewPublisher(root, c.Nodes[0].KubeletDir, discard)
+	root := filepath.Join(kubelet.CSIPluginDir(c.Nodes[0].KubeletDir), "ferrysync.io~block")
+	p := NewPublisher(c.Nodes[0].KubeletDir, discard, WithRoot(root))
 	defer p.Close()
 	pv := claim(t, c, "block", cluster.StorageClass, corev1.PersistentVolumeBlock, nil)
 	v := FromPersistentVolume(pv)
@@ -127,5 +127,5 @@ func TestPublishBlock(t *testing.T) {
 	require.NoError(t, f.Close())
 	assert.Equal(t, "block payload", string(got))
 	require.NoError(t, p.Unpublish(ctx, pv.Name))
-	assertNothingLeft(t, c, root)
+	assertNothingLeft(t, c, c.Nodes[0].KubeletDir)
 }

@@ -1,10 +1,7 @@
 package csi
 
 import (
-	"github.com/ferrysync/ferry/pkg/kubelet"
-
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/ferrysync/ferry/pkg/kubelet"
 	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/test/cluster"
 )
@@ -29,15 +27,15 @@ import (
 func TestCrashRecovery(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
-	kubelet := c.Nodes[0].KubeletDir
-	root := filepath.Join(kubelet, "plugins", "ferrysync.io", "crash")
+	kubeletDir := c.Nodes[0].KubeletDir
+	root := WithRoot(filepath.Join(kubelet.CSIPluginDir(kubeletDir), "ferrysync.io~crash"))
 	pv := claim(t, c, "crash", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
 	v := FromPersistentVolume(pv)
 	nothing := func(string) bool { return false }
 	everything := func(string) bool { return true }
 
 	{
-		p := NewPublisher(root, kubelet, discard)
+		p := NewPublisher(kubeletDir, discard, root)
 		dir, err := p.Publish(ctx, pv.Name, v)
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, "kept"), []byte("still here"), 0o644))
@@ -45,20 +43,20 @@ func TestCrashRecovery(t *testing.T) {
 		require.NoError(t, p.Close())
 	}
 
-	publishing := len(NewPublisher(root, kubelet, discard).publishSteps(pv.Name, v))
+	publishing := len(NewPublisher(kubeletDir, discard, root).publishSteps(pv.Name, v))
 	for done := 0; done <= publishing; done++ {
 		t.Run(fmt.Sprintf("publish-crash-after-%d-steps", done), func(t *testing.T) {
-			crashed := NewPublisher(root, kubelet, discard)
+			crashed := NewPublisher(kubeletDir, discard, root)
 			require.NoError(t, crashed.run(ctx, pv.Name, crashed.publishSteps(pv.Name, v)[:done]))
 			_ = crashed.Close()
 
-			p := NewPublisher(root, kubelet, discard)
+			p := NewPublisher(kubeletDir, discard, root)
 			defer p.Close()
 			require.NoError(t, p.Recover(ctx, nothing))
-			assertNothingLeft(t, c, root)
+			assertNothingLeft(t, c, kubeletDir)
 
 			// The same crash, with the volume still wanted.
-			crashed = NewPublisher(root, kubelet, discard)
+			crashed = NewPublisher(kubeletDir, discard, root)
 			require.NoError(t, crashed.run(ctx, pv.Name, crashed.publishSteps(pv.Name, v)[:done]))
 			_ = crashed.Close()
 			require.NoError(t, p.Recover(ctx, everything))
@@ -68,24 +66,25 @@ func TestCrashRecovery(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, "still here", string(got))
 			require.NoError(t, p.Unpublish(ctx, pv.Name))
-			assertNothingLeft(t, c, root)
+			assertNothingLeft(t, c, kubeletDir)
 		})
 	}
 
-	rec := record{Driver: v.Driver, Handle: v.Handle, Staged: true}
-	tearing := len(NewPublisher(root, kubelet, discard).teardownSteps(pv.Name, rec))
+	rec := record{Driver: v.Driver, Handle: v.Handle, Staged: true, StagingPath: kubelet.StagingPath(kubeletDir, v.Driver, v.Handle)}
+	tree := NewPublisher(kubeletDir, discard, root).root
+	tearing := len(NewPublisher(kubeletDir, discard, root).teardownSteps(tree, pv.Name, rec))
 	for done := 0; done < tearing; done++ {
 		t.Run(fmt.Sprintf("teardown-crash-after-%d-steps", done), func(t *testing.T) {
-			crashed := NewPublisher(root, kubelet, discard)
+			crashed := NewPublisher(kubeletDir, discard, root)
 			_, err := crashed.Publish(ctx, pv.Name, v)
 			require.NoError(t, err)
-			require.NoError(t, crashed.run(ctx, pv.Name, crashed.teardownSteps(pv.Name, rec)[:done]))
+			require.NoError(t, crashed.run(ctx, pv.Name, crashed.teardownSteps(tree, pv.Name, rec)[:done]))
 			_ = crashed.Close()
 
-			p := NewPublisher(root, kubelet, discard)
+			p := NewPublisher(kubeletDir, discard, root)
 			defer p.Close()
 			require.NoError(t, p.Recover(ctx, nothing))
-			assertNothingLeft(t, c, root)
+			assertNothingLeft(t, c, kubeletDir)
 		})
 	}
 }
@@ -100,15 +99,15 @@ func TestDirectReusesKubeletMount(t *testing.T) {
 	c := needCluster(t)
 	ctx := context.Background()
 	kubeletDir := c.Nodes[0].KubeletDir
-	root := filepath.Join(kubeletDir, "plugins", "ferrysync.io", "direct")
+	root := filepath.Join(kubelet.CSIPluginDir(kubeletDir), "ferrysync.io~direct")
 	pv := claim(t, c, "direct", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
 	v := FromPersistentVolume(pv)
 
 	// Kubelet's side, through the same node plugin and at kubelet's paths.
-	globalmount := filepath.Join(kubeletDir, "plugins", "kubernetes.io", "csi", v.Driver,
-		fmt.Sprintf("%x", sha256.Sum256([]byte(v.Handle))), "globalmount")
 	podMount := filepath.Join(kubeletDir, "pods", "0f1e2d3c-pod-uid", "volumes", "kubernetes.io~csi", pv.Name, "mount")
-	unmountPod, err := cluster.MountVolumeAt(ctx, kubelet.PluginSocket(kubeletDir, v.Driver), v.Handle, globalmount, podMount, false, nil)
+	pod := c.Nodes[0].Volume(v.Driver, v.Handle)
+	pod.AsPod = true
+	unmountPod, err := pod.At(ctx, podMount)
 	require.NoError(t, err)
 	defer func() {
 		assert.NoError(t, unmountPod())
@@ -128,7 +127,7 @@ func TestDirectReusesKubeletMount(t *testing.T) {
 	_, err = mount.KubeletMount(kubeletDir, "no-such-pv", false)
 	require.ErrorIs(t, err, mount.ErrNoKubeletMount)
 
-	p := NewPublisher(root, kubeletDir, discard)
+	p := NewPublisher(kubeletDir, discard, WithRoot(root))
 	defer p.Close()
 	v.ReadOnly, v.Reuse = true, found
 	dir, err := p.Publish(ctx, pv.Name, v)

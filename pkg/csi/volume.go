@@ -39,8 +39,9 @@ type Volume struct {
 	Attachment string
 	// ReadOnly publishes the volume read-only (every source).
 	ReadOnly bool
-	// MultiNode says that the PV's access modes allow more than one node.
-	MultiNode bool
+	// AccessModes are the PV's; the first one is what the plugin is told
+	// (accessMode), as kubelet tells it.
+	AccessModes []corev1.PersistentVolumeAccessMode
 	// Reuse is an existing mount of the volume, kubelet's for a pod on this
 	// node (see mount.KubeletMount), to bind read-only instead of
 	// publishing the volume a second time. Only for ReadOnly.
@@ -48,18 +49,14 @@ type Volume struct {
 }
 
 // FromPersistentVolume is what a CSI PersistentVolume itself says about
-// publishing it: driver, handle, fsType, mount options, attributes, Block,
-// and whether its access modes allow more than one node. The caller adds
+// publishing it: driver, handle, fsType, mount options, attributes, Block
+// and access modes. The caller adds
 // secrets, the attachment and how Ferry wants it (ReadOnly, Reuse).
 func FromPersistentVolume(pv *corev1.PersistentVolume) Volume {
 	src := pv.Spec.CSI
 	v := Volume{Driver: src.Driver, Handle: src.VolumeHandle, FSType: src.FSType, MountOptions: pv.Spec.MountOptions,
-		Attributes: src.VolumeAttributes, Block: pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock}
-	for _, m := range pv.Spec.AccessModes {
-		if m == corev1.ReadWriteMany || m == corev1.ReadOnlyMany {
-			v.MultiNode = true
-		}
-	}
+		Attributes: src.VolumeAttributes, Block: pv.Spec.VolumeMode != nil && *pv.Spec.VolumeMode == corev1.PersistentVolumeBlock,
+		AccessModes: pv.Spec.AccessModes}
 	return v
 }
 
@@ -75,13 +72,17 @@ type record struct {
 	ReadOnly   bool   `json:"readOnly,omitempty"`
 	Attachment string `json:"attachment,omitempty"`
 	Staged     bool   `json:"staged,omitempty"`
-	Reuse      string `json:"reuse,omitempty"`
+	// StagingPath is where the volume was staged; empty in records of
+	// agents that staged in the volume's own directory
+	// (tree.legacyStagePath).
+	StagingPath string `json:"stagingPath,omitempty"`
+	Reuse       string `json:"reuse,omitempty"`
 }
 
 const recordFile = "volume.json"
 
-func (p *Publisher) readRecord(name string) (*record, error) {
-	b, err := os.ReadFile(filepath.Join(p.root, name, recordFile))
+func (t tree) readRecord(name string) (*record, error) {
+	b, err := os.ReadFile(filepath.Join(t.dir(name), recordFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -97,8 +98,8 @@ func (p *Publisher) readRecord(name string) (*record, error) {
 
 // writeRecord replaces the record atomically and durably: a crash leaves
 // the old record or the new one, never half of one.
-func (p *Publisher) writeRecord(name string, r record) error {
-	dir := filepath.Join(p.root, name)
+func (t tree) writeRecord(name string, r record) error {
+	dir := t.dir(name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create volume directory: %w", err)
 	}
@@ -133,19 +134,48 @@ func (r record) matches(v Volume) bool {
 		r.Attachment == v.Attachment && r.Reuse == v.Reuse
 }
 
-func (v Volume) capability() *csispec.VolumeCapability {
-	mode := csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
-	switch {
-	case v.MultiNode && v.ReadOnly:
-		mode = csispec.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
-	case v.MultiNode:
-		mode = csispec.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
+// capability is the volume capability kubelet would send this plugin for
+// the volume, so that a driver strict about access modes (Longhorn refuses
+// MULTI_NODE_* for a volume that is not shared, ceph-csi's RBD for a
+// filesystem) sees from Ferry exactly what it sees from kubelet. A
+// read-only publish is the request's Readonly flag, as kubelet sends it,
+// not another access mode.
+func (v Volume) capability(caps nodeCaps) *csispec.VolumeCapability {
+	first := corev1.ReadWriteOnce // kubelet's default for a PV without modes
+	if len(v.AccessModes) > 0 {
+		first = v.AccessModes[0]
 	}
-	c := &csispec.VolumeCapability{AccessMode: &csispec.VolumeCapability_AccessMode{Mode: mode}}
+	c := &csispec.VolumeCapability{AccessMode: &csispec.VolumeCapability_AccessMode{Mode: accessMode(first, caps.singleNodeMultiWriter)}}
 	if v.Block {
 		c.AccessType = &csispec.VolumeCapability_Block{Block: &csispec.VolumeCapability_BlockVolume{}}
 	} else {
 		c.AccessType = &csispec.VolumeCapability_Mount{Mount: &csispec.VolumeCapability_MountVolume{FsType: v.FSType, MountFlags: v.MountOptions}}
 	}
 	return c
+}
+
+// accessMode maps a PV's first access mode as kubelet does:
+// asCSIAccessModeV1 and, for a plugin with the SINGLE_NODE_MULTI_WRITER node
+// capability, asSingleNodeMultiWriterCapableCSIAccessModeV1
+// (pkg/volume/csi/csi_client.go, v1.37.2, lines 518-546); kubelet sends
+// PV.Spec.AccessModes[0] (csi_attacher.go line 362, csi_mounter.go line
+// 178).
+func accessMode(m corev1.PersistentVolumeAccessMode, singleNodeMultiWriter bool) csispec.VolumeCapability_AccessMode_Mode {
+	switch m {
+	case corev1.ReadWriteOnce:
+		if singleNodeMultiWriter {
+			return csispec.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER
+		}
+		return csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	case corev1.ReadWriteOncePod:
+		if singleNodeMultiWriter {
+			return csispec.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
+		}
+		return csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	case corev1.ReadOnlyMany:
+		return csispec.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
+	case corev1.ReadWriteMany:
+		return csispec.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
+	}
+	return csispec.VolumeCapability_AccessMode_UNKNOWN
 }

@@ -5,26 +5,45 @@ import (
 
 	csispec "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/stretchr/testify/assert"
+	corev1 "k8s.io/api/core/v1"
 )
 
-// TestCapability needs no root: the access mode and type a Volume asks the
-// plugin for.
+// TestCapability needs no root: the access mode a Volume asks the plugin
+// for is the one kubelet would ask for (its csi_client.go tables), with
+// and without the plugin's SINGLE_NODE_MULTI_WRITER capability, read-only
+// or not; and the access type.
 func TestCapability(t *testing.T) {
+	const (
+		snw  = csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+		snmw = csispec.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER
+		snsw = csispec.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
+		mnro = csispec.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
+		mnmw = csispec.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
+	)
 	for _, tc := range []struct {
-		v    Volume
-		mode csispec.VolumeCapability_AccessMode_Mode
+		modes           []corev1.PersistentVolumeAccessMode
+		plain, snmwCaps csispec.VolumeCapability_AccessMode_Mode
 	}{
-		{Volume{}, csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-		{Volume{ReadOnly: true}, csispec.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-		{Volume{MultiNode: true}, csispec.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER},
-		{Volume{MultiNode: true, ReadOnly: true}, csispec.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY},
+		{nil, snw, snmw},
+		{[]corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, snw, snmw},
+		{[]corev1.PersistentVolumeAccessMode{corev1.ReadWriteOncePod}, snw, snsw},
+		{[]corev1.PersistentVolumeAccessMode{corev1.ReadOnlyMany}, mnro, mnro},
+		{[]corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany}, mnmw, mnmw},
+		// Only the first mode counts, as in kubelet: an RWO volume that also
+		// lists RWX is not published multi-node.
+		{[]corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce, corev1.ReadWriteMany}, snw, snmw},
+		{[]corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany, corev1.ReadWriteOnce}, mnmw, mnmw},
 	} {
-		assert.Equal(t, tc.mode, tc.v.capability().GetAccessMode().GetMode(), "%+v", tc.v)
+		for _, ro := range []bool{false, true} {
+			v := Volume{AccessModes: tc.modes, ReadOnly: ro}
+			assert.Equal(t, tc.plain, v.capability(nodeCaps{}).GetAccessMode().GetMode(), "%v read-only %v", tc.modes, ro)
+			assert.Equal(t, tc.snmwCaps, v.capability(nodeCaps{singleNodeMultiWriter: true}).GetAccessMode().GetMode(), "%v read-only %v, SINGLE_NODE_MULTI_WRITER", tc.modes, ro)
+		}
 	}
-	c := Volume{FSType: "xfs", MountOptions: []string{"noatime"}}.capability()
+	c := Volume{FSType: "xfs", MountOptions: []string{"noatime"}}.capability(nodeCaps{})
 	assert.Equal(t, "xfs", c.GetMount().GetFsType())
 	assert.Equal(t, []string{"noatime"}, c.GetMount().GetMountFlags())
-	assert.NotNil(t, Volume{Block: true}.capability().GetBlock())
+	assert.NotNil(t, Volume{Block: true}.capability(nodeCaps{}).GetBlock())
 }
 
 // TestRecordMatches: any change in how a volume is asked for means taking

@@ -161,3 +161,15 @@ func ReadOnly(path string) (bool, error) {
 	// The last entry is the top of the stack: the one a path lookup sees.
 	return slices.Contains(strings.Split(infos[len(infos)-1].Options, ","), "ro"), nil
 }
+
+// Refs lists the other mounts of what is mounted at path (the same device
+// and root: bind mounts of it, a pod's publish of a staged volume), as
+// kubelet asks before it unstages a volume (GetDeviceMountRefs, which is
+// mount-utils' GetMountRefs). A path that does not exist has none.
+func (mt *Mounter) Refs(path string) ([]string, error) {
+	refs, err := mt.m.GetMountRefs(path)
+	if err != nil {
+		return nil, fmt.Errorf("other mounts of %s: %w", path, err)
+	}
+	return refs, nil
+}

@@ -13,8 +13,6 @@ package cluster
 import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/ferrysync/ferry/pkg/kubelet"
-
 	"context"
 	"errors"
 	"fmt"
@@ -28,12 +26,6 @@ import (
 
 	"github.com/ferrysync/ferry/internal/testenv/apiserver"
 	"github.com/ferrysync/ferry/test/csidriver/driver"
-)
-
-// Driver names: a plain driver, and one that requires attach.
-const (
-	DriverName       = driver.Name
-	AttachDriverName = "attach." + driver.Name
 )
 
 // Options say what cluster to start.
@@ -58,6 +50,11 @@ type Options struct {
 	Kubelet bool
 	// Images holds the image archives make images builds (with Kubelet).
 	Images string
+	// Profiles are strict driver profiles (driver.Profiles) to run as
+	// drivers of their own beside the default two, each with a
+	// StorageClass and a VolumeSnapshotClass (ProfileClass,
+	// ProfileSnapshotClass).
+	Profiles []string
 	// Log receives the steps.
 	Log logr.Logger
 }
@@ -71,13 +68,18 @@ type Node struct {
 	KubeletDir string
 	// Net is the node's network namespace and address (with a Network).
 	Net NodeNet
+
+	sockets map[string]string // driver → its node plugin's socket
 }
 
-// PluginSocket is where the node's instance of a driver listens, as kubelet
-// would find it.
-func (n Node) PluginSocket(driverName string) string {
-	return kubelet.PluginSocket(n.KubeletDir, driverName)
-}
+// PluginSocket is where the node's instance of a driver listens. Ferry's
+// agent does not guess it: it finds it as kubelet does, through the
+// driver's registration socket in RegistrationDir.
+func (n Node) PluginSocket(driverName string) string { return n.sockets[driverName] }
+
+// RegistrationDir is the node's kubelet plugin registration directory,
+// where node plugins announce their name and socket.
+func (n Node) RegistrationDir() string { return filepath.Join(n.KubeletDir, "plugins_registry") }
 
 // Cluster is a running cluster.
 type Cluster struct {
@@ -94,6 +96,8 @@ type Cluster struct {
 	// NetworkKubeconfig reaches the apiserver from the nodes' network
 	// namespaces (with a Network): what node components there use.
 	NetworkKubeconfig string
+	// Drivers are the CSI drivers it runs.
+	Drivers []Driver
 
 	log     logr.Logger
 	real    []*realNode
@@ -143,6 +147,10 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	dctx, cancel := context.WithCancel(context.Background())
 	c := &Cluster{Env: env, Dir: dir, ServiceCIDR: o.ServiceCIDR, LoadBalancerCIDR: o.LoadBalancerCIDR, log: o.Log, cancel: cancel,
 		drivers: make(chan error, 16), kubelet: o.Kubelet}
+	if c.Drivers, err = clusterDrivers(o.Profiles); err != nil {
+		_ = c.Stop()
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			// What Start did so far; the error that stopped it is the news.
@@ -193,7 +201,10 @@ func apiServerOptions(dir, bin string, o Options) ([]apiserver.Option, error) {
 // with routes to the cluster's Services.
 func (c *Cluster) addNodes(o Options) error {
 	for _, n := range o.Nodes {
-		node := Node{Name: n, KubeletDir: filepath.Join(c.Dir, "nodes", n, "kubelet")}
+		node := Node{Name: n, KubeletDir: filepath.Join(c.Dir, "nodes", n, "kubelet"), sockets: map[string]string{}}
+		for _, d := range c.Drivers {
+			node.sockets[d.Name] = d.Profile.SocketPath(node.KubeletDir, d.Name)
+		}
 		if o.Network != nil {
 			var err error
 			if node.Net, err = o.Network.addNode(n); err != nil {
@@ -222,18 +233,18 @@ func (c *Cluster) routed() []string {
 // startDrivers runs, for each driver name, a controller-side instance for
 // the sidecars and one instance per node.
 func (c *Cluster) startDrivers(ctx context.Context) error {
-	for _, name := range []string{DriverName, AttachDriverName} {
-		data := filepath.Join(c.Dir, "csi-data", name)
-		if err := c.runDriver(ctx, driver.Config{Name: name, Endpoint: c.controllerSocket(name), DataDir: data,
-			AttachRequired: name == AttachDriverName}); err != nil {
+	for _, d := range c.Drivers {
+		data := filepath.Join(c.Dir, "csi-data", d.Name)
+		if err := c.runDriver(ctx, driver.Config{Name: d.Name, Endpoint: c.controllerSocket(d.Name), DataDir: data,
+			Profile: d.Profile}, ""); err != nil {
 			return err
 		}
 		for _, n := range c.Nodes {
 			if c.kubelet {
 				break // real nodes run the node plugin as a pod
 			}
-			if err := c.runDriver(ctx, driver.Config{Name: name, Endpoint: n.PluginSocket(name), NodeID: n.Name, DataDir: data,
-				AttachRequired: name == AttachDriverName}); err != nil {
+			if err := c.runDriver(ctx, driver.Config{Name: d.Name, Endpoint: n.PluginSocket(d.Name), NodeID: n.Name, DataDir: data,
+				Profile: d.Profile, KubeletDir: n.KubeletDir}, n.RegistrationDir()); err != nil {
 				return err
 			}
 		}
@@ -245,7 +256,9 @@ func (c *Cluster) controllerSocket(driverName string) string {
 	return filepath.Join(c.Dir, "controller", driverName, "csi.sock")
 }
 
-func (c *Cluster) runDriver(ctx context.Context, cfg driver.Config) error {
+// runDriver runs a driver instance and, for a node's, registers it in the
+// node's registration directory as node-driver-registrar would.
+func (c *Cluster) runDriver(ctx context.Context, cfg driver.Config, registration string) error {
 	cfg.Log = c.log.WithValues("driver", cfg.Name, "node", cfg.NodeID)
 	d, err := driver.New(cfg)
 	if err != nil {
@@ -253,6 +266,10 @@ func (c *Cluster) runDriver(ctx context.Context, cfg driver.Config) error {
 	}
 	c.nDriver++
 	go func() { c.drivers <- d.Run(ctx) }()
+	if registration != "" {
+		c.nDriver++
+		go func() { c.drivers <- d.Register(ctx, registration) }()
+	}
 	return waitFor(10*time.Second, func() bool { _, err := os.Stat(cfg.Endpoint); return err == nil })
 }
 
@@ -270,16 +287,17 @@ func (c *Cluster) startComponents(bin string) error {
 		// Real nodes run pods, DaemonSets' among them: they need placing.
 		scheduler = append(scheduler, []string{"kube-scheduler", kc, "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false"})
 	}
-	components := [][]string{
-		kcm,
-		{"snapshot-controller", kc, "--leader-election=false"},
-		{"csi-provisioner", kc, "--csi-address=" + c.controllerSocket(DriverName), "--leader-election=false",
-			"--default-fstype=ext4", "--extra-create-metadata"},
-		{"csi-provisioner", kc, "--csi-address=" + c.controllerSocket(AttachDriverName), "--leader-election=false",
-			"--default-fstype=ext4"},
-		{"csi-snapshotter", kc, "--csi-address=" + c.controllerSocket(DriverName), "--leader-election=false",
-			"--extra-create-metadata"},
-		{"csi-attacher", kc, "--csi-address=" + c.controllerSocket(AttachDriverName), "--leader-election=false"},
+	components := [][]string{kcm, {"snapshot-controller", kc, "--leader-election=false"}}
+	for _, d := range c.Drivers {
+		sock := "--csi-address=" + c.controllerSocket(d.Name)
+		components = append(components, []string{"csi-provisioner", kc, sock, "--leader-election=false",
+			"--default-fstype=ext4", "--extra-create-metadata"})
+		if len(d.SnapshotClasses) > 0 {
+			components = append(components, []string{"csi-snapshotter", kc, sock, "--leader-election=false", "--extra-create-metadata"})
+		}
+		if d.Profile.AttachRequired {
+			components = append(components, []string{"csi-attacher", kc, sock, "--leader-election=false"})
+		}
 	}
 	components = append(components, scheduler...)
 	logs := filepath.Join(c.Dir, "logs")

@@ -65,7 +65,7 @@ func TestStorage(t *testing.T) {
 
 	pv := bound(pvc("data", cluster.StorageClass, nil))
 	require.Equal(t, cluster.DriverName, pv.Spec.CSI.Driver)
-	target, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), pv.Spec.CSI.VolumeHandle, work, false, nil)
+	target, unmount, err := cluster.MountVolume(ctx, nodeA.Volume(cluster.DriverName, pv.Spec.CSI.VolumeHandle), work)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(target, "hello"), []byte("replicate me"), 0o644))
 	require.NoError(t, unmount())
@@ -79,7 +79,9 @@ func TestStorage(t *testing.T) {
 	} {
 		name := claim.Name
 		pv := bound(claim)
-		target, unmount, err := cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.DriverName), pv.Spec.CSI.VolumeHandle, work, true, nil)
+		m := nodeA.Volume(cluster.DriverName, pv.Spec.CSI.VolumeHandle)
+		m.ReadOnly = true
+		target, unmount, err := cluster.MountVolume(ctx, m, work)
 		require.NoError(t, err, name)
 		got, err := os.ReadFile(filepath.Join(target, "hello"))
 		require.NoError(t, err, name)
@@ -95,8 +97,9 @@ func TestStorage(t *testing.T) {
 	testenv.Eventually(t, "VolumeAttachment attached", 60*time.Second, func() bool {
 		return k.Get(ctx, client.ObjectKeyFromObject(va), va) == nil && va.Status.Attached
 	})
-	target, unmount, err = cluster.MountVolume(ctx, nodeA.PluginSocket(cluster.AttachDriverName), apv.Spec.CSI.VolumeHandle,
-		work, false, va.Status.AttachmentMetadata)
+	am := nodeA.Volume(cluster.AttachDriverName, apv.Spec.CSI.VolumeHandle)
+	am.PublishContext = va.Status.AttachmentMetadata
+	target, unmount, err = cluster.MountVolume(ctx, am, work)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(target, "f"), []byte("x"), 0o644))
 	require.NoError(t, unmount())

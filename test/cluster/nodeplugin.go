@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -58,18 +59,18 @@ func realNodeAPIServer(dir string, o Options) ([]apiserver.Option, error) {
 }
 
 // startNodePlugins runs each driver's node plugin as a DaemonSet, as a CSI
-// driver is installed, and waits until kubelet registered both on every
-// node.
+// driver is installed, and waits until kubelet registered all of them on
+// every node.
 func (c *Cluster) startNodePlugins(ctx context.Context) error {
-	for _, name := range []string{DriverName, AttachDriverName} {
-		if err := c.Client.Create(ctx, c.nodePlugin(name)); err != nil {
-			return fmt.Errorf("cluster: node plugin %s: %w", name, err)
+	for _, d := range c.Drivers {
+		if err := c.Client.Create(ctx, c.nodePlugin(d)); err != nil {
+			return fmt.Errorf("cluster: node plugin %s: %w", d.Name, err)
 		}
 	}
 	return waitFor(2*time.Minute, func() bool {
 		for _, n := range c.Nodes {
 			cn := &storagev1.CSINode{}
-			if err := c.Client.Get(ctx, client.ObjectKey{Name: n.Name}, cn); err != nil || len(cn.Spec.Drivers) < 2 {
+			if err := c.Client.Get(ctx, client.ObjectKey{Name: n.Name}, cn); err != nil || len(cn.Spec.Drivers) < len(c.Drivers) {
 				return false
 			}
 		}
@@ -78,9 +79,11 @@ func (c *Cluster) startNodePlugins(ctx context.Context) error {
 }
 
 // nodePlugin is the DaemonSet of one driver's node plugin: privileged,
-// mounting into the kubelet root with Bidirectional propagation, with the
-// data directory it shares with the controller-side instance.
-func (c *Cluster) nodePlugin(name string) *appsv1.DaemonSet {
+// mounting into the kubelet root with Bidirectional propagation (only the
+// directories its profile's real driver mounts, when it names them), with
+// the data directory it shares with the controller-side instance.
+func (c *Cluster) nodePlugin(d Driver) *appsv1.DaemonSet {
+	name := d.Name
 	labels := map[string]string{"app": "csi-node-" + name}
 	hostPath := func(p string) corev1.VolumeSource {
 		return corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: p}}
@@ -89,10 +92,27 @@ func (c *Cluster) nodePlugin(name string) *appsv1.DaemonSet {
 	// backing file as the attaching process saw it, and teardown finds this
 	// cluster's by that path.
 	data := filepath.Join(c.Dir, "csi-data", name)
-	args := []string{"-name=" + name, "-endpoint=/var/lib/kubelet/plugins/" + name + "/csi.sock",
-		"-node-id=$(NODE_NAME)", "-data-dir=" + data, "-registration-dir=/var/lib/kubelet/plugins_registry"}
-	if name == AttachDriverName {
-		args = append(args, "-attach-required")
+	const kubeletDir = "/var/lib/kubelet"
+	socket := d.Profile.SocketPath(kubeletDir, name)
+	args := []string{"-name=" + name, "-profile=" + d.Profile.Name, "-kubelet-dir=" + kubeletDir, "-endpoint=" + socket,
+		"-node-id=$(NODE_NAME)", "-data-dir=" + data, "-registration-dir=" + kubeletDir + "/plugins_registry"}
+	bidirectional := ptr.To(corev1.MountPropagationBidirectional)
+	mounts := []corev1.VolumeMount{{Name: "dev", MountPath: "/dev"}, {Name: "data", MountPath: data}}
+	volumes := []corev1.Volume{{Name: "dev", VolumeSource: hostPath("/dev")}, {Name: "data", VolumeSource: hostPath(data)}}
+	visible := d.Profile.Visible
+	if len(visible) > 0 {
+		// Its socket's directory and the registration directory too, as
+		// node-driver-registrar beside it needs.
+		visible = append(slices.Clone(visible), strings.TrimPrefix(filepath.Dir(socket), kubeletDir+"/"), "plugins_registry")
+	} else {
+		visible = []string{"."}
+	}
+	for i, v := range visible {
+		p := filepath.Join(kubeletDir, v)
+		vol := fmt.Sprintf("kubelet-%d", i)
+		mounts = append(mounts, corev1.VolumeMount{Name: vol, MountPath: p, MountPropagation: bidirectional})
+		volumes = append(volumes, corev1.Volume{Name: vol, VolumeSource: corev1.VolumeSource{
+			HostPath: &corev1.HostPathVolumeSource{Path: p, Type: ptr.To(corev1.HostPathDirectoryOrCreate)}}})
 	}
 	return &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "csi-node-" + name, Namespace: pluginNamespace},
@@ -107,17 +127,9 @@ func (c *Cluster) nodePlugin(name string) *appsv1.DaemonSet {
 						Env: []corev1.EnvVar{{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{
 							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}},
 						SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
-						VolumeMounts: []corev1.VolumeMount{
-							{Name: "kubelet", MountPath: "/var/lib/kubelet", MountPropagation: ptr.To(corev1.MountPropagationBidirectional)},
-							{Name: "dev", MountPath: "/dev"},
-							{Name: "data", MountPath: data},
-						},
+						VolumeMounts:    mounts,
 					}},
-					Volumes: []corev1.Volume{
-						{Name: "kubelet", VolumeSource: hostPath("/var/lib/kubelet")},
-						{Name: "dev", VolumeSource: hostPath("/dev")},
-						{Name: "data", VolumeSource: hostPath(data)},
-					},
+					Volumes: volumes,
 				},
 			},
 		},

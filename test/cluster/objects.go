@@ -43,35 +43,48 @@ func (c *Cluster) createObjects(ctx context.Context) error {
 		annotations := map[string]string{"volumes.kubernetes.io/controller-managed-attach-detach": "true"}
 		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: labels, Annotations: annotations}})
 		csiNode := &storagev1.CSINode{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
-		for _, d := range []string{DriverName, AttachDriverName} {
-			csiNode.Spec.Drivers = append(csiNode.Spec.Drivers, storagev1.CSINodeDriver{
-				Name: d, NodeID: n.Name, TopologyKeys: []string{driver.TopologyKey}})
+		for _, d := range c.Drivers {
+			cd := storagev1.CSINodeDriver{Name: d.Name, NodeID: n.Name, TopologyKeys: []string{driver.TopologyKey}}
+			if limit := d.Profile.MaxVolumesPerNode; limit > 0 {
+				cd.Allocatable = &storagev1.VolumeNodeResources{Count: ptr.To(int32(limit))}
+			}
+			csiNode.Spec.Drivers = append(csiNode.Spec.Drivers, cd)
 		}
 		objs = append(objs, csiNode)
 	}
-	for _, d := range []string{DriverName, AttachDriverName} {
-		objs = append(objs, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: d},
-			Spec: storagev1.CSIDriverSpec{AttachRequired: ptr.To(d == AttachDriverName), PodInfoOnMount: ptr.To(false)}})
-	}
 	immediate := storagev1.VolumeBindingImmediate
 	del := corev1.PersistentVolumeReclaimDelete
-	for name, d := range map[string]string{StorageClass: DriverName, DefaultStorageClass: DriverName, AttachStorageClass: AttachDriverName} {
-		sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Provisioner: d,
-			VolumeBindingMode: &immediate, ReclaimPolicy: &del, AllowVolumeExpansion: ptr.To(false)}
-		if name == DefaultStorageClass {
-			sc.Annotations = map[string]string{defaultStorageClassAnno: "true"}
+	for _, d := range c.Drivers {
+		objs = append(objs, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: d.Name},
+			Spec: storagev1.CSIDriverSpec{AttachRequired: ptr.To(d.Profile.AttachRequired), PodInfoOnMount: ptr.To(false)}})
+		var params map[string]string
+		if d.StageSecret != "" {
+			sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: d.StageSecret, Namespace: stageSecretNamespace}, StringData: map[string]string{}}
+			for _, k := range d.Profile.StageSecrets {
+				sec.StringData[k] = "test-" + k
+			}
+			objs = append(objs, sec)
+			params = map[string]string{"csi.storage.k8s.io/node-stage-secret-name": d.StageSecret,
+				"csi.storage.k8s.io/node-stage-secret-namespace": stageSecretNamespace}
 		}
-		objs = append(objs, sc)
-	}
-	for _, name := range []string{SnapshotClass, DefaultSnapshotClass} {
-		vsc := &unstructured.Unstructured{Object: map[string]any{
-			"apiVersion": volumeSnapshotClassAPIVer, "kind": "VolumeSnapshotClass",
-			"metadata": map[string]any{"name": name}, "driver": DriverName, "deletionPolicy": "Delete",
-		}}
-		if name == DefaultSnapshotClass {
-			vsc.SetAnnotations(map[string]string{defaultSnapshotClassAnno: "true"})
+		for _, name := range d.StorageClasses {
+			sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Provisioner: d.Name, Parameters: params,
+				VolumeBindingMode: &immediate, ReclaimPolicy: &del, AllowVolumeExpansion: ptr.To(false)}
+			if name == DefaultStorageClass {
+				sc.Annotations = map[string]string{defaultStorageClassAnno: "true"}
+			}
+			objs = append(objs, sc)
 		}
-		objs = append(objs, vsc)
+		for _, name := range d.SnapshotClasses {
+			vsc := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": volumeSnapshotClassAPIVer, "kind": "VolumeSnapshotClass",
+				"metadata": map[string]any{"name": name}, "driver": d.Name, "deletionPolicy": "Delete",
+			}}
+			if name == DefaultSnapshotClass {
+				vsc.SetAnnotations(map[string]string{defaultSnapshotClassAnno: "true"})
+			}
+			objs = append(objs, vsc)
+		}
 	}
 	for _, o := range objs {
 		if err := c.Client.Create(ctx, o); err != nil {

@@ -112,7 +112,7 @@ func run(m *testing.M) (code int) {
 func stop(c *cluster.Cluster) bool {
 	ok := true
 	for _, n := range c.Nodes {
-		p := csi.NewPublisher(csi.DefaultRoot(n.KubeletDir), n.KubeletDir, logr.Discard())
+		p := csi.NewPublisher(n.KubeletDir, logr.Discard())
 		if err := p.Recover(context.Background(), func(string) bool { return false }); err != nil {
 			fmt.Fprintln(os.Stderr, "take down volumes:", err)
 			ok = false

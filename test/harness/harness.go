@@ -294,10 +294,15 @@ func OnVolume(t T, c *cluster.Cluster, ns, claim, work string, readOnly bool, fn
 	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: claim}, pvc))
 	pv := &corev1.PersistentVolume{}
 	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv))
-	dir, unmount, err := cluster.MountVolume(ctx, c.Nodes[0].PluginSocket(pv.Spec.CSI.Driver), pv.Spec.CSI.VolumeHandle, work, readOnly, nil)
+	dir, unmount, err := cluster.MountVolume(ctx, readOnlyIf(c.Nodes[0].Volume(pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle), readOnly), work)
 	require.NoError(t, err, "mount claim %s/%s", ns, claim)
 	defer func() { require.NoError(t, unmount(), "unmount claim %s/%s", ns, claim) }()
 	fn(dir)
+}
+
+func readOnlyIf(m cluster.VolumeMount, ro bool) cluster.VolumeMount {
+	m.ReadOnly = ro
+	return m
 }
 
 // ExamplePath is the path of one of the spec's examples (examples/volsync),

@@ -97,7 +97,7 @@ func startReplication(t *testing.T) *replication {
 			}
 		}
 		for _, n := range c.Nodes {
-			p := csi.NewPublisher(csi.DefaultRoot(n.KubeletDir), n.KubeletDir, testr.New(t))
+			p := csi.NewPublisher(n.KubeletDir, testr.New(t))
 			assert.NoError(t, p.Recover(ctx, func(string) bool { return false }))
 			_ = p.Close()
 		}
@@ -183,7 +183,7 @@ func like(ma *agentv1alpha1.MountAssignment, name string) *agentv1alpha1.MountAs
 // writeSource mounts the source volume on node A read-write for fn.
 func (r *replication) writeSource(t *testing.T, fn func(dir string)) {
 	t.Helper()
-	dir, unmount, err := cluster.MountVolume(r.ctx, r.nodeA.PluginSocket(cluster.DriverName), r.data.Spec.CSI.VolumeHandle, r.work, false, nil)
+	dir, unmount, err := cluster.MountVolume(r.ctx, r.nodeA.Volume(cluster.DriverName, r.data.Spec.CSI.VolumeHandle), r.work)
 	require.NoError(t, err)
 	fn(dir)
 	require.NoError(t, unmount())
@@ -194,7 +194,9 @@ func (r *replication) writeSource(t *testing.T, fn func(dir string)) {
 // Snapshot makes it.
 func (r *replication) snapshotOf(t *testing.T, name string) *corev1.PersistentVolume {
 	t.Helper()
-	dir, unmount, err := cluster.MountVolume(r.ctx, r.nodeA.PluginSocket(cluster.DriverName), r.data.Spec.CSI.VolumeHandle, r.work, true, nil)
+	m := r.nodeA.Volume(cluster.DriverName, r.data.Spec.CSI.VolumeHandle)
+	m.ReadOnly = true
+	dir, unmount, err := cluster.MountVolume(r.ctx, m, r.work)
 	require.NoError(t, err)
 	r.want = harness.Tree(t, dir)
 	require.NoError(t, unmount())

@@ -65,8 +65,9 @@ func (r *replication) queue(t *testing.T) {
 func (r *replication) direct(t *testing.T) {
 	require.NotNil(t, r.dst2, "the queue case made the destination")
 	podMount := filepath.Join(r.nodeA.KubeletDir, "pods", "4a5b6c7d-pod", "volumes", "kubernetes.io~csi", r.data.Name, "mount")
-	unmountPod, err := cluster.MountVolumeAt(r.ctx, r.nodeA.PluginSocket(cluster.DriverName), r.data.Spec.CSI.VolumeHandle,
-		filepath.Join(r.nodeA.KubeletDir, "plugins", "kubernetes.io", "csi", cluster.DriverName, "globalmount-data"), podMount, false, nil)
+	pod := r.nodeA.Volume(cluster.DriverName, r.data.Spec.CSI.VolumeHandle)
+	pod.AsPod = true
+	unmountPod, err := pod.At(r.ctx, podMount)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(podMount, "written-by-the-pod"), []byte("live data"), 0o644))
 	wantDirect := harness.Tree(t, podMount)

@@ -21,6 +21,11 @@ func (d *Driver) ControllerPublishVolume(_ context.Context, req *csi.ControllerP
 		if !st.Nodes[req.GetNodeId()] {
 			return status.Errorf(codes.NotFound, "node %q not found", req.GetNodeId())
 		}
+		if limit := d.cfg.Profile.MaxVolumesPerNode; limit > 0 && !v.Attached[req.GetNodeId()] && st.attachedTo(req.GetNodeId()) >= int(limit) {
+			// As a cloud refuses one disk too many (csi-driver-host-path's
+			// --attach-limit: controllerserver.go:304-331).
+			return status.Errorf(codes.ResourceExhausted, "Cannot attach any more volumes to this node (%d attached)", limit)
+		}
 		if v.Attached == nil {
 			v.Attached = map[string]bool{}
 		}
@@ -30,7 +35,11 @@ func (d *Driver) ControllerPublishVolume(_ context.Context, req *csi.ControllerP
 	if err != nil {
 		return nil, err
 	}
-	return &csi.ControllerPublishVolumeResponse{PublishContext: map[string]string{"image": d.imagePath(req.GetVolumeId())}}, nil
+	pc := map[string]string{"image": d.imagePath(req.GetVolumeId())}
+	if d.cfg.Profile.DevicePath {
+		pc["devicePath"] = d.imagePath(req.GetVolumeId())
+	}
+	return &csi.ControllerPublishVolumeResponse{PublishContext: pc}, nil
 }
 
 // ControllerUnpublishVolume detaches; detaching what is not attached succeeds.
@@ -48,4 +57,15 @@ func (d *Driver) ControllerUnpublishVolume(_ context.Context, req *csi.Controlle
 		return nil, err
 	}
 	return &csi.ControllerUnpublishVolumeResponse{}, nil
+}
+
+// attachedTo counts the volumes attached to node.
+func (st *state) attachedTo(node string) int {
+	n := 0
+	for _, v := range st.Volumes {
+		if v.Attached[node] {
+			n++
+		}
+	}
+	return n
 }

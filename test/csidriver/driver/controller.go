@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -27,7 +28,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 	}
-	if d.cfg.AttachRequired {
+	if d.cfg.Profile.AttachRequired {
 		caps = append(caps, csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME)
 	}
 	resp := &csi.ControllerGetCapabilitiesResponse{}
@@ -108,6 +109,12 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	node := preferredNode(req.GetAccessibilityRequirements())
 	var vol *volume
 	err = d.store.update(func(st *state) error {
+		if d.cfg.Profile.SourceNodeOnly && src != nil {
+			var err error
+			if node, err = sourceNode(st, src, req.GetAccessibilityRequirements()); err != nil {
+				return err
+			}
+		}
 		for _, v := range st.Volumes {
 			if v.Name != req.GetName() {
 				continue
@@ -127,7 +134,7 @@ func (d *Driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		if err := d.makeImage(id, basis, size); err != nil {
 			return err
 		}
-		vol = &volume{ID: id, Name: req.GetName(), Size: size, Node: node, Source: srcKey}
+		vol = &volume{ID: id, Name: req.GetName(), Size: size, Node: node, Source: srcKey, Shared: multiNode(req.GetVolumeCapabilities())}
 		st.Volumes[id] = vol
 		return nil
 	})
@@ -150,6 +157,43 @@ func preferredNode(req *csi.TopologyRequirement) string {
 		}
 	}
 	return ""
+}
+
+// sourceNode is where a volume copied from src must be made for a
+// SourceNodeOnly profile: on the source volume's node, which the request's
+// accessibility requirements must allow (TopoLVM
+// internal/driver/controller.go:241-246). A source placed nowhere, or no
+// requirements, leaves the choice to preferredNode.
+func sourceNode(st *state, src *csi.VolumeContentSource, req *csi.TopologyRequirement) (string, error) {
+	id := src.GetVolume().GetVolumeId()
+	if s := src.GetSnapshot(); s != nil {
+		if snap := st.Snapshots[s.GetSnapshotId()]; snap != nil {
+			id = snap.SourceID
+		}
+	}
+	v := st.Volumes[id]
+	if v == nil || v.Node == "" {
+		return preferredNode(req), nil
+	}
+	if len(req.GetRequisite())+len(req.GetPreferred()) == 0 {
+		return v.Node, nil
+	}
+	for _, t := range append(req.GetRequisite(), req.GetPreferred()...) {
+		if t.GetSegments()[TopologyKey] == v.Node {
+			return v.Node, nil
+		}
+	}
+	return "", status.Errorf(codes.InvalidArgument, "cannot find source volume's node '%s' in accessibility_requirements", v.Node)
+}
+
+// multiNode says whether capabilities ask for access from several nodes.
+func multiNode(caps []*csi.VolumeCapability) bool {
+	for _, c := range caps {
+		if strings.HasPrefix(c.GetAccessMode().GetMode().String(), "MULTI_NODE_") {
+			return true
+		}
+	}
+	return false
 }
 
 // basisImage is the image a new volume copies, if any.

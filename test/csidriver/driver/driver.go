@@ -41,9 +41,12 @@ type Config struct {
 	NodeID string
 	// DataDir holds images, snapshots and metadata, shared by all instances.
 	DataDir string
-	// AttachRequired makes the controller publish (attach) volumes to nodes
-	// before they can be staged, as a CSIDriver with attachRequired expects.
-	AttachRequired bool
+	// Profile is how strict the driver is, after a real driver
+	// (Profiles); the zero Profile is lenient.
+	Profile Profile
+	// KubeletDir is the node's kubelet root, against which the profile's
+	// Visible directories are read.
+	KubeletDir string
 	// Capacity is the total bytes the driver offers (GetCapacity).
 	Capacity int64
 	// Log receives the calls.

@@ -21,13 +21,14 @@ import (
 	"github.com/ferrysync/ferry/test/csidriver/driver"
 )
 
-// start runs a driver instance on a socket in a short temporary path.
-func start(t *testing.T, dataDir, node string, attach bool) string {
+// start runs a driver instance of profile p, on a socket in a short
+// temporary path, for a node whose kubelet root is kubeletDir.
+func start(t *testing.T, dataDir, node string, p driver.Profile, kubeletDir string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "csi")
 	require.NoError(t, err)
 	sock := filepath.Join(dir, "csi.sock")
-	d, err := driver.New(driver.Config{Endpoint: sock, NodeID: node, DataDir: dataDir, AttachRequired: attach, Log: testr.New(t)})
+	d, err := driver.New(driver.Config{Endpoint: sock, NodeID: node, DataDir: dataDir, Profile: p, KubeletDir: kubeletDir, Log: testr.New(t)})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -56,24 +57,41 @@ func requireNoLeaks(t *testing.T, dataDir string, paths ...string) {
 }
 
 // TestSanity runs the CSI conformance suite, csi-sanity, against the driver
-// with and without attach.
+// in each strict profile: each is a valid CSI driver, strict only where
+// the real one is. The mount and staging directories are where kubelet
+// would put them (pods/, plugins/kubernetes.io/csi/), which every profile's
+// plugin sees.
 func TestSanity(t *testing.T) {
 	testenv.NeedRoot(t)
 	sanity := os.Getenv("CSI_SANITY")
 	if sanity == "" {
 		t.Fatal("CSI_SANITY not set: run the tests with make test, which builds csi-sanity")
 	}
-	for name, attach := range map[string]bool{"plain": false, "attach-required": true} {
+	for _, name := range driver.ProfileNames() {
+		p := driver.Profiles[name]
 		t.Run(name, func(t *testing.T) {
-			data, work := t.TempDir(), t.TempDir()
-			sock := start(t, data, "node-a", attach)
-			out, err := exec.Command(sanity, "--csi.endpoint", sock,
-				"--csi.mountdir", filepath.Join(work, "mnt"), "--csi.stagingdir", filepath.Join(work, "stage"),
-				"--csi.testvolumesize", "67108864", "--ginkgo.no-color").CombinedOutput()
+			data, kubeletDir := t.TempDir(), t.TempDir()
+			sock := start(t, data, "node-a", p, kubeletDir)
+			for _, dir := range []string{"pods", "plugins/kubernetes.io/csi"} {
+				require.NoError(t, os.MkdirAll(filepath.Join(kubeletDir, dir), 0o750))
+			}
+			args := []string{"--csi.endpoint", sock,
+				"--csi.mountdir", filepath.Join(kubeletDir, "pods", "sanity"), "--csi.stagingdir", filepath.Join(kubeletDir, "plugins", "kubernetes.io", "csi", "sanity"),
+				"--csi.testvolumesize", "67108864", "--ginkgo.no-color"}
+			if len(p.StageSecrets) > 0 {
+				secrets := filepath.Join(t.TempDir(), "secrets.yaml")
+				yaml := "NodeStageVolumeSecret:\n"
+				for _, k := range p.StageSecrets {
+					yaml += "  " + k + ": sanity\n"
+				}
+				require.NoError(t, os.WriteFile(secrets, []byte(yaml), 0o600))
+				args = append(args, "--csi.secrets", secrets)
+			}
+			out, err := exec.Command(sanity, args...).CombinedOutput()
 			t.Log(lastLines(string(out), 15))
 			require.NoError(t, err)
 			assert.Contains(t, string(out), "0 Failed")
-			requireNoLeaks(t, data, work)
+			requireNoLeaks(t, data, kubeletDir)
 		})
 	}
 }
@@ -103,8 +121,11 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 	testenv.NeedRoot(t)
 	ctx := context.Background()
 	data, work := t.TempDir(), t.TempDir()
-	sock := start(t, data, "node-a", false)
+	sock := start(t, data, "node-a", driver.Profiles["hostpath"], work)
 	c := connect(t, sock)
+	vm := func(id string, ro bool) cluster.VolumeMount {
+		return cluster.VolumeMount{Socket: sock, KubeletDir: work, Driver: "d", VolumeID: id, ReadOnly: ro}
+	}
 	create := func(name string, src *csi.VolumeContentSource) string {
 		resp, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{mountRW},
 			CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, VolumeContentSource: src})
@@ -112,7 +133,7 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 		return resp.GetVolume().GetVolumeId()
 	}
 	orig := create("orig", nil)
-	target, unmount, err := cluster.MountVolume(ctx, sock, orig, work, false, nil)
+	target, unmount, err := cluster.MountVolume(ctx, vm(orig, false), work)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(target, "hello"), []byte("from orig"), 0o644))
 	require.NoError(t, unmount())
@@ -125,7 +146,7 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 	clone := create("clone", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: orig}}})
 	for _, id := range []string{restored, clone} {
-		target, unmount, err := cluster.MountVolume(ctx, sock, id, work, true, nil)
+		target, unmount, err := cluster.MountVolume(ctx, vm(id, true), work)
 		require.NoError(t, err)
 		got, err := os.ReadFile(filepath.Join(target, "hello"))
 		require.NoError(t, err)

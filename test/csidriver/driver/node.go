@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -13,49 +14,89 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// NodeGetInfo names this node and its topology.
+// NodeGetInfo names this node, its topology and the profile's attach
+// limit.
 func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	if d.cfg.NodeID == "" {
 		return nil, status.Error(codes.FailedPrecondition, "this instance serves no node")
 	}
 	return &csi.NodeGetInfoResponse{
 		NodeId:             d.cfg.NodeID,
+		MaxVolumesPerNode:  d.cfg.Profile.MaxVolumesPerNode,
 		AccessibleTopology: &csi.Topology{Segments: map[string]string{TopologyKey: d.cfg.NodeID}},
 	}, nil
 }
 
 // NodeGetCapabilities: the node stages (loop device, filesystem mount) and
-// publishes (bind mounts).
+// publishes (bind mounts), unless the profile mounts at publish.
 func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	return &csi.NodeGetCapabilitiesResponse{Capabilities: []*csi.NodeServiceCapability{{
-		Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME}},
-	}}}, nil
+	var caps []csi.NodeServiceCapability_RPC_Type
+	if !d.cfg.Profile.NoStage {
+		caps = append(caps, csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME)
+	}
+	if d.cfg.Profile.SingleNodeMultiWriter {
+		caps = append(caps, csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER)
+	}
+	resp := &csi.NodeGetCapabilitiesResponse{}
+	for _, c := range caps {
+		resp.Capabilities = append(resp.Capabilities, &csi.NodeServiceCapability{
+			Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
+	}
+	return resp, nil
 }
 
 // NodeStageVolume attaches the image to a loop device and, for a mount
-// volume, mounts its ext4 at the staging path. A block volume records its
+// volume, mounts its ext4 at the staging path (or, with StageInSubdir, in
+// a directory below it named by the volume). A block volume records its
 // device in the staging directory. Repeating it is a no-op.
 func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	p := d.cfg.Profile
+	if p.NoStage {
+		return nil, status.Error(codes.Unimplemented, "this driver does not stage volumes")
+	}
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
 	if id == "" || staging == "" || req.GetVolumeCapability() == nil {
 		return nil, status.Error(codes.InvalidArgument, "volume ID, staging path and capability are required")
 	}
-	if err := d.requireVolume(id); err != nil {
+	for _, k := range p.StageSecrets {
+		if req.GetSecrets()[k] == "" {
+			return nil, status.Errorf(codes.InvalidArgument, "stage secrets cannot be nil or empty (missing %q)", k)
+		}
+	}
+	vol, err := d.nodeVolume(id, req.GetVolumeCapability())
+	if err != nil {
 		return nil, err
 	}
-	if d.cfg.AttachRequired {
+	if p.AttachRequired {
 		if err := d.requireAttached(id, req.GetPublishContext()); err != nil {
 			return nil, err
 		}
 	}
-	if err := os.MkdirAll(staging, 0o750); err != nil {
+	if p.DevicePath && req.GetPublishContext()["devicePath"] == "" {
+		return nil, status.Error(codes.InvalidArgument, "Device path not provided")
+	}
+	if !p.visible(d.cfg.KubeletDir, staging) {
+		return &csi.NodeStageVolumeResponse{}, nil // staged inside the plugin's container only
+	}
+	if old := vol.Staged[d.cfg.NodeID]; p.OneStagingPath && old != "" && old != staging {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is already staged at %v", id, []string{old})
+	}
+	if p.StageInSubdir {
+		if _, err := os.Stat(staging); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "staging path %s does not exist on node", staging)
+		}
+	} else if err := os.MkdirAll(staging, 0o750); err != nil {
 		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
+	mountPoint := d.stagedAt(id, staging)
+	if err := os.MkdirAll(mountPoint, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "create staging mount point: %v", err)
+	}
 	if req.GetVolumeCapability().GetBlock() == nil {
-		if mounted, err := mountinfo.Mounted(staging); err != nil {
+		if mounted, err := mountinfo.Mounted(mountPoint); err != nil {
 			return nil, status.Errorf(codes.Internal, "inspect staging path: %v", err)
 		} else if mounted {
-			return &csi.NodeStageVolumeResponse{}, nil
+			return &csi.NodeStageVolumeResponse{}, d.recordStaged(id, staging)
 		}
 	}
 	loops.Lock()
@@ -65,78 +106,111 @@ func (d *Driver) NodeStageVolume(_ context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	if req.GetVolumeCapability().GetBlock() != nil {
-		if err := os.WriteFile(filepath.Join(staging, "device"), []byte(dev), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(mountPoint, "device"), []byte(dev), 0o600); err != nil {
 			return nil, status.Errorf(codes.Internal, "record device: %v", err)
 		}
-		return &csi.NodeStageVolumeResponse{}, nil
+		return &csi.NodeStageVolumeResponse{}, d.recordStaged(id, staging)
 	}
 	opts := strings.Join(req.GetVolumeCapability().GetMount().GetMountFlags(), ",")
-	if err := unix.Mount(dev, staging, "ext4", 0, opts); err != nil {
-		return nil, status.Errorf(codes.Internal, "mount %s at %s: %v", dev, staging, err)
+	if err := unix.Mount(dev, mountPoint, "ext4", 0, opts); err != nil {
+		return nil, status.Errorf(codes.Internal, "mount %s at %s: %v", dev, mountPoint, err)
 	}
-	return &csi.NodeStageVolumeResponse{}, nil
+	return &csi.NodeStageVolumeResponse{}, d.recordStaged(id, staging)
+}
+
+// stagedAt is where a volume staged at staging is mounted.
+func (d *Driver) stagedAt(id, staging string) string {
+	if d.cfg.Profile.StageInSubdir {
+		return filepath.Join(staging, id)
+	}
+	return staging
 }
 
 // NodeUnstageVolume unmounts the staging path and frees the loop device
 // unless another node's staging still mounts it.
 // Unstaging what is not staged succeeds.
 func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	p := d.cfg.Profile
+	if p.NoStage {
+		return nil, status.Error(codes.Unimplemented, "this driver does not stage volumes")
+	}
 	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
 	if id == "" || staging == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID and staging path are required")
 	}
-	if err := unmountIfMounted(staging); err != nil {
+	vol, err := d.known(id)
+	if err != nil {
 		return nil, err
 	}
-	_ = os.Remove(filepath.Join(staging, "device"))
+	if !p.visible(d.cfg.KubeletDir, staging) {
+		return &csi.NodeUnstageVolumeResponse{}, nil
+	}
+	if pub := vol.published(d.cfg.NodeID); p.OneStagingPath && len(pub) > 0 {
+		return nil, status.Errorf(codes.Internal, "volume %q is still published at %q on node %q", id, pub, d.cfg.NodeID)
+	}
+	mountPoint := d.stagedAt(id, staging)
+	if err := unmountIfMounted(mountPoint); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(filepath.Join(mountPoint, "device"))
+	if p.StageInSubdir {
+		_ = os.Remove(mountPoint)
+	}
 	loops.Lock()
 	defer loops.Unlock()
 	if err := detachUnused(d.imagePath(id)); err != nil {
 		return nil, err
 	}
-	return &csi.NodeUnstageVolumeResponse{}, nil
+	return &csi.NodeUnstageVolumeResponse{}, d.recordUnstaged(id)
 }
 
 // NodePublishVolume bind-mounts the staged volume (or its device, for a
-// block volume) at the target path, read-only when asked.
+// block volume) at the target path, read-only when asked; a profile
+// without staging attaches and mounts the volume here.
 func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	p := d.cfg.Profile
 	id, staging, target := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath()
-	if id == "" || staging == "" || target == "" || req.GetVolumeCapability() == nil {
+	if id == "" || target == "" || req.GetVolumeCapability() == nil || (staging == "" && !p.NoStage) {
 		return nil, status.Error(codes.InvalidArgument, "volume ID, staging path, target path and capability are required")
 	}
-	if err := d.requireVolume(id); err != nil {
+	vol, err := d.nodeVolume(id, req.GetVolumeCapability())
+	if err != nil {
 		return nil, err
 	}
-	src := staging
-	if req.GetVolumeCapability().GetBlock() != nil {
-		dev, err := os.ReadFile(filepath.Join(staging, "device"))
-		if err != nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "volume is not staged: %v", err)
+	if !p.visible(d.cfg.KubeletDir, target) {
+		return &csi.NodePublishVolumeResponse{}, nil // mounted inside the plugin's container only
+	}
+	if !p.NoStage && p.OneStagingPath {
+		switch old := vol.Staged[d.cfg.NodeID]; {
+		case old == "":
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %q must be staged before publishing", id)
+		case old != staging:
+			return nil, status.Errorf(codes.InvalidArgument, "volume %q was staged at %v, not %q", id, []string{old}, staging)
 		}
-		src = string(dev)
-		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
-			return nil, status.Errorf(codes.Internal, "create target parent: %v", err)
+	}
+	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		// The CSI spec's single writer, as csi-driver-host-path keeps it
+		// (pkg/hostpath/nodeserver.go:541-557).
+		if pub := vol.published(d.cfg.NodeID); len(pub) > 0 && !slices.Contains(pub, target) {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume uses SINGLE_NODE_SINGLE_WRITER access mode and is already mounted at a different target path %v", pub)
 		}
-		if f, err := os.OpenFile(target, os.O_CREATE, 0o600); err != nil {
-			return nil, status.Errorf(codes.Internal, "create target file: %v", err)
-		} else {
-			f.Close()
-		}
-	} else {
-		if mounted, _ := mountinfo.Mounted(staging); !mounted {
-			return nil, status.Error(codes.FailedPrecondition, "volume is not staged")
-		}
-		if err := os.MkdirAll(target, 0o750); err != nil {
-			return nil, status.Errorf(codes.Internal, "create target: %v", err)
-		}
+	}
+	block := req.GetVolumeCapability().GetBlock() != nil
+	if err := makeTarget(target, block); err != nil {
+		return nil, err
 	}
 	if mounted, err := mountinfo.Mounted(target); err != nil {
 		return nil, status.Errorf(codes.Internal, "inspect target: %v", err)
 	} else if mounted {
 		return &csi.NodePublishVolumeResponse{}, nil
 	}
-	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
-		return nil, status.Errorf(codes.Internal, "bind %s at %s: %v", src, target, err)
+	if p.NoStage {
+		err = d.mountDirect(id, target, block, req.GetVolumeCapability().GetMount().GetMountFlags())
+	} else {
+		err = d.bindStaged(id, d.stagedAt(id, staging), target, block)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if req.GetReadonly() {
 		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
@@ -144,23 +218,188 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 			return nil, status.Errorf(codes.Internal, "make %s read-only: %v", target, err)
 		}
 	}
-	return &csi.NodePublishVolumeResponse{}, nil
+	return &csi.NodePublishVolumeResponse{}, d.recordPublished(id, target, true)
+}
+
+// makeTarget makes the target (the caller makes its parent, as kubelet
+// does: csi-driver-host-path's os.Mkdir refuses a missing parent).
+func makeTarget(target string, block bool) error {
+	if _, err := os.Stat(filepath.Dir(target)); err != nil {
+		return status.Errorf(codes.Internal, "target's parent: %v", err)
+	}
+	if !block {
+		if err := os.Mkdir(target, 0o750); err != nil && !os.IsExist(err) {
+			return status.Errorf(codes.Internal, "create target: %v", err)
+		}
+		return nil
+	}
+	f, err := os.OpenFile(target, os.O_CREATE, 0o600)
+	if err != nil {
+		return status.Errorf(codes.Internal, "create target file: %v", err)
+	}
+	return f.Close()
+}
+
+// bindStaged binds what staging holds at target.
+func (d *Driver) bindStaged(id, mountPoint, target string, block bool) error {
+	src := mountPoint
+	if block {
+		dev, err := os.ReadFile(filepath.Join(mountPoint, "device"))
+		if err != nil {
+			return status.Errorf(codes.FailedPrecondition, "volume is not staged: %v", err)
+		}
+		src = string(dev)
+	} else if mounted, _ := mountinfo.Mounted(mountPoint); !mounted {
+		return status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s", id, mountPoint)
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		return status.Errorf(codes.Internal, "bind %s at %s: %v", src, target, err)
+	}
+	return nil
+}
+
+// mountDirect attaches the volume and mounts it (or binds its device) at
+// target, for a profile without staging. OneMount refuses a device that is
+// mounted already, as lvm-localpv does.
+func (d *Driver) mountDirect(id, target string, block bool, flags []string) error {
+	loops.Lock()
+	defer loops.Unlock()
+	dev, err := attach(d.imagePath(id))
+	if err != nil {
+		return err
+	}
+	if d.cfg.Profile.OneMount && !block {
+		mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (bool, bool) { return m.Source != dev, false })
+		if err != nil {
+			return status.Errorf(codes.Internal, "read mounts: %v", err)
+		}
+		if len(mounts) > 0 {
+			return status.Errorf(codes.Internal, "verifyMount: device already mounted at %s", mounts[0].Mountpoint)
+		}
+	}
+	if block {
+		err = unix.Mount(dev, target, "", unix.MS_BIND, "")
+	} else {
+		err = unix.Mount(dev, target, "ext4", 0, strings.Join(flags, ","))
+	}
+	if err != nil {
+		_ = detachUnused(d.imagePath(id))
+		return status.Errorf(codes.Internal, "mount %s at %s: %v", dev, target, err)
+	}
+	return nil
 }
 
 // NodeUnpublishVolume unmounts and removes the target; an absent target is
 // already unpublished.
 func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" || req.GetTargetPath() == "" {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" || target == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID and target path are required")
 	}
-	if err := unmountIfMounted(req.GetTargetPath()); err != nil {
+	if _, err := d.known(id); err != nil {
 		return nil, err
 	}
-	if err := os.Remove(req.GetTargetPath()); err != nil && !os.IsNotExist(err) {
+	if !d.cfg.Profile.visible(d.cfg.KubeletDir, target) {
+		return &csi.NodeUnpublishVolumeResponse{}, nil
+	}
+	if err := unmountIfMounted(target); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(target); err != nil && !os.IsNotExist(err) {
 		return nil, status.Errorf(codes.Internal, "remove target: %v", err)
 	}
-	return &csi.NodeUnpublishVolumeResponse{}, nil
+	if d.cfg.Profile.NoStage {
+		loops.Lock()
+		err := detachUnused(d.imagePath(id))
+		loops.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, d.recordPublished(id, target, false)
 }
+
+// nodeVolume is the volume to stage or publish with capability c, after
+// the profile's access-mode rules.
+func (d *Driver) nodeVolume(id string, c *csi.VolumeCapability) (*volume, error) {
+	var vol *volume
+	err := d.store.view(func(st *state) error {
+		if vol = st.Volumes[id]; vol == nil {
+			return status.Errorf(codes.NotFound, "volume %q not found", id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	mode := c.GetAccessMode().GetMode()
+	p := d.cfg.Profile
+	if p.OnlySingleNodeWriter && mode != csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER {
+		return nil, status.Errorf(codes.FailedPrecondition, "unsupported access mode: %s (%d)", mode, mode)
+	}
+	if p.SharedForMultiNode && !vol.Shared && strings.HasPrefix(mode.String(), "MULTI_NODE_") {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s requires shared access but is not marked for shared use", id)
+	}
+	return vol, nil
+}
+
+// known is a volume for unpublish and unstage: an unknown one has nothing
+// to take down, which most drivers answer with success and
+// UnknownNotFound profiles with NotFound.
+func (d *Driver) known(id string) (*volume, error) {
+	vol := &volume{}
+	err := d.store.view(func(st *state) error {
+		if v := st.Volumes[id]; v != nil {
+			vol = v
+		} else if d.cfg.Profile.UnknownNotFound {
+			return status.Errorf(codes.NotFound, "volume id %s does not exist in the volumes list", id)
+		}
+		return nil
+	})
+	return vol, err
+}
+
+func (d *Driver) recordStaged(id, staging string) error {
+	return d.store.update(func(st *state) error {
+		if v := st.Volumes[id]; v != nil {
+			if v.Staged == nil {
+				v.Staged = map[string]string{}
+			}
+			v.Staged[d.cfg.NodeID] = staging
+		}
+		return nil
+	})
+}
+
+func (d *Driver) recordUnstaged(id string) error {
+	return d.store.update(func(st *state) error {
+		if v := st.Volumes[id]; v != nil {
+			delete(v.Staged, d.cfg.NodeID)
+		}
+		return nil
+	})
+}
+
+func (d *Driver) recordPublished(id, target string, published bool) error {
+	return d.store.update(func(st *state) error {
+		v := st.Volumes[id]
+		if v == nil {
+			return nil
+		}
+		if v.Published == nil {
+			v.Published = map[string][]string{}
+		}
+		list := slices.DeleteFunc(v.Published[d.cfg.NodeID], func(t string) bool { return t == target })
+		if published {
+			list = append(list, target)
+		}
+		v.Published[d.cfg.NodeID] = list
+		return nil
+	})
+}
+
+// published lists the volume's targets on node.
+func (v *volume) published(node string) []string { return v.Published[node] }
 
 // requireAttached fails staging a volume that is not attached to this node,
 // as a real disk would be missing from it.
@@ -171,15 +410,6 @@ func (d *Driver) requireAttached(id string, publishContext map[string]string) er
 	return d.store.view(func(st *state) error {
 		if v := st.Volumes[id]; v == nil || !v.Attached[d.cfg.NodeID] {
 			return status.Errorf(codes.FailedPrecondition, "volume %q is not attached to node %q", id, d.cfg.NodeID)
-		}
-		return nil
-	})
-}
-
-func (d *Driver) requireVolume(id string) error {
-	return d.store.view(func(st *state) error {
-		if st.Volumes[id] == nil {
-			return status.Errorf(codes.NotFound, "volume %q not found", id)
 		}
 		return nil
 	})

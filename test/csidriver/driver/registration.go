@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net"
 	"os"
@@ -23,7 +24,9 @@ type registration struct {
 // endpoint, calls NodeGetInfo and writes the node's CSINode entry itself.
 // The endpoint must be the same path in kubelet's view as in the driver's.
 func (d *Driver) Register(ctx context.Context, dir string) error {
-	path := filepath.Join(dir, d.cfg.Name+"-reg.sock")
+	// node-driver-registrar names it <driver>-reg.sock; kubelet takes any
+	// name, and a short one fits the tests' long paths in a sockaddr_un.
+	path := filepath.Join(dir, fmt.Sprintf("%x", sha256.Sum256([]byte(d.cfg.Name)))[:12]+"-reg.sock")
 	_ = os.Remove(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("driver: registration dir: %w", err)

@@ -18,6 +18,11 @@ type volume struct {
 	Node     string          `json:"node,omitempty"` // topology: where it was placed, if anywhere
 	Source   string          `json:"source,omitempty"`
 	Attached map[string]bool `json:"attached,omitempty"` // node → ControllerPublished
+	// Shared: created for access from several nodes (a MULTI_NODE_* mode).
+	Shared bool `json:"shared,omitempty"`
+	// Staged and Published are where nodes staged and published it.
+	Staged    map[string]string   `json:"staged,omitempty"`
+	Published map[string][]string `json:"published,omitempty"`
 }
 
 // snapshot is a frozen copy of a volume's image.
