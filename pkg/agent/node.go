@@ -62,10 +62,10 @@ func (n *node) volumeFor(ctx context.Context, ma *agentv1alpha1.MountAssignment,
 		v.PublishContext, v.Attachment = a.Metadata, a.UID
 	}
 	var err error
-	if v.StageSecrets, err = n.secretData(ctx, src.NodeStageSecretRef); err != nil {
+	if v.StageSecrets, err = n.csiSecret(ctx, ma, agentv1alpha1.CSIStageSecret, src.NodeStageSecretRef); err != nil {
 		return v, err
 	}
-	if v.PublishSecrets, err = n.secretData(ctx, src.NodePublishSecretRef); err != nil {
+	if v.PublishSecrets, err = n.csiSecret(ctx, ma, agentv1alpha1.CSIPublishSecret, src.NodePublishSecretRef); err != nil {
 		return v, err
 	}
 	if ma.Spec.Volume.ReuseKubeletMount && readOnly {
@@ -79,13 +79,23 @@ func (n *node) volumeFor(ctx context.Context, ma *agentv1alpha1.MountAssignment,
 	return v, nil
 }
 
-func (n *node) secretData(ctx context.Context, ref *corev1.SecretReference) (map[string]string, error) {
+// csiSecret reads the live PV's CSI node Secret ref (none: nil) from the
+// controller's copy in Ferry's namespace (MountAssignment.CSISecretCopy),
+// which must say it copies exactly ref. A copy not there yet, or of
+// another Secret, is a failure to retry: the controller writes it with the
+// assignment.
+func (n *node) csiSecret(ctx context.Context, ma *agentv1alpha1.MountAssignment, kind agentv1alpha1.CSISecret, ref *corev1.SecretReference) (map[string]string, error) {
 	if ref == nil {
 		return nil, nil
 	}
 	sec := &corev1.Secret{}
-	if err := n.api.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, sec); err != nil {
-		return nil, fmt.Errorf("read CSI secret %s/%s: %w", ref.Namespace, ref.Name, err)
+	name := ma.CSISecretCopy(kind)
+	if err := n.api.Get(ctx, client.ObjectKey{Namespace: n.cfg.Namespace, Name: name}, sec); err != nil {
+		return nil, fmt.Errorf("read the controller's copy %s of the %s Secret %s/%s: %w", name, kind, ref.Namespace, ref.Name, err)
+	}
+	if got := sec.Annotations[agentv1alpha1.CSISecretAnnotation]; got != ref.Namespace+"/"+ref.Name {
+		return nil, fmt.Errorf("the Secret %s/%s copies %q, not the %s Secret %s/%s that PersistentVolume %s names", n.cfg.Namespace, name, got,
+			kind, ref.Namespace, ref.Name, ma.Spec.Volume.PersistentVolumeName)
 	}
 	out := make(map[string]string, len(sec.Data))
 	for k, v := range sec.Data {

@@ -19,9 +19,9 @@ import (
 // The agent's permissions, the fewest it works with (make manifests writes
 // them to deploy/nodeagent/rbac): its node's assignments and the key
 // Secrets beside them in Ferry's namespace; single objects, by name, of
-// what it checks before mounting. Secrets in other namespaces (a PV's
-// nodeStageSecretRef) only with the optional role in
-// deploy/nodeagent/csi-secrets.
+// what it checks before mounting. No Secret in another namespace: a PV's
+// CSI node Secrets reach it as the controller's copies beside the
+// assignment (MountAssignment.CSISecretCopy).
 //
 // +kubebuilder:rbac:groups=agent.ferrysync.io,namespace=ferry-system,resources=mountassignments,verbs=get;list;watch;update
 // +kubebuilder:rbac:groups=agent.ferrysync.io,namespace=ferry-system,resources=mountassignments/status,verbs=get;update

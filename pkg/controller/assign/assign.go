@@ -132,17 +132,19 @@ func (s Store) Ensure(ctx context.Context, o Owner, spec agentv1alpha1.MountAssi
 		if err := s.Client.Create(ctx, ma); err != nil {
 			return nil, fmt.Errorf("create assignment %s on node %s: %w", ma.Name, spec.NodeName, err)
 		}
-		return ma, nil
+		return ma, s.copyCSISecrets(ctx, ma, true)
 	}
 	spec.SyncGeneration = max(spec.SyncGeneration, ma.Spec.SyncGeneration)
 	if equality.Semantic.DeepEqual(ma.Spec, spec) {
-		return ma, nil
+		return ma, s.copyCSISecrets(ctx, ma, false)
 	}
 	ma.Spec = spec
 	if err := s.Client.Update(ctx, ma); err != nil {
 		return nil, fmt.Errorf("update assignment %s: %w", ma.Name, err)
 	}
-	return ma, nil
+	// Again at each change (each sync of a source): a Secret the driver's
+	// operator rotated reaches the agent by the next sync.
+	return ma, s.copyCSISecrets(ctx, ma, true)
 }
 
 // Delete asks for an assignment to go; the agent's finalizer keeps it until

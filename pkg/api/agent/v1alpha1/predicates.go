@@ -32,3 +32,28 @@ func (ma *MountAssignment) Transferring() bool {
 func AttachRequired(d *storagev1.CSIDriver) bool {
 	return d == nil || d.Spec.AttachRequired == nil || *d.Spec.AttachRequired
 }
+
+// CSISecretAnnotation is on the controller's copy of a PV's CSI node
+// Secret and names the Secret it copies (namespace/name). The agent reads a
+// copy only if it names the live PV's own reference: an assignment cannot
+// hand it another Secret's contents.
+const CSISecretAnnotation = "ferrysync.io/csi-secret"
+
+// CSISecret says which of a PV's CSI node Secrets.
+type CSISecret string
+
+// The PV's node-stage and node-publish Secrets.
+const (
+	CSIStageSecret   CSISecret = "stage"
+	CSIPublishSecret CSISecret = "publish"
+)
+
+// CSISecretCopy names the copy, in Ferry's namespace, of the assignment's
+// PV's CSI node Secret of kind: the controller writes it with the
+// assignment (owned by it, so it goes with it), and the agent, which reads
+// only Ferry's namespace, reads it there. So the default install needs no
+// agent that can read Secrets cluster-wide, and a Secret is readable by the
+// agents only while a volume that names it is assigned.
+func (ma *MountAssignment) CSISecretCopy(kind CSISecret) string {
+	return ma.Name + "-csi-" + string(kind)
+}
