@@ -47,7 +47,10 @@
 // then calls ControllerUnpublishVolume. An attachment of another name is
 // marked uncertain too, but the delete finds nothing and the attachment
 // stays: so Ferry names its attachments "ferry-" + the same hash
-// (assign.AttachmentName), and a restart leaves them alone.
+// (assign.AttachmentName), and a restart leaves them alone. Where a pod on
+// the node has kubelet's attachment, the controller uses that one instead
+// and makes none (assign.Attach), since the external-attacher detaches on
+// the deletion of either.
 //
 // Anything else can still detach a volume (a person, a node drain tool). A
 // detached volume comes back by itself: the controller's assign.Attach

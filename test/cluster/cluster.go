@@ -169,6 +169,11 @@ func Start(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if err := c.createObjects(ctx); err != nil {
 		return nil, err
 	}
+	if !c.kubelet {
+		if err := c.heartbeat(dctx); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.startNodeServices(ctx, bin, o); err != nil {
 		return nil, err
 	}
@@ -356,13 +361,25 @@ func stopProcess(p *process) {
 // again, as an upgrade or a leader change would: it rebuilds its view of
 // the world from the apiserver.
 func (c *Cluster) RestartControllerManager() error {
+	return c.restart("kube-controller-manager", func(p *process) bool { return filepath.Base(p.path) == "kube-controller-manager" })
+}
+
+// RestartKubelet stops a real node's kubelet and starts it again, as an
+// upgrade does: it reconstructs its volumes from the node's disk and cleans
+// up what it finds orphaned there.
+func (c *Cluster) RestartKubelet(node string) error {
+	return c.restart("kubelet of "+node, func(p *process) bool { return p.name == "kubelet-"+node })
+}
+
+// restart stops the first process that match picks and starts it again.
+func (c *Cluster) restart(what string, match func(*process) bool) error {
 	for _, p := range c.procs {
-		if filepath.Base(p.path) == "kube-controller-manager" {
+		if match(p) {
 			stopProcess(p)
 			return c.startProcess(p)
 		}
 	}
-	return errors.New("cluster: kube-controller-manager is not running")
+	return fmt.Errorf("cluster: %s is not running", what)
 }
 
 // Stop ends every process and driver and removes the cluster's state. It

@@ -16,6 +16,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -43,13 +45,18 @@ func AttachRequired(ctx context.Context, c client.Reader, driver string) (bool, 
 
 // Attach attaches the volume to node when its driver requires it and
 // returns the attachment for the assignment once it is attached (nil while
-// it is not, or when the driver needs none: attached says which).
+// it is not, or when the driver needs none: attached says which). A node
+// has one attachment per volume where it can: Ferry's own if it has one,
+// else kubelet's (a pod there uses the volume), else Ferry makes its own.
 func Attach(ctx context.Context, c client.Client, v agentv1alpha1.Volume, node string) (a *agentv1alpha1.Attachment, attached bool, err error) {
 	required, err := AttachRequired(ctx, c, v.Driver)
 	if err != nil || !required {
 		return nil, !required, err
 	}
-	va, err := attachment(ctx, c, v.Driver, v.VolumeHandle, v.PersistentVolumeName, node)
+	va, err := kubeletsUnlessOurs(ctx, c, v, node)
+	if err == nil && va == nil {
+		va, err = attachment(ctx, c, v.Driver, v.VolumeHandle, v.PersistentVolumeName, node)
+	}
 	if err != nil {
 		return nil, false, err
 	}
@@ -58,6 +65,32 @@ func Attach(ctx context.Context, c client.Client, v agentv1alpha1.Volume, node s
 		return nil, false, err
 	}
 	return &agentv1alpha1.Attachment{Name: va.Name, UID: string(va.UID), Metadata: md}, true, nil
+}
+
+// kubeletsUnlessOurs is kubelet's attachment of the volume to node (the
+// attach-detach controller's, for a pod there) when Ferry has none of its
+// own there: nil when Ferry has one, or kubelet none.
+func kubeletsUnlessOurs(ctx context.Context, c client.Client, v agentv1alpha1.Volume, node string) (*storagev1.VolumeAttachment, error) {
+	ours := &storagev1.VolumeAttachment{}
+	err := c.Get(ctx, client.ObjectKey{Name: AttachmentName(v.Driver, v.VolumeHandle, node)}, ours)
+	if err == nil || !apierrors.IsNotFound(err) {
+		return nil, client.IgnoreNotFound(err)
+	}
+	return kubeletAttachment(ctx, c, v.Driver, v.VolumeHandle, node)
+}
+
+// kubeletAttachment is the attach-detach controller's attachment of a
+// volume to node, if it has one that is not being deleted.
+func kubeletAttachment(ctx context.Context, c client.Reader, driver, handle, node string) (*storagev1.VolumeAttachment, error) {
+	va := &storagev1.VolumeAttachment{}
+	err := c.Get(ctx, client.ObjectKey{Name: KubeletAttachmentName(driver, handle, node)}, va)
+	if apierrors.IsNotFound(err) || (err == nil && va.DeletionTimestamp != nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get kubelet's attachment of %s to %s: %w", handle, node, err)
+	}
+	return va, nil
 }
 
 // DetachClaim deletes Ferry's attachments of the PV a claim is bound to;
@@ -77,7 +110,13 @@ func DetachClaim(ctx context.Context, c client.Client, namespace, claim string) 
 }
 
 // Detach deletes Ferry's attachments of a PV, to whatever node. Call it
-// once no assignment mounts the volume.
+// once no assignment mounts the volume. Where kubelet has its own
+// attachment of the volume to the same node (a pod there uses it), Ferry's
+// is handed over instead: deleted without the external-attacher's
+// ControllerUnpublishVolume, which it would answer the deletion with, and
+// which detaches the disk from the node (EBS) or drops the attachment
+// ticket kubelet's shares (Longhorn names its ticket as kubelet names its
+// attachment) under the pod.
 func Detach(ctx context.Context, c client.Client, pv string) error {
 	list := &storagev1.VolumeAttachmentList{}
 	if err := c.List(ctx, list, client.MatchingLabels{ManagedByLabel: ManagedBy}); err != nil {
@@ -88,11 +127,44 @@ func Detach(ctx context.Context, c client.Client, pv string) error {
 		if src == nil || *src != pv {
 			continue
 		}
-		if err := client.IgnoreNotFound(c.Delete(ctx, &va)); err != nil {
+		if err := detach(ctx, c, &va); err != nil {
 			return fmt.Errorf("detach %s from %s: %w", pv, va.Spec.NodeName, err)
 		}
 	}
 	return nil
+}
+
+// detach deletes one of Ferry's attachments, handing it over where kubelet
+// has its own of the same volume to the same node.
+func detach(ctx context.Context, c client.Client, va *storagev1.VolumeAttachment) error {
+	pv := &corev1.PersistentVolume{}
+	if err := c.Get(ctx, client.ObjectKey{Name: *va.Spec.Source.PersistentVolumeName}, pv); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("get its PersistentVolume: %w", err)
+	}
+	if pv.Spec.CSI != nil {
+		kubelets, err := kubeletAttachment(ctx, c, va.Spec.Attacher, pv.Spec.CSI.VolumeHandle, va.Spec.NodeName)
+		if err != nil {
+			return err
+		}
+		if kubelets != nil && handOver(va) {
+			if err := c.Update(ctx, va); err != nil {
+				return fmt.Errorf("hand over to kubelet's attachment %s: %w", kubelets.Name, client.IgnoreNotFound(err))
+			}
+		}
+	}
+	return client.IgnoreNotFound(c.Delete(ctx, va))
+}
+
+// handOver drops the external-attacher's finalizer from an attachment, so
+// that deleting it calls no ControllerUnpublishVolume: the attacher leaves
+// an attached attachment alone (syncAttach returns at once) and detaches
+// on deletion only what bears its finalizer (syncDetach: "already
+// detached"), in external-attacher v4.13.0's pkg/controller/csi_handler.go,
+// lines 255-261 and 286-291. It says whether there was one to drop.
+func handOver(va *storagev1.VolumeAttachment) bool {
+	n := len(va.Finalizers)
+	va.Finalizers = slices.DeleteFunc(va.Finalizers, func(f string) bool { return strings.HasPrefix(f, "external-attacher/") })
+	return len(va.Finalizers) != n
 }
 
 // ManagedByLabel marks the VolumeAttachments Ferry created, the only ones
@@ -101,6 +173,14 @@ const ManagedByLabel = "app.kubernetes.io/managed-by"
 
 // ManagedBy is the label's value.
 const ManagedBy = "ferry"
+
+// KubeletAttachmentName is the name kubelet's attach-detach controller
+// gives its attachment of a volume to a node: "csi-" +
+// sha256(handle + driver + node) (getAttachmentName,
+// pkg/volume/csi/csi_attacher.go, v1.37.2, lines 592-596).
+func KubeletAttachmentName(driver, volumeHandle, node string) string {
+	return fmt.Sprintf("csi-%x", sha256.Sum256([]byte(volumeHandle+driver+node)))
+}
 
 // ErrDetaching says the attachment is being deleted (see the package doc
 // for who does that); once it is gone, Attach creates it again.

@@ -39,16 +39,8 @@ import (
 //   - deleted by hand (any detach), it is attached again with a new UID;
 //     Detach removes it.
 func TestAttachAcrossControllerManagerRestart(t *testing.T) {
-	testenv.NeedRoot(t) // skips in -short: it starts a cluster
 	ctx := context.Background()
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: []string{"node-a"}, Log: testr.New(t)})
-	require.NoError(t, err)
-	defer func() {
-		if t.Failed() {
-			t.Log(c.Logs(40))
-		}
-		assert.NoError(t, c.Stop())
-	}()
+	c := oneNodeCluster(t)
 	node := c.Nodes[0]
 	exists := func(name string, uid string) bool {
 		now := &storagev1.VolumeAttachment{}
@@ -111,4 +103,73 @@ func bind(t *testing.T, c *cluster.Cluster, name string) *corev1.PersistentVolum
 	})
 	require.NoError(t, err)
 	return pv
+}
+
+// TestAttachmentSharedWithKubelet: a node has one attachment per volume,
+// shared with kubelet's, and Ferry never detaches a disk under a pod. With
+// a real attach-detach controller and external-attacher (the ebs profile:
+// its ControllerUnpublishVolume takes the volume off the node, after which
+// NodeStageVolume there fails):
+//
+//   - Ferry attaches first (its own attachment); a pod scheduled to the
+//     node gets kubelet's attachment beside it; Ferry lets go: its
+//     attachment is handed over, not detached, and the pod's node can still
+//     stage the volume;
+//   - with kubelet's attachment there, Ferry uses it and makes none.
+func TestAttachmentSharedWithKubelet(t *testing.T) {
+	ctx := context.Background()
+	c := oneNodeCluster(t)
+	node := c.Nodes[0]
+	pv := bind(t, c, "shared")
+	v := agentv1alpha1.Volume{PersistentVolumeName: pv.Name, Driver: pv.Spec.CSI.Driver, VolumeHandle: pv.Spec.CSI.VolumeHandle}
+	ours := harness.Attached(t, c.Client, v, node.Name)
+	require.Equal(t, assign.AttachmentName(v.Driver, v.VolumeHandle, node.Name), ours.Name)
+
+	// The application's pod, scheduled to the node: the attach-detach
+	// controller attaches the volume for it, under kubelet's name.
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "app"}, Spec: corev1.PodSpec{NodeName: node.Name,
+		Containers: []corev1.Container{{Name: "app", Image: "app"}},
+		Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "shared"}}}}}}
+	require.NoError(t, c.Client.Create(ctx, pod))
+	kubelets := &storagev1.VolumeAttachment{}
+	kubeletName := assign.KubeletAttachmentName(v.Driver, v.VolumeHandle, node.Name)
+	testenv.Eventually(t, "kubelet's attachment for the pod", time.Minute, func() bool {
+		return c.Client.Get(ctx, client.ObjectKey{Name: kubeletName}, kubelets) == nil && kubelets.Status.Attached
+	})
+
+	require.NoError(t, assign.Detach(ctx, c.Client, pv.Name))
+	testenv.Eventually(t, "Ferry's attachment to go", time.Minute, func() bool {
+		return apierrors.IsNotFound(c.Client.Get(ctx, client.ObjectKey{Name: ours.Name}, &storagev1.VolumeAttachment{}))
+	})
+	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Name: kubeletName}, kubelets))
+	assert.True(t, kubelets.Status.Attached && kubelets.DeletionTimestamp == nil, "kubelet's attachment stays")
+	m := node.Volume(v.Driver, v.VolumeHandle)
+	m.PublishContext = kubelets.Status.AttachmentMetadata
+	_, unmount, err := cluster.MountVolume(ctx, m, t.TempDir())
+	require.NoError(t, err, "the volume is still on the node for the pod")
+	require.NoError(t, unmount())
+
+	again := harness.Attached(t, c.Client, v, node.Name)
+	assert.Equal(t, kubeletName, again.Name, "Ferry uses kubelet's attachment")
+	assert.Equal(t, string(kubelets.UID), again.UID)
+	list := &storagev1.VolumeAttachmentList{}
+	require.NoError(t, c.Client.List(ctx, list))
+	assert.Len(t, list.Items, 1, "one attachment of the volume to the node")
+}
+
+// oneNodeCluster starts a cluster of one simulated node for the test
+// (skipped in -short) and stops it after, with its logs if the test failed.
+func oneNodeCluster(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	testenv.NeedRoot(t)
+	c, err := cluster.Start(context.Background(), cluster.Options{Nodes: []string{"node-a"}, Log: testr.New(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(c.Logs(40))
+		}
+		assert.NoError(t, c.Stop())
+	})
+	return c
 }

@@ -37,11 +37,11 @@ func Locate(ctx context.Context, c client.Reader, pv *corev1.PersistentVolume, c
 	if prefer != "" && stillFits(ctx, c, pv, vol.Driver, prefer) {
 		return vol, prefer, nil
 	}
-	nodes, csiNodes, err := Nodes(ctx, c)
+	cand, err := Nodes(ctx, c)
 	if err != nil {
 		return vol, "", err
 	}
-	node, err := Place(pv, vol.Driver, key, nodes, csiNodes, prefer)
+	node, err := Place(pv, vol.Driver, key, cand, prefer)
 	if err != nil {
 		return vol, "", unplaceable{err}
 	}
@@ -58,7 +58,7 @@ func stillFits(ctx context.Context, c client.Reader, pv *corev1.PersistentVolume
 	if c.Get(ctx, client.ObjectKey{Name: node}, n) != nil || c.Get(ctx, client.ObjectKey{Name: node}, cn) != nil {
 		return false // gone, or unknown: the full placement decides
 	}
-	got, err := Place(pv, driver, "", []corev1.Node{*n}, []storagev1.CSINode{*cn}, node)
+	got, err := Place(pv, driver, "", Candidates{Nodes: []corev1.Node{*n}, CSINodes: []storagev1.CSINode{*cn}}, node)
 	return err == nil && got == node
 }
 

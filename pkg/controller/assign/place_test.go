@@ -32,17 +32,34 @@ func pinned(zone string) *corev1.PersistentVolume {
 			{Key: "zone", Operator: corev1.NodeSelectorOpIn, Values: []string{zone}}}}}}}}}
 }
 
+// limited is a CSINode entry of driver with an attach limit.
+func limited(name, driver string, count int32) storagev1.CSINode {
+	n := csiNode(name, driver)
+	n.Spec.Drivers[0].Allocatable = &storagev1.VolumeNodeResources{Count: &count}
+	return n
+}
+
 func TestPlace(t *testing.T) {
 	nodes := []corev1.Node{node("a", map[string]string{"zone": "1"}), node("b", map[string]string{"zone": "2"}),
 		node("c", map[string]string{"zone": "2"})}
 	cordoned := node("d", map[string]string{"zone": "3"})
 	cordoned.Spec.Unschedulable = true
-	nodes = append(nodes, cordoned)
-	all := []storagev1.CSINode{csiNode("a", "drv"), csiNode("b", "drv"), csiNode("c", "drv", "other"), csiNode("d", "drv")}
+	tainted := node("e", map[string]string{"zone": "4"})
+	tainted.Spec.Taints = []corev1.Taint{{Key: "dedicated", Value: "db", Effect: corev1.TaintEffectNoSchedule},
+		{Key: "soft", Effect: corev1.TaintEffectPreferNoSchedule}}
+	soft := node("f", map[string]string{"zone": "5"})
+	soft.Spec.Taints = []corev1.Taint{{Key: "soft", Effect: corev1.TaintEffectPreferNoSchedule}}
+	nodes = append(nodes, cordoned, tainted, soft)
+	all := []storagev1.CSINode{csiNode("a", "drv"), csiNode("b", "drv"), csiNode("c", "drv", "other"), csiNode("d", "drv"),
+		csiNode("e", "drv"), csiNode("f", "drv")}
+	ebs := []storagev1.CSINode{limited("a", "ebs", 2), limited("b", "ebs", 2), limited("c", "ebs", 3)}
+	// b is full with kubelet's and Ferry's attachments; c has one free.
+	full := map[string]map[string]int{"a": {"ebs": 1, "drv": 5}, "b": {"ebs": 2}, "c": {"ebs": 3}}
 	cases := map[string]struct {
 		pv       *corev1.PersistentVolume
 		driver   string
 		csiNodes []storagev1.CSINode
+		attached map[string]map[string]int
 		prefer   []string
 		want     []string // any of
 		err      string
@@ -50,14 +67,22 @@ func TestPlace(t *testing.T) {
 		"the PV's affinity decides":               {pv: pinned("1"), driver: "drv", csiNodes: all, want: []string{"a"}},
 		"affinity with two nodes, prefer one":     {pv: pinned("2"), driver: "drv", csiNodes: all, prefer: []string{"c"}, want: []string{"c"}},
 		"a preference the affinity rules out":     {pv: pinned("1"), driver: "drv", csiNodes: all, prefer: []string{"b"}, want: []string{"a"}},
-		"no affinity: any node with the driver":   {driver: "drv", csiNodes: all, want: []string{"a", "b", "c"}},
+		"no affinity: any node with the driver":   {driver: "drv", csiNodes: all, want: []string{"a", "b", "c", "f"}},
 		"only nodes whose CSINode has the driver": {driver: "other", csiNodes: all, want: []string{"c"}},
-		"a cordoned node is not chosen":           {pv: pinned("3"), driver: "drv", csiNodes: all, err: "matches the volume's node affinity"},
+		"a cordoned node is not chosen":           {pv: pinned("3"), driver: "drv", csiNodes: all, err: "d: cordoned"},
+		"a NoSchedule taint is not tolerated":     {pv: pinned("4"), driver: "drv", csiNodes: all, err: "e: tainted dedicated=db:NoSchedule"},
+		"where the volume is, a taint is no bar":  {pv: pinned("4"), driver: "drv", csiNodes: all, prefer: []string{"e"}, want: []string{"e"}},
+		"PreferNoSchedule is no bar":              {pv: pinned("5"), driver: "drv", csiNodes: all, want: []string{"f"}},
 		"no node runs the driver":                 {driver: "missing", csiNodes: all, err: "no node runs the CSI driver missing"},
+		"attach limits, counted per driver":       {driver: "ebs", csiNodes: ebs, attached: full, want: []string{"a"}},
+		"every node at its attach limit": {driver: "ebs", csiNodes: ebs, attached: map[string]map[string]int{"a": {"ebs": 2}, "b": {"ebs": 2}, "c": {"ebs": 3}},
+			err: "a: at its attach limit for ebs (2 of 2); b: at its attach limit for ebs (2 of 2); c: at its attach limit for ebs (3 of 3)"},
+		"where the volume is attached already, the limit has counted it": {driver: "ebs", csiNodes: ebs, attached: full, prefer: []string{"b"}, want: []string{"b"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			got, err := Place(tc.pv, tc.driver, "ns/claim", nodes, tc.csiNodes, tc.prefer...)
+			cand := Candidates{Nodes: nodes, CSINodes: tc.csiNodes, Attached: tc.attached}
+			got, err := Place(tc.pv, tc.driver, "ns/claim", cand, tc.prefer...)
 			if tc.err != "" {
 				require.ErrorIs(t, err, ErrNoNode)
 				assert.ErrorContains(t, err, tc.err)
@@ -65,7 +90,7 @@ func TestPlace(t *testing.T) {
 			}
 			require.NoError(t, err)
 			assert.Contains(t, tc.want, got)
-			again, _ := Place(tc.pv, tc.driver, "ns/claim", nodes, tc.csiNodes, tc.prefer...)
+			again, _ := Place(tc.pv, tc.driver, "ns/claim", cand, tc.prefer...)
 			assert.Equal(t, got, again, "the same volume lands on the same node")
 		})
 	}

@@ -72,7 +72,7 @@ func (w *work) volume(ctx context.Context) (*corev1.PersistentVolume, error) {
 	if w.ma != nil {
 		prefer = w.ma.Spec.NodeName
 	}
-	bound, err := assign.SelectNode(ctx, c, pvc, prefer)
+	bound, err := assign.SelectNode(ctx, c, pvc, nil, prefer)
 	if err != nil {
 		if errors.Is(err, assign.ErrNoNode) {
 			return nil, cycle.Invalid(err)

@@ -45,7 +45,7 @@ func (w *work) pointInTime(ctx context.Context) (*corev1.PersistentVolumeClaim, 
 		if pvc.DeletionTimestamp != nil {
 			return nil, "waiting for the previous copy " + pvc.Name + " to be deleted", nil
 		}
-		waiting := w.checkBinding(ctx, pvc)
+		waiting := w.checkBinding(ctx, src, pvc)
 		if waiting == "" { // the copy exists: the application may go on
 			if err := annotate(ctx, c, src, copyTaken(src.Annotations)); err != nil {
 				return nil, "", err
@@ -135,14 +135,21 @@ func (w *work) cleanupLabels() map[string]string {
 	return map[string]string{CleanupLabel: string(w.rs.UID)}
 }
 
-// checkBinding says what an unbound copy waits for, selecting a node for a
-// WaitForFirstConsumer class (the source's own node, so a clone can be
-// made there).
-func (w *work) checkBinding(ctx context.Context, pvc *corev1.PersistentVolumeClaim) string {
+// checkBinding says what an unbound copy of src waits for, selecting a node
+// for a WaitForFirstConsumer class: one the source's PV allows, so that a
+// node-local driver (TopoLVM) can make the clone or restore there.
+func (w *work) checkBinding(ctx context.Context, src, pvc *corev1.PersistentVolumeClaim) string {
 	if msg := bindWait(pvc); msg == "" {
 		return ""
 	}
-	if _, err := assign.SelectNode(ctx, w.r.Client, pvc); err != nil {
+	var near *corev1.PersistentVolume
+	if src.Spec.VolumeName != "" {
+		near = &corev1.PersistentVolume{}
+		if err := w.r.Client.Get(ctx, client.ObjectKey{Name: src.Spec.VolumeName}, near); err != nil {
+			return fmt.Sprintf("copy %s cannot be bound: read the source's PersistentVolume: %v", pvc.Name, err)
+		}
+	}
+	if _, err := assign.SelectNode(ctx, w.r.Client, pvc, near); err != nil {
 		return fmt.Sprintf("copy %s cannot be bound: %v", pvc.Name, err)
 	}
 	if pvc.Spec.DataSource != nil && pvc.Spec.DataSource.Kind == "PersistentVolumeClaim" {

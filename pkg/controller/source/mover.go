@@ -112,19 +112,18 @@ func (w *work) assign(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (s
 	if err != nil {
 		return "", cycle.InvalidIf(err, assign.ErrUnplaceable)
 	}
-	if podNode != "" && node == podNode {
-		// kubelet has it attached and mounted for the pod: bind that.
-		vol.ReuseKubeletMount = true
-	} else {
-		attachment, attached, err := assign.Attach(ctx, c, vol, node)
-		if err != nil {
-			return "", err
-		}
-		if !attached {
-			return fmt.Sprintf("waiting for %s to attach to node %s", pvc.Name, node), nil
-		}
-		vol.Attachment = attachment
+	// kubelet has it mounted for the pod: the agent binds that. The
+	// attachment is kubelet's then (Attach makes none beside it), which the
+	// agent publishes with if the pod has gone meanwhile.
+	vol.ReuseKubeletMount = podNode != "" && node == podNode
+	attachment, attached, err := assign.Attach(ctx, c, vol, node)
+	if err != nil {
+		return "", err
 	}
+	if !attached {
+		return fmt.Sprintf("waiting for %s to attach to node %s", pvc.Name, node), nil
+	}
+	vol.Attachment = attachment
 	privileged, err := assign.Privileged(ctx, c, rs.Namespace)
 	if err != nil {
 		return "", err
