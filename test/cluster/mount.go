@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -46,12 +47,31 @@ func (n Node) Volume(driver, volumeID string) VolumeMount {
 	return VolumeMount{Socket: n.PluginSocket(driver), KubeletDir: n.KubeletDir, Driver: driver, VolumeID: volumeID}
 }
 
-// MountVolume mounts m under workDir so a test can look at its data, and
-// returns the mount path and the function that takes it down.
+// MountVolume mounts m so a test can look at its data, and returns the
+// mount path and the function that takes it down. The path is where kubelet
+// would publish it for a pod (below the node's pods/ directory, which every
+// node plugin sees; Longhorn's sees nothing else there), for a pod named by
+// workDir, and goes when unmounted.
 func MountVolume(ctx context.Context, m VolumeMount, workDir string) (string, func() error, error) {
-	target := filepath.Join(workDir, m.VolumeID, "target")
+	pod := filepath.Join(m.KubeletDir, "pods", fmt.Sprintf("test-%x", sha256.Sum256([]byte(workDir)))[:21])
+	target := filepath.Join(pod, "volumes", "kubernetes.io~csi", m.VolumeID, "mount")
 	unmount, err := m.At(ctx, target)
-	return target, unmount, err
+	if err != nil {
+		return "", nil, err
+	}
+	return target, func() error {
+		if err := unmount(); err != nil {
+			return err
+		}
+		// The pod's directories, as kubelet removes them once its volumes
+		// are gone; each only if empty.
+		for dir := filepath.Dir(target); dir != filepath.Dir(pod); dir = filepath.Dir(dir) {
+			if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+		}
+		return nil
+	}, nil
 }
 
 // At mounts m at target (its parent is made) and returns the function that

@@ -43,6 +43,7 @@ func TestController(t *testing.T) {
 		{"VolSync's e2e: a 70- and a 240-character pair sync and restore", one(longNames)},
 		{"Direct into Direct, user-given keys, LoadBalancer, unprivileged destination, paused", one(direct)},
 		{"a destination whose driver requires attach is attached, and detached when deleted", one(attached)},
+		{"every strict driver profile: a Clone source into a Snapshot destination, the restored image checked", one(driverProfiles)},
 		{"cleanupTempPVC: the provisioned claim goes after each sync, the next gets a new one", one(tempClaim)},
 		{"keys replaced in the user's Secret take effect at the next sync; the old key stops working", one(rotate)},
 		{"copy triggers: the copy waits for the application's trigger, and the claim says where it stands", one(copyTriggers)},

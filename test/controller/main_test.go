@@ -81,7 +81,7 @@ func run(m *testing.M) (code int) {
 	}
 	defer network.Close()
 	if shared, err = cluster.Start(context.Background(), cluster.Options{Network: network, ServiceCIDR: "10.96.0.0/22",
-		LoadBalancerCIDR: lbCIDR, Log: logr.Discard()}); err != nil {
+		LoadBalancerCIDR: lbCIDR, Profiles: profiles, Log: logr.Discard()}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -66,8 +66,9 @@ func podReady(p *corev1.Pod) bool {
 // pair creates namespace ns in both clusters (privileged movers), a
 // Snapshot ReplicationDestination there, copies its key Secret to the
 // source cluster, and returns it with a ReplicationSource of claim (not yet
-// created) that points at it, as the spec's flow does.
-func pair(t testing.TB, ns, claim string, method volsyncv1alpha1.CopyMethodType) (*volsyncv1alpha1.ReplicationDestination, *volsyncv1alpha1.ReplicationSource) {
+// created) that points at it, as the spec's flow does; mods change the
+// destination before it is created.
+func pair(t testing.TB, ns, claim string, method volsyncv1alpha1.CopyMethodType, mods ...func(*volsyncv1alpha1.ReplicationDestination)) (*volsyncv1alpha1.ReplicationDestination, *volsyncv1alpha1.ReplicationSource) {
 	t.Helper()
 	ctx := context.Background()
 	privileged := map[string]string{volsyncv1alpha1.PrivilegedMoversAnnotation: "true"}
@@ -80,6 +81,9 @@ func pair(t testing.TB, ns, claim string, method volsyncv1alpha1.CopyMethodType)
 				CopyMethod: volsyncv1alpha1.CopyMethodSnapshot, Capacity: ptr.To(apiresource.MustParse("2Gi")),
 				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}},
 			ServiceType: ptr.To(corev1.ServiceTypeClusterIP)}}}
+	for _, mod := range mods {
+		mod(rd)
+	}
 	require.NoError(t, dst.Client.Create(ctx, rd))
 	require.NoError(t, waitFor(ctx, 2*time.Minute, func() bool {
 		return dst.Client.Get(ctx, client.ObjectKeyFromObject(rd), rd) == nil &&

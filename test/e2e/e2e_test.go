@@ -133,7 +133,9 @@ func restoreAndCheck(t *testing.T, rd *volsyncv1alpha1.ReplicationDestination, n
 		"a new image on the destination")
 	ref := &corev1.TypedObjectReference{APIGroup: ptr.To(volsyncv1alpha1.GroupVersion.Group), Kind: "ReplicationDestination",
 		Name: rd.Name}
-	require.NoError(t, dst.Client.Create(ctx, claim(rd.Namespace, name, ref)))
+	restored := claim(rd.Namespace, name, ref)
+	restored.Spec.StorageClassName = rd.Spec.Rsync.StorageClassName // the images' driver's class, when not the default
+	require.NoError(t, dst.Client.Create(ctx, restored))
 	runPod(t, dst, cluster.AppPod(rd.Namespace, "check-"+name, name, script))
 }
 

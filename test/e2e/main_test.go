@@ -59,7 +59,7 @@ func run(m *testing.M) int {
 		name, svc, balance string
 	}{{&src, "src", "10.92.0.0/24", "10.89.0.0/24"}, {&dst, "dst", "10.91.0.0/24", "10.90.0.0/24"}} {
 		cl, err := cluster.Start(ctx, cluster.Options{Network: network, ServiceCIDR: c.svc, LoadBalancerCIDR: c.balance,
-			Nodes: []string{c.name + "-node-a", c.name + "-node-b"}, Kubelet: true,
+			Nodes: []string{c.name + "-node-a", c.name + "-node-b"}, Kubelet: true, Profiles: profiles,
 			Images: filepath.Join(root, "bin", "images"), Log: logr.Discard()})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "e2e: start cluster:", err)

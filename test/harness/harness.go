@@ -33,6 +33,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ferrysync/ferry/internal/testenv"
+	"github.com/ferrysync/ferry/pkg/controller/assign"
 	"github.com/ferrysync/ferry/test/cluster"
 )
 
@@ -287,6 +288,9 @@ func AgentKubeconfig(t T, c *cluster.Cluster, node string) string {
 // OnVolume mounts a bound claim's volume on the host through the first
 // node's CSI plugin, under work (read-only when asked), runs fn on its
 // root and unmounts it: how tests and the demo look at a volume's bytes.
+// As kubelet would, it passes the PV's node-stage Secret and, for a driver
+// that requires attach, attaches the volume to the node for the time
+// (an attachment of its own, which nothing else may be using then).
 func OnVolume(t T, c *cluster.Cluster, ns, claim, work string, readOnly bool, fn func(dir string)) {
 	t.Helper()
 	ctx := context.Background()
@@ -294,15 +298,26 @@ func OnVolume(t T, c *cluster.Cluster, ns, claim, work string, readOnly bool, fn
 	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: claim}, pvc))
 	pv := &corev1.PersistentVolume{}
 	require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Name: pvc.Spec.VolumeName}, pv))
-	dir, unmount, err := cluster.MountVolume(ctx, readOnlyIf(c.Nodes[0].Volume(pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle), readOnly), work)
+	m := c.Nodes[0].Volume(pv.Spec.CSI.Driver, pv.Spec.CSI.VolumeHandle)
+	m.ReadOnly = readOnly
+	if ref := pv.Spec.CSI.NodeStageSecretRef; ref != nil {
+		sec := &corev1.Secret{}
+		require.NoError(t, c.Client.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, sec))
+		m.StageSecrets = map[string]string{}
+		for k, v := range sec.Data {
+			m.StageSecrets[k] = string(v)
+		}
+	}
+	if required, err := assign.AttachRequired(ctx, c.Client, pv.Spec.CSI.Driver); err != nil || required {
+		require.NoError(t, err)
+		var detach func()
+		m.PublishContext, detach = attachForTest(t, c.Client, pv, c.Nodes[0].Name)
+		defer detach()
+	}
+	dir, unmount, err := cluster.MountVolume(ctx, m, work)
 	require.NoError(t, err, "mount claim %s/%s", ns, claim)
 	defer func() { require.NoError(t, unmount(), "unmount claim %s/%s", ns, claim) }()
 	fn(dir)
-}
-
-func readOnlyIf(m cluster.VolumeMount, ro bool) cluster.VolumeMount {
-	m.ReadOnly = ro
-	return m
 }
 
 // ExamplePath is the path of one of the spec's examples (examples/volsync),
