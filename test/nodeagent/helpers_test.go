@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -86,4 +87,14 @@ func snapshotClaim(t *testing.T, c *cluster.Cluster, ns, from, name string, owne
 func volumeOf(pv *corev1.PersistentVolume) agentv1alpha1.Volume {
 	return agentv1alpha1.Volume{PersistentVolumeName: pv.Name, Claim: pv.Spec.ClaimRef.Name, Driver: pv.Spec.CSI.Driver,
 		VolumeHandle: pv.Spec.CSI.VolumeHandle}
+}
+
+// syncFS flushes the filesystem mounted at dir to its device.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
 }

@@ -128,8 +128,9 @@ func (r *replication) unprivileged(t *testing.T) {
 }
 
 // attachRequired: a destination whose driver requires attach waits for
-// the controller's attachment, then serves; detached and attached again (a
-// new attachment UID), it is published anew with its data.
+// the controller's attachment, then serves; detached (its disk taken off
+// the node: a sync into it then fails) and attached again (a new attachment
+// UID), it is published anew with its data.
 func (r *replication) attachRequired(t *testing.T) {
 	claim := pvc("app", "replica-attached", nil, r.rd)
 	claim.Spec.StorageClassName = ptr.To(cluster.AttachStorageClass)
@@ -152,8 +153,19 @@ func (r *replication) attachRequired(t *testing.T) {
 	}
 	attach(t)
 	attachedDir := r.get(t, dst.Name).Status.MountPath
+	// Written through to the disk, as a sync's end syncs it: the detach
+	// takes the disk off the node (the ebs profile revokes the device).
 	require.NoError(t, os.WriteFile(filepath.Join(attachedDir, "kept"), []byte("across a re-attach"), 0o600))
+	require.NoError(t, syncFS(attachedDir))
 	require.NoError(t, assign.Detach(context.Background(), r.k, r.attachedPV.Name))
+	// The disk is off the node under the served destination: a source that
+	// pushes now fails, and never reports success.
+	pulled := like(r.get(t, r.src.Name), "rs-into-pulled")
+	pulled.Spec.Source.Port, pulled.Spec.SyncGeneration = r.served(t, dst.Name).Port, 1
+	r.add(t, pulled)
+	res := r.synced(t, pulled.Name, 1)
+	assert.False(t, res.Succeeded, "a sync into a volume whose disk is gone")
+	t.Logf("the sync into the pulled disk: %s", res.Error)
 	attach(t)
 	got, err := os.ReadFile(filepath.Join(r.get(t, dst.Name).Status.MountPath, "kept"))
 	require.NoError(t, err)

@@ -47,14 +47,26 @@ func (d *Driver) ControllerUnpublishVolume(_ context.Context, req *csi.Controlle
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume ID is required")
 	}
+	gone := false
 	err := d.store.update(func(st *state) error {
 		if v := st.Volumes[req.GetVolumeId()]; v != nil {
 			delete(v.Attached, req.GetNodeId())
+			gone = len(v.Attached) == 0
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if gone && d.cfg.Profile.DevicePath {
+		// The disk leaves the node (EBS calls EC2 DetachDisk,
+		// pkg/driver/controller.go:584-615): whatever still has it
+		// mounted gets I/O errors from now on.
+		loops.Lock()
+		defer loops.Unlock()
+		if err := revoke(d.imagePath(req.GetVolumeId())); err != nil {
+			return nil, err
+		}
 	}
 	return &csi.ControllerUnpublishVolumeResponse{}, nil
 }

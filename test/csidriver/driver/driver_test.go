@@ -2,6 +2,7 @@ package driver_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,5 +156,56 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 		assert.ErrorContains(t, err, "read-only file system")
 		require.NoError(t, unmount())
 	}
+	requireNoLeaks(t, data, work)
+}
+
+// TestDetachRevokesTheDevice: the ebs profile's ControllerUnpublishVolume
+// takes the disk off the node, as EC2 does: a filesystem still mounted
+// from it fails every write from then on; what was written before is in
+// the volume when it is attached again.
+func TestDetachRevokesTheDevice(t *testing.T) {
+	testenv.NeedRoot(t)
+	ctx := context.Background()
+	data, work := t.TempDir(), t.TempDir()
+	sock := start(t, data, "node-a", driver.Profiles["ebs"], work)
+	c := connect(t, sock)
+	vol, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "disk", VolumeCapabilities: []*csi.VolumeCapability{mountRW},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}})
+	require.NoError(t, err)
+	id := vol.GetVolume().GetVolumeId()
+	attachTo := func() map[string]string {
+		resp, err := c.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: id, NodeId: "node-a", VolumeCapability: mountRW})
+		require.NoError(t, err)
+		require.NotEmpty(t, resp.GetPublishContext()["devicePath"])
+		return resp.GetPublishContext()
+	}
+	m := cluster.VolumeMount{Socket: sock, KubeletDir: work, Driver: "ebs", VolumeID: id, PublishContext: attachTo()}
+	target, unmount, err := cluster.MountVolume(ctx, m, work)
+	require.NoError(t, err)
+	write := func(name string) error {
+		f, err := os.Create(filepath.Join(target, name))
+		if err != nil {
+			return err
+		}
+		_, err = f.Write([]byte(strings.Repeat("x", 8192)))
+		if err == nil {
+			err = f.Sync()
+		}
+		return errors.Join(err, f.Close())
+	}
+	require.NoError(t, write("before"))
+	_, err = c.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: "node-a"})
+	require.NoError(t, err)
+	require.Error(t, write("after"), "the disk is gone from the node")
+	require.NoError(t, unmount())
+
+	m.PublishContext = attachTo()
+	target, unmount, err = cluster.MountVolume(ctx, m, work)
+	require.NoError(t, err)
+	_, err = os.Stat(filepath.Join(target, "before"))
+	require.NoError(t, err, "attached again: the data written before the detach")
+	require.NoError(t, unmount())
+	_, err = c.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: id, NodeId: "node-a"})
+	require.NoError(t, err)
 	requireNoLeaks(t, data, work)
 }

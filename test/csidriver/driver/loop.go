@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -29,6 +30,9 @@ type loopDev struct {
 	// Clearing is set when the kernel detaches the device at its last
 	// close: it was detached while something still held it open.
 	Clearing bool
+	// Revoked is set for a device cut down to nothing (revoke): its disk
+	// is gone from the node, and it is never handed out again.
+	Revoked bool
 }
 
 // devicesOf lists the loop devices backing img, from sysfs (what `losetup
@@ -49,7 +53,9 @@ func devicesOf(img string) ([]loopDev, error) {
 		}
 		dir := filepath.Dir(filepath.Dir(f))
 		clear, _ := os.ReadFile(filepath.Join(dir, "loop", "autoclear"))
-		devs = append(devs, loopDev{Path: "/dev/" + filepath.Base(dir), Clearing: strings.TrimSpace(string(clear)) == "1"})
+		size, _ := os.ReadFile(filepath.Join(dir, "size"))
+		devs = append(devs, loopDev{Path: "/dev/" + filepath.Base(dir), Clearing: strings.TrimSpace(string(clear)) == "1",
+			Revoked: strings.TrimSpace(string(size)) == revokedSectors})
 	}
 	return devs, nil
 }
@@ -67,10 +73,13 @@ func attach(img string) (string, error) {
 		}
 		clearing := false
 		for _, d := range devs {
-			if !d.Clearing {
+			switch {
+			case d.Revoked:
+			case !d.Clearing:
 				return d.Path, nil
+			default:
+				clearing = true
 			}
-			clearing = true
 		}
 		if !clearing {
 			break
@@ -111,4 +120,43 @@ func detachUnused(img string) error {
 		}
 	}
 	return nil
+}
+
+// revokedSectors is the size, in 512-byte sectors, of a revoked device.
+const revokedSectors = "1"
+
+// revoke cuts img's loop devices down to one sector, as a disk detached
+// from its node disappears under whatever still has it mounted: every read
+// or write past the first sector fails from then on, while the image keeps
+// the data for the next attach, which gets a new device (attach never hands
+// out a revoked one; detachUnused frees it once unused). The caller holds
+// loops.
+func revoke(img string) error {
+	devs, err := devicesOf(img)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	for _, d := range devs {
+		if err := shrink(d.Path); err != nil {
+			return status.Errorf(codes.Internal, "revoke %s: %v", d.Path, err)
+		}
+	}
+	return nil
+}
+
+func shrink(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	if err != nil {
+		return err
+	}
+	info.Sizelimit = 512
+	if err := unix.IoctlLoopSetStatus64(int(f.Fd()), info); err != nil {
+		return err
+	}
+	return unix.IoctlSetInt(int(f.Fd()), unix.LOOP_SET_CAPACITY, 0)
 }

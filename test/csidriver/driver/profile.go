@@ -46,7 +46,8 @@ type Profile struct {
 	AttachRequired bool
 	// DevicePath requires publish_context["devicePath"] in NodeStage,
 	// InvalidArgument "Device path not provided" (EBS
-	// pkg/driver/node.go:201-204).
+	// pkg/driver/node.go:201-204), and ControllerUnpublishVolume takes the
+	// device away from the node: I/O on a mount of it fails afterwards.
 	DevicePath bool
 	// MaxVolumesPerNode is NodeGetInfo's attach limit (EBS
 	// pkg/driver/node.go:814-847, from the instance type).
