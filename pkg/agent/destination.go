@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -22,6 +23,7 @@ import (
 	agentv1alpha1 "github.com/ferrysync/ferry/pkg/api/agent/v1alpha1"
 	volsyncv1alpha1 "github.com/ferrysync/ferry/pkg/api/v1alpha1"
 	"github.com/ferrysync/ferry/pkg/bytesize"
+	"github.com/ferrysync/ferry/pkg/mount"
 	"github.com/ferrysync/ferry/pkg/transfer/cgroup"
 	"github.com/ferrysync/ferry/pkg/transfer/confine"
 	"github.com/ferrysync/ferry/pkg/transfer/endpoint"
@@ -241,6 +243,11 @@ func (d *destinationServer) onEvent(key types.NamespacedName, e endpoint.Event) 
 				res.Succeeded, res.Error = false, err.Error()
 			}
 		}
+		if !res.Succeeded {
+			if why := volumeLost(s.path); why != "" {
+				res.Error = why + ": " + res.Error
+			}
+		}
 		// The endpoint held the volume at `shutdown 0`; a sync that did
 		// not end well is not held.
 		d.server.Hold(key.String(), res.Succeeded)
@@ -300,6 +307,33 @@ func noSpace(ma *agentv1alpha1.MountAssignment, path string, needed int64) strin
 		size = "of " + bytesize.Format(int64(st.Blocks)*st.Bsize)
 	}
 	return noSpaceMessage(ma.Spec.Owner.Namespace+"/"+ma.Spec.Volume.Claim, size, needed)
+}
+
+// volumeLost says, for a failed sync, whether the destination's volume
+// itself failed under it ("" if it still takes writes): its disk taken off
+// the node (a detach by someone else) or failing. rsync then reports only
+// its own operations' errors ("Read-only file system": ext4 refuses new
+// work once its journal aborts on I/O errors, without marking itself
+// read-only), so the agent writes and flushes one small file of its own at
+// the volume's root, and removes it: only I/O and read-only errors count
+// (a full volume has its own message).
+func volumeLost(path string) string {
+	mounted, err := mount.IsMountPoint(path)
+	if err != nil || !mounted {
+		return fmt.Sprintf("the destination volume is no longer mounted at %s", path)
+	}
+	f, err := os.CreateTemp(path, ".ferry-probe-")
+	if err == nil {
+		_, err = f.Write([]byte{0})
+		if err == nil {
+			err = f.Sync()
+		}
+		err = errors.Join(err, f.Close(), os.Remove(f.Name()))
+	}
+	if errors.Is(err, syscall.EIO) || errors.Is(err, syscall.EROFS) {
+		return "the destination volume failed under the sync (" + err.Error() + "): its disk failed, or was detached from the node"
+	}
+	return ""
 }
 
 // applyUnreported writes the end of a sync not in the status yet into an

@@ -2,8 +2,10 @@ package nodeagent_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -165,7 +167,11 @@ func (r *replication) attachRequired(t *testing.T) {
 	r.add(t, pulled)
 	res := r.synced(t, pulled.Name, 1)
 	assert.False(t, res.Succeeded, "a sync into a volume whose disk is gone")
-	t.Logf("the sync into the pulled disk: %s", res.Error)
+	testenv.Eventually(t, "the destination to say why the sync failed", time.Minute, func() bool {
+		last := r.get(t, dst.Name).Status.LastSync
+		return last != nil && !last.Succeeded && strings.Contains(last.Error, "the destination volume failed under the sync") &&
+			strings.Contains(last.Error, "its disk failed, or was detached from the node")
+	}, func() string { return fmt.Sprintf("last sync: %+v", r.get(t, dst.Name).Status.LastSync) })
 	attach(t)
 	got, err := os.ReadFile(filepath.Join(r.get(t, dst.Name).Status.MountPath, "kept"))
 	require.NoError(t, err)
