@@ -132,6 +132,33 @@ func TestStagedOnce(t *testing.T) {
 	assertNothingLeft(t, c, node.KubeletDir)
 }
 
+// TestKubeletUnstagesBetweenStageAndPublish: kubelet may unstage the
+// shared staging path between the agent's stage and publish (its pod left
+// just then, and nothing of the agent's mounted from it yet: found on real
+// nodes); csi-driver-host-path's profile then refuses the publish ("must be
+// staged before publishing"), and the agent stages again.
+func TestKubeletUnstagesBetweenStageAndPublish(t *testing.T) {
+	c := needCluster(t)
+	ctx := context.Background()
+	node := c.Nodes[0]
+	pv := claim(t, c, "unstaged-between", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
+	v := FromPersistentVolume(pv)
+	p := NewPublisher(node.KubeletDir, discard)
+	defer p.Close()
+	steps := p.publishSteps(pv.Name, v)
+	require.Len(t, steps, 3)
+	require.NoError(t, p.run(ctx, pv.Name, steps[:2]), "recorded and staged")
+	kc := dialNode(t, node, v.Driver)
+	_, err := kc.node.NodeUnstageVolume(ctx, &csispec.NodeUnstageVolumeRequest{VolumeId: v.Handle,
+		StagingTargetPath: kubelet.StagingPath(node.KubeletDir, v.Driver, v.Handle)})
+	require.NoError(t, err, "kubelet unstages")
+	require.NoError(t, p.run(ctx, pv.Name, steps[2:]), "published, staged again")
+	dir := p.root.target(pv.Name, false)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644))
+	require.NoError(t, p.Unpublish(ctx, pv.Name))
+	assertNothingLeft(t, c, node.KubeletDir)
+}
+
 // TestRecoverAVolumeTheDriverForgot: an agent that crashed with a volume
 // published, whose volume was deleted before it started again, still takes
 // it down at start, although csi-driver-host-path's profile answers

@@ -66,23 +66,24 @@ func (p *Publisher) publishSteps(name string, v Volume) []step {
 			return p.mounter.BindReadOnly(v.Reuse, target)
 		}})
 	}
+	stageOnce := func(ctx context.Context) error {
+		if !rec.Staged {
+			return nil
+		}
+		// As kubelet does, the staging directory is made by the caller
+		// (the CSI spec's CO) and NodeStageVolume repeated on a volume
+		// already staged there (by kubelet for a pod, or by an earlier
+		// try) is a no-op for the plugin.
+		if err := os.MkdirAll(rec.StagingPath, 0o750); err != nil {
+			return fmt.Errorf("create staging path: %w", err)
+		}
+		_, err := c.node.NodeStageVolume(ctx, &csispec.NodeStageVolumeRequest{
+			VolumeId: v.Handle, PublishContext: v.PublishContext, StagingTargetPath: rec.StagingPath,
+			VolumeCapability: v.capability(c.caps), Secrets: v.StageSecrets, VolumeContext: v.Attributes})
+		return err
+	}
 	return append(steps,
-		step{"stage", func(ctx context.Context) error {
-			if !rec.Staged {
-				return nil
-			}
-			// As kubelet does, the staging directory is made by the caller
-			// (the CSI spec's CO) and NodeStageVolume repeated on a volume
-			// already staged there (by kubelet for a pod, or by an earlier
-			// try) is a no-op for the plugin.
-			if err := os.MkdirAll(rec.StagingPath, 0o750); err != nil {
-				return fmt.Errorf("create staging path: %w", err)
-			}
-			_, err := c.node.NodeStageVolume(ctx, &csispec.NodeStageVolumeRequest{
-				VolumeId: v.Handle, PublishContext: v.PublishContext, StagingTargetPath: rec.StagingPath,
-				VolumeCapability: v.capability(c.caps), Secrets: v.StageSecrets, VolumeContext: v.Attributes})
-			return err
-		}},
+		step{"stage", stageOnce},
 		step{"publish", func(ctx context.Context) error {
 			// The target's parent is the caller's to make; the plugin makes
 			// the target (csi-driver-host-path refuses a missing parent).
@@ -95,12 +96,26 @@ func (p *Publisher) publishSteps(name string, v Volume) []step {
 			if rec.Staged {
 				req.StagingTargetPath = rec.StagingPath
 			}
-			if _, err := c.node.NodePublishVolume(ctx, req); err != nil {
+			_, err := c.node.NodePublishVolume(ctx, req)
+			for try := 1; try < stageTries && rec.Staged && status.Code(err) == codes.FailedPrecondition; try++ {
+				// Kubelet unstaged the shared staging path between the two
+				// steps (its pod left; nothing of Ferry's mounted from it
+				// yet, so its reference check let it): stage again.
+				p.log.V(1).Info("the volume was unstaged before it was published; staging it again", "name", name, "error", err.Error())
+				if err = stageOnce(ctx); err == nil {
+					_, err = c.node.NodePublishVolume(ctx, req)
+				}
+			}
+			if err != nil {
 				return err
 			}
 			return p.checkPublished(target, v.ReadOnly)
 		}})
 }
+
+// stageTries bounds how often publishing stages again a volume that was
+// unstaged under it.
+const stageTries = 3
 
 // checkPublished trusts no driver's word that the volume is published: a
 // plugin that mounts inside its own container at a path it does not share
