@@ -53,10 +53,7 @@ func Attach(ctx context.Context, c client.Client, v agentv1alpha1.Volume, node s
 	if err != nil || !required {
 		return nil, !required, err
 	}
-	va, err := kubeletsUnlessOurs(ctx, c, v, node)
-	if err == nil && va == nil {
-		va, err = attachment(ctx, c, v.Driver, v.VolumeHandle, v.PersistentVolumeName, node)
-	}
+	va, err := attachment(ctx, c, v.Driver, v.VolumeHandle, v.PersistentVolumeName, node)
 	if err != nil {
 		return nil, false, err
 	}
@@ -65,18 +62,6 @@ func Attach(ctx context.Context, c client.Client, v agentv1alpha1.Volume, node s
 		return nil, false, err
 	}
 	return &agentv1alpha1.Attachment{Name: va.Name, UID: string(va.UID), Metadata: md}, true, nil
-}
-
-// kubeletsUnlessOurs is kubelet's attachment of the volume to node (the
-// attach-detach controller's, for a pod there) when Ferry has none of its
-// own there: nil when Ferry has one, or kubelet none.
-func kubeletsUnlessOurs(ctx context.Context, c client.Client, v agentv1alpha1.Volume, node string) (*storagev1.VolumeAttachment, error) {
-	ours := &storagev1.VolumeAttachment{}
-	err := c.Get(ctx, client.ObjectKey{Name: AttachmentName(v.Driver, v.VolumeHandle, node)}, ours)
-	if err == nil || !apierrors.IsNotFound(err) {
-		return nil, client.IgnoreNotFound(err)
-	}
-	return kubeletAttachment(ctx, c, v.Driver, v.VolumeHandle, node)
 }
 
 // kubeletAttachment is the attach-detach controller's attachment of a
@@ -197,9 +182,11 @@ func AttachmentName(driver, volumeHandle, node string) string {
 }
 
 // attachment makes sure a VolumeAttachment of PersistentVolume pv to node
-// exists and returns it; Attached says when it can be used. While the
-// attachment is being deleted it returns ErrDetaching: call again, and a
-// new one is created once the old one is gone.
+// exists and returns it; Attached says when it can be used. It is Ferry's
+// own if Ferry has one there, else kubelet's if a pod there has one, else
+// Ferry's, made now. While Ferry's is being deleted it returns
+// ErrDetaching: call again, and a new one is created once the old one is
+// gone.
 func attachment(ctx context.Context, c client.Client, driver, volumeHandle, pv, node string) (*storagev1.VolumeAttachment, error) {
 	name := AttachmentName(driver, volumeHandle, node)
 	va := &storagev1.VolumeAttachment{}
@@ -212,6 +199,9 @@ func attachment(ctx context.Context, c client.Client, driver, volumeHandle, pv, 
 		return va, nil
 	case !apierrors.IsNotFound(err):
 		return nil, fmt.Errorf("get attachment %s of %s to %s: %w", name, pv, node, err)
+	}
+	if kubelets, err := kubeletAttachment(ctx, c, driver, volumeHandle, node); err != nil || kubelets != nil {
+		return kubelets, err
 	}
 	va = &storagev1.VolumeAttachment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{ManagedByLabel: ManagedBy}},
