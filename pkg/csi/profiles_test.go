@@ -104,13 +104,8 @@ func TestProfiles(t *testing.T) {
 // volume on the node alike; the agent, done first, leaves the volume staged
 // for the other, who unstages it last.
 func TestStagedOnce(t *testing.T) {
-	c := needCluster(t)
+	c, node, pv, v, p := onDefaultDriver(t, "staged-once")
 	ctx := context.Background()
-	node := c.Nodes[0]
-	pv := claim(t, c, "staged-once", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
-	v := FromPersistentVolume(pv)
-	p := NewPublisher(node.KubeletDir, discard)
-	defer p.Close()
 	dir, err := p.Publish(ctx, pv.Name, v)
 	require.NoError(t, err)
 	rec, err := p.root.readRecord(pv.Name)
@@ -138,13 +133,8 @@ func TestStagedOnce(t *testing.T) {
 // nodes); csi-driver-host-path's profile then refuses the publish ("must be
 // staged before publishing"), and the agent stages again.
 func TestKubeletUnstagesBetweenStageAndPublish(t *testing.T) {
-	c := needCluster(t)
+	c, node, pv, v, p := onDefaultDriver(t, "unstaged-between")
 	ctx := context.Background()
-	node := c.Nodes[0]
-	pv := claim(t, c, "unstaged-between", cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
-	v := FromPersistentVolume(pv)
-	p := NewPublisher(node.KubeletDir, discard)
-	defer p.Close()
 	steps := p.publishSteps(pv.Name, v)
 	require.Len(t, steps, 3)
 	require.NoError(t, p.run(ctx, pv.Name, steps[:2]), "recorded and staged")
@@ -186,6 +176,18 @@ func TestKeepStaged(t *testing.T) {
 	assert.Empty(t, keepStaged(false, nil))
 	assert.Contains(t, keepStaged(true, nil), "kubelet staged it")
 	assert.Contains(t, keepStaged(false, []string{"/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/pv/mount"}), "still mounted from")
+}
+
+// onDefaultDriver is what a test of one volume of the default driver
+// starts from: the cluster, its node, a bound claim's PV and Volume, and a
+// Publisher at DefaultRoot closed when the test ends.
+func onDefaultDriver(t *testing.T, claimName string) (*cluster.Cluster, cluster.Node, *corev1.PersistentVolume, Volume, *Publisher) {
+	t.Helper()
+	c := needCluster(t)
+	pv := claim(t, c, claimName, cluster.StorageClass, corev1.PersistentVolumeFilesystem, nil)
+	p := NewPublisher(c.Nodes[0].KubeletDir, discard)
+	t.Cleanup(func() { _ = p.Close() })
+	return c, c.Nodes[0], pv, FromPersistentVolume(pv), p
 }
 
 // dialNode connects to driver's node plugin on node, for the test's own

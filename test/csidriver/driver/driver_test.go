@@ -110,6 +110,16 @@ func connect(t *testing.T, sock string) csi.ControllerClient {
 	return csi.NewControllerClient(conn)
 }
 
+// createVolume makes a 32 MiB filesystem volume (from src, if any) and
+// returns its ID.
+func createVolume(t *testing.T, c csi.ControllerClient, name string, src *csi.VolumeContentSource) string {
+	t.Helper()
+	resp, err := c.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{mountRW},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, VolumeContentSource: src})
+	require.NoError(t, err)
+	return resp.GetVolume().GetVolumeId()
+}
+
 var mountRW = &csi.VolumeCapability{
 	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
@@ -127,13 +137,7 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 	vm := func(id string, ro bool) cluster.VolumeMount {
 		return cluster.VolumeMount{Socket: sock, KubeletDir: work, Driver: "d", VolumeID: id, ReadOnly: ro}
 	}
-	create := func(name string, src *csi.VolumeContentSource) string {
-		resp, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csi.VolumeCapability{mountRW},
-			CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}, VolumeContentSource: src})
-		require.NoError(t, err)
-		return resp.GetVolume().GetVolumeId()
-	}
-	orig := create("orig", nil)
+	orig := createVolume(t, c, "orig", nil)
 	target, unmount, err := cluster.MountVolume(ctx, vm(orig, false), work)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(target, "hello"), []byte("from orig"), 0o644))
@@ -142,9 +146,9 @@ func TestSnapshotsAndClonesCarryData(t *testing.T) {
 	snap, err := c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: orig})
 	require.NoError(t, err)
 	assert.True(t, snap.GetSnapshot().GetReadyToUse())
-	restored := create("restored", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+	restored := createVolume(t, c, "restored", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
 		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}})
-	clone := create("clone", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+	clone := createVolume(t, c, "clone", &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: orig}}})
 	for _, id := range []string{restored, clone} {
 		target, unmount, err := cluster.MountVolume(ctx, vm(id, true), work)
@@ -169,10 +173,7 @@ func TestDetachRevokesTheDevice(t *testing.T) {
 	data, work := t.TempDir(), t.TempDir()
 	sock := start(t, data, "node-a", driver.Profiles["ebs"], work)
 	c := connect(t, sock)
-	vol, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "disk", VolumeCapabilities: []*csi.VolumeCapability{mountRW},
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}})
-	require.NoError(t, err)
-	id := vol.GetVolume().GetVolumeId()
+	id := createVolume(t, c, "disk", nil)
 	attachTo := func() map[string]string {
 		resp, err := c.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: id, NodeId: "node-a", VolumeCapability: mountRW})
 		require.NoError(t, err)
