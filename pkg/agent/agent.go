@@ -14,7 +14,8 @@
 // Files: agent.go wires the manager; reconcile.go is the dispatcher;
 // node.go what both roles share (publisher, status writer, reads, labels);
 // source.go the source runner and its rule (decideSource); destination.go
-// the destination server; syncs.go its pure rules (serveStatus, the
+// the destination server; volumestate.go its volume's state around a sync
+// (flushed, full, lost); syncs.go its pure rules (serveStatus, the
 // endpoint-event tracker); owner.go the checks before anything is mounted.
 package agent
 

@@ -17,15 +17,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
 
 	"github.com/ferrysync/ferry/internal/testenv/apiserver"
-	"github.com/ferrysync/ferry/test/csidriver/driver"
 )
 
 // Options say what cluster to start.
@@ -106,13 +103,6 @@ type Cluster struct {
 	drivers chan error
 	nDriver int
 	procs   []*process
-}
-
-// process is a running component and how to start it again.
-type process struct {
-	name, path string
-	args       []string
-	cmd        *exec.Cmd
 }
 
 // Start starts a cluster; Stop it when done.
@@ -235,49 +225,6 @@ func (c *Cluster) routed() []string {
 	return []string{c.ServiceCIDR, c.LoadBalancerCIDR}
 }
 
-// startDrivers runs, for each driver name, a controller-side instance for
-// the sidecars and one instance per node.
-func (c *Cluster) startDrivers(ctx context.Context) error {
-	for _, d := range c.Drivers {
-		data := filepath.Join(c.Dir, "csi-data", d.Name)
-		if err := c.runDriver(ctx, driver.Config{Name: d.Name, Endpoint: c.controllerSocket(d.Name), DataDir: data,
-			Profile: d.Profile}, ""); err != nil {
-			return err
-		}
-		for _, n := range c.Nodes {
-			if c.kubelet {
-				break // real nodes run the node plugin as a pod
-			}
-			if err := c.runDriver(ctx, driver.Config{Name: d.Name, Endpoint: n.PluginSocket(d.Name), NodeID: n.Name, DataDir: data,
-				Profile: d.Profile, KubeletDir: n.KubeletDir}, n.RegistrationDir()); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (c *Cluster) controllerSocket(driverName string) string {
-	return filepath.Join(c.Dir, "controller", driverName, "csi.sock")
-}
-
-// runDriver runs a driver instance and, for a node's, registers it in the
-// node's registration directory as node-driver-registrar would.
-func (c *Cluster) runDriver(ctx context.Context, cfg driver.Config, registration string) error {
-	cfg.Log = c.log.WithValues("driver", cfg.Name, "node", cfg.NodeID)
-	d, err := driver.New(cfg)
-	if err != nil {
-		return err
-	}
-	c.nDriver++
-	go func() { c.drivers <- d.Run(ctx) }()
-	if registration != "" {
-		c.nDriver++
-		go func() { c.drivers <- d.Register(ctx, registration) }()
-	}
-	return waitFor(10*time.Second, func() bool { _, err := os.Stat(cfg.Endpoint); return err == nil })
-}
-
 // startComponents runs kube-controller-manager and the sidecars.
 func (c *Cluster) startComponents(bin string) error {
 	kc := "--kubeconfig=" + c.Kubeconfig
@@ -315,71 +262,6 @@ func (c *Cluster) startComponents(bin string) error {
 		}
 	}
 	return nil
-}
-
-// run starts a component and keeps it for Stop.
-func (c *Cluster) run(name, path string, args ...string) error {
-	p := &process{name: name, path: path, args: args}
-	if err := c.startProcess(p); err != nil {
-		return err
-	}
-	c.procs = append(c.procs, p)
-	return nil
-}
-
-// startProcess runs a component with its output appended to
-// logs/<name>.log; it dies with the test process at the latest.
-func (c *Cluster) startProcess(p *process) error {
-	f, err := os.OpenFile(filepath.Join(c.Dir, "logs", p.name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("cluster: log file: %w", err)
-	}
-	defer f.Close()
-	p.cmd = exec.Command(p.path, p.args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		return fmt.Errorf("cluster: start %s: %w", p.name, err)
-	}
-	return nil
-}
-
-// stopProcess ends a component: SIGTERM, then SIGKILL after five seconds.
-func stopProcess(p *process) {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-done
-	}
-}
-
-// RestartControllerManager stops kube-controller-manager and starts it
-// again, as an upgrade or a leader change would: it rebuilds its view of
-// the world from the apiserver.
-func (c *Cluster) RestartControllerManager() error {
-	return c.restart("kube-controller-manager", func(p *process) bool { return filepath.Base(p.path) == "kube-controller-manager" })
-}
-
-// RestartKubelet stops a real node's kubelet and starts it again, as an
-// upgrade does: it reconstructs its volumes from the node's disk and cleans
-// up what it finds orphaned there.
-func (c *Cluster) RestartKubelet(node string) error {
-	return c.restart("kubelet of "+node, func(p *process) bool { return p.name == "kubelet-"+node })
-}
-
-// restart stops the first process that match picks and starts it again.
-func (c *Cluster) restart(what string, match func(*process) bool) error {
-	for _, p := range c.procs {
-		if match(p) {
-			stopProcess(p)
-			return c.startProcess(p)
-		}
-	}
-	return fmt.Errorf("cluster: %s is not running", what)
 }
 
 // Stop ends every process and driver and removes the cluster's state. It

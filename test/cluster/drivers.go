@@ -1,9 +1,13 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/ferrysync/ferry/test/csidriver/driver"
 )
@@ -70,4 +74,47 @@ func clusterDrivers(extra []string) ([]Driver, error) {
 		ds = append(ds, d)
 	}
 	return ds, nil
+}
+
+// startDrivers runs, for each driver name, a controller-side instance for
+// the sidecars and one instance per node.
+func (c *Cluster) startDrivers(ctx context.Context) error {
+	for _, d := range c.Drivers {
+		data := filepath.Join(c.Dir, "csi-data", d.Name)
+		if err := c.runDriver(ctx, driver.Config{Name: d.Name, Endpoint: c.controllerSocket(d.Name), DataDir: data,
+			Profile: d.Profile}, ""); err != nil {
+			return err
+		}
+		for _, n := range c.Nodes {
+			if c.kubelet {
+				break // real nodes run the node plugin as a pod
+			}
+			if err := c.runDriver(ctx, driver.Config{Name: d.Name, Endpoint: n.PluginSocket(d.Name), NodeID: n.Name, DataDir: data,
+				Profile: d.Profile, KubeletDir: n.KubeletDir}, n.RegistrationDir()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) controllerSocket(driverName string) string {
+	return filepath.Join(c.Dir, "controller", driverName, "csi.sock")
+}
+
+// runDriver runs a driver instance and, for a node's, registers it in the
+// node's registration directory as node-driver-registrar would.
+func (c *Cluster) runDriver(ctx context.Context, cfg driver.Config, registration string) error {
+	cfg.Log = c.log.WithValues("driver", cfg.Name, "node", cfg.NodeID)
+	d, err := driver.New(cfg)
+	if err != nil {
+		return err
+	}
+	c.nDriver++
+	go func() { c.drivers <- d.Run(ctx) }()
+	if registration != "" {
+		c.nDriver++
+		go func() { c.drivers <- d.Register(ctx, registration) }()
+	}
+	return waitFor(10*time.Second, func() bool { _, err := os.Stat(cfg.Endpoint); return err == nil })
 }
